@@ -151,7 +151,11 @@ impl EngineBuilder {
                 if let Some(active) = segments.last() {
                     executor.len(&active.file).await?; // opens it for appending
                 }
-                Ok::<_, StorageError>((id, Partition::new(id, dir, self.retention, segments), report))
+                Ok::<_, StorageError>((
+                    id,
+                    Partition::new(id, dir, self.retention, segments),
+                    report,
+                ))
             }
         });
         let mut partitions = HashMap::new();
@@ -163,9 +167,13 @@ impl EngineBuilder {
         }
         recovery::log_report(&self.dir, &report);
         metrics.recovered_segments.inc_by(report.segments as u64);
-        metrics.truncated_segments.inc_by(report.truncated_segments as u64);
+        metrics
+            .truncated_segments
+            .inc_by(report.truncated_segments as u64);
         metrics.truncated_bytes.inc_by(report.truncated_bytes);
-        metrics.quarantined_segments.inc_by(report.quarantined.len() as u64);
+        metrics
+            .quarantined_segments
+            .inc_by(report.quarantined.len() as u64);
         metrics.partitions.set(partitions.len() as i64);
 
         let inner = Arc::new(Inner {
@@ -202,9 +210,15 @@ fn list_partitions(root: &Path) -> std::io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
-        match entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+        match entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             Some(id) if entry.file_type()?.is_dir() => ids.push(id),
-            _ => warn!(path = %entry.path().display(), "ignoring unknown entry in partitions directory"),
+            _ => {
+                warn!(path = %entry.path().display(), "ignoring unknown entry in partitions directory")
+            }
         }
     }
     Ok(ids)
@@ -330,7 +344,12 @@ impl StorageEngine {
             .await?
             .map_err(|e| StorageError::io("create partition", &dir, e))?;
         let file = self.inner.executor.open(id, segment_path(&dir, 0)).await?;
-        let partition = Arc::new(Partition::new(id, dir, retention, vec![new_segment(file, 0)]));
+        let partition = Arc::new(Partition::new(
+            id,
+            dir,
+            retention,
+            vec![new_segment(file, 0)],
+        ));
         let mut partitions = self.write_partitions();
         if partitions.contains_key(&id) {
             return Err(StorageError::PartitionExists(id));
@@ -355,7 +374,8 @@ impl StorageEngine {
             state.deleted = true;
             std::mem::take(&mut state.segments)
         };
-        self.remove_segments(segments.into_values().collect()).await?;
+        self.remove_segments(segments.into_values().collect())
+            .await?;
         let dir = partition.dir.clone();
         self.inner
             .executor
@@ -373,7 +393,11 @@ impl StorageEngine {
     /// Appends to one partition are ordered: offsets are assigned in the order
     /// the calls reach the partition, and each is acknowledged only after all
     /// records before it are.
-    pub async fn append<R: AsRef<[u8]>>(&self, partition: u64, records: &[R]) -> Result<AppendResult> {
+    pub async fn append<R: AsRef<[u8]>>(
+        &self,
+        partition: u64,
+        records: &[R],
+    ) -> Result<AppendResult> {
         let started = Instant::now();
         if records.is_empty() {
             return Err(StorageError::EmptyBatch);
@@ -431,7 +455,9 @@ impl StorageEngine {
         }
 
         let metrics = &self.inner.metrics;
-        metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.appended_records.inc_by(records.len() as u64);
         metrics.appended_bytes.inc_by(payload_bytes as u64);
         if rolled && part.retention != Retention::default() {
@@ -453,17 +479,26 @@ impl StorageEngine {
         let mut records = Vec::new();
         let mut payload_bytes = 0usize;
         let mut next = from;
-        let mut want = max_bytes.saturating_add(self.inner.index_interval as usize + FRAME_HEADER_LEN);
+        let mut want =
+            max_bytes.saturating_add(self.inner.index_interval as usize + FRAME_HEADER_LEN);
         loop {
             let plan = part.lock().plan_read(partition, next, want)?;
             let Some(plan) = plan else { break };
-            let buf = self.inner.executor.read_at(&plan.file, plan.position, plan.len).await?;
+            let buf = self
+                .inner
+                .executor
+                .read_at(&plan.file, plan.position, plan.len)
+                .await?;
             let before = next;
             let mut at = 0;
             let mut done = false;
             while at < buf.len() {
                 match frame::decode(&buf[at..], max_frame) {
-                    Decoded::Frame { offset, timestamp_ms, len } => {
+                    Decoded::Frame {
+                        offset,
+                        timestamp_ms,
+                        len,
+                    } => {
                         if offset >= plan.committed_offset {
                             done = true;
                             break;
@@ -478,7 +513,9 @@ impl StorageEngine {
                             records.push(Record {
                                 offset,
                                 timestamp_ms,
-                                payload: bytes::Bytes::copy_from_slice(&buf[at + FRAME_HEADER_LEN..at + len]),
+                                payload: bytes::Bytes::copy_from_slice(
+                                    &buf[at + FRAME_HEADER_LEN..at + len],
+                                ),
                             });
                             next = offset + 1;
                         }
@@ -565,7 +602,11 @@ impl StorageEngine {
         let expired = part.lock().take_expired(&part.retention, now_ms());
         let count = expired.len();
         if count > 0 {
-            info!(partition = part.id, segments = count, "retention removes segments");
+            info!(
+                partition = part.id,
+                segments = count,
+                "retention removes segments"
+            );
             self.remove_segments(expired).await?;
         }
         Ok(count)
@@ -574,7 +615,11 @@ impl StorageEngine {
     async fn remove_segments(&self, segments: Vec<Segment>) -> Result<()> {
         for segment in segments {
             let (reply, rx) = oneshot::channel();
-            let mut permits = self.inner.executor.reserve(segment.file.partition(), 1).await?;
+            let mut permits = self
+                .inner
+                .executor
+                .reserve(segment.file.partition(), 1)
+                .await?;
             if let Some(permit) = permits.next() {
                 permit.send(Command::Close {
                     file: segment.file,
@@ -596,11 +641,17 @@ impl StorageEngine {
     }
 
     fn read_partitions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<Partition>>> {
-        self.inner.partitions.read().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .partitions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_partitions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u64, Arc<Partition>>> {
-        self.inner.partitions.write().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .partitions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -611,7 +662,9 @@ fn spawn_retention_thread(engine: Weak<Inner>, interval: Duration) -> Result<()>
         .spawn(move || {
             loop {
                 std::thread::sleep(interval);
-                let Some(inner) = engine.upgrade() else { return };
+                let Some(inner) = engine.upgrade() else {
+                    return;
+                };
                 let engine = StorageEngine { inner };
                 if let Err(e) = futures_executor::block_on(engine.enforce_retention()) {
                     if matches!(e, StorageError::Closed) {

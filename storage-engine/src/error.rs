@@ -56,7 +56,9 @@ pub enum StorageError {
     EmptyBatch,
 
     /// The requested offset is older than the oldest retained record.
-    #[error("offset {requested} is below the log start offset {log_start} of partition {partition}")]
+    #[error(
+        "offset {requested} is below the log start offset {log_start} of partition {partition}"
+    )]
     OffsetOutOfRange {
         /// The partition read.
         partition: u64,

@@ -103,9 +103,10 @@ pub(crate) fn recover_partition(
         };
         if scan.valid_len == 0 && !is_last {
             if scan.file_len > 0 {
-                report
-                    .quarantined
-                    .push(quarantine(&path, scan.stop_reason.unwrap_or("no valid record"))?);
+                report.quarantined.push(quarantine(
+                    &path,
+                    scan.stop_reason.unwrap_or("no valid record"),
+                )?);
             } else {
                 fs::remove_file(&path)?; // an empty sealed segment holds nothing
             }

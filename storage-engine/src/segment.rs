@@ -64,7 +64,9 @@ impl SparseIndex {
     /// The last entry whose timestamp is below `timestamp_ms`: a scan for the
     /// first record at or after that time starts there.
     pub fn before_time(&self, timestamp_ms: i64) -> Option<IndexEntry> {
-        let after = self.entries.partition_point(|e| e.timestamp_ms < timestamp_ms);
+        let after = self
+            .entries
+            .partition_point(|e| e.timestamp_ms < timestamp_ms);
         after.checked_sub(1).map(|i| self.entries[i])
     }
 
@@ -103,7 +105,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         let path = segment_path(Path::new("/d"), 1234);
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         assert_eq!(name, "00000000000000001234.log");
         assert_eq!(parse_segment_name(name), Some(1234));
         assert_eq!(parse_segment_name("1234.log"), None);

@@ -36,7 +36,11 @@ pub(super) fn run(
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
     {
-        warn!(thread = config.index, core = core.id, "could not pin I/O thread");
+        warn!(
+            thread = config.index,
+            core = core.id,
+            "could not pin I/O thread"
+        );
     }
     let runtime = match compio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -230,7 +234,10 @@ impl Worker {
             None => Err(StorageError::io(
                 "append",
                 file.path.to_path_buf(),
-                io::Error::new(io::ErrorKind::NotFound, "file is not open on its I/O thread"),
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "file is not open on its I/O thread",
+                ),
             )),
             Some(open) => match &open.poisoned {
                 Some(cause) => Err(StorageError::Poisoned {
@@ -383,10 +390,14 @@ impl Worker {
         let metrics = &self.config.metrics;
         let files = &self.files;
         let syncs = ids.iter().map(|id| async move {
-            let open = files.get(id).ok_or_else(|| io::Error::other("file closed"))?;
+            let open = files
+                .get(id)
+                .ok_or_else(|| io::Error::other("file closed"))?;
             let started = Instant::now();
             let result = open.file.sync_data().await;
-            metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
             result
         });
         let results = join_all(syncs).await;
@@ -462,7 +473,13 @@ impl Worker {
     /// Syncs every dirty file and drops all descriptors.
     async fn close_all(&mut self) -> Result<()> {
         let mut first_error = None;
-        let ids: Vec<u64> = self.files.keys().copied().collect();
+        // Poisoned files already failed the appends that hit them.
+        let ids: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.poisoned.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             if let Err(e) = self.sync_file(id).await {
                 first_error.get_or_insert(e);
@@ -505,7 +522,10 @@ fn poison(open: &mut OpenFile, op: &str, e: &io::Error, metrics: &ExecutorMetric
     if open.poisoned.is_none() {
         error!(path = %open.handle.path.display(), op, error = %e, "file poisoned");
         metrics.poisoned_files.inc();
-        open.poisoned = Some(format!("{op} on {} failed: {e}", open.handle.path.display()));
+        open.poisoned = Some(format!(
+            "{op} on {} failed: {e}",
+            open.handle.path.display()
+        ));
     }
 }
 
