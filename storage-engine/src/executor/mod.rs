@@ -126,6 +126,7 @@ pub(crate) enum Command {
 #[derive(Debug, Clone)]
 pub struct ExecutorBuilder {
     threads: usize,
+    io_workers: u32,
     pin_cores: bool,
     queue_capacity: usize,
     max_batch: usize,
@@ -137,6 +138,7 @@ impl Default for ExecutorBuilder {
     fn default() -> Self {
         Self {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            io_workers: 64,
             pin_cores: false,
             queue_capacity: 8192,
             max_batch: 4096,
@@ -150,6 +152,14 @@ impl ExecutorBuilder {
     /// Number of I/O threads (default: the number of cores).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
+        self
+    }
+
+    /// Kernel io-wq workers each io_uring thread may use for blocking work
+    /// such as `fdatasync` (default 64): the number of files one thread can
+    /// sync at the same time.
+    pub fn io_workers(mut self, workers: u32) -> Self {
+        self.io_workers = workers;
         self
     }
 
@@ -215,6 +225,7 @@ impl ExecutorBuilder {
             let core = cores.get(index % cores.len().max(1)).copied();
             let config = worker::WorkerConfig {
                 index,
+                io_workers: self.io_workers,
                 sync: self.sync,
                 max_batch: self.max_batch,
                 metrics: metrics.clone(),

@@ -1,9 +1,21 @@
-//! One I/O thread: a compio runtime running the group-commit loop.
+//! One I/O thread: a compio runtime running group commit per file.
+//!
+//! The thread's main loop only routes requests. Appends go to their file's
+//! queue; a file with queued appends has one *committer* task that takes
+//! everything queued, writes it with one vectored write, `fdatasync`s it (with
+//! [`SyncPolicy::Always`]), answers every waiter, and repeats until the queue
+//! is empty. Files commit independently and concurrently on io_uring, so a
+//! slow sync on one file never holds up another, and appends that arrive
+//! while a file is syncing are all committed by its next round.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use compio::fs::{File, OpenOptions};
@@ -21,6 +33,7 @@ const MAX_IOVECS: usize = 512;
 
 pub(super) struct WorkerConfig {
     pub index: usize,
+    pub io_workers: u32,
     pub sync: SyncPolicy,
     pub max_batch: usize,
     pub metrics: ExecutorMetrics,
@@ -53,44 +66,167 @@ pub(super) fn run(
         compio::driver::DriverType::IoUring => IoDriver::IoUring,
         _ => IoDriver::Polling,
     };
+    if driver == IoDriver::IoUring
+        && let Err(e) = set_iowq_max_workers(&runtime, config.io_workers)
+    {
+        warn!(thread = config.index, error = %e, "could not raise the io_uring worker limit");
+    }
     if ready.send(Ok(driver)).is_err() {
         return;
     }
     runtime.block_on(Worker::new(config).run(rx));
 }
 
+/// A file owned by this thread.
 struct OpenFile {
     file: File,
     handle: FileHandle,
+    state: RefCell<FileState>,
+}
+
+#[derive(Default)]
+struct FileState {
     /// Logical end of the file: where the next append goes.
     len: u64,
     /// Written since the last fdatasync.
     dirty: bool,
     /// Set by a failed write or sync; the file takes no more writes.
     poisoned: Option<String>,
+    /// Appends waiting for the committer.
+    queue: Vec<(Vec<u8>, oneshot::Sender<Result<u64>>)>,
+    /// A committer task is running for this file.
+    committing: bool,
+    /// Woken when the committer finishes.
+    idle_waiters: Vec<oneshot::Sender<()>>,
 }
 
-/// Appends to one file collected during a round.
-struct Group {
-    file_id: u64,
-    data: Vec<Vec<u8>>,
-    /// Length of each request's data, in order: the data itself is moved
-    /// into the write.
-    lens: Vec<u64>,
-    replies: Vec<oneshot::Sender<Result<u64>>>,
+impl OpenFile {
+    fn poisoned_error(&self) -> Option<StorageError> {
+        self.state
+            .borrow()
+            .poisoned
+            .as_ref()
+            .map(|cause| StorageError::Poisoned {
+                partition: self.handle.partition,
+                cause: cause.clone(),
+            })
+    }
+
+    /// Waits until every append queued so far is committed.
+    async fn idle(&self) {
+        let waiter = {
+            let mut state = self.state.borrow_mut();
+            if !state.committing {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            state.idle_waiters.push(tx);
+            rx
+        };
+        let _ = waiter.await;
+    }
+
+    /// `fdatasync`s the file, poisoning it on failure.
+    async fn sync(&self, metrics: &ExecutorMetrics) -> io::Result<()> {
+        let started = Instant::now();
+        let result = self.file.sync_data().await;
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => self.state.borrow_mut().dirty = false,
+            Err(e) => self.poison("fdatasync", e, metrics),
+        }
+        result
+    }
+
+    fn poison(&self, op: &str, e: &io::Error, metrics: &ExecutorMetrics) {
+        let mut state = self.state.borrow_mut();
+        if state.poisoned.is_none() {
+            error!(path = %self.handle.path.display(), op, error = %e, "file poisoned");
+            metrics.poisoned_files.inc();
+            state.poisoned = Some(format!(
+                "{op} on {} failed: {e}",
+                self.handle.path.display()
+            ));
+        }
+    }
+}
+
+/// Commits `file`'s queue in rounds until it is empty.
+async fn commit_loop(file: Rc<OpenFile>, sync: SyncPolicy, metrics: ExecutorMetrics) {
+    loop {
+        let (batch, position) = {
+            let mut state = file.state.borrow_mut();
+            if state.queue.is_empty() {
+                state.committing = false;
+                for waiter in state.idle_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                return;
+            }
+            (std::mem::take(&mut state.queue), state.len)
+        };
+        if let Some(poisoned) = file.poisoned_error() {
+            let cause = poisoned.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StorageError::Poisoned {
+                    partition: file.handle.partition,
+                    cause: cause.clone(),
+                }));
+            }
+            continue;
+        }
+        metrics.commit_batch.observe(batch.len() as f64);
+        let (data, replies): (Vec<Vec<u8>>, Vec<_>) = batch
+            .into_iter()
+            .map(|(data, reply)| {
+                let len = data.len() as u64;
+                (data, (len, reply))
+            })
+            .unzip();
+        let mut result = write_all_vectored(&file.file, data, position).await;
+        match &result {
+            Ok(written) => {
+                let mut state = file.state.borrow_mut();
+                state.len += written;
+                state.dirty = true;
+            }
+            Err(e) => file.poison("write", e, &metrics),
+        }
+        if result.is_ok()
+            && sync == SyncPolicy::Always
+            && let Err(e) = file.sync(&metrics).await
+        {
+            result = Err(e);
+        }
+        match result {
+            Ok(_) => {
+                let mut at = position;
+                for (len, reply) in replies {
+                    let _ = reply.send(Ok(at));
+                    at += len;
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    let err = io::Error::new(e.kind(), e.to_string());
+                    let _ = reply.send(Err(StorageError::io("append", &*file.handle.path, err)));
+                }
+            }
+        }
+    }
 }
 
 struct Worker {
     config: WorkerConfig,
-    files: HashMap<u64, OpenFile>,
+    files: HashMap<u64, Rc<OpenFile>>,
     last_sync: Instant,
-    thread_label: String,
 }
 
 impl Worker {
     fn new(config: WorkerConfig) -> Self {
         Self {
-            thread_label: config.index.to_string(),
             config,
             files: HashMap::new(),
             last_sync: Instant::now(),
@@ -98,12 +234,8 @@ impl Worker {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let queue_depth = self
-            .config
-            .metrics
-            .queue_depth
-            .with_label_values(&[&self.thread_label]);
-        let mut batch = Vec::with_capacity(self.config.max_batch);
+        let label = self.config.index.to_string();
+        let queue_depth = self.config.metrics.queue_depth.with_label_values(&[&label]);
         loop {
             let first = match self.sync_deadline() {
                 Some(deadline) => {
@@ -118,24 +250,30 @@ impl Worker {
                 }
                 None => rx.recv().await,
             };
-            let Some(first) = first else { break };
-            batch.push(first);
-            while batch.len() < self.config.max_batch {
+            let Some(mut command) = first else { break };
+            let mut taken = 1;
+            loop {
+                if let Command::Shutdown { reply } = command {
+                    rx.close();
+                    while let Ok(late) = rx.try_recv() {
+                        fail(late);
+                    }
+                    let _ = reply.send(self.close_all().await);
+                    return;
+                }
+                self.handle(command).await;
+                if taken == self.config.max_batch {
+                    break;
+                }
                 match rx.try_recv() {
-                    Ok(command) => batch.push(command),
+                    Ok(next) => command = next,
                     Err(_) => break,
                 }
+                taken += 1;
             }
             queue_depth.set(rx.len() as i64);
-            if let Some(reply) = self.process(&mut batch).await {
-                rx.close();
-                while let Ok(command) = rx.try_recv() {
-                    batch.push(command);
-                }
-                fail_all(&mut batch);
-                let _ = reply.send(self.close_all().await);
-                return;
-            }
+            // Let the committers this batch woke run before taking more.
+            YieldNow(false).await;
             if let SyncPolicy::Interval(interval) = self.config.sync
                 && self.last_sync.elapsed() >= interval
             {
@@ -148,110 +286,91 @@ impl Worker {
         }
     }
 
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append { file, data, reply } => self.append(&file, data, reply),
+            Command::Open { file, reply } => {
+                let result = match self.open(&file).await {
+                    Ok(open) => Ok(open.state.borrow().len),
+                    Err(e) => Err(e),
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Read {
+                file,
+                pos,
+                len,
+                reply,
+            } => self.read(file, pos, len, reply).await,
+            Command::Sync { file, reply } => {
+                let _ = reply.send(self.sync_file(file.id).await);
+            }
+            Command::Close {
+                file,
+                remove,
+                reply,
+            } => {
+                let result = self.close(&file, remove).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Blocking(work) => {
+                self.all_idle().await;
+                work();
+            }
+            Command::Shutdown { .. } => {} // handled by the loop
+        }
+    }
+
+    fn append(&mut self, handle: &FileHandle, data: Vec<u8>, reply: oneshot::Sender<Result<u64>>) {
+        let Some(file) = self.files.get(&handle.id) else {
+            let _ = reply.send(Err(StorageError::io(
+                "append",
+                handle.path.to_path_buf(),
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "file is not open on its I/O thread",
+                ),
+            )));
+            return;
+        };
+        if let Some(poisoned) = file.poisoned_error() {
+            let _ = reply.send(Err(poisoned));
+            return;
+        }
+        let start = {
+            let mut state = file.state.borrow_mut();
+            state.queue.push((data, reply));
+            !std::mem::replace(&mut state.committing, true)
+        };
+        if start {
+            compio::runtime::spawn(commit_loop(
+                Rc::clone(file),
+                self.config.sync,
+                self.config.metrics.clone(),
+            ))
+            .detach();
+        }
+    }
+
     /// When the next interval sync is due, if one is pending.
     fn sync_deadline(&self) -> Option<Instant> {
         match self.config.sync {
-            SyncPolicy::Interval(interval) if self.files.values().any(|f| f.dirty) => {
+            SyncPolicy::Interval(interval)
+                if self.files.values().any(|f| f.state.borrow().dirty) =>
+            {
                 Some(self.last_sync + interval)
             }
             _ => None,
         }
     }
 
-    /// Handles one round of commands. Appends are collected per file and
-    /// written together; anything that must observe them flushes first.
-    /// Returns the reply of a `Shutdown` command, leaving the commands behind
-    /// it in `batch`.
-    async fn process(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<Result<()>>> {
-        let mut groups: Vec<Group> = Vec::new();
-        let mut commands = std::mem::take(batch).into_iter();
-        let mut shutdown = None;
-        for command in commands.by_ref() {
-            match command {
-                Command::Append { file, data, reply } => {
-                    if let Err(e) = self.check_writable(&file) {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    match groups.iter_mut().find(|g| g.file_id == file.id) {
-                        Some(group) => {
-                            group.lens.push(data.len() as u64);
-                            group.data.push(data);
-                            group.replies.push(reply);
-                        }
-                        None => groups.push(Group {
-                            file_id: file.id,
-                            lens: vec![data.len() as u64],
-                            data: vec![data],
-                            replies: vec![reply],
-                        }),
-                    }
-                }
-                Command::Open { file, reply } => {
-                    let result = self.open(&file).await.map(|f| f.len);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result);
-                    }
-                }
-                Command::Read {
-                    file,
-                    pos,
-                    len,
-                    reply,
-                } => self.read(file, pos, len, reply).await,
-                Command::Sync { file, reply } => {
-                    self.commit(&mut groups).await;
-                    let _ = reply.send(self.sync_file(file.id).await);
-                }
-                Command::Close {
-                    file,
-                    remove,
-                    reply,
-                } => {
-                    self.commit(&mut groups).await;
-                    let result = self.close(&file, remove).await;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result);
-                    }
-                }
-                Command::Blocking(work) => {
-                    self.commit(&mut groups).await;
-                    work();
-                }
-                Command::Shutdown { reply } => {
-                    shutdown = Some(reply);
-                    break;
-                }
-            }
-        }
-        self.commit(&mut groups).await;
-        batch.extend(commands);
-        shutdown
-    }
-
-    fn check_writable(&self, file: &FileHandle) -> Result<()> {
-        match self.files.get(&file.id) {
-            None => Err(StorageError::io(
-                "append",
-                file.path.to_path_buf(),
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "file is not open on its I/O thread",
-                ),
-            )),
-            Some(open) => match &open.poisoned {
-                Some(cause) => Err(StorageError::Poisoned {
-                    partition: file.partition,
-                    cause: cause.clone(),
-                }),
-                None => Ok(()),
-            },
-        }
-    }
-
-    async fn open(&mut self, handle: &FileHandle) -> Result<&mut OpenFile> {
+    async fn open(&mut self, handle: &FileHandle) -> Result<Rc<OpenFile>> {
         let slot = match self.files.entry(handle.id) {
-            Entry::Occupied(open) => return Ok(open.into_mut()),
+            Entry::Occupied(open) => return Ok(Rc::clone(open.get())),
             Entry::Vacant(slot) => slot,
         };
         let path = handle.path.to_path_buf();
@@ -267,13 +386,15 @@ impl Worker {
             .await
             .map_err(|e| StorageError::io("stat", &path, e))?
             .len();
-        Ok(slot.insert(OpenFile {
+        let open = Rc::new(OpenFile {
             file,
             handle: handle.clone(),
-            len,
-            dirty: false,
-            poisoned: None,
-        }))
+            state: RefCell::new(FileState {
+                len,
+                ..FileState::default()
+            }),
+        });
+        Ok(Rc::clone(slot.insert(open)))
     }
 
     /// Starts a read as its own task so it never holds up the write loop.
@@ -305,161 +426,54 @@ impl Worker {
         .detach();
     }
 
-    /// Writes every collected group (files in parallel), syncs them as the
-    /// policy asks (in parallel), then answers every waiter.
-    async fn commit(&mut self, groups: &mut Vec<Group>) {
-        if groups.is_empty() {
-            return;
-        }
-        let requests: usize = groups.iter().map(|g| g.replies.len()).sum();
-        self.config.metrics.commit_batch.observe(requests as f64);
-
-        let files = &self.files;
-        let writes = groups.iter_mut().map(|group| {
-            let open = files.get(&group.file_id);
-            let data = std::mem::take(&mut group.data);
-            async move {
-                let open = open.ok_or_else(|| io::Error::other("file closed"))?;
-                write_all_vectored(&open.file, data, open.len).await
-            }
-        });
-        let written: Vec<io::Result<u64>> = join_all(writes).await;
-
-        let sync_now = self.config.sync == SyncPolicy::Always;
-        let mut outcomes = Vec::with_capacity(groups.len());
-        for (group, result) in groups.iter().zip(written) {
-            let Some(open) = self.files.get_mut(&group.file_id) else {
-                outcomes.push(Err(io::Error::other("file closed")));
-                continue;
-            };
-            let start = open.len;
-            match result {
-                Ok(bytes) => {
-                    open.len += bytes;
-                    open.dirty = true;
-                    outcomes.push(Ok(start));
-                }
-                Err(e) => {
-                    poison(open, "write", &e, &self.config.metrics);
-                    outcomes.push(Err(e));
-                }
-            }
-        }
-        if sync_now {
-            let ids: Vec<u64> = groups
-                .iter()
-                .zip(&outcomes)
-                .filter(|(_, o)| o.is_ok())
-                .map(|(g, _)| g.file_id)
-                .collect();
-            let synced = self.sync_files(&ids).await;
-            for (id, result) in ids.iter().zip(synced) {
-                if let Err(e) = result
-                    && let Some(index) = groups.iter().position(|g| g.file_id == *id)
-                {
-                    outcomes[index] = Err(e);
-                }
-            }
-        }
-
-        for (group, outcome) in groups.drain(..).zip(outcomes) {
-            let path = self
-                .files
-                .get(&group.file_id)
-                .map(|f| f.handle.path.to_path_buf())
-                .unwrap_or_default();
-            match outcome {
-                Ok(mut position) => {
-                    for (reply, len) in group.replies.into_iter().zip(group.lens) {
-                        let _ = reply.send(Ok(position));
-                        position += len;
-                    }
-                }
-                Err(e) => {
-                    for reply in group.replies {
-                        let err = io::Error::new(e.kind(), e.to_string());
-                        let _ = reply.send(Err(StorageError::io("append", &path, err)));
-                    }
-                }
-            }
-        }
-    }
-
-    /// `fdatasync`s the given files concurrently, marking failures as poisoned.
-    async fn sync_files(&mut self, ids: &[u64]) -> Vec<io::Result<()>> {
-        let metrics = &self.config.metrics;
-        let files = &self.files;
-        let syncs = ids.iter().map(|id| async move {
-            let open = files
-                .get(id)
-                .ok_or_else(|| io::Error::other("file closed"))?;
-            let started = Instant::now();
-            let result = open.file.sync_data().await;
-            metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            result
-        });
-        let results = join_all(syncs).await;
-        for (id, result) in ids.iter().zip(&results) {
-            if let Some(open) = self.files.get_mut(id) {
-                match result {
-                    Ok(()) => open.dirty = false,
-                    Err(e) => poison(open, "fdatasync", e, &self.config.metrics),
-                }
-            }
-        }
-        self.last_sync = Instant::now();
-        results
-            .into_iter()
-            .map(|r| r.map_err(|e| io::Error::new(e.kind(), format!("fdatasync: {e}"))))
-            .collect()
-    }
-
+    /// Commits everything queued for the file, then syncs it if it is dirty.
     async fn sync_file(&mut self, id: u64) -> Result<()> {
-        let Some(open) = self.files.get(&id) else {
+        let Some(file) = self.files.get(&id).cloned() else {
             return Ok(()); // never written through this thread, or already closed and synced
         };
-        if let Some(cause) = &open.poisoned {
-            return Err(StorageError::Poisoned {
-                partition: open.handle.partition,
-                cause: cause.clone(),
-            });
+        file.idle().await;
+        if let Some(poisoned) = file.poisoned_error() {
+            return Err(poisoned);
         }
-        if !open.dirty {
+        if !file.state.borrow().dirty {
             return Ok(());
         }
-        let path = open.handle.path.to_path_buf();
-        let mut results = self.sync_files(&[id]).await;
-        match results.pop() {
-            Some(Err(e)) => Err(StorageError::io("fdatasync", path, e)),
-            _ => Ok(()),
-        }
+        file.sync(&self.config.metrics)
+            .await
+            .map_err(|e| StorageError::io("fdatasync", &*file.handle.path, e))
     }
 
     async fn sync_dirty(&mut self) {
-        let dirty: Vec<u64> = self
+        let dirty: Vec<Rc<OpenFile>> = self
             .files
-            .iter()
-            .filter(|(_, f)| f.dirty && f.poisoned.is_none())
-            .map(|(id, _)| *id)
+            .values()
+            .filter(|f| {
+                let state = f.state.borrow();
+                state.dirty && state.poisoned.is_none()
+            })
+            .cloned()
             .collect();
-        if !dirty.is_empty() {
-            self.sync_files(&dirty).await;
-        }
+        let metrics = &self.config.metrics;
+        join_all(dirty.iter().map(|f| f.sync(metrics))).await;
         self.last_sync = Instant::now();
+    }
+
+    async fn all_idle(&self) {
+        let files: Vec<Rc<OpenFile>> = self.files.values().cloned().collect();
+        join_all(files.iter().map(|f| f.idle())).await;
     }
 
     async fn close(&mut self, handle: &FileHandle, remove: bool) -> Result<()> {
         let synced = if remove {
+            if let Some(file) = self.files.get(&handle.id).cloned() {
+                file.idle().await;
+            }
             Ok(())
         } else {
             self.sync_file(handle.id).await
         };
-        if let Some(open) = self.files.remove(&handle.id) {
-            // Pending reads hold their own clone of the descriptor.
-            let _ = open.file.close().await;
-        }
+        // Reads in flight hold their own clone of the descriptor.
+        self.files.remove(&handle.id);
         if remove {
             match compio::fs::remove_file(&*handle.path).await {
                 Ok(()) => {}
@@ -470,14 +484,15 @@ impl Worker {
         synced
     }
 
-    /// Syncs every dirty file and drops all descriptors.
+    /// Commits every queue, syncs every dirty file and drops all descriptors.
     async fn close_all(&mut self) -> Result<()> {
+        self.all_idle().await;
         let mut first_error = None;
         // Poisoned files already failed the appends that hit them.
         let ids: Vec<u64> = self
             .files
             .iter()
-            .filter(|(_, f)| f.poisoned.is_none())
+            .filter(|(_, f)| f.state.borrow().poisoned.is_none())
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -490,42 +505,29 @@ impl Worker {
     }
 }
 
-/// Answers every command left in `batch` with [`StorageError::Closed`].
-fn fail_all(batch: &mut Vec<Command>) {
-    for command in batch.drain(..) {
-        match command {
-            Command::Open { reply, .. } => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(StorageError::Closed));
-                }
-            }
-            Command::Append { reply, .. } => {
+/// Answers a command that arrived after shutdown with [`StorageError::Closed`].
+fn fail(command: Command) {
+    match command {
+        Command::Open { reply, .. } => {
+            if let Some(reply) = reply {
                 let _ = reply.send(Err(StorageError::Closed));
             }
-            Command::Read { reply, .. } => {
-                let _ = reply.send(Err(StorageError::Closed));
-            }
-            Command::Sync { reply, .. } | Command::Shutdown { reply } => {
-                let _ = reply.send(Err(StorageError::Closed));
-            }
-            Command::Close { reply, .. } => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(StorageError::Closed));
-                }
-            }
-            Command::Blocking(_) => {}
         }
-    }
-}
-
-fn poison(open: &mut OpenFile, op: &str, e: &io::Error, metrics: &ExecutorMetrics) {
-    if open.poisoned.is_none() {
-        error!(path = %open.handle.path.display(), op, error = %e, "file poisoned");
-        metrics.poisoned_files.inc();
-        open.poisoned = Some(format!(
-            "{op} on {} failed: {e}",
-            open.handle.path.display()
-        ));
+        Command::Close { reply, .. } => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(StorageError::Closed));
+            }
+        }
+        Command::Append { reply, .. } => {
+            let _ = reply.send(Err(StorageError::Closed));
+        }
+        Command::Read { reply, .. } => {
+            let _ = reply.send(Err(StorageError::Closed));
+        }
+        Command::Sync { reply, .. } | Command::Shutdown { reply } => {
+            let _ = reply.send(Err(StorageError::Closed));
+        }
+        Command::Blocking(_) => {}
     }
 }
 
@@ -543,4 +545,54 @@ async fn write_all_vectored(file: &File, data: Vec<Vec<u8>>, pos: u64) -> io::Re
         position += len;
     }
     Ok(position - pos)
+}
+
+/// Raises how many kernel io-wq workers may run this ring's blocking work
+/// (buffered writes and `fdatasync`) at once. The kernel's default is four
+/// per CPU, which on a small machine lets only a handful of files sync
+/// concurrently while the rest queue behind them.
+#[cfg(target_os = "linux")]
+fn set_iowq_max_workers(runtime: &compio::runtime::Runtime, bounded: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IORING_REGISTER_IOWQ_MAX_WORKERS: libc::c_uint = 19;
+    // [bounded, unbounded]; 0 leaves the unbounded limit as it is.
+    let mut limits = [bounded, 0u32];
+    // SAFETY: the ring fd belongs to `runtime`, which outlives the call, and
+    // `limits` is the two-element u32 array this opcode reads and writes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            runtime.as_raw_fd(),
+            IORING_REGISTER_IOWQ_MAX_WORKERS,
+            limits.as_mut_ptr(),
+            2,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_iowq_max_workers(_: &compio::runtime::Runtime, _: u32) -> io::Result<()> {
+    Ok(())
+}
+
+/// Returns `Pending` once, so other tasks on the thread get to run.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
 }
