@@ -1,0 +1,30 @@
+# Shared setup for the scripts: a persistent target directory and the system
+# packages the workspace needs. Sourced, not run.
+
+# One target directory outside the clone, shared by CI and local builds, so a
+# fresh clone does not rebuild every dependency (RocksDB alone takes minutes).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidemq-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Installs a Debian package set when a file it provides is missing.
+ensure_package() {
+    local probe="$1"; shift
+    if ! compgen -G "$probe" >/dev/null; then
+        echo "installing $* (missing $probe)" >&2
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    fi
+}
+
+ensure_system_deps() {
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    # RocksDB's build runs bindgen, which needs libclang and clang's headers.
+    if grep -q 'name = "librocksdb-sys"' "$root/Cargo.lock" 2>/dev/null; then
+        ensure_package "/usr/lib/llvm-14/lib/libclang*.so*" libclang1-14
+        ensure_package "/usr/lib/llvm-14/lib/clang/*/include/stdbool.h" libclang-common-14-dev
+        export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-14/lib}"
+    fi
+}
