@@ -48,6 +48,7 @@ fn read(c: &mut Criterion) {
                 .io_threads(1)
                 .sync_policy(SyncPolicy::Never)
                 .segment_bytes(4 * 1024 * 1024)
+                .max_record_bytes(64 * 1024)
                 .open(),
         )
         .expect("engine opens");
