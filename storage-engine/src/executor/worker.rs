@@ -15,12 +15,14 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
+use futures_util::StreamExt;
 use futures_util::future::{Either, join_all, select};
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -93,9 +95,11 @@ struct FileState {
     /// Set by a failed write or sync; the file takes no more writes.
     poisoned: Option<String>,
     /// Appends waiting for the committer.
-    queue: Vec<(Vec<u8>, oneshot::Sender<Result<u64>>)>,
+    queue: Vec<(Vec<u8>, Reply)>,
     /// A committer task is running for this file.
     committing: bool,
+    /// Wakes the committer when it waits for more appends.
+    committer: Option<Waker>,
     /// Woken when the committer finishes.
     idle_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -153,10 +157,30 @@ impl OpenFile {
     }
 }
 
-/// Commits `file`'s queue in rounds until it is empty.
+/// Commit rounds of one file whose `fdatasync` may be in flight at once.
+///
+/// While one round's sync runs, the next round is already written and its
+/// sync issued, so the device always has work and appends that arrive during
+/// a sync never wait a whole extra round trip. Replies still go out in order.
+const MAX_INFLIGHT_SYNCS: usize = 4;
+
+/// A round whose data is written and whose sync is in flight.
+type SyncingRound = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<(u64, Reply)>, u64)>>>;
+
+type Reply = oneshot::Sender<Result<u64>>;
+
+/// Commits `file`'s queue in rounds until it is empty and every sync is done.
 async fn commit_loop(file: Rc<OpenFile>, sync: SyncPolicy, metrics: ExecutorMetrics) {
+    let mut syncing: FuturesOrdered<SyncingRound> = FuturesOrdered::new();
     loop {
-        let (batch, position) = {
+        if syncing.len() < MAX_INFLIGHT_SYNCS {
+            if let Some(round) = start_round(&file, sync, &metrics).await {
+                syncing.push_back(round);
+            } else if !file.state.borrow().queue.is_empty() {
+                continue; // that round finished without a sync; take the next
+            }
+        }
+        if syncing.is_empty() {
             let mut state = file.state.borrow_mut();
             if state.queue.is_empty() {
                 state.committing = false;
@@ -165,55 +189,117 @@ async fn commit_loop(file: Rc<OpenFile>, sync: SyncPolicy, metrics: ExecutorMetr
                 }
                 return;
             }
-            (std::mem::take(&mut state.queue), state.len)
+            continue;
+        }
+        // Wait for the oldest sync, or for new appends while there is room
+        // for another round.
+        let finished = if syncing.len() < MAX_INFLIGHT_SYNCS {
+            match select(syncing.next(), QueueReady(&file)).await {
+                Either::Left((finished, _)) => finished,
+                Either::Right(((), _)) => continue,
+            }
+        } else {
+            syncing.next().await
         };
-        if let Some(poisoned) = file.poisoned_error() {
-            let cause = poisoned.to_string();
-            for (_, reply) in batch {
+        if let Some((result, replies, position)) = finished {
+            answer(&file, result, replies, position);
+        }
+    }
+}
+
+/// Takes the queue and writes it. Returns the round's sync when the policy
+/// wants one; otherwise the round is answered here.
+async fn start_round(
+    file: &Rc<OpenFile>,
+    sync: SyncPolicy,
+    metrics: &ExecutorMetrics,
+) -> Option<SyncingRound> {
+    let (batch, position) = {
+        let mut state = file.state.borrow_mut();
+        if state.queue.is_empty() {
+            return None;
+        }
+        (std::mem::take(&mut state.queue), state.len)
+    };
+    metrics.commit_batch.observe(batch.len() as f64);
+    let (data, replies): (Vec<Vec<u8>>, Vec<(u64, Reply)>) = batch
+        .into_iter()
+        .map(|(data, reply)| {
+            let len = data.len() as u64;
+            (data, (len, reply))
+        })
+        .unzip();
+    let written = if file.state.borrow().poisoned.is_some() {
+        Err(io::Error::other("file is poisoned"))
+    } else {
+        write_all_vectored(&file.file, data, position).await
+    };
+    match written {
+        Ok(bytes) => {
+            let mut state = file.state.borrow_mut();
+            state.len += bytes;
+            state.dirty = true;
+        }
+        Err(e) => {
+            file.poison("write", &e, metrics);
+            answer(file, Err(e), replies, position);
+            return None;
+        }
+    }
+    if sync != SyncPolicy::Always {
+        answer(file, Ok(()), replies, position);
+        return None;
+    }
+    let (file, metrics) = (Rc::clone(file), metrics.clone());
+    Some(Box::pin(async move {
+        let synced = file.sync(&metrics).await;
+        (synced, replies, position)
+    }))
+}
+
+/// Answers a round's waiters. A round whose file was poisoned in the
+/// meantime fails even if its own sync succeeded: an earlier round's data may
+/// be lost, and a log with a hole must not acknowledge what follows it.
+fn answer(file: &OpenFile, result: io::Result<()>, replies: Vec<(u64, Reply)>, position: u64) {
+    let poisoned = file.state.borrow().poisoned.clone();
+    match (result, poisoned) {
+        (Err(e), _) => {
+            for (_, reply) in replies {
+                let source = io::Error::new(e.kind(), e.to_string());
+                let _ = reply.send(Err(StorageError::io("append", &*file.handle.path, source)));
+            }
+        }
+        (Ok(()), Some(cause)) => {
+            for (_, reply) in replies {
                 let _ = reply.send(Err(StorageError::Poisoned {
                     partition: file.handle.partition,
                     cause: cause.clone(),
                 }));
             }
-            continue;
         }
-        metrics.commit_batch.observe(batch.len() as f64);
-        let (data, replies): (Vec<Vec<u8>>, Vec<_>) = batch
-            .into_iter()
-            .map(|(data, reply)| {
-                let len = data.len() as u64;
-                (data, (len, reply))
-            })
-            .unzip();
-        let mut result = write_all_vectored(&file.file, data, position).await;
-        match &result {
-            Ok(written) => {
-                let mut state = file.state.borrow_mut();
-                state.len += written;
-                state.dirty = true;
+        (Ok(()), None) => {
+            let mut at = position;
+            for (len, reply) in replies {
+                let _ = reply.send(Ok(at));
+                at += len;
             }
-            Err(e) => file.poison("write", e, &metrics),
         }
-        if result.is_ok()
-            && sync == SyncPolicy::Always
-            && let Err(e) = file.sync(&metrics).await
-        {
-            result = Err(e);
-        }
-        match result {
-            Ok(_) => {
-                let mut at = position;
-                for (len, reply) in replies {
-                    let _ = reply.send(Ok(at));
-                    at += len;
-                }
-            }
-            Err(e) => {
-                for (_, reply) in replies {
-                    let err = io::Error::new(e.kind(), e.to_string());
-                    let _ = reply.send(Err(StorageError::io("append", &*file.handle.path, err)));
-                }
-            }
+    }
+}
+
+/// Ready once `file` has queued appends; registers to be woken otherwise.
+struct QueueReady<'a>(&'a OpenFile);
+
+impl Future for QueueReady<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.state.borrow_mut();
+        if state.queue.is_empty() {
+            state.committer = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 }
@@ -344,6 +430,9 @@ impl Worker {
         let start = {
             let mut state = file.state.borrow_mut();
             state.queue.push((data, reply));
+            if let Some(committer) = state.committer.take() {
+                committer.wake();
+            }
             !std::mem::replace(&mut state.committing, true)
         };
         if start {
