@@ -55,6 +55,9 @@ struct Args {
     /// I/O threads of the executor (default: number of cores).
     #[arg(long)]
     io_threads: Option<usize>,
+    /// Commit rounds per file whose fdatasync may overlap (executor path).
+    #[arg(long, default_value_t = 4)]
+    inflight_syncs: usize,
     /// Directory for the files (a fresh temporary directory inside it is used).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -111,8 +114,16 @@ async fn run(args: &Args) -> anyhow::Result<Vec<LoadReport>> {
                 .await
             }
             Path::Executor => {
-                let executor =
-                    Arc::new(Executor::open(dir.path(), spec.partitions, sync, threads).await?);
+                let executor = Arc::new(
+                    Executor::open(
+                        dir.path(),
+                        spec.partitions,
+                        sync,
+                        threads,
+                        args.inflight_syncs,
+                    )
+                    .await?,
+                );
                 let report = load::run(Arc::clone(&executor), spec).await;
                 executor.shutdown().await?;
                 report

@@ -125,12 +125,14 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Starts `threads` I/O threads and opens `partitions` files in `dir`.
+    /// Starts `threads` I/O threads and opens `partitions` files in `dir`;
+    /// `inflight_syncs` is the executor's `max_inflight_syncs`.
     pub async fn open(
         dir: &Path,
         partitions: usize,
         sync: bool,
         threads: usize,
+        inflight_syncs: usize,
     ) -> io::Result<Self> {
         let policy = if sync {
             SyncPolicy::Always
@@ -139,6 +141,7 @@ impl Executor {
         };
         let executor = FileWriteExecutor::builder()
             .threads(threads)
+            .max_inflight_syncs(inflight_syncs)
             .sync_policy(policy)
             .build()
             .map_err(io::Error::other)?;

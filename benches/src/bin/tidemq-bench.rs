@@ -35,10 +35,13 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Storage(StorageCommand::Append(args)) => {
-            let report = runtime.block_on(storage::append(&args))?;
+            let (report, commit) = runtime.block_on(storage::append(&args))?;
             match args.output {
-                Output::Table => println!("{report}"),
-                Output::Json => println!("{}", serde_json::to_string(&report)?),
+                Output::Table => println!("{report}\n{commit}"),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "report": report, "commit": commit })
+                ),
             }
         }
     }

@@ -130,6 +130,7 @@ pub struct ExecutorBuilder {
     pin_cores: bool,
     queue_capacity: usize,
     max_batch: usize,
+    max_inflight_syncs: usize,
     sync: SyncPolicy,
     registry: Option<Registry>,
 }
@@ -142,6 +143,7 @@ impl Default for ExecutorBuilder {
             pin_cores: false,
             queue_capacity: 8192,
             max_batch: 4096,
+            max_inflight_syncs: 4,
             sync: SyncPolicy::Always,
             registry: None,
         }
@@ -188,6 +190,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Commit rounds of one file that may have their `fdatasync` in flight
+    /// at once (default 4). 1 makes each round wait for the previous sync.
+    pub fn max_inflight_syncs(mut self, rounds: usize) -> Self {
+        self.max_inflight_syncs = rounds;
+        self
+    }
+
     /// Register metrics in this registry instead of a private one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -196,9 +205,14 @@ impl ExecutorBuilder {
 
     /// Starts the I/O threads. Returns once every thread runs its io driver.
     pub fn build(self) -> Result<FileWriteExecutor> {
-        if self.threads == 0 || self.queue_capacity == 0 || self.max_batch == 0 {
+        if self.threads == 0
+            || self.queue_capacity == 0
+            || self.max_batch == 0
+            || self.max_inflight_syncs == 0
+        {
             return Err(StorageError::InvalidConfig(
-                "threads, queue_capacity and max_batch must be at least 1".into(),
+                "threads, queue_capacity, max_batch and max_inflight_syncs must be at least 1"
+                    .into(),
             ));
         }
         if let SyncPolicy::Interval(interval) = self.sync
@@ -228,6 +242,7 @@ impl ExecutorBuilder {
                 io_workers: self.io_workers,
                 sync: self.sync,
                 max_batch: self.max_batch,
+                max_inflight_syncs: self.max_inflight_syncs,
                 metrics: metrics.clone(),
             };
             let thread = std::thread::Builder::new()

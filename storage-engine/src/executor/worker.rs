@@ -38,6 +38,7 @@ pub(super) struct WorkerConfig {
     pub io_workers: u32,
     pub sync: SyncPolicy,
     pub max_batch: usize,
+    pub max_inflight_syncs: usize,
     pub metrics: ExecutorMetrics,
 }
 
@@ -157,23 +158,26 @@ impl OpenFile {
     }
 }
 
-/// Commit rounds of one file whose `fdatasync` may be in flight at once.
-///
-/// While one round's sync runs, the next round is already written and its
-/// sync issued, so the device always has work and appends that arrive during
-/// a sync never wait a whole extra round trip. Replies still go out in order.
-const MAX_INFLIGHT_SYNCS: usize = 4;
-
 /// A round whose data is written and whose sync is in flight.
 type SyncingRound = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<(u64, Reply)>, u64)>>>;
 
 type Reply = oneshot::Sender<Result<u64>>;
 
 /// Commits `file`'s queue in rounds until it is empty and every sync is done.
-async fn commit_loop(file: Rc<OpenFile>, sync: SyncPolicy, metrics: ExecutorMetrics) {
+///
+/// Up to `max_inflight` rounds may have their `fdatasync` in flight at once:
+/// while one round syncs, the next is already written and its sync issued,
+/// so the device always has work and appends that arrive during a sync never
+/// wait a whole extra round trip. Replies still go out in order.
+async fn commit_loop(
+    file: Rc<OpenFile>,
+    sync: SyncPolicy,
+    max_inflight: usize,
+    metrics: ExecutorMetrics,
+) {
     let mut syncing: FuturesOrdered<SyncingRound> = FuturesOrdered::new();
     loop {
-        if syncing.len() < MAX_INFLIGHT_SYNCS {
+        if syncing.len() < max_inflight {
             if let Some(round) = start_round(&file, sync, &metrics).await {
                 syncing.push_back(round);
             } else if !file.state.borrow().queue.is_empty() {
@@ -193,7 +197,7 @@ async fn commit_loop(file: Rc<OpenFile>, sync: SyncPolicy, metrics: ExecutorMetr
         }
         // Wait for the oldest sync, or for new appends while there is room
         // for another round.
-        let finished = if syncing.len() < MAX_INFLIGHT_SYNCS {
+        let finished = if syncing.len() < max_inflight {
             match select(syncing.next(), QueueReady(&file)).await {
                 Either::Left((finished, _)) => finished,
                 Either::Right(((), _)) => continue,
@@ -439,6 +443,7 @@ impl Worker {
             compio::runtime::spawn(commit_loop(
                 Rc::clone(file),
                 self.config.sync,
+                self.config.max_inflight_syncs,
                 self.config.metrics.clone(),
             ))
             .detach();
