@@ -146,7 +146,7 @@ impl EngineBuilder {
                 let next = segments.last().map_or(0, |s| s.next_offset);
                 if segments.is_empty() {
                     let path = segment_path(&dir, next);
-                    segments.push(new_segment(executor.handle(id, path), next));
+                    segments.push(Segment::empty(executor.handle(id, path), next));
                 }
                 if let Some(active) = segments.last() {
                     executor.len(&active.file).await?; // opens it for appending
@@ -190,18 +190,6 @@ impl EngineBuilder {
         });
         spawn_retention_thread(Arc::downgrade(&inner), self.retention_check_interval)?;
         Ok(StorageEngine { inner })
-    }
-}
-
-fn new_segment(file: crate::executor::FileHandle, base: u64) -> Segment {
-    Segment {
-        base_offset: base,
-        file,
-        size: 0,
-        committed_size: 0,
-        next_offset: base,
-        max_timestamp_ms: i64::MIN,
-        index: Default::default(),
     }
 }
 
@@ -348,7 +336,7 @@ impl StorageEngine {
             id,
             dir,
             retention,
-            vec![new_segment(file, 0)],
+            vec![Segment::empty(file, 0)],
         ));
         let mut partitions = self.write_partitions();
         if partitions.contains_key(&id) {

@@ -121,18 +121,7 @@ impl PartitionState {
     /// Starts a new, empty segment at the next offset.
     pub fn roll(&mut self, file: FileHandle) {
         let base = self.next_offset;
-        self.segments.insert(
-            base,
-            Segment {
-                base_offset: base,
-                file,
-                size: 0,
-                committed_size: 0,
-                next_offset: base,
-                max_timestamp_ms: i64::MIN,
-                index: Default::default(),
-            },
-        );
+        self.segments.insert(base, Segment::empty(file, base));
     }
 
     /// Assigns offsets and timestamps to `records` and frames them for the

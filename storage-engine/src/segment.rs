@@ -93,6 +93,19 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// A new segment file holding no records yet.
+    pub fn empty(file: FileHandle, base_offset: u64) -> Self {
+        Self {
+            base_offset,
+            file,
+            size: 0,
+            committed_size: 0,
+            next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
+            index: SparseIndex::default(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.next_offset == self.base_offset
     }
