@@ -1,0 +1,270 @@
+//! The ACL rules file: ordered `allow`/`deny` rules, the first matching rule decides.
+//!
+//! ```text
+//! # allow|deny  publish|subscribe|all  <who>  <topic filter>  [# comment]
+//! allow subscribe *            $SYS/#
+//! allow all       user:alice   home/alice/#
+//! deny  publish   client:sensor-7  #
+//! allow all       *            devices/%c/#   # %c = client id, %u = username
+//! ```
+//!
+//! `<who>` is `*`, `user:<name>` or `client:<id>`. Fields are separated by whitespace, so
+//! names and filters cannot contain spaces; the fourth field is always the filter (even `#`)
+//! and anything after it must be a `#` comment. Keywords are case-insensitive.
+//!
+//! Filters match as in [`crate::topic_tree`], `$` rule included: a rule on `#` or `+/...`
+//! says nothing about `$SYS/...` topics, which need rules of their own.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use super::filter::{covers, overlaps, substitute, unshare};
+use super::{AuthError, INLINE, content_lines, read_file};
+use crate::topic_tree::{filter_matches, is_valid_filter, is_valid_topic_name};
+
+/// What a client asks to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish to a topic name.
+    Publish,
+    /// Subscribe to a topic filter.
+    Subscribe,
+}
+
+/// Parsed ACL rules plus the decision used when no rule matches.
+#[derive(Debug, Clone)]
+pub struct AclRules {
+    rules: Vec<Rule>,
+    default_allow: bool,
+}
+
+impl AclRules {
+    /// Parses rules text; `default_allow` decides requests no rule matches. Errors name the
+    /// line.
+    pub fn parse(text: &str, default_allow: bool) -> Result<Self, AuthError> {
+        Self::parse_named(text, INLINE, default_allow)
+    }
+
+    /// Reads and parses the rules file at `path`.
+    pub fn load(path: &Path, default_allow: bool) -> Result<Self, AuthError> {
+        Self::parse_named(
+            &read_file(path)?,
+            &path.display().to_string(),
+            default_allow,
+        )
+    }
+
+    fn parse_named(text: &str, file: &str, default_allow: bool) -> Result<Self, AuthError> {
+        let rules = content_lines(text)
+            .map(|(line, content)| {
+                Rule::parse(line, content).map_err(|message| AuthError::Parse {
+                    file: file.to_owned(),
+                    line,
+                    message,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            rules,
+            default_allow,
+        })
+    }
+
+    /// Whether the client may perform `action` on `topic`.
+    ///
+    /// For [`Action::Publish`], `topic` is a topic name and a rule applies if its filter
+    /// matches it. For [`Action::Subscribe`], `topic` is a topic filter and an `allow` rule
+    /// applies only if its filter covers every topic the requested filter can match (rule
+    /// `a/#` covers `a/+/b`; rule `a/+` does not cover `a/#`), while a `deny` rule applies as
+    /// soon as the two filters can match a common topic (rule `a/+` denies `a/#`), so a broad
+    /// subscription cannot slip past a narrower deny. A `$share/{group}/{filter}` subscription
+    /// is checked by its inner filter.
+    ///
+    /// `%c` and `%u` in a rule's filter are replaced by the client id and username before
+    /// matching. A rule using `%u` never matches a client without a username, and one whose
+    /// substituted value is empty or contains `+`, `#` or `/` never matches, so a client id
+    /// like `#` cannot widen a rule.
+    ///
+    /// The first applicable rule decides; without one the configured default does. An invalid
+    /// topic name or filter (including a malformed `$share`) is always refused.
+    pub fn check(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+    ) -> bool {
+        let target = match action {
+            Action::Publish => Some(topic).filter(|t| is_valid_topic_name(t)),
+            Action::Subscribe => unshare(topic).filter(|f| is_valid_filter(f)),
+        };
+        let Some(target) = target else {
+            tracing::debug!(client_id, ?action, topic, "ACL refused an invalid topic");
+            return false;
+        };
+        for rule in &self.rules {
+            if !rule.scope.includes(action) || !rule.who.matches(username, client_id) {
+                continue;
+            }
+            let filter = if rule.templated {
+                match substitute(&rule.filter, username, client_id) {
+                    Some(filter) => Cow::Owned(filter),
+                    None => continue,
+                }
+            } else {
+                Cow::Borrowed(&*rule.filter)
+            };
+            let applies = match action {
+                Action::Publish => filter_matches(&filter, target),
+                Action::Subscribe if rule.allow => covers(&filter, target),
+                Action::Subscribe => overlaps(&filter, target),
+            };
+            if applies {
+                tracing::trace!(
+                    client_id,
+                    ?action,
+                    topic,
+                    line = rule.line,
+                    allow = rule.allow,
+                    "ACL rule applied"
+                );
+                return rule.allow;
+            }
+        }
+        tracing::trace!(
+            client_id,
+            ?action,
+            topic,
+            allow = self.default_allow,
+            "ACL default applied"
+        );
+        self.default_allow
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules (every request gets the default).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    line: usize,
+    allow: bool,
+    scope: Scope,
+    who: Who,
+    filter: Box<str>,
+    /// Whether `filter` contains `%c` or `%u`.
+    templated: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Publish,
+    Subscribe,
+    All,
+}
+
+impl Scope {
+    fn includes(self, action: Action) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Publish => action == Action::Publish,
+            Scope::Subscribe => action == Action::Subscribe,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Who {
+    Anyone,
+    User(Box<str>),
+    Client(Box<str>),
+}
+
+impl Who {
+    fn matches(&self, username: Option<&str>, client_id: &str) -> bool {
+        match self {
+            Who::Anyone => true,
+            Who::User(name) => username == Some(&**name),
+            Who::Client(id) => client_id == &**id,
+        }
+    }
+}
+
+impl Rule {
+    fn parse(line: usize, content: &str) -> Result<Self, String> {
+        let mut fields = content.split_whitespace();
+        let mut next = |what: &str| {
+            fields
+                .next()
+                .ok_or_else(|| format!("missing {what}; expected `allow|deny publish|subscribe|all <who> <topic filter>`"))
+        };
+        let allow = match next("permission")?.to_ascii_lowercase().as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => return Err(format!("expected `allow` or `deny`, found `{other}`")),
+        };
+        let scope = match next("action")?.to_ascii_lowercase().as_str() {
+            "publish" => Scope::Publish,
+            "subscribe" => Scope::Subscribe,
+            "all" => Scope::All,
+            other => {
+                return Err(format!(
+                    "expected `publish`, `subscribe` or `all`, found `{other}`"
+                ));
+            }
+        };
+        let who = parse_who(next("who")?)?;
+        let filter = next("topic filter")?;
+        if let Some(extra) = fields.next()
+            && !extra.starts_with('#')
+        {
+            return Err(format!("unexpected `{extra}` after the topic filter"));
+        }
+        if !is_valid_filter(filter) {
+            return Err(format!("invalid topic filter `{filter}`"));
+        }
+        if filter == "$share" || filter.starts_with("$share/") {
+            return Err(format!(
+                "`{filter}`: shared subscriptions are checked by their inner filter; \
+                 write the rule without `$share/<group>/`"
+            ));
+        }
+        Ok(Self {
+            line,
+            allow,
+            scope,
+            who,
+            filter: filter.into(),
+            templated: filter.contains("%c") || filter.contains("%u"),
+        })
+    }
+}
+
+fn parse_who(field: &str) -> Result<Who, String> {
+    if field == "*" {
+        return Ok(Who::Anyone);
+    }
+    let (kind, name) = field
+        .split_once(':')
+        .ok_or_else(|| format!("expected `*`, `user:<name>` or `client:<id>`, found `{field}`"))?;
+    if name.is_empty() {
+        return Err(format!("empty name in `{field}`"));
+    }
+    match kind.to_ascii_lowercase().as_str() {
+        "user" => Ok(Who::User(name.into())),
+        "client" => Ok(Who::Client(name.into())),
+        _ => Err(format!(
+            "expected `*`, `user:<name>` or `client:<id>`, found `{field}`"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! The broker: shared state, the listener, and its lifecycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::auth::{AclRules, AuthError, PasswordFile};
+use crate::config::{Config, ConfigError};
+use crate::connection;
+use crate::metrics::BrokerMetrics;
+use crate::router::Router;
+use crate::session::SessionRegistry;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The configuration is invalid or unsafe.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The password or ACL file could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Credentials and access rules, swapped whole on reload.
+#[derive(Default)]
+pub struct AuthState {
+    /// Verified user names and passwords.
+    pub passwords: Option<PasswordFile>,
+    /// Publish/subscribe rules.
+    pub acl: Option<AclRules>,
+}
+
+impl AuthState {
+    /// Loads the files the configuration names.
+    pub fn load(config: &Config) -> Result<AuthState, AuthError> {
+        Ok(AuthState {
+            passwords: config
+                .auth
+                .password_file
+                .as_deref()
+                .map(PasswordFile::load)
+                .transpose()?,
+            acl: config
+                .auth
+                .acl_file
+                .as_deref()
+                .map(|path| AclRules::load(path, config.auth.acl_default_allow))
+                .transpose()?,
+        })
+    }
+}
+
+/// State shared by the listener and every connection.
+pub struct Shared {
+    /// The configuration, read on every connect and publish; swapped whole.
+    pub config: ArcSwap<Config>,
+    /// Credentials and ACL; swapped whole.
+    pub auth: ArcSwap<AuthState>,
+    /// Sessions by `{tenant}/{client_id}`.
+    pub sessions: SessionRegistry,
+    /// Subscriptions and retained messages.
+    pub router: Router,
+    /// Metrics.
+    pub metrics: BrokerMetrics,
+    /// Flips to `true` when the broker shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running broker. Dropping it without [`Broker::shutdown`] leaves the
+/// listener running until the runtime stops.
+pub struct Broker {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Broker {
+    /// Validates `config`, loads credentials, binds the listener and starts
+    /// accepting connections on the current tokio runtime.
+    pub async fn start(config: Config, registry: &Registry) -> Result<Broker, BrokerError> {
+        config.validate()?;
+        config.check_exposure()?;
+        let auth = AuthState::load(&config)?;
+        let metrics = BrokerMetrics::register(registry)?;
+        let addr = config.listener.bind;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        let slots = Arc::new(Semaphore::new(config.listener.max_connections));
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            auth: ArcSwap::from_pointee(auth),
+            sessions: SessionRegistry::default(),
+            router: Router::default(),
+            metrics,
+            shutdown,
+        });
+        info!(%local_addr, "MQTT listener started");
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, slots));
+        Ok(Broker {
+            shared,
+            local_addr,
+            stop,
+            accept_task,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// State shared with connections (for embedding and tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B server
+    /// shutting down) and waits for the connections to close.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        info!("MQTT listener stopped");
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Semaphore>) {
+    let mut connections = JoinSet::new();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = Arc::clone(&shared);
+                        connections.spawn(async move {
+                            connection::serve(shared, stream, peer).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        shared.metrics.connections_refused.inc();
+                        warn!(%peer, "refusing connection: max_connections reached");
+                    }
+                },
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    // Connections see the same shutdown signal and close themselves.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            remaining = connections.len(),
+            "connections did not close in time"
+        );
+        connections.abort_all();
+    }
+}

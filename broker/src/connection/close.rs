@@ -1,0 +1,217 @@
+//! The end of a connection: the DISCONNECT the broker sends, the will, and
+//! what happens to the session.
+//!
+//! The will is published unless the client disconnected normally (reason
+//! 0x00) or the broker is shutting down. With a will delay it waits, and is
+//! dropped if the session is resumed first; it goes out at once when the
+//! session ends earlier. A session with expiry 0 ends here; otherwise a timer
+//! ends it when its expiry passes without a reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemq_proto::mqtt::{
+    Disconnect, DisconnectProperties, LastWill, Packet, PublishProperties, ReasonCode,
+};
+use tracing::debug;
+
+use super::{Connection, End, Io};
+use crate::auth::Action;
+use crate::broker::Shared;
+use crate::message::Message;
+use crate::session::{PendingWill, Session};
+
+impl Connection {
+    /// Ends the connection; see the [module docs](self).
+    pub(super) async fn close(mut self, end: End, io: &mut Io) {
+        let reason = match end {
+            End::Violation(reason) => {
+                self.shared
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[super::connect::reason_label(reason)])
+                    .inc();
+                Some(reason)
+            }
+            End::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            End::TakenOver { .. } => Some(ReasonCode::SessionTakenOver),
+            End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            End::ClientDisconnect(_) | End::Dropped => None,
+        };
+        if let Some(reason) = reason
+            && self.protocol.is_v5()
+        {
+            let disconnect = Packet::Disconnect(Disconnect {
+                reason,
+                properties: DisconnectProperties::default(),
+            });
+            self.send(io, &disconnect);
+        }
+        let _ = io.flush().await;
+        debug!(client = %self.session.client_id, ?end, "connection closed");
+
+        let will = match end {
+            End::ClientDisconnect(ReasonCode::Success) | End::Shutdown => None,
+            _ => self.will.take(),
+        };
+        self.detach(will);
+    }
+
+    /// Releases the session, schedules or publishes the will, and ends or
+    /// arms the expiry of the session.
+    fn detach(&mut self, will: Option<LastWill>) {
+        let shared = &self.shared;
+        let session = &self.session;
+        let (generation, expiry, mut will_now) = {
+            let mut state = session.lock();
+            let ours = state
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.connection_id == self.connection_id);
+            if ours {
+                state.attachment = None;
+            }
+            let delay = will
+                .as_ref()
+                .and_then(|w| w.properties.will_delay_interval)
+                .unwrap_or(0);
+            let mut will_now = None;
+            if let Some(will) = will {
+                if delay > 0 && state.expiry_interval > 0 {
+                    state.pending_will = Some(PendingWill {
+                        will,
+                        username: self.username.clone(),
+                        generation: state.generation,
+                    });
+                } else {
+                    will_now = Some(will);
+                }
+            }
+            (state.generation, state.expiry_interval, will_now)
+        };
+        if let Some(will) = will_now.take() {
+            publish_will(shared, &session.key, self.username.as_deref(), will);
+        }
+        if let Some(detached) = self.detached.take() {
+            let _ = detached.send(());
+        }
+        if expiry == 0 {
+            end_session(shared, session, generation);
+            return;
+        }
+        let delay = session
+            .lock()
+            .pending_will
+            .as_ref()
+            .and_then(|p| p.will.properties.will_delay_interval);
+        if let Some(delay) = delay {
+            let (shared, session) = (Arc::clone(shared), Arc::clone(session));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay.min(expiry)))).await;
+                let pending = {
+                    let mut state = session.lock();
+                    match &state.pending_will {
+                        Some(p) if p.generation == generation && state.attachment.is_none() => {
+                            state.pending_will.take()
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(pending) = pending {
+                    publish_will(
+                        &shared,
+                        &session.key,
+                        pending.username.as_deref(),
+                        pending.will,
+                    );
+                }
+            });
+        }
+        if expiry != u32::MAX {
+            let (shared, session) = (Arc::clone(shared), Arc::clone(session));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                end_session(&shared, &session, generation);
+            });
+        }
+    }
+}
+
+/// Ends a session that is still at `generation` and has no connection:
+/// its pending will goes out, its subscriptions and queue are dropped.
+fn end_session(shared: &Shared, session: &Arc<Session>, generation: u64) {
+    let pending = {
+        let mut state = session.lock();
+        if state.generation != generation || state.attachment.is_some() {
+            return;
+        }
+        state.pending_will.take()
+    };
+    if let Some(pending) = pending {
+        publish_will(
+            shared,
+            &session.key,
+            pending.username.as_deref(),
+            pending.will,
+        );
+    }
+    shared.router.remove_session(session);
+    let tenant = shared.config.load().listener.tenant.clone();
+    shared.sessions.remove(&tenant, session);
+    shared.metrics.sessions.set(shared.sessions.len() as i64);
+    shared
+        .metrics
+        .subscriptions
+        .set(shared.router.subscription_count() as i64);
+    debug!(client = %session.client_id, "session ended");
+}
+
+/// Publishes a will message as if its client had sent it.
+pub(super) fn publish_will(
+    shared: &Shared,
+    key: &Arc<str>,
+    username: Option<&str>,
+    will: LastWill,
+) {
+    let client_id = key.split_once('/').map_or(&**key, |(_, id)| id);
+    let auth = shared.auth.load();
+    if let Some(acl) = &auth.acl
+        && !acl.check(username, client_id, Action::Publish, &will.topic)
+    {
+        shared
+            .metrics
+            .messages_dropped
+            .with_label_values(&["not_authorized"])
+            .inc();
+        return;
+    }
+    let p = will.properties;
+    let message = Arc::new(Message {
+        topic: will.topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            content_type: p.content_type,
+            ..PublishProperties::default()
+        },
+        publisher: Some(Arc::clone(key)),
+        expires_at: p
+            .message_expiry_interval
+            .map(|secs| std::time::Instant::now() + Duration::from_secs(u64::from(secs))),
+    });
+    if message.retain {
+        shared
+            .metrics
+            .retained
+            .set(shared.router.retain(&message) as i64);
+    }
+    let queue_qos0 = shared.config.load().session.queue_qos0_offline;
+    shared.router.route(&message, &shared.sessions, queue_qos0);
+    debug!(topic = %message.topic, "will published");
+}

@@ -1,0 +1,353 @@
+//! The CONNECT handshake: read, validate, authenticate, attach the session
+//! (taking it over from another connection if needed), answer CONNACK.
+//!
+//! Each step is timed; a handshake slower than `diagnostics.slow_connect_ms`
+//! is logged at WARN with every step's duration, and every step feeds the
+//! `tidemq_connect_step_duration_seconds{step}` histogram.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidemq_proto::mqtt::{
+    self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, ReasonCode,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::{Connection, Io, close};
+use crate::broker::Shared;
+use crate::config::Config;
+use crate::session::{Attachment, Kick, MemoryQueue, Session, SessionRegistry};
+
+/// Step timings of one handshake.
+struct Steps {
+    started: Instant,
+    last: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            steps: Vec::with_capacity(6),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self, shared: &Shared, client_id: &str, slow_ms: u64) {
+        let total = self.started.elapsed();
+        let metrics = &shared.metrics;
+        metrics.connect_seconds.observe(total.as_secs_f64());
+        for (step, took) in &self.steps {
+            metrics
+                .connect_step_seconds
+                .with_label_values(&[step])
+                .observe(took.as_secs_f64());
+        }
+        if total >= Duration::from_millis(slow_ms) {
+            let steps: Vec<String> = self
+                .steps
+                .iter()
+                .map(|(s, d)| format!("{s}={:.2}ms", d.as_secs_f64() * 1e3))
+                .collect();
+            warn!(client_id, total_ms = total.as_secs_f64() * 1e3, steps = %steps.join(" "), "slow connect");
+        }
+    }
+}
+
+/// Runs the handshake. `None` when the client was refused or went away.
+pub(super) async fn handshake(
+    shared: &Arc<Shared>,
+    io: &mut Io,
+    peer: SocketAddr,
+) -> Option<Connection> {
+    let config = shared.config.load_full();
+    let mut steps = Steps::new();
+    let max_in = config.mqtt.max_packet_size as usize;
+    let read = tokio::time::timeout(
+        config.mqtt.connect_timeout(),
+        io.read_packet(Protocol::V5, max_in),
+    )
+    .await;
+    let connect = match read {
+        Err(_) => {
+            debug!(%peer, "no CONNECT in time");
+            count(shared, "connect_timeout");
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(Packet::Connect(connect)))) => connect,
+        Ok(Ok(Some(other))) => {
+            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            count(shared, "protocol_error");
+            return None;
+        }
+        Ok(Err(DecodeError::UnsupportedProtocol { level, .. })) => {
+            let protocol = if level == 5 {
+                Protocol::V5
+            } else {
+                Protocol::V3_1_1
+            };
+            refuse(shared, io, protocol, ReasonCode::UnsupportedProtocolVersion).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "malformed CONNECT");
+            count(shared, "malformed");
+            return None;
+        }
+    };
+    steps.mark("read_connect");
+    shared
+        .metrics
+        .packets_in
+        .with_label_values(&["CONNECT"])
+        .inc();
+    let protocol = connect.protocol;
+
+    let (client_id, assigned) = match client_identifier(&connect) {
+        Ok(found) => found,
+        Err(reason) => {
+            refuse(shared, io, protocol, reason).await;
+            return None;
+        }
+    };
+    steps.mark("check_limit");
+
+    if let Err(reason) = authenticate(shared, &config, &connect) {
+        refuse(shared, io, protocol, reason).await;
+        return None;
+    }
+    steps.mark("auth");
+
+    let tenant = config.listener.tenant.clone();
+    let key = SessionRegistry::key(&tenant, &client_id);
+    let (session, existed) = shared.sessions.get_or_insert_with(&tenant, &key, || {
+        Session::new(
+            Arc::clone(&key),
+            client_id.clone(),
+            protocol,
+            Box::new(MemoryQueue::new(
+                config.session.max_queued_messages,
+                config.session.max_queued_bytes,
+            )),
+        )
+    });
+    // Take the session over from a live connection, and wait until that
+    // connection has detached: never two live connections on one session.
+    let previous = session.lock().attachment.take();
+    if let Some(previous) = previous {
+        let _ = previous.kick.send(Kick::TakenOver {
+            session_continues: !connect.clean_start,
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), previous.detached).await;
+    }
+    steps.mark("session");
+
+    let expiry = session_expiry(&connect, &config);
+    let (kick_tx, kick) = oneshot::channel();
+    let (detached, detached_rx) = oneshot::channel();
+    let connection_id = shared.sessions.next_connection_id();
+    if connect.clean_start {
+        shared.router.remove_session(&session);
+    }
+    let (session_present, stale_will) = {
+        let mut state = session.lock();
+        let present = existed && !connect.clean_start && state.generation > 0;
+        if connect.clean_start || !existed {
+            state.reset();
+        }
+        // A delayed will of the previous connection: a resumed session
+        // cancels it, a clean start ends the old session and releases it now.
+        let pending = state.pending_will.take();
+        state.protocol = protocol;
+        state.expiry_interval = expiry;
+        state.generation += 1;
+        state.attachment = Some(Attachment {
+            connection_id,
+            kick: kick_tx,
+            detached: detached_rx,
+        });
+        (present, pending.filter(|_| connect.clean_start))
+    };
+    if let Some(pending) = stale_will {
+        close::publish_will(
+            shared,
+            &session.key,
+            pending.username.as_deref(),
+            pending.will,
+        );
+    }
+    shared.metrics.sessions.set(shared.sessions.len() as i64);
+    steps.mark("add_cache");
+
+    let server_keep_alive = (protocol.is_v5() && config.mqtt.server_keep_alive > 0)
+        .then_some(config.mqtt.server_keep_alive);
+    let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+    let mut properties = ConnAckProperties::default();
+    if protocol.is_v5() {
+        properties.assigned_client_identifier = assigned.then(|| client_id.clone());
+        properties.receive_maximum = Some(config.mqtt.receive_maximum);
+        properties.maximum_packet_size = Some(config.mqtt.max_packet_size);
+        properties.topic_alias_maximum = Some(config.mqtt.topic_alias_maximum);
+        properties.retain_available = Some(config.mqtt.retain_available);
+        properties.wildcard_subscription_available = Some(true);
+        properties.subscription_identifiers_available = Some(true);
+        properties.shared_subscription_available = Some(true);
+        properties.server_keep_alive = server_keep_alive;
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+        properties.session_expiry_interval = (asked != expiry).then_some(expiry);
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present,
+        reason: ReasonCode::Success,
+        properties,
+    });
+    let mut connection = Connection {
+        shared: Arc::clone(shared),
+        session: Arc::clone(&session),
+        connection_id,
+        protocol,
+        username: connect.username.clone(),
+        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+        will: connect.will.clone(),
+        kick,
+        detached: Some(detached),
+        connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
+        max_packet_in: max_in,
+        max_packet_out: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        window: match (protocol, connect.properties.receive_maximum) {
+            (Protocol::V5, Some(max)) => usize::from(max),
+            _ => usize::from(config.mqtt.max_inflight),
+        },
+        receive_maximum: usize::from(config.mqtt.receive_maximum),
+        alias_in: HashMap::new(),
+        alias_in_max: if protocol.is_v5() {
+            config.mqtt.topic_alias_maximum
+        } else {
+            0
+        },
+        alias_out: HashMap::new(),
+        alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        last_packet: Instant::now(),
+    };
+    connection.send(io, &connack);
+    // A resumed session first gets what was in flight, then its queue.
+    connection.resend_inflight(io);
+    if io.flush().await.is_err() {
+        connection.close(super::End::Dropped, io).await;
+        return None;
+    }
+    steps.mark("connack");
+    count(shared, "success");
+    steps.report(shared, &client_id, config.diagnostics.slow_connect_ms);
+    debug!(%peer, client_id, ?protocol, session_present, "client connected");
+    Some(connection)
+}
+
+/// The client id to use, and whether the broker assigned it.
+fn client_identifier(connect: &Connect) -> Result<(String, bool), ReasonCode> {
+    if !connect.client_id.is_empty() {
+        if connect.protocol == Protocol::V3_1 && connect.client_id.len() > 23 {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        return Ok((connect.client_id.clone(), false));
+    }
+    // An empty id gets a generated one, except where the spec says to
+    // refuse: 3.1, and 3.1.1 asking to keep its session.
+    match connect.protocol {
+        Protocol::V5 => Ok((generate_client_id(), true)),
+        Protocol::V3_1_1 if connect.clean_start => Ok((generate_client_id(), true)),
+        _ => Err(ReasonCode::ClientIdentifierNotValid),
+    }
+}
+
+fn generate_client_id() -> String {
+    format!("tidemq-{:016x}", rand::random::<u64>())
+}
+
+/// Checks credentials against the password file and the anonymous policy.
+fn authenticate(shared: &Shared, config: &Config, connect: &Connect) -> Result<(), ReasonCode> {
+    let auth = shared.auth.load();
+    match (&connect.username, &auth.passwords) {
+        (None, _) if config.listener.allow_anonymous => Ok(()),
+        (None, _) => Err(ReasonCode::NotAuthorized),
+        (Some(user), Some(passwords)) => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            if passwords.verify(user, password) {
+                Ok(())
+            } else {
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+        }
+        (Some(_), None) if config.listener.allow_anonymous => Ok(()),
+        (Some(_), None) => Err(ReasonCode::BadUserNameOrPassword),
+    }
+}
+
+/// The session expiry in force: 3.1.1 clean session 0 keeps the session
+/// forever (bounded by configuration), 5.0 uses the property.
+fn session_expiry(connect: &Connect, config: &Config) -> u32 {
+    let asked = match connect.protocol {
+        Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => u32::MAX,
+    };
+    asked.min(config.mqtt.max_session_expiry_secs)
+}
+
+/// Answers CONNECT with a failure and counts it.
+async fn refuse(shared: &Shared, io: &mut Io, protocol: Protocol, reason: ReasonCode) {
+    count(shared, reason_label(reason));
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    });
+    if mqtt::encode(&connack, protocol, &mut io.write_buf).is_ok() {
+        shared
+            .metrics
+            .packets_out
+            .with_label_values(&["CONNACK"])
+            .inc();
+        let _ = io.flush().await;
+    }
+}
+
+fn count(shared: &Shared, label: &str) {
+    shared.metrics.connects.with_label_values(&[label]).inc();
+}
+
+/// A metric label for a reason code.
+pub(crate) fn reason_label(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::Success => "success",
+        ReasonCode::UnsupportedProtocolVersion => "unsupported_protocol_version",
+        ReasonCode::ClientIdentifierNotValid => "client_identifier_not_valid",
+        ReasonCode::BadUserNameOrPassword => "bad_username_or_password",
+        ReasonCode::NotAuthorized => "not_authorized",
+        ReasonCode::MalformedPacket => "malformed_packet",
+        ReasonCode::ProtocolError => "protocol_error",
+        ReasonCode::PacketTooLarge => "packet_too_large",
+        ReasonCode::TopicAliasInvalid => "topic_alias_invalid",
+        ReasonCode::ReceiveMaximumExceeded => "receive_maximum_exceeded",
+        ReasonCode::TopicNameInvalid => "topic_name_invalid",
+        ReasonCode::TopicFilterInvalid => "topic_filter_invalid",
+        ReasonCode::KeepAliveTimeout => "keep_alive_timeout",
+        ReasonCode::RetainNotSupported => "retain_not_supported",
+        _ => "other",
+    }
+}

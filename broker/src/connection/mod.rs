@@ -1,0 +1,193 @@
+//! One task per client connection.
+//!
+//! [`serve`] runs the CONNECT handshake ([`connect`]), then the connection
+//! loop: a single `select!` over socket reads, deliveries queued on the
+//! session, the keep-alive deadline, a takeover by another connection, and
+//! broker shutdown. Packet handling lives in [`inbound`]; everything written
+//! to the socket goes through [`outbound`]. When the loop ends, [`close`]
+//! decides about the will and what happens to the session.
+
+mod close;
+mod connect;
+mod inbound;
+mod outbound;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use crate::broker::Shared;
+use crate::session::{Kick, Session};
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    shared.metrics.connections.inc();
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let mut io = Io {
+        reader,
+        writer,
+        read_buf: BytesMut::with_capacity(4096),
+        write_buf: BytesMut::with_capacity(4096),
+    };
+    if let Some(connection) = connect::handshake(&shared, &mut io, peer).await {
+        connection.run(&mut io).await;
+    }
+    let _ = io.writer.shutdown().await;
+    shared.metrics.connections.dec();
+}
+
+/// The socket halves and their buffers.
+pub(crate) struct Io {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl Io {
+    /// Reads until one packet is decoded. `Ok(None)` when the peer closed.
+    async fn read_packet(
+        &mut self,
+        protocol: Protocol,
+        max: usize,
+    ) -> Result<Option<Packet>, DecodeError> {
+        loop {
+            if let Some(packet) = mqtt::decode(&mut self.read_buf, protocol, max)? {
+                return Ok(Some(packet));
+            }
+            match self.reader.read_buf(&mut self.read_buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes everything buffered.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.writer.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// How a connection ended, which decides the DISCONNECT sent, the will,
+/// and the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client sent DISCONNECT with this reason (0x00: no will; 0x04: will).
+    ClientDisconnect(ReasonCode),
+    /// The socket closed or failed without DISCONNECT.
+    Dropped,
+    /// No packet within 1.5 × keep alive.
+    KeepAliveTimeout,
+    /// The client broke the protocol; close with this reason.
+    Violation(ReasonCode),
+    /// Another connection took the session over.
+    TakenOver { session_continues: bool },
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// A connected client after a successful CONNECT.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    connection_id: u64,
+    protocol: Protocol,
+    username: Option<String>,
+    keep_alive: Option<Duration>,
+    will: Option<LastWill>,
+    kick: oneshot::Receiver<Kick>,
+    detached: Option<oneshot::Sender<()>>,
+    /// Session expiry asked for in CONNECT (5.0 forbids raising it from 0 later).
+    connect_expiry: u32,
+    /// Largest packet accepted from the client.
+    max_packet_in: usize,
+    /// Largest packet the client accepts.
+    max_packet_out: usize,
+    /// Outbound QoS 1/2 messages allowed in flight.
+    window: usize,
+    /// Inbound QoS 2 messages allowed in flight.
+    receive_maximum: usize,
+    /// Inbound topic aliases.
+    alias_in: HashMap<u16, String>,
+    alias_in_max: u16,
+    /// Outbound topic aliases the broker assigned.
+    alias_out: HashMap<String, u16>,
+    alias_out_max: u16,
+    last_packet: Instant,
+}
+
+impl Connection {
+    /// The connection loop; see the [module docs](self).
+    async fn run(mut self, io: &mut Io) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let end = loop {
+            self.pump(io);
+            if io.flush().await.is_err() {
+                break End::Dropped;
+            }
+            let deadline = self
+                .keep_alive
+                .map(|k| self.last_packet + k + k / 2)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let ended = tokio::select! {
+                read = io.reader.read_buf(&mut io.read_buf) => match read {
+                    Ok(0) | Err(_) => Some(End::Dropped),
+                    Ok(_) => {
+                        self.last_packet = Instant::now();
+                        self.handle_buffered(io).err()
+                    }
+                },
+                () = self.session.notify.notified() => None,
+                () = tokio::time::sleep_until(deadline.into()), if self.keep_alive.is_some() => {
+                    Some(End::KeepAliveTimeout)
+                }
+                kick = &mut self.kick => match kick {
+                    Ok(Kick::TakenOver { session_continues }) => Some(End::TakenOver { session_continues }),
+                    Err(_) => Some(End::Dropped),
+                },
+                changed = shutdown.changed() => match changed {
+                    Ok(()) if !*shutdown.borrow() => None,
+                    _ => Some(End::Shutdown),
+                },
+            };
+            if let Some(end) = ended {
+                break end;
+            }
+        };
+        self.close(end, io).await;
+    }
+
+    /// Decodes and handles every whole packet in the read buffer.
+    fn handle_buffered(&mut self, io: &mut Io) -> Result<(), End> {
+        loop {
+            match mqtt::decode(&mut io.read_buf, self.protocol, self.max_packet_in) {
+                Ok(Some(packet)) => {
+                    self.shared
+                        .metrics
+                        .packets_in
+                        .with_label_values(&[packet.name()])
+                        .inc();
+                    self.handle(packet, io)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(client = %self.session.client_id, error = %e, "bad packet");
+                    return Err(End::Violation(e.reason_code()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Everything the broker writes to a client: encoding, outbound topic
+//! aliases, the client's maximum packet size, and draining the session's
+//! queue into the inflight window.
+
+use std::time::Instant;
+
+use tidemq_proto::mqtt::{self, Packet, PubResponse, Publish};
+use tracing::warn;
+
+use super::{Connection, Io};
+use crate::session::{DropReason, InflightState};
+
+impl Connection {
+    /// Encodes `packet` into the write buffer.
+    pub(super) fn send(&mut self, io: &mut Io, packet: &Packet) {
+        match mqtt::encode(packet, self.protocol, &mut io.write_buf) {
+            Ok(()) => self
+                .shared
+                .metrics
+                .packets_out
+                .with_label_values(&[packet.name()])
+                .inc(),
+            Err(e) => {
+                warn!(client = %self.session.client_id, packet = packet.name(), error = %e, "cannot encode")
+            }
+        }
+    }
+
+    /// Encodes a PUBLISH, applying an outbound topic alias, unless it is
+    /// larger than the client accepts (then it is dropped, as 5.0 requires).
+    fn send_publish(&mut self, mut publish: Publish, io: &mut Io) -> bool {
+        self.apply_alias(&mut publish);
+        let packet = Packet::Publish(publish);
+        match mqtt::encoded_len(&packet, self.protocol) {
+            Ok(len) if len <= self.max_packet_out => {
+                self.send(io, &packet);
+                self.shared.metrics.messages_out.inc();
+                true
+            }
+            _ => {
+                self.count_drop(DropReason::TooLarge);
+                false
+            }
+        }
+    }
+
+    /// Uses (or assigns, while the client's alias maximum allows) a topic alias.
+    fn apply_alias(&mut self, publish: &mut Publish) {
+        if self.alias_out_max == 0 {
+            return;
+        }
+        if let Some(&alias) = self.alias_out.get(&publish.topic) {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic.clear();
+        } else if let Ok(next) = u16::try_from(self.alias_out.len() + 1)
+            && next <= self.alias_out_max
+        {
+            self.alias_out.insert(publish.topic.clone(), next);
+            publish.properties.topic_alias = Some(next);
+        }
+    }
+
+    /// Moves queued deliveries into flight as the window allows and writes them.
+    pub(super) fn pump(&mut self, io: &mut Io) {
+        let now = Instant::now();
+        let mut expired = 0u64;
+        let publishes = self
+            .session
+            .lock()
+            .take_sendable(self.window, now, |_| expired += 1);
+        if expired > 0 {
+            self.shared
+                .metrics
+                .messages_dropped
+                .with_label_values(&[DropReason::Expired.as_str()])
+                .inc_by(expired);
+        }
+        for publish in publishes {
+            let packet_id = publish.packet_id;
+            if !self.send_publish(publish, io)
+                && let Some(id) = packet_id
+            {
+                // Never sent, so never acknowledged: free its slot.
+                let mut state = self.session.lock();
+                state.on_puback(id);
+                state.on_pubrec_failed(id);
+            }
+        }
+    }
+
+    /// Sends again what a previous connection left in flight: PUBLISH with
+    /// DUP set, or PUBREL for messages already received.
+    pub(super) fn resend_inflight(&mut self, io: &mut Io) {
+        let now = Instant::now();
+        let inflight: Vec<_> = self.session.lock().inflight.iter().cloned().collect();
+        for item in inflight {
+            match item.state {
+                InflightState::AwaitPubComp => {
+                    self.send(io, &Packet::PubRel(PubResponse::success(item.packet_id)));
+                }
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    let publish = item.delivery.to_publish(Some(item.packet_id), true, now);
+                    self.send_publish(publish, io);
+                }
+            }
+        }
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        self.session.count_drop();
+        self.shared
+            .metrics
+            .messages_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+}

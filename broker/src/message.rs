@@ -1,0 +1,99 @@
+//! Application messages as the broker routes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidemq_proto::mqtt::{Publish, PublishProperties, QoS};
+
+/// A message accepted from a publisher (or a will), shared by every
+/// subscriber it is routed to.
+#[derive(Debug)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it was published with.
+    pub qos: QoS,
+    /// The publisher's retain flag.
+    pub retain: bool,
+    /// Properties forwarded to subscribers (topic alias and subscription
+    /// identifiers removed; those are per connection).
+    pub properties: PublishProperties,
+    /// The session key of the publisher, for no-local subscriptions.
+    pub publisher: Option<Arc<str>>,
+    /// When the message expires (5.0 message expiry interval).
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// Builds a message from an inbound PUBLISH whose topic is resolved.
+    pub fn from_publish(publish: Publish, publisher: Option<Arc<str>>) -> Message {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            publisher,
+            expires_at,
+        }
+    }
+
+    /// Whether the message's expiry interval has passed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The expiry interval left, in whole seconds (rounded up), if it has one.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Approximate memory held by the message, for queue limits.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// One message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// The retain flag to send.
+    pub retain: bool,
+    /// Identifiers of the subscriptions that matched (5.0).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// The PUBLISH for this delivery, before topic aliasing.
+    pub fn to_publish(&self, packet_id: Option<u16>, dup: bool, now: Instant) -> Publish {
+        let mut properties = self.message.properties.clone();
+        properties.subscription_identifiers = self.subscription_ids.clone();
+        properties.message_expiry_interval = self.message.remaining_expiry(now);
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.message.topic.clone(),
+            packet_id,
+            properties,
+            payload: self.message.payload.clone(),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Prometheus metrics of the broker.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets,
+};
+
+/// Every broker metric, registered in one registry.
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    /// Open network connections.
+    pub connections: IntGauge,
+    /// CONNECT outcomes by reason code name.
+    pub connects: IntCounterVec,
+    /// Connections refused at accept because of `max_connections`.
+    pub connections_refused: IntCounter,
+    /// Sessions held (connected or not).
+    pub sessions: IntGauge,
+    /// Subscription tree entries.
+    pub subscriptions: IntGauge,
+    /// Retained messages held.
+    pub retained: IntGauge,
+    /// Packets received, by type.
+    pub packets_in: IntCounterVec,
+    /// Packets sent, by type.
+    pub packets_out: IntCounterVec,
+    /// PUBLISH messages accepted from clients.
+    pub messages_in: IntCounter,
+    /// PUBLISH messages sent to clients.
+    pub messages_out: IntCounter,
+    /// Messages dropped, by reason.
+    pub messages_dropped: IntCounterVec,
+    /// Connections closed for a protocol violation, by reason code name.
+    pub protocol_errors: IntCounterVec,
+    /// Duration of each CONNECT step.
+    pub connect_step_seconds: HistogramVec,
+    /// Whole CONNECT handling duration.
+    pub connect_seconds: Histogram,
+}
+
+impl BrokerMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let latency = exponential_buckets(0.000_05, 2.0, 16)?;
+        let metrics = Self {
+            connections: IntGauge::new("tidemq_connections", "Open MQTT network connections")?,
+            connects: IntCounterVec::new(
+                Opts::new("tidemq_connects_total", "CONNECT outcomes by reason"),
+                &["reason"],
+            )?,
+            connections_refused: IntCounter::new(
+                "tidemq_connections_refused_total",
+                "Connections refused because max_connections was reached",
+            )?,
+            sessions: IntGauge::new("tidemq_sessions", "Sessions held, connected or not")?,
+            subscriptions: IntGauge::new("tidemq_subscriptions", "Subscription entries")?,
+            retained: IntGauge::new("tidemq_retained_messages", "Retained messages held")?,
+            packets_in: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_packets_received_total",
+                    "MQTT packets received by type",
+                ),
+                &["type"],
+            )?,
+            packets_out: IntCounterVec::new(
+                Opts::new("tidemq_packets_sent_total", "MQTT packets sent by type"),
+                &["type"],
+            )?,
+            messages_in: IntCounter::new(
+                "tidemq_messages_received_total",
+                "PUBLISH messages accepted from clients",
+            )?,
+            messages_out: IntCounter::new(
+                "tidemq_messages_sent_total",
+                "PUBLISH messages sent to clients",
+            )?,
+            messages_dropped: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_messages_dropped_total",
+                    "Messages dropped by reason",
+                ),
+                &["reason"],
+            )?,
+            protocol_errors: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_protocol_errors_total",
+                    "Connections closed for a protocol violation, by reason",
+                ),
+                &["reason"],
+            )?,
+            connect_step_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "tidemq_connect_step_duration_seconds",
+                    "Duration of each step of CONNECT handling",
+                )
+                .buckets(latency.clone()),
+                &["step"],
+            )?,
+            connect_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tidemq_connect_duration_seconds",
+                    "Duration of CONNECT handling, from the first byte to CONNACK",
+                )
+                .buckets(latency),
+            )?,
+        };
+        registry.register(Box::new(metrics.connections.clone()))?;
+        registry.register(Box::new(metrics.connects.clone()))?;
+        registry.register(Box::new(metrics.connections_refused.clone()))?;
+        registry.register(Box::new(metrics.sessions.clone()))?;
+        registry.register(Box::new(metrics.subscriptions.clone()))?;
+        registry.register(Box::new(metrics.retained.clone()))?;
+        registry.register(Box::new(metrics.packets_in.clone()))?;
+        registry.register(Box::new(metrics.packets_out.clone()))?;
+        registry.register(Box::new(metrics.messages_in.clone()))?;
+        registry.register(Box::new(metrics.messages_out.clone()))?;
+        registry.register(Box::new(metrics.messages_dropped.clone()))?;
+        registry.register(Box::new(metrics.protocol_errors.clone()))?;
+        registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
+        registry.register(Box::new(metrics.connect_seconds.clone()))?;
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,299 @@
+//! Routing: which sessions a published message goes to, and retained messages.
+//!
+//! Subscriptions live in one [`SubscriptionTree`] behind a std `RwLock`:
+//! publishes take the read lock (many at once), SUBSCRIBE and UNSUBSCRIBE the
+//! write lock, and no lock is ever held across an `.await`. A client with
+//! several matching subscriptions gets the message once, at the highest
+//! granted QoS, with every matching subscription identifier. A shared
+//! subscription (`$share/{group}/{filter}`) is one tree entry per group;
+//! each message goes to one of its members, round-robin over the members
+//! that are connected.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
+
+use tidemq_proto::mqtt::{QoS, SubscriptionOptions};
+
+use crate::message::{Delivery, Message};
+use crate::session::{Session, SessionRegistry, SubscriptionEntry};
+use crate::topic_tree::{RetainTree, SubscriptionTree};
+
+/// The key of a subscription tree entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SubKey {
+    Client(Arc<str>),
+    Shared(Arc<str>),
+}
+
+#[derive(Debug)]
+enum SubValue {
+    Client(SubscriptionEntry),
+    Shared(SharedGroup),
+}
+
+/// Members of one share group on one filter.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<(Arc<str>, SubscriptionEntry)>,
+    next: AtomicUsize,
+}
+
+/// Where a filter goes in the tree.
+fn split_filter(filter: &str) -> (Option<&str>, &str) {
+    match tidemq_proto::mqtt::parse_shared_filter(filter) {
+        Ok(Some(shared)) => (Some(shared.group), shared.filter),
+        _ => (None, filter),
+    }
+}
+
+/// Subscriptions and retained messages of one broker.
+#[derive(Default)]
+pub struct Router {
+    subscriptions: RwLock<SubscriptionTree<SubKey, SubValue>>,
+    retained: RwLock<RetainTree<Arc<Message>>>,
+}
+
+/// What routing one message did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RouteOutcome {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// Sessions that refused it (queue full, offline QoS 0).
+    pub dropped: usize,
+}
+
+impl Router {
+    /// Adds or replaces `client`'s subscription to `filter`. Returns whether
+    /// it already existed.
+    pub fn subscribe(&self, client: &Arc<str>, filter: &str, entry: SubscriptionEntry) -> bool {
+        let (group, inner) = split_filter(filter);
+        let mut tree = self.write_subscriptions();
+        match group {
+            None => tree
+                .insert(
+                    inner,
+                    SubKey::Client(Arc::clone(client)),
+                    SubValue::Client(entry),
+                )
+                .is_some(),
+            Some(group) => {
+                let key = SubKey::Shared(group.into());
+                let mut value = tree
+                    .remove(inner, &key)
+                    .unwrap_or(SubValue::Shared(SharedGroup::default()));
+                let existed = match &mut value {
+                    SubValue::Shared(group) => {
+                        match group.members.iter_mut().find(|(c, _)| c == client) {
+                            Some(member) => {
+                                member.1 = entry;
+                                true
+                            }
+                            None => {
+                                group.members.push((Arc::clone(client), entry));
+                                false
+                            }
+                        }
+                    }
+                    SubValue::Client(_) => false,
+                };
+                tree.insert(inner, key, value);
+                existed
+            }
+        }
+    }
+
+    /// Removes `client`'s subscription to `filter`. Returns whether it existed.
+    pub fn unsubscribe(&self, client: &Arc<str>, filter: &str) -> bool {
+        let (group, inner) = split_filter(filter);
+        let mut tree = self.write_subscriptions();
+        match group {
+            None => tree
+                .remove(inner, &SubKey::Client(Arc::clone(client)))
+                .is_some(),
+            Some(group) => {
+                let key = SubKey::Shared(group.into());
+                let Some(SubValue::Shared(mut shared)) = tree.remove(inner, &key) else {
+                    return false;
+                };
+                let before = shared.members.len();
+                shared.members.retain(|(c, _)| c != client);
+                let removed = shared.members.len() != before;
+                if !shared.members.is_empty() {
+                    tree.insert(inner, key, SubValue::Shared(shared));
+                }
+                removed
+            }
+        }
+    }
+
+    /// Removes every subscription of a session (when it ends).
+    pub fn remove_session(&self, session: &Session) {
+        let filters: Vec<String> = session.lock().subscriptions.keys().cloned().collect();
+        for filter in filters {
+            self.unsubscribe(&session.key, &filter);
+        }
+    }
+
+    /// Number of subscription tree entries.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Queues `message` for every session with a matching subscription.
+    pub fn route(
+        &self,
+        message: &Arc<Message>,
+        sessions: &SessionRegistry,
+        queue_qos0_offline: bool,
+    ) -> RouteOutcome {
+        // Collect targets under the read lock, deliver after releasing it.
+        let mut targets: HashMap<Arc<str>, Target> = HashMap::new();
+        {
+            let tree = self
+                .subscriptions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            tree.for_each_match(&message.topic, |_, key, value| match (key, value) {
+                (SubKey::Client(client), SubValue::Client(entry)) => {
+                    if entry.options.no_local && message.publisher.as_ref() == Some(client) {
+                        return;
+                    }
+                    targets.entry(Arc::clone(client)).or_default().merge(entry);
+                }
+                (SubKey::Shared(_), SubValue::Shared(group)) => {
+                    if let Some((client, entry)) = pick_member(group, sessions) {
+                        targets.entry(client).or_default().merge(&entry);
+                    }
+                }
+                _ => {}
+            });
+        }
+        let mut outcome = RouteOutcome::default();
+        for (client, target) in targets {
+            let Some(session) = sessions.get(&client) else {
+                continue;
+            };
+            let delivery = Delivery {
+                message: Arc::clone(message),
+                qos: message.qos.min(target.qos),
+                retain: message.retain && target.retain_as_published,
+                subscription_ids: target.ids,
+            };
+            match session.enqueue(delivery, queue_qos0_offline) {
+                Ok(()) => outcome.delivered += 1,
+                Err(_) => {
+                    session.count_drop();
+                    outcome.dropped += 1;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Stores, replaces or (with an empty payload) clears the retained
+    /// message of a topic. Returns the number of retained messages.
+    pub fn retain(&self, message: &Arc<Message>) -> usize {
+        let mut retained = self
+            .retained
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(&message.topic, Arc::clone(message));
+        }
+        retained.len()
+    }
+
+    /// The unexpired retained messages matching `filter` (for a shared
+    /// filter, its inner filter).
+    pub fn retained_for(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let (_, inner) = split_filter(filter);
+        let retained = self.retained.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        retained.for_each_match(inner, |_, message| {
+            if !message.is_expired(now) {
+                out.push(Arc::clone(message));
+            }
+        });
+        out
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn write_subscriptions(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, SubscriptionTree<SubKey, SubValue>> {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Round-robin over the group's members, preferring connected ones; when
+/// none is connected the message still goes to one member's queue.
+fn pick_member(
+    group: &SharedGroup,
+    sessions: &SessionRegistry,
+) -> Option<(Arc<str>, SubscriptionEntry)> {
+    let count = group.members.len();
+    if count == 0 {
+        return None;
+    }
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    for step in 0..count {
+        let (client, entry) = &group.members[(start + step) % count];
+        let connected = sessions
+            .get(client)
+            .is_some_and(|s| s.lock().attachment.is_some());
+        if connected {
+            return Some((Arc::clone(client), *entry));
+        }
+    }
+    let (client, entry) = &group.members[start % count];
+    Some((Arc::clone(client), *entry))
+}
+
+/// One client's merged view of its matching subscriptions.
+#[derive(Debug)]
+struct Target {
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Vec<u32>,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self {
+            qos: QoS::AtMostOnce,
+            retain_as_published: false,
+            ids: Vec::new(),
+        }
+    }
+}
+
+impl Target {
+    fn merge(&mut self, entry: &SubscriptionEntry) {
+        let SubscriptionOptions {
+            qos,
+            retain_as_published,
+            ..
+        } = entry.options;
+        self.qos = self.qos.max(qos);
+        self.retain_as_published |= retain_as_published;
+        if let Some(id) = entry.id {
+            self.ids.push(id);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Sessions: what the broker keeps for a client across its connections.
+//!
+//! A [`Session`] holds the client's subscriptions, the deliveries queued for
+//! it, the QoS 1/2 messages in flight towards it and the QoS 2 packet ids it
+//! has in flight towards the broker. Its state sits behind a plain mutex
+//! that is never held across an `.await`; routers push deliveries in and
+//! ring [`Session::notify`], and the connection task (the only writer to the
+//! client's socket) takes them out as its inflight window allows.
+//!
+//! The queue of deliveries is a [`MessageQueue`]: in memory here, replaceable
+//! by a durable implementation without touching the connection code.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
+use tokio::sync::{Notify, oneshot};
+
+use crate::message::Delivery;
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session's queue is at its message or byte limit.
+    QueueFull,
+    /// QoS 0 message for a session with no connection.
+    OfflineQoS0,
+    /// The message expired before it could be sent.
+    Expired,
+    /// The message is larger than the client's maximum packet size.
+    TooLarge,
+}
+
+impl DropReason {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::OfflineQoS0 => "offline_qos0",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Deliveries waiting to be sent to a client, bounded by count and bytes.
+pub trait MessageQueue: Send {
+    /// Adds a delivery at the back, or refuses it when full.
+    fn push(&mut self, delivery: Delivery) -> Result<(), DropReason>;
+    /// Takes the delivery at the front.
+    fn pop(&mut self) -> Option<Delivery>;
+    /// Deliveries queued.
+    fn len(&self) -> usize;
+    /// Whether nothing is queued.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Drops everything queued.
+    fn clear(&mut self);
+}
+
+/// The in-memory [`MessageQueue`].
+#[derive(Debug)]
+pub struct MemoryQueue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `max_messages` deliveries and `max_bytes` of payload.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            bytes: 0,
+            max_messages,
+            max_bytes,
+        }
+    }
+}
+
+impl MessageQueue for MemoryQueue {
+    fn push(&mut self, delivery: Delivery) -> Result<(), DropReason> {
+        let size = delivery.message.size();
+        if self.items.len() >= self.max_messages || self.bytes + size > self.max_bytes {
+            return Err(DropReason::QueueFull);
+        }
+        self.bytes += size;
+        self.items.push_back(delivery);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<Delivery> {
+        let delivery = self.items.pop_front()?;
+        self.bytes -= delivery.message.size();
+        Some(delivery)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// An outbound QoS 1/2 message that the client has not completed.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Its packet id.
+    pub packet_id: u16,
+    /// What was sent.
+    pub delivery: Delivery,
+    /// Where it stands.
+    pub state: InflightState,
+}
+
+/// One subscription of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionEntry {
+    /// The options it was made with.
+    pub options: SubscriptionOptions,
+    /// Its 5.0 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// What the connection that currently owns a session can be told.
+#[derive(Debug)]
+pub enum Kick {
+    /// Another connection took the session over; `session_continues` is
+    /// false when the new connection started clean.
+    TakenOver {
+        /// Whether the new connection resumed this session.
+        session_continues: bool,
+    },
+}
+
+/// The live connection attached to a session.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Connection id, unique per broker.
+    pub connection_id: u64,
+    /// Tells the connection to close.
+    pub kick: oneshot::Sender<Kick>,
+    /// Resolves when the connection has fully detached.
+    pub detached: oneshot::Receiver<()>,
+}
+
+/// A will waiting for its delay to pass.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The will.
+    pub will: LastWill,
+    /// The user name of the connection that left it, for the ACL.
+    pub username: Option<String>,
+    /// The session generation it belongs to.
+    pub generation: u64,
+}
+
+/// The mutable part of a session.
+pub struct SessionState {
+    /// Protocol of the last connection.
+    pub protocol: Protocol,
+    /// Subscriptions by filter (shared ones keep their `$share/...` form).
+    pub subscriptions: HashMap<String, SubscriptionEntry>,
+    /// Deliveries not sent yet.
+    pub queue: Box<dyn MessageQueue>,
+    /// Outbound QoS 1/2 messages in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// Packet ids of inbound QoS 2 messages received and not yet released.
+    pub inbound_qos2: HashSet<u16>,
+    /// Session expiry interval in seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// The connection using this session, if any.
+    pub attachment: Option<Attachment>,
+    /// Bumped on every (re)connect; timers check it to know they are stale.
+    pub generation: u64,
+    /// A will waiting for its delay.
+    pub pending_will: Option<PendingWill>,
+    next_packet_id: u16,
+}
+
+/// A client's session. See the [module docs](self).
+pub struct Session {
+    /// `{tenant}/{client_id}`.
+    pub key: Arc<str>,
+    /// The client identifier.
+    pub client_id: String,
+    /// Rung when a delivery is queued for the connection to send.
+    pub notify: Notify,
+    /// Deliveries dropped for this session.
+    pub dropped: AtomicU64,
+    state: Mutex<SessionState>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(
+        key: Arc<str>,
+        client_id: String,
+        protocol: Protocol,
+        queue: Box<dyn MessageQueue>,
+    ) -> Self {
+        Self {
+            key,
+            client_id,
+            notify: Notify::new(),
+            dropped: AtomicU64::new(0),
+            state: Mutex::new(SessionState {
+                protocol,
+                subscriptions: HashMap::new(),
+                queue,
+                inflight: VecDeque::new(),
+                inbound_qos2: HashSet::new(),
+                expiry_interval: 0,
+                attachment: None,
+                generation: 0,
+                pending_will: None,
+                next_packet_id: 1,
+            }),
+        }
+    }
+
+    /// Locks the state. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a delivery and wakes the connection.
+    pub fn enqueue(&self, delivery: Delivery, queue_qos0_offline: bool) -> Result<(), DropReason> {
+        {
+            let mut state = self.lock();
+            if delivery.qos == QoS::AtMostOnce && state.attachment.is_none() && !queue_qos0_offline
+            {
+                return Err(DropReason::OfflineQoS0);
+            }
+            state.queue.push(delivery)?;
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Counts a dropped delivery.
+    pub fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl SessionState {
+    /// Moves queued deliveries into flight while the window allows and
+    /// returns the PUBLISH packets to send (expired ones are dropped and
+    /// reported through `on_drop`).
+    pub fn take_sendable(
+        &mut self,
+        window: usize,
+        now: Instant,
+        mut on_drop: impl FnMut(DropReason),
+    ) -> Vec<Publish> {
+        let mut out = Vec::new();
+        while self.inflight.len() < window {
+            let Some(delivery) = self.queue.pop() else {
+                break;
+            };
+            if delivery.message.is_expired(now) {
+                on_drop(DropReason::Expired);
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(delivery.to_publish(None, false, now));
+                continue;
+            }
+            let packet_id = self.allocate_packet_id();
+            out.push(delivery.to_publish(Some(packet_id), false, now));
+            let state = match delivery.qos {
+                QoS::ExactlyOnce => InflightState::AwaitPubRec,
+                _ => InflightState::AwaitPubAck,
+            };
+            self.inflight.push_back(Inflight {
+                packet_id,
+                delivery,
+                state,
+            });
+        }
+        out
+    }
+
+    /// The next packet id not in flight.
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Completes a QoS 1 delivery. False if the id was not awaiting PUBACK.
+    pub fn on_puback(&mut self, packet_id: u16) -> bool {
+        self.complete(packet_id, InflightState::AwaitPubAck)
+    }
+
+    /// Moves a QoS 2 delivery on to PUBREL. False if not awaiting PUBREC.
+    pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubRec)
+        {
+            Some(inflight) => {
+                inflight.state = InflightState::AwaitPubComp;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops a QoS 2 delivery the client refused in PUBREC (reason >= 0x80).
+    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> bool {
+        self.complete(packet_id, InflightState::AwaitPubRec)
+    }
+
+    /// Completes a QoS 2 delivery. False if not awaiting PUBCOMP.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
+        self.complete(packet_id, InflightState::AwaitPubComp)
+    }
+
+    fn complete(&mut self, packet_id: u16, expected: InflightState) -> bool {
+        match self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == expected)
+        {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Clears everything a clean start discards.
+    pub fn reset(&mut self) {
+        self.subscriptions.clear();
+        self.queue.clear();
+        self.inflight.clear();
+        self.inbound_qos2.clear();
+        self.next_packet_id = 1;
+    }
+}
+
+/// Every session of the broker, by flat key `{tenant}/{client_id}`, with a
+/// per-tenant index of keys.
+#[derive(Default)]
+pub struct SessionRegistry {
+    sessions: dashmap::DashMap<Arc<str>, Arc<Session>>,
+    tenants: dashmap::DashMap<String, HashSet<Arc<str>>>,
+    next_connection_id: AtomicU64,
+}
+
+impl SessionRegistry {
+    /// The flat key of a client.
+    pub fn key(tenant: &str, client_id: &str) -> Arc<str> {
+        format!("{tenant}/{client_id}").into()
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The session with this key.
+    pub fn get(&self, key: &str) -> Option<Arc<Session>> {
+        self.sessions.get(key).map(|s| Arc::clone(&s))
+    }
+
+    /// The session for a key, created by `create` when there is none.
+    /// Returns it and whether it already existed.
+    pub fn get_or_insert_with(
+        &self,
+        tenant: &str,
+        key: &Arc<str>,
+        create: impl FnOnce() -> Session,
+    ) -> (Arc<Session>, bool) {
+        let entry = self.sessions.entry(Arc::clone(key));
+        let existed = matches!(entry, dashmap::Entry::Occupied(_));
+        let session = Arc::clone(entry.or_insert_with(|| Arc::new(create())).value());
+        if !existed {
+            self.tenants
+                .entry(tenant.to_string())
+                .or_default()
+                .insert(Arc::clone(key));
+        }
+        (session, existed)
+    }
+
+    /// Removes a session if it is still `session` (not a newer one).
+    pub fn remove(&self, tenant: &str, session: &Arc<Session>) -> bool {
+        let removed = self
+            .sessions
+            .remove_if(&session.key, |_, current| Arc::ptr_eq(current, session))
+            .is_some();
+        if removed && let Some(mut keys) = self.tenants.get_mut(tenant) {
+            keys.remove(&session.key);
+        }
+        removed
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Sessions of one tenant.
+    pub fn tenant_len(&self, tenant: &str) -> usize {
+        self.tenants.get(tenant).map_or(0, |keys| keys.len())
+    }
+}

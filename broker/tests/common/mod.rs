@@ -1,0 +1,256 @@
+//! Helpers for broker integration tests: a broker on an ephemeral loopback
+//! port, a raw MQTT client speaking bytes through the codec, and rumqttc
+//! client options.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tidemq_broker::{Broker, Config};
+use tidemq_proto::mqtt::{
+    self, ConnAck, Connect, ConnectProperties, Packet, Protocol, PubResponse, Publish,
+    PublishProperties, QoS, SubAck, Subscribe, SubscribeFilter, SubscribeProperties,
+    SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for an expected packet.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A broker on 127.0.0.1 with an ephemeral port.
+pub async fn start(mut config: Config) -> Broker {
+    config.listener.bind = "127.0.0.1:0".parse().expect("loopback address");
+    Broker::start(config, &prometheus::Registry::new())
+        .await
+        .expect("broker starts")
+}
+
+/// A broker with the default configuration.
+pub async fn start_default() -> Broker {
+    start(Config::default()).await
+}
+
+/// A client that speaks MQTT packets through the project's own codec over a
+/// plain TCP socket, for exact control over what is sent.
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    pub protocol: Protocol,
+}
+
+impl Raw {
+    /// Opens a TCP connection (no CONNECT sent).
+    pub async fn tcp(addr: SocketAddr, protocol: Protocol) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+            protocol,
+        }
+    }
+
+    /// Connects and returns the CONNACK; `edit` adjusts the CONNECT first.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: &str,
+        edit: impl FnOnce(&mut Connect),
+    ) -> (Raw, ConnAck) {
+        let mut raw = Raw::tcp(addr, protocol).await;
+        let mut connect = Connect {
+            protocol,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: client_id.to_string(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        };
+        edit(&mut connect);
+        raw.send(&Packet::Connect(connect)).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(ack)) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects with clean start and default options; asserts success.
+    pub async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> Raw {
+        let (raw, ack) = Raw::connect_with(addr, protocol, client_id, |_| {}).await;
+        assert_eq!(ack.reason, mqtt::ReasonCode::Success, "{ack:?}");
+        raw
+    }
+
+    /// Sends one packet.
+    pub async fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        mqtt::encode(packet, self.protocol, &mut out).expect("encodable packet");
+        self.send_bytes(&out).await;
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to broker");
+    }
+
+    /// The next packet; `None` when the broker closed the connection.
+    /// Panics if nothing arrives within [`WAIT`].
+    pub async fn recv(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, self.next())
+            .await
+            .expect("a packet or a close within the wait")
+    }
+
+    /// The next packet if one arrives within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
+        tokio::time::timeout(wait, self.next()).await.ok().flatten()
+    }
+
+    async fn next(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) = mqtt::decode(&mut self.buf, self.protocol, 1 << 28)
+                .expect("broker sends valid packets")
+            {
+                return Some(packet);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the broker closes; returns what it sent before.
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut seen = Vec::new();
+        while let Some(packet) = self.recv().await {
+            seen.push(packet);
+        }
+        seen
+    }
+
+    /// Subscribes to one filter and returns the SUBACK.
+    pub async fn subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> SubAck {
+        self.subscribe_with(
+            packet_id,
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Subscribes with full options.
+    pub async fn subscribe_with(
+        &mut self,
+        packet_id: u16,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> SubAck {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![SubscribeFilter {
+                filter: filter.to_string(),
+                options,
+            }],
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                user_properties: Vec::new(),
+            },
+        }))
+        .await;
+        match self.recv().await {
+            Some(Packet::SubAck(ack)) => ack,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes; for QoS 1/2 completes the flow and returns the first response.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+    ) -> Option<PubResponse> {
+        self.send(&Packet::Publish(publish(
+            topic, payload, qos, retain, packet_id,
+        )))
+        .await;
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => match self.recv().await {
+                Some(Packet::PubAck(ack)) => Some(ack),
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            QoS::ExactlyOnce => {
+                let rec = match self.recv().await {
+                    Some(Packet::PubRec(rec)) => rec,
+                    other => panic!("expected PUBREC, got {other:?}"),
+                };
+                self.send(&Packet::PubRel(PubResponse::success(packet_id)))
+                    .await;
+                match self.recv().await {
+                    Some(Packet::PubComp(_)) => {}
+                    other => panic!("expected PUBCOMP, got {other:?}"),
+                }
+                Some(rec)
+            }
+        }
+    }
+
+    /// Waits for a PUBLISH, acknowledging QoS 1/2 as a client must.
+    pub async fn expect_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Some(Packet::Publish(p)) => {
+                self.ack(&p).await;
+                p
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges a received PUBLISH (QoS 2: PUBREC, then PUBREL → PUBCOMP).
+    pub async fn ack(&mut self, p: &Publish) {
+        let Some(id) = p.packet_id else { return };
+        match p.qos {
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::success(id))).await,
+            QoS::ExactlyOnce => {
+                self.send(&Packet::PubRec(PubResponse::success(id))).await;
+                match self.recv().await {
+                    Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, id),
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+                self.send(&Packet::PubComp(PubResponse::success(id))).await;
+            }
+            QoS::AtMostOnce => {}
+        }
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub async fn expect_silence(&mut self) {
+        if let Some(packet) = self.recv_within(Duration::from_millis(300)).await {
+            panic!("expected nothing, got {packet:?}");
+        }
+    }
+}
+
+/// A PUBLISH packet.
+pub fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u16) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.to_string(),
+        packet_id: (qos != QoS::AtMostOnce).then_some(packet_id),
+        properties: PublishProperties::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }
+}
