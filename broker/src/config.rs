@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of a broker.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The MQTT listener.
@@ -50,18 +50,6 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging and diagnostics.
     pub diagnostics: DiagnosticsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listener: ListenerConfig::default(),
-            mqtt: MqttConfig::default(),
-            session: SessionConfig::default(),
-            auth: AuthConfig::default(),
-            diagnostics: DiagnosticsConfig::default(),
-        }
-    }
 }
 
 /// `[listener]`.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tidemq_proto::mqtt::{QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
-use crate::session::{Session, SessionRegistry, SubscriptionEntry};
+use crate::session::{DropReason, Session, SessionRegistry, SubscriptionEntry};
 use crate::topic_tree::{RetainTree, SubscriptionTree};
 
 /// The key of a subscription tree entry.
@@ -60,8 +60,32 @@ pub struct Router {
 pub struct RouteOutcome {
     /// Sessions the message was queued for.
     pub delivered: usize,
-    /// Sessions that refused it (queue full, offline QoS 0).
-    pub dropped: usize,
+    /// Sessions whose queue was full.
+    pub dropped_queue_full: usize,
+    /// Offline sessions that do not queue QoS 0 messages.
+    pub dropped_offline_qos0: usize,
+}
+
+impl RouteOutcome {
+    /// Sessions that refused the message.
+    pub fn dropped(&self) -> usize {
+        self.dropped_queue_full + self.dropped_offline_qos0
+    }
+
+    /// Adds the drops to the broker's `messages_dropped` counter.
+    pub fn count_drops(&self, metrics: &crate::metrics::BrokerMetrics) {
+        for (reason, count) in [
+            (DropReason::QueueFull, self.dropped_queue_full),
+            (DropReason::OfflineQoS0, self.dropped_offline_qos0),
+        ] {
+            if count > 0 {
+                metrics
+                    .messages_dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(count as u64);
+            }
+        }
+    }
 }
 
 impl Router {
@@ -186,9 +210,12 @@ impl Router {
             };
             match session.enqueue(delivery, queue_qos0_offline) {
                 Ok(()) => outcome.delivered += 1,
-                Err(_) => {
+                Err(reason) => {
                     session.count_drop();
-                    outcome.dropped += 1;
+                    match reason {
+                        DropReason::OfflineQoS0 => outcome.dropped_offline_qos0 += 1,
+                        _ => outcome.dropped_queue_full += 1,
+                    }
                 }
             }
         }

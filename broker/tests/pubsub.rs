@@ -75,7 +75,7 @@ async fn retained_set_clear_and_retain_handling() {
 
     let mut s = Raw::connect(addr, Protocol::V5, "s").await;
     s.subscribe(1, "r/+", QoS::AtLeastOnce).await;
-    let mut topics = vec![s.expect_publish().await, s.expect_publish().await];
+    let mut topics = [s.expect_publish().await, s.expect_publish().await];
     topics.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!((topics[0].topic.as_str(), topics[0].retain), ("r/1", true));
     assert_eq!(

@@ -79,12 +79,15 @@ fn reserved_fixed_header_flags() {
 
 fn connect(name: &[u8], level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
     let body = cat(&[
-        &[0x00, u8::try_from(name.len()).unwrap()],
+        &[0x00, u8::try_from(name.len()).expect("short name")],
         name,
         &[level, flags, 0x00, 0x3C],
         rest,
     ]);
-    cat(&[&[0x10, u8::try_from(body.len()).unwrap()], &body])
+    cat(&[
+        &[0x10, u8::try_from(body.len()).expect("short body")],
+        &body,
+    ])
 }
 
 #[test]
@@ -215,9 +218,12 @@ fn publish_topic_names() {
 
 fn subscribe(protocol: Protocol, filter: &[u8], options: u8) -> Vec<u8> {
     let props: &[u8] = if protocol == V5 { &[0] } else { &[] };
-    let len = u8::try_from(filter.len()).unwrap();
+    let len = u8::try_from(filter.len()).expect("short filter");
     let body = cat(&[&[0, 1], props, &[0, len], filter, &[options]]);
-    cat(&[&[0x82, u8::try_from(body.len()).unwrap()], &body])
+    cat(&[
+        &[0x82, u8::try_from(body.len()).expect("short body")],
+        &body,
+    ])
 }
 
 #[test]

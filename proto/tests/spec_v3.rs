@@ -311,17 +311,3 @@ fn ping_and_disconnect() {
     });
     assert_eq!(encode_vec(&with_reason, V4), [0xE0, 0x00]);
 }
-
-#[test]
-fn auth_does_not_exist_before_5_0() {
-    let mut buf = bytes::BytesMut::new();
-    assert_eq!(
-        encode(&Packet::Auth(Auth::default()), V4, &mut buf),
-        Err(EncodeError::NotInProtocol("AUTH"))
-    );
-    assert_eq!(
-        encoded_len(&Packet::Auth(Auth::default()), Protocol::V3_1),
-        Err(EncodeError::NotInProtocol("AUTH"))
-    );
-    assert!(buf.is_empty());
-}

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{assert_codec, cat, decode_one, encode_vec};
+use common::{assert_codec, cat, decode_one};
 use tidemq_proto::mqtt::*;
 
 const V5: Protocol = Protocol::V5;
@@ -437,80 +437,4 @@ fn auth() {
         },
     });
     assert_codec(V5, &bytes, packet);
-}
-
-#[test]
-fn encoded_len_of_a_large_publish_uses_a_four_byte_length() {
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: "t".into(),
-        packet_id: None,
-        properties: PublishProperties::default(),
-        payload: Bytes::from(vec![0u8; 3_000_000]),
-    });
-    // 3 (topic) + 1 (property length) + payload, plus a 4-byte remaining length.
-    assert_eq!(encoded_len(&packet, V5).unwrap(), 1 + 4 + 3 + 1 + 3_000_000);
-    assert_eq!(encode_vec(&packet, V5).len(), 1 + 4 + 3 + 1 + 3_000_000);
-}
-
-#[test]
-fn oversized_packets_do_not_encode() {
-    let packet = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: "t".into(),
-        packet_id: None,
-        properties: PublishProperties::default(),
-        payload: Bytes::from(vec![0u8; 268_435_455]),
-    });
-    assert_eq!(
-        encoded_len(&packet, V5),
-        Err(EncodeError::TooLarge(268_435_455 + 4))
-    );
-    let long_topic = Packet::Publish(Publish {
-        topic: "a".repeat(65_536),
-        payload: Bytes::new(),
-        ..match packet {
-            Packet::Publish(p) => p,
-            _ => unreachable!(),
-        }
-    });
-    let mut buf = bytes::BytesMut::new();
-    assert_eq!(
-        encode(&long_topic, V5, &mut buf),
-        Err(EncodeError::FieldTooLong)
-    );
-    assert!(buf.is_empty());
-}
-
-#[test]
-fn inconsistent_publish_does_not_encode() {
-    let mut p = Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: "t".into(),
-        packet_id: None,
-        properties: PublishProperties::default(),
-        payload: Bytes::new(),
-    };
-    assert!(matches!(
-        encoded_len(&Packet::Publish(p.clone()), V5),
-        Err(EncodeError::Invalid(_))
-    ));
-    p.qos = QoS::AtMostOnce;
-    p.packet_id = Some(1);
-    assert!(matches!(
-        encoded_len(&Packet::Publish(p.clone()), V5),
-        Err(EncodeError::Invalid(_))
-    ));
-    p.packet_id = None;
-    p.dup = true;
-    assert!(matches!(
-        encoded_len(&Packet::Publish(p), V5),
-        Err(EncodeError::Invalid(_))
-    ));
 }

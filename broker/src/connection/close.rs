@@ -212,6 +212,9 @@ pub(super) fn publish_will(
             .set(shared.router.retain(&message) as i64);
     }
     let queue_qos0 = shared.config.load().session.queue_qos0_offline;
-    shared.router.route(&message, &shared.sessions, queue_qos0);
+    shared
+        .router
+        .route(&message, &shared.sessions, queue_qos0)
+        .count_drops(&shared.metrics);
     debug!(topic = %message.topic, "will published");
 }

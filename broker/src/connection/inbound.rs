@@ -95,14 +95,8 @@ impl Connection {
                 &self.shared.sessions,
                 config.session.queue_qos0_offline,
             );
-            if outcome.dropped > 0 {
-                self.shared
-                    .metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc_by(outcome.dropped as u64);
-            }
-            if outcome.delivered == 0 && outcome.dropped == 0 {
+            outcome.count_drops(&self.shared.metrics);
+            if outcome.delivered == 0 && outcome.dropped() == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
             }
         } else {

@@ -56,7 +56,10 @@ const FLAGS_0010: u8 = 0b0010;
 /// packet yet. On success the packet's bytes are removed from `buf`.
 /// `protocol` is the connection's protocol level; CONNECT ignores it.
 /// A packet whose total size exceeds `max_packet_size` fails with
-/// [`DecodeError::PacketTooLarge`] as soon as its fixed header is readable.
+/// [`DecodeError::PacketTooLarge`] as soon as its fixed header is readable,
+/// and a reserved packet type or flag as soon as its first byte is. Any
+/// error ends the connection, so what `buf` holds after one is unspecified.
+/// Payloads and binary fields share `buf`'s allocation (no copy).
 pub fn decode(
     buf: &mut BytesMut,
     protocol: Protocol,

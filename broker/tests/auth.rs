@@ -1,0 +1,133 @@
+//! Authentication (password file) and authorization (ACL) end to end.
+
+mod common;
+
+use std::io::Write;
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use bytes::Bytes;
+use common::Raw;
+use tidemq_broker::Config;
+use tidemq_proto::mqtt::{Protocol, QoS, ReasonCode};
+
+/// A cheap argon2id hash, so tests stay fast.
+fn hash(password: &str) -> String {
+    let salt = SaltString::encode_b64(b"tidemq-test-salt").expect("salt");
+    let argon = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(1024, 1, 1, None).expect("params"),
+    );
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).expect("create");
+    file.write_all(text.as_bytes()).expect("write");
+    path
+}
+
+#[tokio::test]
+async fn passwords_and_anonymous_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.auth.password_file = Some(write(
+        dir.path(),
+        "passwords",
+        &format!("alice:{}\n", hash("wonderland")),
+    ));
+    config.listener.allow_anonymous = false;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let (_, ack) = Raw::connect_with(addr, protocol, "ok", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(b"wonderland"));
+        })
+        .await;
+        assert_eq!(ack.reason, ReasonCode::Success);
+        let (mut raw, ack) = Raw::connect_with(addr, protocol, "bad", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(b"looking-glass"));
+        })
+        .await;
+        assert_eq!(
+            ack.reason,
+            ReasonCode::BadUserNameOrPassword,
+            "{protocol:?}"
+        );
+        assert!(raw.until_closed().await.is_empty());
+        let (_, ack) = Raw::connect_with(addr, protocol, "nobody", |c| {
+            c.username = Some("mallory".into());
+            c.password = Some(Bytes::from_static(b"x"));
+        })
+        .await;
+        assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+        let (_, ack) = Raw::connect_with(addr, protocol, "anon", |_| {}).await;
+        assert_eq!(ack.reason, ReasonCode::NotAuthorized, "anonymous refused");
+    }
+    let refused = broker
+        .shared()
+        .metrics
+        .connects
+        .with_label_values(&["bad_username_or_password"])
+        .get();
+    assert_eq!(refused, 4);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn acl_denies_subscribe_and_publish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = "\
+allow subscribe * public/#
+allow all * devices/%c/#
+allow publish * public/#
+deny all * #
+";
+    let mut config = Config::default();
+    config.auth.acl_file = Some(write(dir.path(), "acl", acl));
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+
+    let mut v5 = Raw::connect(addr, Protocol::V5, "dev1").await;
+    assert_eq!(
+        v5.subscribe(1, "secret/#", QoS::AtLeastOnce).await.reasons,
+        vec![ReasonCode::NotAuthorized]
+    );
+    assert_eq!(
+        v5.subscribe(2, "devices/dev1/#", QoS::AtLeastOnce)
+            .await
+            .reasons,
+        vec![ReasonCode::GrantedQoS1]
+    );
+    assert_eq!(
+        v5.subscribe(3, "devices/dev2/#", QoS::AtLeastOnce)
+            .await
+            .reasons,
+        vec![ReasonCode::NotAuthorized]
+    );
+    let mut v3 = Raw::connect(addr, Protocol::V3_1_1, "dev2").await;
+    let ack = v3.subscribe(1, "secret/#", QoS::AtLeastOnce).await;
+    // 3.1.1 has one failure code, 0x80, which decodes as UnspecifiedError.
+    assert_eq!(ack.reasons, vec![ReasonCode::UnspecifiedError]);
+    v3.subscribe(2, "public/#", QoS::AtLeastOnce).await;
+
+    // A denied QoS 1 publish is acknowledged with 0x87 (5.0) and not routed.
+    let ack = v5
+        .publish("devices/dev2/cmd", b"no", QoS::AtLeastOnce, false, 9)
+        .await;
+    assert_eq!(ack.map(|a| a.reason), Some(ReasonCode::NotAuthorized));
+    let ack = v5
+        .publish("public/news", b"yes", QoS::AtLeastOnce, false, 10)
+        .await;
+    assert_eq!(ack.map(|a| a.reason), Some(ReasonCode::Success));
+    assert_eq!(&v3.expect_publish().await.payload[..], b"yes");
+    v3.expect_silence().await;
+    broker.shutdown().await;
+}

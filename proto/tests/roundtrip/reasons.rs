@@ -1,0 +1,105 @@
+//! Reason codes each packet may carry, restated from the spec rather than
+//! taken from the codec so the round trips check the codec's lists too.
+
+use tidemq_proto::mqtt::ReasonCode::{self, *};
+
+pub const CONNACK: &[ReasonCode] = &[
+    Success,
+    UnspecifiedError,
+    MalformedPacket,
+    ProtocolError,
+    ImplementationSpecificError,
+    UnsupportedProtocolVersion,
+    ClientIdentifierNotValid,
+    BadUserNameOrPassword,
+    NotAuthorized,
+    ServerUnavailable,
+    ServerBusy,
+    Banned,
+    BadAuthenticationMethod,
+    TopicNameInvalid,
+    PacketTooLarge,
+    QuotaExceeded,
+    PayloadFormatInvalid,
+    RetainNotSupported,
+    QoSNotSupported,
+    UseAnotherServer,
+    ServerMoved,
+    ConnectionRateExceeded,
+];
+pub const CONNACK_V3: &[ReasonCode] = &[
+    Success,
+    UnsupportedProtocolVersion,
+    ClientIdentifierNotValid,
+    ServerUnavailable,
+    BadUserNameOrPassword,
+    NotAuthorized,
+];
+pub const PUBACK: &[ReasonCode] = &[
+    Success,
+    NoMatchingSubscribers,
+    UnspecifiedError,
+    ImplementationSpecificError,
+    NotAuthorized,
+    TopicNameInvalid,
+    PacketIdentifierInUse,
+    QuotaExceeded,
+    PayloadFormatInvalid,
+];
+pub const PUBREL: &[ReasonCode] = &[Success, PacketIdentifierNotFound];
+pub const SUBACK: &[ReasonCode] = &[
+    Success,
+    GrantedQoS1,
+    GrantedQoS2,
+    UnspecifiedError,
+    ImplementationSpecificError,
+    NotAuthorized,
+    TopicFilterInvalid,
+    PacketIdentifierInUse,
+    QuotaExceeded,
+    SharedSubscriptionsNotSupported,
+    SubscriptionIdentifiersNotSupported,
+    WildcardSubscriptionsNotSupported,
+];
+pub const SUBACK_V3: &[ReasonCode] = &[Success, GrantedQoS1, GrantedQoS2, UnspecifiedError];
+pub const UNSUBACK: &[ReasonCode] = &[
+    Success,
+    NoSubscriptionExisted,
+    UnspecifiedError,
+    ImplementationSpecificError,
+    NotAuthorized,
+    TopicFilterInvalid,
+    PacketIdentifierInUse,
+];
+pub const DISCONNECT: &[ReasonCode] = &[
+    Success,
+    DisconnectWithWillMessage,
+    UnspecifiedError,
+    MalformedPacket,
+    ProtocolError,
+    ImplementationSpecificError,
+    NotAuthorized,
+    ServerBusy,
+    ServerShuttingDown,
+    KeepAliveTimeout,
+    SessionTakenOver,
+    TopicFilterInvalid,
+    TopicNameInvalid,
+    ReceiveMaximumExceeded,
+    TopicAliasInvalid,
+    PacketTooLarge,
+    MessageRateTooHigh,
+    QuotaExceeded,
+    AdministrativeAction,
+    PayloadFormatInvalid,
+    RetainNotSupported,
+    QoSNotSupported,
+    UseAnotherServer,
+    ServerMoved,
+    SharedSubscriptionsNotSupported,
+    ConnectionRateExceeded,
+    MaximumConnectTime,
+    SubscriptionIdentifiersNotSupported,
+    WildcardSubscriptionsNotSupported,
+];
+pub const AUTH: &[ReasonCode] = &[Success, ContinueAuthentication, ReAuthenticate];
