@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs a TideMQ node. Until the broker lands, a node is the embedded storage
-# engine: this runs its embedding example against ./data/embed, which writes,
-# reads back, reopens and verifies. Extra arguments go to the program.
+# Runs a TideMQ node: the `tidemq` binary in release mode. With no
+# arguments it serves MQTT 3.1/3.1.1/5.0 on 127.0.0.1:1883 (anonymous
+# clients allowed on loopback only). Extra arguments go to tidemq
+# (`--config config/tidemq.toml`, `--bind`, `--password-file`, `--acl-file`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_system_deps
 
-exec cargo run --release -p tidemq-examples --example embed_storage -- "$@"
+exec cargo run --release -p tidemq-broker --bin tidemq -- "$@"
