@@ -122,7 +122,7 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    steps.mark("check_limit");
+    steps.mark("validate");
 
     if let Err(reason) = authenticate(shared, &config, &connect) {
         refuse(shared, io, protocol, reason).await;
