@@ -7,8 +7,11 @@
 //!   `Ok(None)`), [`mqtt::encode`] appends one, [`mqtt::encoded_len`] says how
 //!   many bytes that will be. The [`mqtt`] module also holds the topic rules
 //!   (validation, wildcard matching, shared subscriptions).
-//! - `grpc`: the meta service's protobuf messages and tonic services,
-//!   arriving with the meta service.
+//! - [`grpc`]: the meta service's protobuf messages and tonic clients and
+//!   servers, generated from `proto/meta.proto` at build time with a vendored
+//!   `protoc` (no system protoc needed): `MetaService` (sessions,
+//!   subscriptions, nodes, cluster configuration) and `RaftService` (vote,
+//!   append entries, install snapshot between nodes).
 //!
 //! ## Layout
 //!
@@ -66,4 +69,5 @@
 
 #![deny(missing_docs)]
 
+pub mod grpc;
 pub mod mqtt;
