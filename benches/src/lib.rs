@@ -8,6 +8,11 @@
 //!   and a final report, as table or JSON.
 //! - [`storage`]: `tidemq-bench storage append`, a load on an embedded
 //!   [`StorageEngine`](tidemq_storage_engine::StorageEngine).
+//! - [`mqtt`]: `tidemq-bench mqtt conn|pub|sub`, connection, publish and
+//!   subscribe loads on any MQTT broker (TideMQ, Mosquitto, ...), through a
+//!   minimal client on the `tidemq-proto` codec. `benches/compare.sh` runs
+//!   them against TideMQ and Mosquitto side by side.
 
+pub mod mqtt;
 pub mod recorder;
 pub mod storage;

@@ -19,11 +19,16 @@ pub struct Recorder {
     bytes_per_op: u64,
     histograms: Mutex<Histograms>,
     failed: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 struct Histograms {
     interval: Histogram<u64>,
     total: Histogram<u64>,
+    /// Successes without a latency (QoS 0 publishes), which count towards
+    /// the rates but not the percentiles.
+    interval_untimed: u64,
+    total_untimed: u64,
     peak_ops_per_sec: f64,
     last_tick: Instant,
 }
@@ -39,6 +44,8 @@ pub struct Tick {
     pub mb_per_sec: f64,
     /// Median latency (µs).
     pub p50_us: u64,
+    /// 95th percentile latency (µs).
+    pub p95_us: u64,
     /// 99th percentile latency (µs).
     pub p99_us: u64,
 }
@@ -50,11 +57,15 @@ pub struct FinalReport {
     pub success: u64,
     /// Operations that failed.
     pub failed: u64,
+    /// Operations that got no answer in time.
+    pub timeout: u64,
+    /// Successes whose latency was recorded (the percentiles are over these).
+    pub latency_samples: u64,
     /// Seconds the run lasted.
     pub seconds: f64,
     /// Average operations per second.
     pub avg_ops_per_sec: f64,
-    /// Best one-second interval.
+    /// Best one-second interval (the average when the run was shorter).
     pub peak_ops_per_sec: f64,
     /// Average payload megabytes per second.
     pub mb_per_sec: f64,
@@ -82,10 +93,13 @@ impl Recorder {
             histograms: Mutex::new(Histograms {
                 interval: latency_histogram(),
                 total: latency_histogram(),
+                interval_untimed: 0,
+                total_untimed: 0,
                 peak_ops_per_sec: 0.0,
                 last_tick: now,
             }),
             failed: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 
@@ -97,9 +111,26 @@ impl Recorder {
         let _ = h.total.record(micros);
     }
 
+    /// Records a successful operation whose latency is not known.
+    pub fn success_untimed(&self) {
+        let mut h = self.lock();
+        h.interval_untimed += 1;
+        h.total_untimed += 1;
+    }
+
     /// Records a failed operation.
     pub fn failure(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an operation that got no answer in time.
+    pub fn timeout(&self) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// When the recorder was created: the start of the run.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Closes the current interval and returns its figures.
@@ -107,32 +138,48 @@ impl Recorder {
         let mut h = self.lock();
         let now = Instant::now();
         let secs = now.duration_since(h.last_tick).as_secs_f64().max(1e-9);
-        let ops = h.interval.len() as f64 / secs;
+        let ops = (h.interval.len() + h.interval_untimed) as f64 / secs;
         let tick = Tick {
             sec: now.duration_since(self.started).as_secs_f64().round() as u64,
             ops_per_sec: ops,
             mb_per_sec: ops * self.bytes_per_op as f64 / 1e6,
             p50_us: h.interval.value_at_quantile(0.5),
+            p95_us: h.interval.value_at_quantile(0.95),
             p99_us: h.interval.value_at_quantile(0.99),
         };
         h.peak_ops_per_sec = h.peak_ops_per_sec.max(ops);
         h.interval.reset();
+        h.interval_untimed = 0;
         h.last_tick = now;
         tick
     }
 
     /// The summary of everything recorded so far.
     pub fn report(&self) -> FinalReport {
+        self.report_over(self.started.elapsed().as_secs_f64())
+    }
+
+    /// The summary of everything recorded so far, with the averages taken
+    /// over `seconds` instead of the time since the start (a subscriber
+    /// measures from its first message to its last).
+    pub fn report_over(&self, seconds: f64) -> FinalReport {
         let h = self.lock();
-        let seconds = self.started.elapsed().as_secs_f64();
-        let success = h.total.len();
+        let seconds = seconds.max(1e-9);
+        let success = h.total.len() + h.total_untimed;
         let q = |q: f64| h.total.value_at_quantile(q);
         FinalReport {
             success,
             failed: self.failed.load(Ordering::Relaxed),
+            timeout: self.timeouts.load(Ordering::Relaxed),
+            latency_samples: h.total.len(),
             seconds,
             avg_ops_per_sec: success as f64 / seconds,
-            peak_ops_per_sec: h.peak_ops_per_sec,
+            // A run shorter than one tick has no interval to take a peak from.
+            peak_ops_per_sec: if h.peak_ops_per_sec > 0.0 {
+                h.peak_ops_per_sec
+            } else {
+                success as f64 / seconds
+            },
             mb_per_sec: (success * self.bytes_per_op) as f64 / seconds / 1e6,
             p50_us: q(0.5),
             p95_us: q(0.95),
@@ -154,8 +201,8 @@ impl std::fmt::Display for Tick {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sec={} | ops/s={:.0} | MB/s={:.2} | p50={}us p99={}us",
-            self.sec, self.ops_per_sec, self.mb_per_sec, self.p50_us, self.p99_us
+            "sec={} | ops/s={:.0} | MB/s={:.2} | p50={}us p95={}us p99={}us",
+            self.sec, self.ops_per_sec, self.mb_per_sec, self.p50_us, self.p95_us, self.p99_us
         )
     }
 }
@@ -164,14 +211,17 @@ impl std::fmt::Display for FinalReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "total:   success={} failed={} in {:.1}s",
-            self.success, self.failed, self.seconds
+            "total:   success={} failed={} timeout={} in {:.1}s",
+            self.success, self.failed, self.timeout, self.seconds
         )?;
         writeln!(
             f,
             "ops/s:   avg={:.0} peak={:.0}   MB/s: {:.2}",
             self.avg_ops_per_sec, self.peak_ops_per_sec, self.mb_per_sec
         )?;
+        if self.latency_samples == 0 {
+            return write!(f, "latency: none recorded");
+        }
         write!(
             f,
             "latency: p50={}us p95={}us p99={}us p999={}us p9999={}us max={}us",
@@ -191,12 +241,15 @@ mod tests {
             r.success(Duration::from_micros(us));
         }
         r.failure();
+        r.timeout();
+        r.success_untimed();
         let tick = r.tick();
         assert!(tick.ops_per_sec > 0.0);
         assert_eq!(tick.p50_us, 200);
         assert_eq!(r.tick().p99_us, 0, "the interval was reset");
         let report = r.report();
-        assert_eq!((report.success, report.failed), (4, 1));
+        assert_eq!((report.success, report.failed, report.timeout), (5, 1, 1));
+        assert_eq!(report.latency_samples, 4);
         assert_eq!(report.max_us, 400);
         assert!(report.peak_ops_per_sec >= tick.ops_per_sec);
     }

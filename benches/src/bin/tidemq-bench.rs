@@ -1,6 +1,7 @@
 //! `tidemq-bench`: load generator for TideMQ.
 
 use clap::{Parser, Subcommand};
+use tidemq_bench::mqtt::{self, MqttCommand};
 use tidemq_bench::storage::{self, AppendArgs, Output};
 
 #[derive(Debug, Parser)]
@@ -15,6 +16,9 @@ enum Command {
     /// Loads on the embedded storage engine.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Loads on an MQTT broker: connections, publishers, subscribers.
+    #[command(subcommand)]
+    Mqtt(MqttCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Mqtt(command) => runtime.block_on(mqtt::run(&command))?,
     }
     Ok(())
 }

@@ -1,0 +1,149 @@
+//! Command-line flags of `tidemq-bench mqtt conn|pub|sub`.
+
+use std::time::Duration;
+
+use clap::Args;
+use tidemq_proto::mqtt::{Protocol, QoS};
+
+use crate::storage::Output;
+
+/// Flags every MQTT load shares: where the broker is, how many clients,
+/// how they connect and how results are printed.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// Number of clients (connections, publishers or subscribers).
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// CONNECT handshakes in flight at once while clients connect.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// MQTT protocol level: 4 (3.1.1) or 5 (5.0).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub mqtt_version: u8,
+    /// Client ids are `{prefix}-{c|p|s}-{index}`; give each concurrent
+    /// process its own prefix (default: `b` and the process id).
+    #[arg(long)]
+    pub client_prefix: Option<String>,
+    /// Timeout for a connect, a SUBACK, and a PUBACK/PUBCOMP (milliseconds).
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Output format: per-second lines and the final report.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl CommonArgs {
+    /// The protocol level to speak.
+    pub fn protocol(&self) -> Protocol {
+        if self.mqtt_version == 5 {
+            Protocol::V5
+        } else {
+            Protocol::V3_1_1
+        }
+    }
+
+    /// The connect and acknowledgement timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The client id of client `index` in role `role` (`c`, `p` or `s`).
+    pub fn client_id(&self, role: char, index: usize) -> String {
+        match &self.client_prefix {
+            Some(prefix) => format!("{prefix}-{role}-{index}"),
+            None => format!("b{}-{role}-{index}", std::process::id()),
+        }
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.count > 0 && self.concurrency > 0,
+            "--count and --concurrency must be above zero"
+        );
+        Ok(())
+    }
+}
+
+/// Flags of `tidemq-bench mqtt conn`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Flags of `tidemq-bench mqtt pub`.
+#[derive(Debug, Clone, Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Topic of publisher i; `%i` is replaced by i.
+    #[arg(long, default_value = "bench/%i")]
+    pub topic: String,
+    /// QoS of the publishes.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes per message (at least 8: the first 8 hold the send time).
+    #[arg(long, default_value_t = 64)]
+    pub payload_size: usize,
+    /// How long to publish.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// QoS 0: messages per second per publisher.
+    #[arg(long, default_value_t = 1000)]
+    pub rate_per_client: u64,
+    /// QoS 1/2: unacknowledged messages per publisher.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+}
+
+impl PubArgs {
+    /// The QoS as the codec's type.
+    pub fn qos(&self) -> QoS {
+        QoS::from_u8(self.qos).unwrap_or_default()
+    }
+}
+
+/// Flags of `tidemq-bench mqtt sub`.
+#[derive(Debug, Clone, Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Topic filter of subscriber i; `%i` is replaced by i.
+    #[arg(long, default_value = "bench/%i")]
+    pub topic: String,
+    /// Maximum QoS of the subscriptions.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Stop after this long (counted from when every subscription is acknowledged).
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Stop once this many messages arrived, over all subscribers (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
+    /// Stop once no message arrived for this long after the first one (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub idle_secs: u64,
+}
+
+impl SubArgs {
+    /// The QoS as the codec's type.
+    pub fn qos(&self) -> QoS {
+        QoS::from_u8(self.qos).unwrap_or_default()
+    }
+}
+
+/// `topic` with `%i` replaced by `index`.
+pub fn topic_for(topic: &str, index: usize) -> String {
+    topic.replace("%i", &index.to_string())
+}

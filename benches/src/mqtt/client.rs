@@ -1,0 +1,155 @@
+//! A minimal MQTT client on the `tidemq-proto` codec: just enough protocol
+//! for load generation, and nothing that would cost the load tool CPU the
+//! broker under test could use (no request channel, no event loop task).
+//!
+//! Packets are encoded into a write buffer and sent together by
+//! [`Client::flush`], so a burst of publishes or acknowledgements costs one
+//! `write` call. [`Client::fill`] is cancel-safe and meant for `select!`
+//! loops, with [`Client::next_buffered`] taking the whole packets it brought.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::BytesMut;
+use tidemq_proto::mqtt::{
+    self, Connect, ConnectProperties, Disconnect, Packet, Protocol, QoS, Subscribe,
+    SubscribeFilter, SubscribeProperties, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest packet accepted from the broker.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// One connected MQTT client.
+pub struct Client {
+    stream: TcpStream,
+    protocol: Protocol,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl Client {
+    /// Opens a TCP connection and completes the CONNECT/CONNACK handshake
+    /// with a clean session. Wrap it in a timeout: it waits as long as the
+    /// broker does.
+    pub async fn connect(
+        addr: &str,
+        client_id: String,
+        protocol: Protocol,
+        keep_alive: u16,
+    ) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut client = Client {
+            stream,
+            protocol,
+            read_buf: BytesMut::with_capacity(4096),
+            write_buf: BytesMut::with_capacity(4096),
+        };
+        client.send(&Packet::Connect(Connect {
+            protocol,
+            clean_start: true,
+            keep_alive,
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }))?;
+        client.flush().await?;
+        match client.read_packet().await? {
+            Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(client),
+            Packet::ConnAck(ack) => bail!("CONNACK refused: {:?}", ack.reason),
+            other => bail!("expected CONNACK, got {}", other.name()),
+        }
+    }
+
+    /// Subscribes to one filter and waits for its SUBACK. Messages arriving
+    /// before it (retained ones) are dropped.
+    pub async fn subscribe(
+        &mut self,
+        filter: String,
+        qos: QoS,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        const PACKET_ID: u16 = 1;
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: PACKET_ID,
+            filters: vec![SubscribeFilter {
+                filter,
+                options: SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                },
+            }],
+            properties: SubscribeProperties::default(),
+        }))?;
+        self.flush().await?;
+        tokio::time::timeout(timeout, async {
+            loop {
+                match self.read_packet().await? {
+                    Packet::SubAck(ack) if ack.packet_id == PACKET_ID => {
+                        return match ack.reasons.first() {
+                            Some(reason) if !reason.is_error() => Ok(()),
+                            reason => bail!("SUBACK refused: {reason:?}"),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .context("no SUBACK in time")?
+    }
+
+    /// Encodes `packet` into the write buffer; [`flush`](Self::flush) sends it.
+    pub fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
+        mqtt::encode(packet, self.protocol, &mut self.write_buf)
+            .with_context(|| format!("encoding {}", packet.name()))
+    }
+
+    /// Writes everything encoded so far.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.stream.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes from the socket; fails when the broker closed it.
+    /// Cancel-safe.
+    pub async fn fill(&mut self) -> anyhow::Result<()> {
+        if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            bail!("connection closed by the broker");
+        }
+        Ok(())
+    }
+
+    /// The next whole packet already read, if any.
+    pub fn next_buffered(&mut self) -> anyhow::Result<Option<Packet>> {
+        Ok(mqtt::decode(&mut self.read_buf, self.protocol, MAX_PACKET)?)
+    }
+
+    /// Reads until one whole packet arrived.
+    pub async fn read_packet(&mut self) -> anyhow::Result<Packet> {
+        loop {
+            if let Some(packet) = self.next_buffered()? {
+                return Ok(packet);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends DISCONNECT (normal disconnection) and closes the socket.
+    pub async fn disconnect(mut self) {
+        if self
+            .send(&Packet::Disconnect(Disconnect::default()))
+            .is_ok()
+        {
+            let _ = self.flush().await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+}

@@ -1,0 +1,236 @@
+//! `tidemq-bench mqtt pub`: `--count` publishers, each on its own topic,
+//! for `--duration-secs`.
+//!
+//! - QoS 0 publishers send `--rate-per-client` messages a second, the ones
+//!   due every 10 ms in one write. A success is a message written; there is
+//!   no latency to measure.
+//! - QoS 1 and 2 publishers keep `--inflight` messages unacknowledged: every
+//!   acknowledgement releases the next message. A success is a PUBACK
+//!   (QoS 1) or PUBCOMP (QoS 2); its latency runs from encoding the PUBLISH.
+//!   A message unacknowledged after `--timeout-ms` counts as a timeout.
+//!
+//! After the deadline publishers wait for their last acknowledgements (at
+//! most `--timeout-ms`); the average rate is over `--duration-secs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tidemq_proto::mqtt::{Packet, PubResponse, Publish, PublishProperties, QoS, ReasonCode};
+use tokio::task::JoinSet;
+
+use super::args::topic_for;
+use super::client::Client;
+use super::{PubArgs, connect_clients, note_error, spawn_ticker, stamped_payload};
+use crate::recorder::{FinalReport, Recorder};
+
+/// How often QoS 0 publishers send what is due.
+const SEND_EVERY: Duration = Duration::from_millis(10);
+/// How often QoS 1/2 publishers look for timed-out messages.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// PINGREQ interval: half the keep alive.
+const PING_EVERY: Duration = Duration::from_secs(super::KEEP_ALIVE_SECS as u64 / 2);
+
+/// Runs the load, printing a line per second, and returns the final report.
+pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
+    args.common.validate()?;
+    anyhow::ensure!(
+        args.qos() != QoS::AtMostOnce || args.rate_per_client > 0,
+        "--rate-per-client must be above zero"
+    );
+    let clients = connect_clients(&args.common, 'p', "publishers").await?;
+    let recorder = Arc::new(Recorder::new(args.payload_size.max(8) as u64));
+    let deadline = recorder.started() + Duration::from_secs(args.duration_secs);
+    let ticker = spawn_ticker(Arc::clone(&recorder), args.common.output);
+    let mut publishers = JoinSet::new();
+    for (index, client) in clients {
+        let publisher = Publisher {
+            client,
+            topic: topic_for(&args.topic, index),
+            qos: args.qos(),
+            payload_size: args.payload_size,
+            recorder: Arc::clone(&recorder),
+            pending: HashMap::with_capacity(usize::from(args.inflight)),
+            next_id: 0,
+            last_ping: Instant::now(),
+        };
+        let (rate, inflight, timeout) =
+            (args.rate_per_client, args.inflight, args.common.timeout());
+        publishers.spawn(async move {
+            match publisher.qos {
+                QoS::AtMostOnce => publisher.run_qos0(rate, deadline).await,
+                _ => publisher.run_acked(inflight, timeout, deadline).await,
+            }
+        });
+    }
+    while publishers.join_next().await.is_some() {}
+    ticker.abort();
+    Ok(recorder.report_over(args.duration_secs as f64))
+}
+
+/// One publisher's connection and bookkeeping.
+struct Publisher {
+    client: Client,
+    topic: String,
+    qos: QoS,
+    payload_size: usize,
+    recorder: Arc<Recorder>,
+    /// QoS 1/2 messages awaiting PUBACK/PUBCOMP: packet id → encoding time.
+    pending: HashMap<u16, Instant>,
+    next_id: u16,
+    last_ping: Instant,
+}
+
+impl Publisher {
+    /// Publishes at `rate` messages a second until `deadline`.
+    async fn run_qos0(mut self, rate: u64, deadline: Instant) {
+        let started = Instant::now();
+        // Catching up after a stall sends at most 100 ms worth per round.
+        let max_burst = (rate / 10).max(1);
+        let mut sent = 0u64;
+        let mut send = tokio::time::interval(SEND_EVERY);
+        let result: anyhow::Result<()> = async {
+            loop {
+                tokio::select! {
+                    read = self.client.fill() => {
+                        read?;
+                        self.handle_incoming()?;
+                    }
+                    _ = send.tick() => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Ok(());
+                        }
+                        let elapsed = now.duration_since(started).as_secs_f64();
+                        let due = (elapsed * rate as f64) as u64 + 1;
+                        for _ in 0..due.saturating_sub(sent).min(max_burst) {
+                            self.client.send(&self.publish(None))?;
+                            self.recorder.success_untimed();
+                            sent += 1;
+                        }
+                        self.ping_if_due(now)?;
+                        self.client.flush().await?;
+                    }
+                }
+            }
+        }
+        .await;
+        self.finish(result).await;
+    }
+
+    /// Keeps `inflight` messages unacknowledged until `deadline`, then waits
+    /// for the last acknowledgements.
+    async fn run_acked(mut self, inflight: u16, timeout: Duration, deadline: Instant) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+        let result: anyhow::Result<()> = async {
+            loop {
+                let now = Instant::now();
+                if now >= deadline && self.pending.is_empty() {
+                    return Ok(());
+                }
+                if now < deadline {
+                    while self.pending.len() < usize::from(inflight) {
+                        let id = self.next_packet_id();
+                        self.client.send(&self.publish(Some(id)))?;
+                        self.pending.insert(id, Instant::now());
+                    }
+                }
+                self.client.flush().await?;
+                tokio::select! {
+                    read = self.client.fill() => {
+                        read?;
+                        self.handle_incoming()?;
+                    }
+                    _ = housekeeping.tick() => {
+                        let now = Instant::now();
+                        let before = self.pending.len();
+                        self.pending.retain(|_, sent| now.duration_since(*sent) < timeout);
+                        for _ in self.pending.len()..before {
+                            self.recorder.timeout();
+                        }
+                        self.ping_if_due(now)?;
+                    }
+                }
+            }
+        }
+        .await;
+        self.finish(result).await;
+    }
+
+    /// A PUBLISH stamped with the current time.
+    fn publish(&self, packet_id: Option<u16>) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: self.qos,
+            retain: false,
+            topic: self.topic.clone(),
+            packet_id,
+            properties: PublishProperties::default(),
+            payload: stamped_payload(self.payload_size),
+        })
+    }
+
+    /// The next packet id (1..=65535) not in flight.
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.pending.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    /// Handles every whole packet read: acknowledgements and PINGRESP.
+    fn handle_incoming(&mut self) -> anyhow::Result<()> {
+        while let Some(packet) = self.client.next_buffered()? {
+            match packet {
+                Packet::PubAck(ack) | Packet::PubComp(ack) => {
+                    self.acknowledged(ack.packet_id, ack.reason)
+                }
+                Packet::PubRec(rec) if rec.reason.is_error() => {
+                    self.acknowledged(rec.packet_id, rec.reason)
+                }
+                Packet::PubRec(rec) => self
+                    .client
+                    .send(&Packet::PubRel(PubResponse::success(rec.packet_id)))?,
+                Packet::Disconnect(d) => bail!("DISCONNECT from the broker: {:?}", d.reason),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a message's flow; a late answer to a timed-out one is ignored.
+    fn acknowledged(&mut self, packet_id: u16, reason: ReasonCode) {
+        if let Some(sent) = self.pending.remove(&packet_id) {
+            if reason.is_error() {
+                self.recorder.failure();
+            } else {
+                self.recorder.success(sent.elapsed());
+            }
+        }
+    }
+
+    fn ping_if_due(&mut self, now: Instant) -> anyhow::Result<()> {
+        if now.duration_since(self.last_ping) >= PING_EVERY {
+            self.client.send(&Packet::PingReq)?;
+            self.last_ping = now;
+        }
+        Ok(())
+    }
+
+    /// Counts a lost connection (its unacknowledged messages failed) and
+    /// disconnects.
+    async fn finish(mut self, result: anyhow::Result<()>) {
+        if let Err(e) = result {
+            note_error("publisher failed", &e);
+            for _ in 0..self.pending.len().max(1) {
+                self.recorder.failure();
+            }
+            return;
+        }
+        let _ = self.client.flush().await;
+        self.client.disconnect().await;
+    }
+}
