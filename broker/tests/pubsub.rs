@@ -284,3 +284,61 @@ async fn expired_messages_are_dropped_and_remaining_interval_forwarded() {
     s.expect_silence().await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_response_and_user_properties_are_forwarded_untouched() {
+    let broker = common::start_default().await;
+    let addr = broker.local_addr();
+    let mut s = Raw::connect(addr, Protocol::V5, "responder").await;
+    s.subscribe(1, "req/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::connect(addr, Protocol::V5, "requester").await;
+    let mut request = publish("req/time", b"?", QoS::AtLeastOnce, false, 1);
+    request.properties.response_topic = Some("resp/requester".into());
+    request.properties.correlation_data = Some(bytes::Bytes::from_static(b"\x00\x01corr"));
+    request.properties.content_type = Some("text/plain".into());
+    request.properties.payload_format_indicator = Some(1);
+    request.properties.user_properties = vec![
+        ("a".into(), "1".into()),
+        ("a".into(), "2".into()),
+        ("b".into(), "x".into()),
+    ];
+    p.send(&Packet::Publish(request.clone())).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    let got = s.expect_publish().await;
+    assert_eq!(
+        got.properties.response_topic,
+        request.properties.response_topic
+    );
+    assert_eq!(
+        got.properties.correlation_data,
+        request.properties.correlation_data
+    );
+    assert_eq!(got.properties.content_type, request.properties.content_type);
+    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    assert_eq!(
+        got.properties.user_properties, request.properties.user_properties,
+        "order and duplicates kept"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_keep_alive_overrides_the_client() {
+    let mut config = tidemq_broker::Config::default();
+    config.mqtt.server_keep_alive = 1;
+    let broker = common::start(config).await;
+    let (mut raw, ack) = Raw::connect_with(broker.local_addr(), Protocol::V5, "ka", |c| {
+        c.keep_alive = 600
+    })
+    .await;
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    // The broker enforces its own 1 s (×1.5), not the client's 600 s.
+    let started = std::time::Instant::now();
+    let closing = raw.until_closed().await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(
+        matches!(closing.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::KeepAliveTimeout),
+        "{closing:?}"
+    );
+    broker.shutdown().await;
+}
