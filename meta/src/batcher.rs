@@ -166,7 +166,7 @@ async fn write_batch(raft: &Raft<TypeConfig>, batch: Vec<Pending>, metrics: &Bat
         },
         Err(e) => replies
             .iter()
-            .map(|_| Err(MetaError::from_client_write(&e)))
+            .map(|_| Err(MetaError::from_raft(&e)))
             .collect(),
     };
     for (reply, response) in replies.into_iter().zip(responses) {

@@ -211,32 +211,15 @@ pub enum MetaError {
 pub const LEADER_HEADER: &str = "x-tidemq-leader";
 
 impl MetaError {
-    /// Maps a failed `client_write` (forward-to-leader or other).
-    pub(crate) fn from_client_write(
-        e: &openraft::error::RaftError<
-            NodeId,
-            openraft::error::ClientWriteError<NodeId, crate::types::MetaNode>,
-        >,
-    ) -> MetaError {
-        match e.forward_to_leader() {
-            Some(forward) => MetaError::NotLeader {
-                leader_id: forward.leader_id,
-                leader_addr: forward.leader_node.as_ref().map(|n| n.addr.clone()),
-            },
-            None => MetaError::Raft {
-                reason: e.to_string(),
-            },
-        }
-    }
-
-    /// Maps a failed linearizability check.
-    pub(crate) fn from_check_leader(
-        e: &openraft::error::RaftError<
-            NodeId,
-            openraft::error::CheckIsLeaderError<NodeId, crate::types::MetaNode>,
-        >,
-    ) -> MetaError {
-        match e.forward_to_leader() {
+    /// Maps a failed Raft call (`client_write`, `ensure_linearizable`):
+    /// "forward to leader" becomes [`MetaError::NotLeader`], the rest
+    /// [`MetaError::Raft`].
+    pub(crate) fn from_raft<E>(e: &openraft::error::RaftError<NodeId, E>) -> MetaError
+    where
+        E: std::error::Error
+            + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, crate::types::MetaNode>>,
+    {
+        match e.forward_to_leader::<crate::types::MetaNode>() {
             Some(forward) => MetaError::NotLeader {
                 leader_id: forward.leader_id,
                 leader_addr: forward.leader_node.as_ref().map(|n| n.addr.clone()),

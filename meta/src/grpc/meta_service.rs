@@ -82,7 +82,7 @@ impl MetaServer {
         let raft = &self.inner.rafts[group as usize];
         raft.ensure_linearizable()
             .await
-            .map_err(|e| MetaError::from_check_leader(&e))?;
+            .map_err(|e| MetaError::from_raft(&e))?;
         Ok(&self.inner.states[group as usize])
     }
 
