@@ -67,6 +67,29 @@ impl RocksPool {
         })
     }
 
+    /// Starts a pool of `threads` threads (at least one) behind a queue of
+    /// `queue` jobs, for use outside a store opened by [`crate::open`] (a
+    /// benchmark, a tool). Registers the storage metrics, among them
+    /// `rocksdb_operation_ms{op}`, into `registry`, so `registry` must not
+    /// also serve an open store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tidemq_meta::StoreError> {
+    /// let pool = tidemq_meta::RocksPool::start(2, 64, &prometheus::Registry::new())?;
+    /// assert_eq!(pool.run("sum", || 2 + 2).await?, 4);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start(
+        threads: usize,
+        queue: usize,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, StoreError> {
+        let metrics = StoreMetrics::register(registry)?;
+        Self::new(threads, queue, metrics)
+    }
+
     /// Runs `job` on a pool thread and returns its result. `op` names the
     /// operation in `rocksdb_operation_ms{op}`, which times the job itself
     /// (not its wait in the queue).
