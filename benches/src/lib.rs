@@ -12,7 +12,11 @@
 //!   subscribe loads on any MQTT broker (TideMQ, Mosquitto, ...), through a
 //!   minimal client on the `tidemq-proto` codec. `benches/compare.sh` runs
 //!   them against TideMQ and Mosquitto side by side.
+//! - [`meta`]: `tidemq-bench meta create-session`, closed-loop session
+//!   creation on a meta service through
+//!   [`MetaClient`](tidemq_meta::MetaClient).
 
+pub mod meta;
 pub mod mqtt;
 pub mod recorder;
 pub mod storage;

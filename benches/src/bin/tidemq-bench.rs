@@ -1,6 +1,7 @@
 //! `tidemq-bench`: load generator for TideMQ.
 
 use clap::{Parser, Subcommand};
+use tidemq_bench::meta::{self, MetaCommand};
 use tidemq_bench::mqtt::{self, MqttCommand};
 use tidemq_bench::storage::{self, AppendArgs, Output};
 
@@ -19,6 +20,9 @@ enum Command {
     /// Loads on an MQTT broker: connections, publishers, subscribers.
     #[command(subcommand)]
     Mqtt(MqttCommand),
+    /// Loads on a meta service over gRPC: session creation.
+    #[command(subcommand)]
+    Meta(MetaCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Mqtt(command) => runtime.block_on(mqtt::run(&command))?,
+        Command::Meta(command) => runtime.block_on(meta::run(&command))?,
     }
     Ok(())
 }
