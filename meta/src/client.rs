@@ -289,6 +289,48 @@ impl MetaClient {
     pub fn cluster_config(&self) -> Arc<HashMap<String, String>> {
         self.inner.config.load_full()
     }
+
+    /// Adds node `node_id`, reachable at `grpc_addr`, to one Raft group: as
+    /// a learner until it has caught up, then as a voter. Idempotent.
+    pub async fn add_member(
+        &self,
+        group: u32,
+        node_id: u64,
+        grpc_addr: &str,
+    ) -> Result<pb::MembershipReply, MetaError> {
+        let request = pb::AddMemberRequest {
+            group,
+            node_id,
+            grpc_addr: grpc_addr.to_string(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.add_member(request).await }
+        })
+        .await
+    }
+
+    /// Removes node `node_id` from one Raft group's voters and nodes.
+    pub async fn remove_member(
+        &self,
+        group: u32,
+        node_id: u64,
+    ) -> Result<pb::MembershipReply, MetaError> {
+        let request = pb::RemoveMemberRequest { group, node_id };
+        self.call(|mut c| async move { c.remove_member(request).await })
+            .await
+    }
+
+    /// The Raft state of every group as the node at `addr` sees it (no
+    /// redirect, no retry: a status is always about one node).
+    pub async fn raft_status(&self, addr: &str) -> Result<Vec<pb::GroupStatus>, MetaError> {
+        let channel = self.inner.channels.get(addr)?;
+        MetaServiceClient::new(channel)
+            .raft_status(pb::RaftStatusRequest {})
+            .await
+            .map(|reply| reply.into_inner().groups)
+            .map_err(|status| MetaError::from_status(addr, status))
+    }
 }
 
 async fn collect(mut stream: tonic::Streaming<pb::Session>) -> Result<Vec<pb::Session>, MetaError> {

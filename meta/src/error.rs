@@ -205,6 +205,23 @@ pub enum MetaError {
     /// Registering a metric failed.
     #[error("cannot register metrics: {0}")]
     Metrics(#[source] prometheus::Error),
+    /// A runtime or thread could not be started.
+    #[error("cannot start {name}")]
+    Runtime {
+        /// The runtime or thread.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Joining a running cluster failed.
+    #[error("cannot join the cluster at {addrs:?}: {reason}")]
+    Join {
+        /// The addresses tried.
+        addrs: Vec<String>,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Metadata header naming the leader's gRPC address on a `FAILED_PRECONDITION` answer.

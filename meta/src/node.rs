@@ -6,17 +6,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{Config, Raft, SnapshotPolicy};
-use prometheus::{Histogram, HistogramOpts, Registry, exponential_buckets};
+use openraft::{Config, Raft, RaftMetrics, SnapshotPolicy};
+use prometheus::{HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry, exponential_buckets};
 use tidemq_proto::grpc::v1::meta_service_server::MetaServiceServer;
 use tidemq_proto::grpc::v1::raft_service_server::RaftServiceServer;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use crate::batcher::{BatchLimits, BatchMetrics, Batcher};
 use crate::channels::ChannelPool;
 use crate::error::MetaError;
+use crate::failover::{Clock, LeaderContact, watchdog};
 use crate::grpc::{GrpcMetrics, MetaServer, RaftServer};
 use crate::network::GrpcNetworkFactory;
 use crate::types::{MetaNode, NodeId, TypeConfig};
@@ -41,8 +44,15 @@ pub struct MetaConfig {
     pub heartbeat: Duration,
     /// Raft election timeout range.
     pub election_timeout: (Duration, Duration),
+    /// gRPC addresses of a running cluster to join. When set, a brand-new
+    /// node does not bootstrap: it asks the cluster to add it to every group
+    /// (as a learner until caught up, then as a voter).
+    pub join: Vec<String>,
     /// Entries since the last snapshot that trigger a new one.
     pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot (a follower lagging further than
+    /// this catches up by snapshot).
+    pub snapshot_keep_logs: u64,
     /// Application-level batching.
     pub batch: BatchLimits,
     /// gRPC requests slower than this are logged at WARN.
@@ -60,11 +70,35 @@ impl MetaConfig {
             data_dir: data_dir.into(),
             data_raft_group_num: 1,
             initial_members: Vec::new(),
+            join: Vec::new(),
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
             snapshot_after_entries: 20_000,
+            snapshot_keep_logs: 1000,
             batch: BatchLimits::default(),
             slow_request: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The runtimes a meta node runs on: Raft (every group's core, replication
+/// and the batchers) and gRPC serving. Separate runtimes keep a flood of
+/// client requests from delaying heartbeats and appends.
+#[derive(Debug, Clone)]
+pub struct MetaRuntimes {
+    /// Where the `Raft` instances are created and run.
+    pub raft: Handle,
+    /// Where the gRPC server accepts and serves requests.
+    pub grpc: Handle,
+}
+
+impl MetaRuntimes {
+    /// Both roles on the runtime of the calling task.
+    pub fn current() -> MetaRuntimes {
+        let handle = Handle::current();
+        MetaRuntimes {
+            raft: handle.clone(),
+            grpc: handle,
         }
     }
 }
@@ -73,30 +107,56 @@ impl MetaConfig {
 /// runtime stops; call [`MetaNodeHandle::shutdown`].
 pub struct MetaNodeHandle {
     rafts: Arc<Vec<Raft<TypeConfig>>>,
-    batchers: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
     closed: Option<crate::store::StoreClosed>,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
+    server: JoinHandle<()>,
+}
+
+/// What the Raft runtime hands back once every group is running.
+struct Groups {
+    rafts: Vec<Raft<TypeConfig>>,
+    states: Vec<crate::store::MetaState>,
+    batchers: Vec<Batcher>,
+    tasks: Vec<JoinHandle<()>>,
+    closed: Option<crate::store::StoreClosed>,
 }
 
 impl MetaNodeHandle {
-    /// Opens the store, starts every group's Raft (bootstrapping a new
-    /// cluster when the store is empty) and serves gRPC. Call it inside the
-    /// runtime that should own Raft.
+    /// Starts a node with Raft and gRPC on the calling task's runtime. See
+    /// [`MetaNodeHandle::start_on`].
     pub async fn start(
         config: MetaConfig,
         registry: &Registry,
     ) -> Result<MetaNodeHandle, MetaError> {
+        Self::start_on(config, registry, MetaRuntimes::current()).await
+    }
+
+    /// Opens the store, starts every group's Raft on `runtimes.raft`
+    /// (bootstrapping a new cluster when the store is empty), serves gRPC on
+    /// `runtimes.grpc`, and, when [`MetaConfig::join`] is set, joins the
+    /// running cluster before returning.
+    pub async fn start_on(
+        config: MetaConfig,
+        registry: &Registry,
+        runtimes: MetaRuntimes,
+    ) -> Result<MetaNodeHandle, MetaError> {
         let groups = 1 + config.data_raft_group_num;
-        let incoming = TcpIncoming::bind(config.grpc_addr)
+        // Bound inside the gRPC runtime so its reactor owns the listener.
+        let grpc_addr = config.grpc_addr;
+        let incoming = runtimes
+            .grpc
+            .spawn(async move { TcpIncoming::bind(grpc_addr) })
+            .await
+            .map_err(|_| MetaError::Closed)?
             .map_err(|source| MetaError::Bind {
-                addr: config.grpc_addr,
+                addr: grpc_addr,
                 source,
             })?
             .with_nodelay(Some(true));
         let local_addr = incoming.local_addr().map_err(|source| MetaError::Bind {
-            addr: config.grpc_addr,
+            addr: grpc_addr,
             source,
         })?;
         let advertise = config
@@ -104,51 +164,39 @@ impl MetaNodeHandle {
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
 
-        let raft_config = Arc::new(
-            Config {
-                cluster_name: "tidemq-meta".into(),
-                heartbeat_interval: config.heartbeat.as_millis() as u64,
-                election_timeout_min: config.election_timeout.0.as_millis() as u64,
-                election_timeout_max: config.election_timeout.1.as_millis() as u64,
-                snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
-                max_in_snapshot_log_to_keep: 1000,
-                ..Default::default()
-            }
-            .validate()
-            .map_err(|e| MetaError::InvalidArgument {
-                reason: format!("raft configuration: {e}"),
-            })?,
-        );
-        let stores = crate::store::open(&config.data_dir, groups, registry).await?;
-        let channels = ChannelPool::default();
-        let batch_metrics = batch_metrics(registry)?;
-        let mut rafts = Vec::with_capacity(groups as usize);
-        let mut states = Vec::with_capacity(groups as usize);
-        let mut batchers = Vec::with_capacity(groups as usize);
-        let mut batcher_tasks = Vec::with_capacity(groups as usize);
-        let closed = stores.first().map(|(_, sm)| sm.closed());
-        for (group, (log, sm)) in stores.into_iter().enumerate() {
-            states.push(sm.state());
-            let network = GrpcNetworkFactory::new(group as u32, channels.clone());
-            let raft = Raft::new(config.node_id, Arc::clone(&raft_config), network, log, sm)
+        let started = {
+            let config = config.clone();
+            let registry = registry.clone();
+            let advertise = advertise.clone();
+            runtimes
+                .raft
+                .spawn(async move { start_groups(&config, &registry, &advertise).await })
                 .await
-                .map_err(|e| MetaError::Raft {
-                    reason: format!("group {group} failed to start: {e}"),
-                })?;
-            let (batcher, task) = Batcher::spawn(raft.clone(), config.batch, batch_metrics.clone());
-            batchers.push(batcher);
-            batcher_tasks.push(task);
-            rafts.push(raft);
-        }
-        bootstrap(&rafts, &config, &advertise).await?;
+                .map_err(|_| MetaError::Closed)??
+        };
+        let Groups {
+            rafts,
+            states,
+            batchers,
+            tasks,
+            closed,
+        } = started;
 
         let rafts = Arc::new(rafts);
         let grpc_metrics =
             GrpcMetrics::register(registry, config.slow_request).map_err(MetaError::Metrics)?;
         let meta = MetaServer::new(Arc::clone(&rafts), states, batchers, grpc_metrics);
-        let raft = RaftServer::new(Arc::clone(&rafts));
+        let contact = Arc::new(LeaderContact::new(rafts.len()));
+        let raft = RaftServer::new(Arc::clone(&rafts), Arc::clone(&contact));
+        let clock = Clock::new(config.heartbeat, config.election_timeout);
+        let mut tasks = tasks;
+        tasks.push(
+            runtimes
+                .raft
+                .spawn(watchdog(Arc::clone(&rafts), contact, clock)),
+        );
         let (stop, mut stopped) = watch::channel(false);
-        let server = tokio::spawn(async move {
+        let server = runtimes.grpc.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(RaftServiceServer::new(raft))
                 .add_service(MetaServiceServer::new(meta))
@@ -161,14 +209,21 @@ impl MetaNodeHandle {
             }
         });
         info!(node_id = config.node_id, %local_addr, groups, "meta node started");
-        Ok(MetaNodeHandle {
+        let handle = MetaNodeHandle {
             rafts,
-            batchers: batcher_tasks,
+            tasks,
             closed,
             local_addr,
             stop,
             server,
-        })
+        };
+        if !config.join.is_empty()
+            && let Err(e) = join(&handle.rafts, &config, &advertise).await
+        {
+            handle.shutdown().await;
+            return Err(e);
+        }
+        Ok(handle)
     }
 
     /// The bound gRPC address.
@@ -186,10 +241,10 @@ impl MetaNodeHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
-        for task in &self.batchers {
+        for task in &self.tasks {
             task.abort();
         }
-        for task in self.batchers {
+        for task in self.tasks {
             let _ = task.await;
         }
         for raft in self.rafts.iter() {
@@ -205,6 +260,95 @@ impl MetaNodeHandle {
         }
         info!("meta node stopped");
     }
+}
+
+/// Opens the store and starts every group's Raft, batcher and metrics
+/// watcher. Runs on the Raft runtime, so that everything openraft spawns
+/// lives there.
+async fn start_groups(
+    config: &MetaConfig,
+    registry: &Registry,
+    advertise: &str,
+) -> Result<Groups, MetaError> {
+    let groups = 1 + config.data_raft_group_num;
+    let raft_config = Arc::new(
+        Config {
+            cluster_name: "tidemq-meta".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| MetaError::InvalidArgument {
+            reason: format!("raft configuration: {e}"),
+        })?,
+    );
+    let stores = crate::store::open(&config.data_dir, groups, registry).await?;
+    let channels = ChannelPool::default();
+    let batch_metrics = BatchMetricsVec::register(registry)?;
+    let gauges = RaftGauges::register(registry)?;
+    let mut out = Groups {
+        rafts: Vec::with_capacity(groups as usize),
+        states: Vec::with_capacity(groups as usize),
+        batchers: Vec::with_capacity(groups as usize),
+        tasks: Vec::with_capacity(2 * groups as usize),
+        closed: stores.first().map(|(_, sm)| sm.closed()),
+    };
+    for (group, (log, sm)) in stores.into_iter().enumerate() {
+        out.states.push(sm.state());
+        let network = GrpcNetworkFactory::new(group as u32, channels.clone());
+        let raft = Raft::new(config.node_id, Arc::clone(&raft_config), network, log, sm)
+            .await
+            .map_err(|e| MetaError::Raft {
+                reason: format!("group {group} failed to start: {e}"),
+            })?;
+        let (batcher, task) =
+            Batcher::spawn(raft.clone(), config.batch, batch_metrics.group(group));
+        out.batchers.push(batcher);
+        out.tasks.push(task);
+        out.tasks
+            .push(tokio::spawn(gauges.clone().watch(group, raft.metrics())));
+        out.rafts.push(raft);
+    }
+    if config.join.is_empty() {
+        bootstrap(&out.rafts, config, advertise).await?;
+    }
+    Ok(out)
+}
+
+/// Asks the running cluster to add this node to every group it is not yet a
+/// voter of. Each group's leader adds it as a learner, waits until it has
+/// caught up (by log or snapshot), then promotes it.
+async fn join(
+    rafts: &[Raft<TypeConfig>],
+    config: &MetaConfig,
+    advertise: &str,
+) -> Result<(), MetaError> {
+    let client = crate::MetaClient::with_deadline(config.join.clone(), Duration::from_secs(120))?;
+    for (group, raft) in rafts.iter().enumerate() {
+        let is_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == config.node_id);
+        if is_voter {
+            continue;
+        }
+        client
+            .add_member(group as u32, config.node_id, advertise)
+            .await
+            .map_err(|e| MetaError::Join {
+                addrs: config.join.clone(),
+                reason: format!("group {group}: {e}"),
+            })?;
+        info!(group, "joined the cluster");
+    }
+    Ok(())
 }
 
 /// Initializes every group of a brand-new store. A node with no members
@@ -251,31 +395,113 @@ async fn bootstrap(
     Ok(())
 }
 
-fn batch_metrics(registry: &Registry) -> Result<BatchMetrics, MetaError> {
-    let write_ms = Histogram::with_opts(
-        HistogramOpts::new(
-            "raft_write_duration_ms",
-            "Time from a batch's submission to Raft until it is committed and applied",
+/// `raft_write_duration_ms{group}` and `raft_write_batch_requests{group}`.
+struct BatchMetricsVec {
+    write_ms: HistogramVec,
+    batch_size: HistogramVec,
+}
+
+impl BatchMetricsVec {
+    fn register(registry: &Registry) -> Result<Self, MetaError> {
+        let write_ms = HistogramVec::new(
+            HistogramOpts::new(
+                "raft_write_duration_ms",
+                "Time from a batch's submission to Raft until it is committed and applied",
+            )
+            .buckets(exponential_buckets(0.1, 2.0, 16).map_err(MetaError::Metrics)?),
+            &["group"],
         )
-        .buckets(exponential_buckets(0.1, 2.0, 16).map_err(MetaError::Metrics)?),
-    )
-    .map_err(MetaError::Metrics)?;
-    let batch_size = Histogram::with_opts(
-        HistogramOpts::new(
-            "raft_write_batch_requests",
-            "Requests coalesced into one Raft entry",
+        .map_err(MetaError::Metrics)?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "raft_write_batch_requests",
+                "Requests coalesced into one Raft entry",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 14).map_err(MetaError::Metrics)?),
+            &["group"],
         )
-        .buckets(exponential_buckets(1.0, 2.0, 14).map_err(MetaError::Metrics)?),
-    )
-    .map_err(MetaError::Metrics)?;
-    registry
-        .register(Box::new(write_ms.clone()))
         .map_err(MetaError::Metrics)?;
-    registry
-        .register(Box::new(batch_size.clone()))
-        .map_err(MetaError::Metrics)?;
-    Ok(BatchMetrics {
-        write_ms,
-        batch_size,
-    })
+        registry
+            .register(Box::new(write_ms.clone()))
+            .map_err(MetaError::Metrics)?;
+        registry
+            .register(Box::new(batch_size.clone()))
+            .map_err(MetaError::Metrics)?;
+        Ok(BatchMetricsVec {
+            write_ms,
+            batch_size,
+        })
+    }
+
+    fn group(&self, group: usize) -> BatchMetrics {
+        let label = [group.to_string()];
+        BatchMetrics {
+            write_ms: self.write_ms.with_label_values(&label),
+            batch_size: self.batch_size.with_label_values(&label),
+        }
+    }
+}
+
+/// Per-group gauges, updated from openraft's metrics channel whenever it
+/// changes: `raft_last_log_index`, `raft_last_applied`, `raft_apply_lag`
+/// (entries in the log not yet applied), `raft_term` and `raft_is_leader`.
+#[derive(Clone)]
+struct RaftGauges {
+    last_log_index: IntGaugeVec,
+    last_applied: IntGaugeVec,
+    apply_lag: IntGaugeVec,
+    term: IntGaugeVec,
+    is_leader: IntGaugeVec,
+}
+
+impl RaftGauges {
+    fn register(registry: &Registry) -> Result<Self, MetaError> {
+        let gauge = |name: &str, help: &str| -> Result<IntGaugeVec, MetaError> {
+            let gauge =
+                IntGaugeVec::new(Opts::new(name, help), &["group"]).map_err(MetaError::Metrics)?;
+            registry
+                .register(Box::new(gauge.clone()))
+                .map_err(MetaError::Metrics)?;
+            Ok(gauge)
+        };
+        Ok(RaftGauges {
+            last_log_index: gauge("raft_last_log_index", "Index of the last entry in the log")?,
+            last_applied: gauge("raft_last_applied", "Index of the last applied entry")?,
+            apply_lag: gauge(
+                "raft_apply_lag",
+                "Entries in the log not yet applied to the state machine",
+            )?,
+            term: gauge("raft_term", "Current Raft term")?,
+            is_leader: gauge("raft_is_leader", "1 when this node leads the group")?,
+        })
+    }
+
+    /// Follows one group's metrics until its Raft shuts down.
+    async fn watch(
+        self,
+        group: usize,
+        mut metrics: watch::Receiver<RaftMetrics<NodeId, MetaNode>>,
+    ) {
+        let label = [group.to_string()];
+        let last_log_index = self.last_log_index.with_label_values(&label);
+        let last_applied = self.last_applied.with_label_values(&label);
+        let apply_lag = self.apply_lag.with_label_values(&label);
+        let term = self.term.with_label_values(&label);
+        let is_leader = self.is_leader.with_label_values(&label);
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let log = m.last_log_index.unwrap_or(0);
+                let applied = m.last_applied.map_or(0, |id| id.index);
+                last_log_index.set(log as i64);
+                last_applied.set(applied as i64);
+                apply_lag.set(log.saturating_sub(applied) as i64);
+                term.set(m.current_term as i64);
+                is_leader.set(i64::from(m.current_leader == Some(m.id)));
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }

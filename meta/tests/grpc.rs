@@ -125,6 +125,16 @@ async fn bad_requests_are_invalid_arguments_and_change_nothing() -> anyhow::Resu
         })
         .await
     ));
+    assert!(invalid(c.add_member(0, 2, "").await.map(|_| ())));
+    assert!(invalid(c.add_member(7, 2, "127.0.0.1:1").await.map(|_| ())));
+    assert!(invalid(c.remove_member(7, 1).await.map(|_| ())));
+    let status = c.raft_status(&node.local_addr().to_string()).await?;
+    assert!(
+        status
+            .iter()
+            .all(|g| g.voters == [1] && g.learners.is_empty()),
+        "membership unchanged: {status:?}"
+    );
     node.shutdown().await;
     Ok(())
 }
@@ -144,6 +154,60 @@ async fn a_restarted_node_keeps_its_data() -> anyhow::Result<()> {
     // And it still takes writes: it restarted as the leader of its own cluster.
     c.create_sessions(vec![session("r/after")]).await?;
     assert!(c.get_session("r/after").await?.is_some());
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_status_and_per_group_gauges_follow_the_log() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let registry = prometheus::Registry::new();
+    let mut config = MetaConfig::new(1, "127.0.0.1:0".parse()?, dir.path());
+    config.data_raft_group_num = 2;
+    let node = MetaNodeHandle::start(config, &registry).await?;
+    let c = client(&node).await;
+    let sessions: Vec<_> = (0..40).map(|i| session(&format!("g/{i}"))).collect();
+    c.create_sessions(sessions).await?;
+
+    let status = c.raft_status(&node.local_addr().to_string()).await?;
+    assert_eq!(status.len(), 3, "metadata group and two data groups");
+    for g in &status {
+        assert_eq!((g.node_id, g.state.as_str()), (1, "Leader"));
+        assert_eq!(g.leader_id, Some(1));
+        assert!(g.term >= 1);
+        assert!(g.last_applied.is_some() && g.last_applied == g.last_log_index);
+    }
+    // Membership changes go through the same RPCs a joining node uses;
+    // adding the node that is already the only voter changes nothing.
+    let reply = c.add_member(1, 1, &node.local_addr().to_string()).await?;
+    assert_eq!(reply.voters, [1]);
+
+    // The gauges trail openraft's metrics channel by a scheduling round.
+    let gauge = |name: &str, group: &str| -> Option<f64> {
+        registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == name)?
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label().iter().any(|l| l.value() == group))
+            .map(|m| m.get_gauge().get_value())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let settled = status.iter().all(|g| {
+            let group = g.group.to_string();
+            gauge("raft_last_applied", &group) >= g.last_applied.map(|i| i as f64)
+                && gauge("raft_apply_lag", &group) == Some(0.0)
+                && gauge("raft_is_leader", &group) == Some(1.0)
+        });
+        if settled {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "gauges never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gauge("raft_last_log_index", "1").is_some_and(|v| v >= 1.0));
     node.shutdown().await;
     Ok(())
 }

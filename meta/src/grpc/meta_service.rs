@@ -11,18 +11,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::Raft;
+use openraft::{ChangeMembers, Raft, RaftMetrics};
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::meta_service_server::MetaService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::info;
 
 use crate::batcher::Batcher;
 use crate::error::MetaError;
 use crate::grpc::GrpcMetrics;
 use crate::routing::GroupRouter;
 use crate::store::MetaState;
-use crate::types::{MetaRequest, MetaResponse, Session, TypeConfig};
+use crate::types::{MetaNode, MetaRequest, MetaResponse, NodeId, Session, TypeConfig};
 
 /// Largest CreateSessions batch accepted.
 pub const MAX_SESSIONS_PER_REQUEST: usize = 10_000;
@@ -84,6 +85,17 @@ impl MetaServer {
             .await
             .map_err(|e| MetaError::from_raft(&e))?;
         Ok(&self.inner.states[group as usize])
+    }
+
+    /// The Raft instance of `group`.
+    fn raft(&self, group: u32) -> Result<&Raft<TypeConfig>, MetaError> {
+        self.inner
+            .rafts
+            .get(group as usize)
+            .ok_or(MetaError::UnknownGroup {
+                group,
+                groups: self.inner.rafts.len() as u32,
+            })
     }
 
     /// Runs a handler, recording `grpc_requests` and its duration.
@@ -459,5 +471,109 @@ impl MetaService for MetaServer {
             Ok(pb::Ack {})
         })
         .await
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let request = request.into_inner();
+        self.observe("AddMember", async move {
+            require("grpc_addr", &request.grpc_addr)?;
+            let raft = self.raft(request.group)?;
+            let node = MetaNode {
+                addr: request.grpc_addr,
+            };
+            // Blocking: returns once the learner has caught up, so the
+            // promotion below never stalls commits behind a lagging voter.
+            raft.add_learner(request.node_id, node, true)
+                .await
+                .map_err(|e| MetaError::from_raft(&e))?;
+            let changed = raft
+                .change_membership(ChangeMembers::AddVoterIds([request.node_id].into()), false)
+                .await
+                .map_err(|e| MetaError::from_raft(&e))?;
+            info!(
+                group = request.group,
+                node_id = request.node_id,
+                "member added"
+            );
+            Ok(membership_reply(changed.membership.as_ref(), raft))
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let request = request.into_inner();
+        self.observe("RemoveMember", async move {
+            let raft = self.raft(request.group)?;
+            let changed = raft
+                .change_membership(ChangeMembers::RemoveVoters([request.node_id].into()), false)
+                .await
+                .map_err(|e| MetaError::from_raft(&e))?;
+            info!(
+                group = request.group,
+                node_id = request.node_id,
+                "member removed"
+            );
+            Ok(membership_reply(changed.membership.as_ref(), raft))
+        })
+        .await
+    }
+
+    async fn raft_status(
+        &self,
+        _: Request<pb::RaftStatusRequest>,
+    ) -> Result<Response<pb::RaftStatusReply>, Status> {
+        self.observe("RaftStatus", async move {
+            let groups = self
+                .inner
+                .rafts
+                .iter()
+                .enumerate()
+                .map(|(group, raft)| group_status(group as u32, &raft.metrics().borrow()))
+                .collect();
+            Ok(pb::RaftStatusReply { groups })
+        })
+        .await
+    }
+}
+
+/// The membership a change produced, or the group's current one.
+fn membership_reply(
+    changed: Option<&openraft::Membership<NodeId, MetaNode>>,
+    raft: &Raft<TypeConfig>,
+) -> pb::MembershipReply {
+    let current;
+    let membership = match changed {
+        Some(m) => m,
+        None => {
+            current = raft.metrics().borrow().membership_config.clone();
+            current.membership()
+        }
+    };
+    pb::MembershipReply {
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+    }
+}
+
+fn group_status(group: u32, m: &RaftMetrics<NodeId, MetaNode>) -> pb::GroupStatus {
+    let membership = m.membership_config.membership();
+    pb::GroupStatus {
+        group,
+        node_id: m.id,
+        state: format!("{:?}", m.state),
+        term: m.current_term,
+        leader_id: m.current_leader,
+        last_log_index: m.last_log_index,
+        last_applied: m.last_applied.map(|id| id.index),
+        snapshot_index: m.snapshot.map(|id| id.index),
+        purged_index: m.purged.map(|id| id.index),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
     }
 }
