@@ -19,7 +19,6 @@ use tracing::info;
 use crate::batcher::{BatchLimits, BatchMetrics, Batcher};
 use crate::channels::ChannelPool;
 use crate::error::MetaError;
-use crate::failover::{Clock, LeaderContact, watchdog};
 use crate::grpc::{GrpcMetrics, MetaServer, RaftServer};
 use crate::network::GrpcNetworkFactory;
 use crate::types::{MetaNode, NodeId, TypeConfig};
@@ -186,15 +185,7 @@ impl MetaNodeHandle {
         let grpc_metrics =
             GrpcMetrics::register(registry, config.slow_request).map_err(MetaError::Metrics)?;
         let meta = MetaServer::new(Arc::clone(&rafts), states, batchers, grpc_metrics);
-        let contact = Arc::new(LeaderContact::new(rafts.len()));
-        let raft = RaftServer::new(Arc::clone(&rafts), Arc::clone(&contact));
-        let clock = Clock::new(config.heartbeat, config.election_timeout);
-        let mut tasks = tasks;
-        tasks.push(
-            runtimes
-                .raft
-                .spawn(watchdog(Arc::clone(&rafts), contact, clock)),
-        );
+        let raft = RaftServer::new(Arc::clone(&rafts));
         let (stop, mut stopped) = watch::channel(false);
         let server = runtimes.grpc.spawn(async move {
             let result = tonic::transport::Server::builder()

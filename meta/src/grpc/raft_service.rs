@@ -10,21 +10,18 @@ use tidemq_proto::grpc::v1::raft_service_server::RaftService;
 use tidemq_proto::grpc::v1::{RaftReply, RaftRequest};
 use tonic::{Request, Response, Status};
 
-use crate::failover::LeaderContact;
 use crate::types::TypeConfig;
 
 /// Serves the Raft RPCs of every group of this node.
 #[derive(Clone)]
 pub struct RaftServer {
     groups: Arc<Vec<Raft<TypeConfig>>>,
-    contact: Arc<LeaderContact>,
 }
 
 impl RaftServer {
-    /// A server for these groups, indexed by group id, recording in
-    /// `contact` when each group last heard from its leader.
-    pub fn new(groups: Arc<Vec<Raft<TypeConfig>>>, contact: Arc<LeaderContact>) -> Self {
-        Self { groups, contact }
+    /// A server for these groups, indexed by group id.
+    pub fn new(groups: Arc<Vec<Raft<TypeConfig>>>) -> Self {
+        Self { groups }
     }
 
     fn group(&self, group: u32) -> Result<&Raft<TypeConfig>, Status> {
@@ -72,11 +69,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(request.group)?;
-        let result = raft.append_entries(decode(&request.payload)?).await;
-        if matches!(&result, Ok(r) if r.is_success() || r.is_conflict()) {
-            self.contact.touch(request.group as usize);
-        }
-        reply(result)
+        reply(raft.append_entries(decode(&request.payload)?).await)
     }
 
     async fn install_snapshot(
@@ -85,10 +78,6 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let raft = self.group(request.group)?;
-        let result = raft.install_snapshot(decode(&request.payload)?).await;
-        if result.is_ok() {
-            self.contact.touch(request.group as usize);
-        }
-        reply(result)
+        reply(raft.install_snapshot(decode(&request.payload)?).await)
     }
 }
