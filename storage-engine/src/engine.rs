@@ -436,7 +436,11 @@ impl StorageEngine {
         {
             let mut state = part.lock();
             if let Err(e) = written {
-                state.poisoned.get_or_insert_with(|| e.to_string());
+                // A write the I/O thread never ran because the engine shut
+                // down is not a failed write: it must not poison the file.
+                if !matches!(e, StorageError::Closed) {
+                    state.poisoned.get_or_insert_with(|| e.to_string());
+                }
                 return Err(e);
             }
             state.commit(segment_base, last_offset + 1, end_position);
