@@ -1,11 +1,15 @@
-//! Broker configuration: a TOML file, `TIDEMQ_`-prefixed environment
-//! overrides, then command-line flags, in that order of precedence.
+//! Node configuration (the broker, the in-process meta service, the
+//! runtimes and the HTTP endpoint): a TOML file, `TIDEMQ_`-prefixed
+//! environment overrides, then command-line flags, in that order of
+//! precedence.
 //!
 //! Every key and its default is listed, with comments, in `config/tidemq.toml`.
 //! An environment variable names a key by its path with `__` between
 //! sections: `TIDEMQ_LISTENER__BIND=0.0.0.0:1883`,
-//! `TIDEMQ_MQTT__MAX_PACKET_SIZE=65536`. Values are parsed as TOML
-//! (numbers, booleans) and fall back to plain strings.
+//! `TIDEMQ_MQTT__MAX_PACKET_SIZE=65536`, `TIDEMQ_META__GRPC_ADDR=127.0.0.1:1229`,
+//! `TIDEMQ_DATA_DIR=/var/lib/tidemq`. Values are parsed as TOML (numbers,
+//! booleans, arrays such as `TIDEMQ_META__JOIN='["10.0.0.1:1228"]'`) and fall
+//! back to plain strings.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,10 +40,13 @@ pub enum ConfigError {
     },
 }
 
-/// The whole configuration of a broker.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Root of the node's data: the meta service keeps its RocksDB and
+    /// snapshots in `{data_dir}/meta`.
+    pub data_dir: PathBuf,
     /// The MQTT listener.
     pub listener: ListenerConfig,
     /// Protocol limits and features.
@@ -50,6 +57,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging and diagnostics.
     pub diagnostics: DiagnosticsConfig,
+    /// Worker threads of the node's runtimes.
+    pub runtime: RuntimeConfig,
+    /// The in-process meta service.
+    pub meta: MetaServiceConfig,
+    /// The HTTP endpoint (`/metrics`, `/health`).
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listener: ListenerConfig::default(),
+            mqtt: MqttConfig::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            diagnostics: DiagnosticsConfig::default(),
+            runtime: RuntimeConfig::default(),
+            meta: MetaServiceConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
 }
 
 /// `[listener]`.
@@ -180,6 +209,177 @@ impl Default for DiagnosticsConfig {
     }
 }
 
+/// `[runtime]`: one tokio runtime per role, so that a busy role cannot
+/// delay another's tasks (MQTT traffic never delays Raft heartbeats).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads of the `broker` runtime (MQTT connections).
+    pub broker_workers: usize,
+    /// Worker threads of the `meta-raft` runtime (every Raft group).
+    pub meta_raft_workers: usize,
+    /// Worker threads of the `meta-grpc` runtime (gRPC and HTTP serving).
+    pub meta_grpc_workers: usize,
+    /// How often the `runtime_*` gauges are sampled, in milliseconds.
+    pub monitor_interval_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            broker_workers: 2,
+            meta_raft_workers: 1,
+            meta_grpc_workers: 1,
+            monitor_interval_ms: 1000,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The sampling interval of the runtime monitor.
+    pub fn monitor_interval(&self) -> Duration {
+        Duration::from_millis(self.monitor_interval_ms)
+    }
+}
+
+/// `[meta]`: the meta service run inside the node. The keys mean what the
+/// `tidemq-meta` flags of the same names mean.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaServiceConfig {
+    /// This node's id in every Raft group (unique in the cluster, not 0).
+    pub node_id: u64,
+    /// Address the gRPC server (`MetaService`, `RaftService`) binds.
+    pub grpc_addr: SocketAddr,
+    /// Address other nodes reach this one at; the bound address when unset.
+    pub advertise_addr: Option<String>,
+    /// Data Raft groups besides the metadata group 0.
+    pub data_groups: u32,
+    /// Members of a new cluster as `"ID=HOST:PORT"`, this node included.
+    /// Empty: a single-node cluster, bootstrapped on first start.
+    pub peers: Vec<String>,
+    /// gRPC addresses of a running cluster to join on first start.
+    pub join: Vec<String>,
+    /// Raft heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range `[min, max]`, in milliseconds.
+    pub election_timeout_ms: [u64; 2],
+    /// Log entries since the last snapshot that trigger a new one.
+    pub snapshot_after: u64,
+    /// Log entries kept behind a snapshot.
+    pub snapshot_keep_logs: u64,
+    /// gRPC requests slower than this are logged at WARN, in milliseconds.
+    pub slow_request_ms: u64,
+    /// Requests coalesced into one Raft entry, at most.
+    pub batch_max_requests: usize,
+    /// Approximate bytes of one coalesced Raft entry, at most.
+    pub batch_max_bytes: usize,
+    /// Coalesced entries of one group in flight at once.
+    pub batch_max_inflight: usize,
+}
+
+impl Default for MetaServiceConfig {
+    fn default() -> Self {
+        // The meta crate's own defaults, so that `tidemq` and `tidemq-meta`
+        // agree; the example file test notices when they change.
+        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], 1228));
+        let meta = tidemq_meta::MetaConfig::new(1, grpc_addr, PathBuf::new());
+        Self {
+            node_id: meta.node_id,
+            grpc_addr,
+            advertise_addr: None,
+            data_groups: meta.data_raft_group_num,
+            peers: Vec::new(),
+            join: Vec::new(),
+            heartbeat_ms: millis(meta.heartbeat),
+            election_timeout_ms: [
+                millis(meta.election_timeout.0),
+                millis(meta.election_timeout.1),
+            ],
+            snapshot_after: meta.snapshot_after_entries,
+            snapshot_keep_logs: meta.snapshot_keep_logs,
+            slow_request_ms: millis(meta.slow_request),
+            batch_max_requests: meta.batch.max_requests,
+            batch_max_bytes: meta.batch.max_bytes,
+            batch_max_inflight: meta.batch.max_inflight,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MetaServiceConfig {
+    /// The members listed in `peers`, parsed.
+    pub fn members(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        self.peers
+            .iter()
+            .map(|peer| {
+                parse_peer(peer).map_err(|message| ConfigError::Invalid {
+                    origin: None,
+                    message: format!("meta.peers: {message}"),
+                })
+            })
+            .collect()
+    }
+
+    /// The meta service's own configuration, with its data under `dir`.
+    pub fn to_meta_config(&self, dir: &Path) -> Result<tidemq_meta::MetaConfig, ConfigError> {
+        let mut config = tidemq_meta::MetaConfig::new(self.node_id, self.grpc_addr, dir);
+        config.advertise_addr = self.advertise_addr.clone();
+        config.data_raft_group_num = self.data_groups;
+        config.initial_members = self.members()?;
+        config.join = self.join.clone();
+        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
+        config.election_timeout = (
+            Duration::from_millis(self.election_timeout_ms[0]),
+            Duration::from_millis(self.election_timeout_ms[1]),
+        );
+        config.snapshot_after_entries = self.snapshot_after;
+        config.snapshot_keep_logs = self.snapshot_keep_logs;
+        config.slow_request = Duration::from_millis(self.slow_request_ms);
+        config.batch = tidemq_meta::BatchLimits {
+            max_requests: self.batch_max_requests,
+            max_bytes: self.batch_max_bytes,
+            max_inflight: self.batch_max_inflight,
+        };
+        Ok(config)
+    }
+}
+
+/// `"ID=HOST:PORT"`, as in `tidemq-meta --peer`.
+fn parse_peer(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected \"ID=HOST:PORT\", got {text:?}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad node id in {text:?}: {e}"))?;
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(format!("no address in {text:?}"));
+    }
+    Ok((id, addr.to_string()))
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP endpoint serving `GET /metrics` and `GET /health`.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path` (if given), then applies `TIDEMQ_*` variables from `env`.
     pub fn load(
@@ -256,6 +456,30 @@ impl Config {
         }
         if self.listener.tenant.is_empty() || self.listener.tenant.contains('/') {
             return invalid("listener.tenant must be non-empty and contain no '/'");
+        }
+        let r = &self.runtime;
+        if r.broker_workers == 0 || r.meta_raft_workers == 0 || r.meta_grpc_workers == 0 {
+            return invalid("runtime.*_workers must be at least 1");
+        }
+        if r.monitor_interval_ms == 0 {
+            return invalid("runtime.monitor_interval_ms must be at least 1");
+        }
+        let m = &self.meta;
+        if m.node_id == 0 {
+            return invalid("meta.node_id must not be 0");
+        }
+        let members = m.members()?;
+        if !members.is_empty() && !members.iter().any(|(id, _)| *id == m.node_id) {
+            return invalid("meta.peers must list this node (meta.node_id) too");
+        }
+        let [min, max] = m.election_timeout_ms;
+        if m.heartbeat_ms == 0 || min <= m.heartbeat_ms || max <= min {
+            return invalid(
+                "meta.election_timeout_ms must be [min, max] with heartbeat_ms < min < max",
+            );
+        }
+        if m.batch_max_requests == 0 || m.batch_max_bytes == 0 || m.batch_max_inflight == 0 {
+            return invalid("meta.batch_max_* must be at least 1");
         }
         Ok(())
     }
@@ -363,6 +587,51 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tidemq.toml");
         let c = Config::load(Some(&path), env(&[])).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn node_sections_from_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEMQ_DATA_DIR", "/tmp/tidemq-x"),
+                ("TIDEMQ_META__GRPC_ADDR", "127.0.0.1:1229"),
+                (
+                    "TIDEMQ_META__PEERS",
+                    r#"["1=127.0.0.1:1229", "2=127.0.0.1:1230"]"#,
+                ),
+                ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[300, 600]"),
+                ("TIDEMQ_HTTP__BIND", "127.0.0.1:0"),
+                ("TIDEMQ_RUNTIME__BROKER_WORKERS", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/tidemq-x"));
+        assert_eq!(c.http.bind.port(), 0);
+        assert_eq!(c.runtime.broker_workers, 4);
+        let meta = c.meta.to_meta_config(&c.data_dir.join("meta")).unwrap();
+        assert_eq!(meta.grpc_addr.port(), 1229);
+        assert_eq!(meta.initial_members[1], (2, "127.0.0.1:1230".to_string()));
+        assert_eq!(meta.election_timeout.1, Duration::from_millis(600));
+        assert_eq!(meta.data_dir, PathBuf::from("/tmp/tidemq-x/meta"));
+    }
+
+    #[test]
+    fn bad_meta_sections_are_errors() {
+        for (key, value) in [
+            ("TIDEMQ_META__NODE_ID", "0"),
+            ("TIDEMQ_META__PEERS", r#"["2=127.0.0.1:1230"]"#),
+            ("TIDEMQ_META__PEERS", r#"["one=127.0.0.1:1230"]"#),
+            ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[2000, 1000]"),
+            ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[50, 1000]"),
+            ("TIDEMQ_RUNTIME__META_RAFT_WORKERS", "0"),
+        ] {
+            let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains("meta") || err.to_string().contains("runtime"),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

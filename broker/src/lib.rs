@@ -1,19 +1,22 @@
 //! # tidemq-broker
 //!
-//! The MQTT 3.1, 3.1.1 and 5.0 broker on tokio, and the `tidemq` binary that
-//! runs a node.
+//! The MQTT 3.1, 3.1.1 and 5.0 broker on tokio, the [`Node`] that runs it
+//! together with the meta service and the HTTP endpoint, and the `tidemq`
+//! binary that runs a node.
 //!
 //! ## Layout
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`node`] | [`Node::start`]: the runtimes, the meta service, the broker and the HTTP endpoint of one node |
+//! | `http` | `GET /metrics` and `GET /health` |
 //! | [`broker`] | [`Broker::start`]: shared state, the listener, shutdown |
 //! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
 //! | [`session`] | sessions, their queues and inflight windows, the flat-keyed registry |
 //! | [`router`] | subscription matching, shared subscriptions, retained messages |
 //! | [`topic_tree`] | the tries behind the router |
 //! | [`auth`] | password file (argon2) and ACL rules |
-//! | [`config`] | TOML + `TIDEMQ_` environment configuration |
+//! | [`config`] | TOML + `TIDEMQ_` environment configuration of the whole node |
 //! | [`metrics`] | Prometheus metrics |
 //!
 //! ## Concurrency
@@ -24,7 +27,23 @@
 //! retained messages sit in tries behind std `RwLock`s that are never held
 //! across an `.await`. No async `RwLock` is on the connect path.
 //!
-//! ## Example
+//! ## Examples
+//!
+//! A whole node, as the `tidemq` binary runs it (blocking calls: the node
+//! owns its runtimes):
+//!
+//! ```no_run
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = tidemq_broker::Config::default();
+//! config.data_dir = "/tmp/tidemq-example".into();
+//! let node = tidemq_broker::Node::start(config)?;
+//! println!("MQTT on {}, metrics on http://{}/metrics", node.mqtt_addr(), node.http_addr());
+//! node.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The broker alone, on the caller's runtime:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,11 +59,14 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+mod http;
 pub mod message;
 pub mod metrics;
+pub mod node;
 pub mod router;
 pub mod session;
 pub mod topic_tree;
 
 pub use broker::{Broker, BrokerError};
 pub use config::Config;
+pub use node::{Node, NodeError};

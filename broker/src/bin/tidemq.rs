@@ -1,12 +1,22 @@
 //! `tidemq`: runs a TideMQ node. With no arguments it serves MQTT on
-//! 127.0.0.1:1883 with anonymous access allowed on loopback only.
+//! 127.0.0.1:1883 (anonymous access allowed on loopback only), the meta
+//! service's gRPC on 127.0.0.1:1228 (a single-node Raft cluster,
+//! bootstrapped on first start), `/metrics` and `/health` on
+//! 127.0.0.1:9090, with its data under `./data`.
+//!
+//! Once serving it prints one line on stdout that scripts and tests wait for:
+//!
+//! ```text
+//! tidemq ready node=1 mqtt=127.0.0.1:1883 grpc=127.0.0.1:1228 http=127.0.0.1:9090
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tidemq_broker::{Broker, Config};
+use tidemq_broker::{Config, Node};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 #[derive(Debug, Parser)]
@@ -18,6 +28,15 @@ struct Args {
     /// MQTT listen address (overrides listener.bind).
     #[arg(long)]
     bind: Option<SocketAddr>,
+    /// Root of the node's data (overrides data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the /metrics and /health endpoint (overrides http.bind).
+    #[arg(long)]
+    http_bind: Option<SocketAddr>,
+    /// Address of the meta service's gRPC server (overrides meta.grpc_addr).
+    #[arg(long)]
+    meta_grpc_addr: Option<SocketAddr>,
     /// Password file of `user:argon2-hash` lines (overrides auth.password_file).
     #[arg(long)]
     password_file: Option<PathBuf>,
@@ -29,10 +48,36 @@ struct Args {
     hash_password: bool,
 }
 
+impl Args {
+    fn apply(self, config: &mut Config) {
+        if let Some(bind) = self.bind {
+            config.listener.bind = bind;
+        }
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(bind) = self.http_bind {
+            config.http.bind = bind;
+        }
+        if let Some(addr) = self.meta_grpc_addr {
+            config.meta.grpc_addr = addr;
+        }
+        if let Some(path) = self.password_file {
+            config.auth.password_file = Some(path);
+        }
+        if let Some(path) = self.acl_file {
+            config.auth.acl_file = Some(path);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    // openraft narrates every election and vote at INFO: keep its WARNs only
+    // unless RUST_LOG asks for more.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .init();
     let args = Args::parse();
@@ -45,39 +90,27 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(bind) = args.bind {
-        config.listener.bind = bind;
-    }
-    if let Some(path) = args.password_file {
-        config.auth.password_file = Some(path);
-    }
-    if let Some(path) = args.acl_file {
-        config.auth.acl_file = Some(path);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("broker")
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(config))
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let registry = prometheus::Registry::new();
-    let broker = Broker::start(config, &registry)
-        .await
-        .context("starting the broker")?;
-    info!(addr = %broker.local_addr(), "tidemq node running; Ctrl-C to stop");
-    shutdown_signal().await?;
+    args.apply(&mut config);
+    let node_id = config.meta.node_id;
+    let node = Node::start(config).context("starting the node")?;
+    let waited = node.block_on(async {
+        // Handlers first: a signal sent as soon as the ready line is read
+        // must find them installed, not kill the process.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        println!(
+            "tidemq ready node={node_id} mqtt={} grpc={} http={}",
+            node.mqtt_addr(),
+            node.grpc_addr(),
+            node.http_addr()
+        );
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        anyhow::Ok(())
+    });
     info!("shutting down");
-    broker.shutdown().await;
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    node.shutdown();
+    waited
 }

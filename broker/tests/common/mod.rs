@@ -1,7 +1,9 @@
 //! Helpers for broker integration tests: a broker on an ephemeral loopback
-//! port, a raw MQTT client speaking bytes through the codec, and rumqttc
-//! client options.
+//! port, a raw MQTT client speaking bytes through the codec, rumqttc client
+//! options, and ([`process`]) the `tidemq` binary as a child process.
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::net::SocketAddr;
 use std::time::Duration;

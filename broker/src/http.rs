@@ -1,0 +1,156 @@
+//! The node's HTTP endpoint: `GET /metrics` and `GET /health`.
+//!
+//! - `/metrics`: every metric of the node's one [`Registry`] (broker, meta
+//!   service, runtimes) in the Prometheus text format.
+//! - `/health`: `200` with a small JSON body while every Raft group of the
+//!   meta service has a leader, `503` with the same body otherwise:
+//!
+//! ```text
+//! {"status":"ok","node_id":1,"mqtt":"127.0.0.1:1883","grpc":"127.0.0.1:1228",
+//!  "meta_leader":true,"groups":2,"groups_led":2,"groups_without_leader":[]}
+//! ```
+//!
+//! `meta_leader` says whether this node leads the metadata group (0).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tidemq_meta::openraft::Raft;
+use tidemq_meta::{NodeId, TypeConfig};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// What the handlers read.
+pub(crate) struct Endpoints {
+    /// The node's registry.
+    pub registry: Registry,
+    /// This node's id in the meta service.
+    pub node_id: NodeId,
+    /// The bound MQTT address.
+    pub mqtt: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc: SocketAddr,
+    /// The Raft instance of every meta group.
+    pub rafts: Arc<Vec<Raft<TypeConfig>>>,
+}
+
+/// A running HTTP server.
+pub(crate) struct HttpServer {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves on `runtime`.
+    pub(crate) fn start(
+        runtime: &Handle,
+        addr: SocketAddr,
+        endpoints: Endpoints,
+    ) -> std::io::Result<HttpServer> {
+        // Bound inside the serving runtime so that its reactor owns the socket.
+        let listener = runtime.block_on(TcpListener::bind(addr))?;
+        let local_addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/health", get(health))
+            .with_state(Arc::new(endpoints));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = runtime.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                warn!(error = %e, "HTTP endpoint failed");
+            }
+        });
+        info!(%local_addr, "HTTP endpoint started");
+        Ok(HttpServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and waits (up to 5 s) for open requests to finish.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            // A client holding a keep-alive connection open.
+            abort.abort();
+        }
+        info!("HTTP endpoint stopped");
+    }
+}
+
+async fn metrics(State(endpoints): State<Arc<Endpoints>>) -> Response {
+    let families = endpoints.registry.gather();
+    let encoder = TextEncoder::new();
+    let mut body = Vec::with_capacity(64 * 1024);
+    match encoder.encode(&families, &mut body) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn health(State(endpoints): State<Arc<Endpoints>>) -> Response {
+    let mut without_leader = Vec::new();
+    let mut led = 0;
+    let mut meta_leader = false;
+    for (group, raft) in endpoints.rafts.iter().enumerate() {
+        let leader = raft.metrics().borrow().current_leader;
+        match leader {
+            None => without_leader.push(group.to_string()),
+            Some(id) if id == endpoints.node_id => {
+                led += 1;
+                meta_leader |= group == 0;
+            }
+            Some(_) => {}
+        }
+    }
+    let healthy = without_leader.is_empty();
+    // Addresses and numbers only: nothing here needs JSON escaping.
+    let body = format!(
+        r#"{{"status":"{}","node_id":{},"mqtt":"{}","grpc":"{}","meta_leader":{},"groups":{},"groups_led":{},"groups_without_leader":[{}]}}"#,
+        if healthy { "ok" } else { "no_leader" },
+        endpoints.node_id,
+        endpoints.mqtt,
+        endpoints.grpc,
+        meta_leader,
+        endpoints.rafts.len(),
+        led,
+        without_leader.join(","),
+    );
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
