@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::storage::Output;
+
 /// A histogram for latencies from 1 µs to 60 s at 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -228,6 +230,29 @@ impl std::fmt::Display for FinalReport {
             self.p50_us, self.p95_us, self.p99_us, self.p999_us, self.p9999_us, self.max_us
         )
     }
+}
+
+/// Prints `tick()` once a second, as a table line or a JSON object, until
+/// the task is aborted. A late tick is not followed by a catch-up burst: a
+/// tiny interval holding one burst of replies would read as a huge rate.
+pub fn spawn_ticker<T, F>(output: Output, tick: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> T + Send + 'static,
+    T: std::fmt::Display + Serialize,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let tick = tick();
+            match output {
+                Output::Table => println!("{tick}"),
+                Output::Json => println!("{}", serde_json::to_string(&tick).unwrap_or_default()),
+            }
+        }
+    })
 }
 
 #[cfg(test)]

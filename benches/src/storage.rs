@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use tidemq_storage_engine::{StorageEngine, SyncPolicy};
 
-use crate::recorder::{FinalReport, Recorder};
+use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
 /// Sync policy names on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,25 +159,7 @@ pub async fn append(args: &AppendArgs) -> anyhow::Result<(FinalReport, CommitSta
 
     let ticker = {
         let recorder = Arc::clone(&recorder);
-        let output = args.output;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_secs(1));
-            // A late tick must not be followed by a catch-up burst: a tiny
-            // interval holding one group-commit reply burst would read as a
-            // huge rate.
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            interval.tick().await;
-            loop {
-                interval.tick().await;
-                let tick = recorder.tick();
-                match output {
-                    Output::Table => println!("{tick}"),
-                    Output::Json => {
-                        println!("{}", serde_json::to_string(&tick).unwrap_or_default())
-                    }
-                }
-            }
-        })
+        spawn_ticker(args.output, move || recorder.tick())
     };
     for p in producers {
         p.await?;

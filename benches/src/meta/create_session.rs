@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::args::{CreateSessionArgs, default_run_id};
 use super::note_error;
 use super::stats::{CreateSessionReport, Stats};
-use crate::storage::Output;
+use crate::recorder::spawn_ticker;
 
 /// How long the service may take to answer the first call.
 pub const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -73,7 +73,10 @@ pub async fn create_session(
         },
     });
     let stats = Arc::new(Stats::new(args.batch));
-    let ticker = spawn_ticker(Arc::clone(&stats), args.output);
+    let ticker = {
+        let stats = Arc::clone(&stats);
+        spawn_ticker(args.output, move || stats.tick())
+    };
     let mut workers = JoinSet::new();
     for i in 0..args.concurrency {
         let client = clients[i % clients.len()].clone();
@@ -149,22 +152,4 @@ async fn worker(client: MetaClient, plan: Arc<Plan>, stats: Arc<Stats>, timeout:
             Err(_) => stats.timeout(),
         }
     }
-}
-
-/// Prints the figures once a second until aborted.
-fn spawn_ticker(stats: Arc<Stats>, output: Output) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
-        // No catch-up bursts: a tiny interval would read as a huge rate.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            interval.tick().await;
-            let tick = stats.tick();
-            match output {
-                Output::Table => println!("{tick}"),
-                Output::Json => println!("{}", serde_json::to_string(&tick).unwrap_or_default()),
-            }
-        }
-    })
 }

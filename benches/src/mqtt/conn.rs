@@ -10,15 +10,18 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::{ConnArgs, connect_all, spawn_ticker};
-use crate::recorder::{FinalReport, Recorder};
+use super::{ConnArgs, connect_all};
+use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
 /// Runs the load, printing a line per second, and returns the final report
 /// and how many connections were held open.
 pub async fn conn(args: &ConnArgs) -> anyhow::Result<(FinalReport, usize)> {
     args.common.validate()?;
     let recorder = Arc::new(Recorder::new(0));
-    let ticker = spawn_ticker(Arc::clone(&recorder), args.common.output);
+    let ticker = {
+        let recorder = Arc::clone(&recorder);
+        spawn_ticker(args.common.output, move || recorder.tick())
+    };
     // Keep alive 0: held connections send nothing, however long opening the
     // last of them takes.
     let clients = connect_all(&args.common, 'c', 0, &recorder).await;

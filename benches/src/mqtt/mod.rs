@@ -27,11 +27,11 @@ pub mod subscribe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 pub use self::args::{CommonArgs, ConnArgs, PubArgs, SubArgs};
 use self::client::Client;
@@ -191,24 +191,6 @@ async fn connect_clients(
     );
     anyhow::ensure!(!clients.is_empty(), "no {what} could connect");
     Ok(clients)
-}
-
-/// Prints the recorder's figures once a second until aborted.
-fn spawn_ticker(recorder: Arc<Recorder>, output: Output) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
-        // No catch-up bursts: a tiny interval would read as a huge rate.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            interval.tick().await;
-            let tick = recorder.tick();
-            match output {
-                Output::Table => println!("{tick}"),
-                Output::Json => println!("{}", serde_json::to_string(&tick).unwrap_or_default()),
-            }
-        }
-    })
 }
 
 /// Prints a load's final report: a table, or one JSON object holding the

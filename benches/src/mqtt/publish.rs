@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 
 use super::args::topic_for;
 use super::client::Client;
-use super::{PubArgs, connect_clients, note_error, spawn_ticker, stamped_payload};
-use crate::recorder::{FinalReport, Recorder};
+use super::{PubArgs, connect_clients, note_error, stamped_payload};
+use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
 /// How often QoS 0 publishers send what is due.
 const SEND_EVERY: Duration = Duration::from_millis(10);
@@ -42,7 +42,10 @@ pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
     let clients = connect_clients(&args.common, 'p', "publishers").await?;
     let recorder = Arc::new(Recorder::new(args.payload_size.max(8) as u64));
     let deadline = recorder.started() + Duration::from_secs(args.duration_secs);
-    let ticker = spawn_ticker(Arc::clone(&recorder), args.common.output);
+    let ticker = {
+        let recorder = Arc::clone(&recorder);
+        spawn_ticker(args.common.output, move || recorder.tick())
+    };
     let mut publishers = JoinSet::new();
     for (index, client) in clients {
         let publisher = Publisher {

@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 
 use super::args::topic_for;
 use super::client::Client;
-use super::{SubArgs, connect_clients, note_error, now_nanos, sent_at, spawn_ticker};
-use crate::recorder::{FinalReport, Recorder};
+use super::{SubArgs, connect_clients, note_error, now_nanos, sent_at};
+use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
 /// How often the stop conditions are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -36,7 +36,10 @@ pub async fn subscribe(args: &SubArgs) -> anyhow::Result<FinalReport> {
 
     let recorder = Arc::new(Recorder::new(0));
     let progress = Arc::new(Progress::new(recorder.started()));
-    let ticker = spawn_ticker(Arc::clone(&recorder), args.common.output);
+    let ticker = {
+        let recorder = Arc::clone(&recorder);
+        spawn_ticker(args.common.output, move || recorder.tick())
+    };
     let (stop, stopped) = watch::channel(false);
     let mut subscribers = JoinSet::new();
     for client in clients {
