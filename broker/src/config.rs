@@ -473,9 +473,11 @@ impl Config {
             return invalid("meta.peers must list this node (meta.node_id) too");
         }
         let [min, max] = m.election_timeout_ms;
-        if m.heartbeat_ms == 0 || min <= m.heartbeat_ms || max <= min {
+        // openraft gets half of each bound (see MetaConfig::election_timeout),
+        // and its minimum must exceed the heartbeat.
+        if m.heartbeat_ms == 0 || min / 2 <= m.heartbeat_ms || max <= min {
             return invalid(
-                "meta.election_timeout_ms must be [min, max] with heartbeat_ms < min < max",
+                "meta.election_timeout_ms must be [min, max] with 2 * heartbeat_ms < min < max",
             );
         }
         if m.batch_max_requests == 0 || m.batch_max_bytes == 0 || m.batch_max_inflight == 0 {

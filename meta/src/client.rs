@@ -98,6 +98,7 @@ impl MetaClient {
     {
         let deadline = Instant::now() + self.inner.deadline;
         let mut backoff = Duration::from_millis(20);
+        let mut redirects = 0u32;
         loop {
             let addr = self.target();
             let channel = self.inner.channels.get(&addr)?;
@@ -116,6 +117,13 @@ impl MetaClient {
             let retry = match status.code() {
                 Code::FailedPrecondition if redirect.is_some() => {
                     self.set_leader(redirect);
+                    // Views of the leader settle within a heartbeat or two;
+                    // do not spin between nodes that disagree meanwhile.
+                    redirects += 1;
+                    if redirects > 2 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
                     true
                 }
                 // No leader known yet (election in progress), or the node is down.
@@ -179,6 +187,7 @@ impl MetaClient {
         let request = pb::ListSessionsRequest {
             prefix: prefix.to_string(),
             limit,
+            group: None,
         };
         let stream = self
             .call(|mut c| {
@@ -186,7 +195,7 @@ impl MetaClient {
                 async move { c.list_sessions(request).await }
             })
             .await?;
-        collect(stream).await
+        collect("stream", stream).await
     }
 
     /// Adds or replaces a subscription.
@@ -333,13 +342,17 @@ impl MetaClient {
     }
 }
 
-async fn collect(mut stream: tonic::Streaming<pb::Session>) -> Result<Vec<pb::Session>, MetaError> {
+/// Every message of a server stream from `addr`.
+pub(crate) async fn collect<T>(
+    addr: &str,
+    mut stream: tonic::Streaming<T>,
+) -> Result<Vec<T>, MetaError> {
     let mut out = Vec::new();
     loop {
         match stream.message().await {
-            Ok(Some(session)) => out.push(session),
+            Ok(Some(message)) => out.push(message),
             Ok(None) => return Ok(out),
-            Err(status) => return Err(MetaError::from_status("stream", status)),
+            Err(status) => return Err(MetaError::from_status(addr, status)),
         }
     }
 }

@@ -41,7 +41,15 @@ pub struct MetaConfig {
     pub initial_members: Vec<(NodeId, String)>,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
-    /// Raft election timeout range.
+    /// How long a follower hears nothing from its leader before it stands
+    /// for election: a random point in `[min, max)`.
+    ///
+    /// openraft 0.9 makes a follower wait out the leader's lease
+    /// (`election_timeout_max`) and then its own random election timeout
+    /// (`election_timeout_min..election_timeout_max`), so openraft is given
+    /// half of each bound: `(1 s, 2 s)` becomes openraft's `(500 ms, 1 s)`,
+    /// and a follower stands 1.5 to 2 s after the last heartbeat. See
+    /// [`MetaConfig::openraft_election_timeout`].
     pub election_timeout: (Duration, Duration),
     /// gRPC addresses of a running cluster to join. When set, a brand-new
     /// node does not bootstrap: it asks the cluster to add it to every group
@@ -77,6 +85,16 @@ impl MetaConfig {
             batch: BatchLimits::default(),
             slow_request: Duration::from_millis(200),
         }
+    }
+
+    /// openraft's `(election_timeout_min, election_timeout_max)` in
+    /// milliseconds for [`MetaConfig::election_timeout`]: half of each
+    /// bound, because an openraft follower waits `max` (the leader lease)
+    /// plus a random timeout in `[min, max)`. Together that is
+    /// `[min/2 + max/2, max)` of the configured range.
+    pub fn openraft_election_timeout(&self) -> (u64, u64) {
+        let half = |d: Duration| (d.as_millis() / 2) as u64;
+        (half(self.election_timeout.0), half(self.election_timeout.1))
     }
 }
 
@@ -266,8 +284,8 @@ async fn start_groups(
         Config {
             cluster_name: "tidemq-meta".into(),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: config.election_timeout.0.as_millis() as u64,
-            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            election_timeout_min: config.openraft_election_timeout().0,
+            election_timeout_max: config.openraft_election_timeout().1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
             max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
             ..Default::default()

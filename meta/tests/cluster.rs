@@ -54,7 +54,10 @@ impl Node {
     fn restart(&mut self) -> anyhow::Result<()> {
         let mut child = Command::new(BIN)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TIDEMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -287,11 +290,12 @@ async fn three_processes_fail_over_catch_up_by_snapshot_and_admit_a_fourth() -> 
     )
     .await?;
     let failover = killed_at.elapsed();
-    // openraft 0.9: a follower stands after the leader lease (2 s) plus a
-    // random election timeout (1-2 s) of silence; a vote is granted only
-    // once the voter's own lease has run out.
+    // A follower stands 1.5-2 s after the last heartbeat with the default
+    // election timeout. The bound here only catches a cluster that does not
+    // recover; how fast it recovers is measured by benches/meta-bench.sh.
+    eprintln!("failover took {failover:?}");
     assert!(
-        failover < Duration::from_secs(5),
+        failover < Duration::from_secs(8),
         "new leaders {new_leaders:?} after {failover:?}"
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -54,6 +54,42 @@ async fn every_rpc_round_trips() -> anyhow::Result<()> {
     assert!(got.created_at_ms > 0, "creation time filled in");
     assert_eq!(c.list_sessions("acme/", 0).await?.len(), 100);
     assert_eq!(c.list_sessions("acme/", 10).await?.len(), 10);
+    // One data group at a time, as nodes ask each other when the groups'
+    // leaders differ: the groups partition the sessions.
+    let mut raw = pb::meta_service_client::MetaServiceClient::connect(format!(
+        "http://{}",
+        node.local_addr()
+    ))
+    .await?;
+    let mut per_group = 0;
+    for group in 1..=4 {
+        let mut stream = raw
+            .list_sessions(pb::ListSessionsRequest {
+                prefix: "acme/".into(),
+                limit: 0,
+                group: Some(group),
+            })
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while stream.message().await?.is_some() {
+            n += 1;
+        }
+        assert!(n < 100, "group {group} holds only its share, not {n}");
+        per_group += n;
+    }
+    assert_eq!(per_group, 100);
+    for group in [0, 5] {
+        let refused = raw
+            .list_sessions(pb::ListSessionsRequest {
+                prefix: String::new(),
+                limit: 0,
+                group: Some(group),
+            })
+            .await
+            .expect_err("not a data group");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
     assert!(c.delete_session("acme/dev-7").await?);
     assert!(!c.delete_session("acme/dev-7").await?);
     assert!(c.get_session("acme/dev-7").await?.is_none());

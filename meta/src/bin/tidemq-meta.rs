@@ -44,7 +44,8 @@ struct Args {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
-    /// Raft election timeout range in milliseconds, `MIN-MAX`.
+    /// How long a follower hears no leader before it stands for election,
+    /// in milliseconds, `MIN-MAX` (a random point in the range).
     #[arg(long, default_value = "1000-2000", value_parser = parse_range)]
     election_timeout_ms: (u64, u64),
     /// Log entries since the last snapshot that trigger a new one.

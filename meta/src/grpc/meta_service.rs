@@ -4,7 +4,10 @@
 //!
 //! A follower does not forward: it answers `FAILED_PRECONDITION` with the
 //! leader's gRPC address in the `x-tidemq-leader` header, and
-//! [`MetaClient`](crate::MetaClient) retries there transparently.
+//! [`MetaClient`](crate::MetaClient) retries there transparently. The one
+//! exception is a request that spans data groups (`CreateSessions`,
+//! `ListSessions`): their leaders may be different nodes, so the node asked
+//! sends each group's share to that group's leader, one hop at most.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -13,12 +16,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::{ChangeMembers, Raft, RaftMetrics};
 use tidemq_proto::grpc::v1 as pb;
+use tidemq_proto::grpc::v1::meta_service_client::MetaServiceClient;
 use tidemq_proto::grpc::v1::meta_service_server::MetaService;
 use tokio_stream::Stream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::batcher::Batcher;
+use crate::channels::ChannelPool;
 use crate::error::MetaError;
 use crate::grpc::GrpcMetrics;
 use crate::routing::GroupRouter;
@@ -40,6 +46,9 @@ struct Inner {
     batchers: Vec<Batcher>,
     router: GroupRouter,
     metrics: GrpcMetrics,
+    /// Channels to other members, for the groups of a `ListSessions` led
+    /// elsewhere.
+    peers: ChannelPool,
 }
 
 impl MetaServer {
@@ -58,6 +67,7 @@ impl MetaServer {
                 batchers,
                 router,
                 metrics,
+                peers: ChannelPool::default(),
             }),
         }
     }
@@ -85,6 +95,80 @@ impl MetaServer {
             .await
             .map_err(|e| MetaError::from_raft(&e))?;
         Ok(&self.inner.states[group as usize])
+    }
+
+    /// The gRPC address of `group`'s leader when, as far as this node
+    /// knows, that is another node. `None` when this node leads, or when
+    /// no leader is known (the local attempt then reports that).
+    fn leader_elsewhere(&self, group: u32) -> Option<String> {
+        let metrics = self.inner.rafts.get(group as usize)?.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader.filter(|l| *l != metrics.id)?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(node.addr.clone())
+    }
+
+    /// A client of the member at `addr`, for a request this node forwards.
+    fn peer(&self, addr: &str) -> Result<MetaServiceClient<Channel>, MetaError> {
+        Ok(MetaServiceClient::new(self.inner.peers.get(addr)?))
+    }
+
+    /// Writes one group's share of a `CreateSessions` here, or at the
+    /// group's leader when that is another node (unless the request was
+    /// itself forwarded: one hop at most, then the client retries).
+    async fn create_in_group(
+        &self,
+        group: u32,
+        sessions: Vec<pb::Session>,
+        may_forward: bool,
+    ) -> Result<u32, MetaError> {
+        if may_forward && let Some(leader) = self.leader_elsewhere(group) {
+            let request = forwarded(pb::CreateSessionsRequest { sessions });
+            return self
+                .peer(&leader)?
+                .create_sessions(request)
+                .await
+                .map(|r| r.into_inner().created)
+                .map_err(|status| MetaError::from_status(&leader, status));
+        }
+        let sessions = sessions.into_iter().map(session_from_pb).collect();
+        match self
+            .write(group, MetaRequest::CreateSessions(sessions))
+            .await?
+        {
+            MetaResponse::Sessions { written } => Ok(written),
+            _ => Ok(0),
+        }
+    }
+
+    /// One data group's sessions, read here or at the group's leader when
+    /// that is another node (one hop at most, as for writes).
+    async fn list_in_group(
+        &self,
+        group: u32,
+        prefix: &str,
+        limit: Option<usize>,
+        may_forward: bool,
+    ) -> Result<Vec<pb::Session>, MetaError> {
+        if may_forward && let Some(leader) = self.leader_elsewhere(group) {
+            let request = forwarded(pb::ListSessionsRequest {
+                prefix: prefix.to_string(),
+                limit: limit.map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+                group: Some(group),
+            });
+            let stream = self
+                .peer(&leader)?
+                .list_sessions(request)
+                .await
+                .map_err(|status| MetaError::from_status(&leader, status))?
+                .into_inner();
+            return crate::client::collect(&leader, stream).await;
+        }
+        let state = self.read(group).await?;
+        let found = state
+            .list_sessions(prefix, None, limit.unwrap_or(usize::MAX))
+            .await?;
+        Ok(found.into_iter().map(session_to_pb).collect())
     }
 
     /// The Raft instance of `group`.
@@ -143,6 +227,23 @@ fn require(field: &str, value: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Marks a request one member forwards to another, so that it is not
+/// forwarded again.
+const FORWARDED_HEADER: &str = "x-tidemq-forwarded";
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
 fn session_from_pb(s: pb::Session) -> Session {
     Session {
         client_key: s.client_key,
@@ -173,6 +274,7 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::CreateSessionsRequest>,
     ) -> Result<Response<pb::CreateSessionsReply>, Status> {
+        let may_forward = !is_forwarded(&request);
         let sessions = request.into_inner().sessions;
         self.observe("CreateSessions", async move {
             if sessions.is_empty() || sessions.len() > MAX_SESSIONS_PER_REQUEST {
@@ -184,24 +286,21 @@ impl MetaService for MetaServer {
                 });
             }
             // Validate everything before writing anything.
-            let mut by_group: BTreeMap<u32, Vec<Session>> = BTreeMap::new();
-            for session in sessions {
+            let mut by_group: BTreeMap<u32, Vec<pb::Session>> = BTreeMap::new();
+            for mut session in sessions {
                 require("client_key", &session.client_key)?;
                 let group = self.inner.router.data_group(&session.client_key);
-                let mut session = session_from_pb(session);
                 if session.created_at_ms == 0 {
-                    session.created_at_ms = now_ms();
+                    session.created_at_ms = i64::try_from(now_ms()).unwrap_or(i64::MAX);
                 }
                 by_group.entry(group).or_default().push(session);
             }
             let writes = by_group
                 .into_iter()
-                .map(|(group, sessions)| self.write(group, MetaRequest::CreateSessions(sessions)));
+                .map(|(group, sessions)| self.create_in_group(group, sessions, may_forward));
             let mut created = 0;
             for outcome in futures_util::future::join_all(writes).await {
-                if let MetaResponse::Sessions { written } = outcome? {
-                    created += written;
-                }
+                created += outcome?;
             }
             Ok(pb::CreateSessionsReply { created })
         })
@@ -248,23 +347,32 @@ impl MetaService for MetaServer {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<SessionStream>, Status> {
+        let may_forward = !is_forwarded(&request);
         let request = request.into_inner();
         self.observe("ListSessions", async move {
-            let limit = (request.limit > 0).then_some(request.limit as usize);
+            let groups = match request.group {
+                Some(group) if self.inner.router.data_groups().contains(&group) => group..group + 1,
+                Some(group) => {
+                    return Err(MetaError::UnknownGroup {
+                        group,
+                        groups: self.inner.rafts.len() as u32,
+                    });
+                }
+                None => self.inner.router.data_groups(),
+            };
+            let mut limit = (request.limit > 0).then_some(request.limit as usize);
             let mut all = Vec::new();
-            for group in self.inner.router.data_groups() {
-                let state = self.read(group).await?;
-                let remaining = limit.map_or(usize::MAX, |l| l.saturating_sub(all.len()));
-                if remaining == 0 {
+            for group in groups {
+                if limit == Some(0) {
                     break;
                 }
-                all.extend(
-                    state
-                        .list_sessions(&request.prefix, None, remaining)
-                        .await?,
-                );
+                let found = self
+                    .list_in_group(group, &request.prefix, limit, may_forward)
+                    .await?;
+                limit = limit.map(|l| l.saturating_sub(found.len()));
+                all.extend(found);
             }
-            let stream = tokio_stream::iter(all.into_iter().map(|s| Ok(session_to_pb(s))));
+            let stream = tokio_stream::iter(all.into_iter().map(Ok));
             Ok(Box::pin(stream) as SessionStream)
         })
         .await
