@@ -582,6 +582,22 @@ impl StorageEngine {
         Ok(removed)
     }
 
+    /// Removes the sealed segments of `partition` that hold only offsets
+    /// below `offset`: a consumer that no longer needs those records hands
+    /// their space back. Whole segments go, so some records below `offset`
+    /// may stay; the segment being written always stays. Returns the number
+    /// of segments removed.
+    pub async fn trim_before(&self, partition: u64, offset: u64) -> Result<usize> {
+        let part = self.partition(partition)?;
+        let removed = part.lock().take_below(offset);
+        let count = removed.len();
+        if count > 0 {
+            info!(partition, segments = count, before = offset, "trimming segments");
+            self.remove_segments(removed).await?;
+        }
+        Ok(count)
+    }
+
     /// Makes everything appended so far durable (whatever the sync policy),
     /// stops the I/O threads and waits for them. Later calls on any clone
     /// fail with [`StorageError::Closed`].

@@ -267,6 +267,25 @@ impl PartitionState {
         expired
     }
 
+    /// Removes and returns the sealed segments that hold only offsets below
+    /// `offset`. The segment being written is never removed.
+    pub fn take_below(&mut self, offset: u64) -> Vec<Segment> {
+        let mut removed = Vec::new();
+        while self.segments.len() > 1 {
+            let mut bases = self.segments.keys();
+            let (Some(&oldest), Some(&next)) = (bases.next(), bases.next()) else {
+                break;
+            };
+            if next > offset {
+                break;
+            }
+            if let Some(segment) = self.segments.remove(&oldest) {
+                removed.push(segment);
+            }
+        }
+        removed
+    }
+
     /// Bytes held on disk.
     pub fn size(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()

@@ -202,6 +202,41 @@ async fn size_retention_removes_oldest_segments() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn trim_removes_only_segments_wholly_below_the_offset() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let engine = small_engine(tmp.path()).open().await?;
+    engine.create_partition(6).await?;
+    for offset in 0..3000 {
+        engine.append(6, &[payload(6, offset)]).await?;
+    }
+    let before = engine.partition_info(6)?;
+    assert!(before.segments > 3, "{before:?}");
+    // Nothing below offset 0: nothing goes.
+    assert_eq!(engine.trim_before(6, 0).await?, 0);
+    engine.trim_before(6, 1500).await?;
+    let after = engine.partition_info(6)?;
+    assert!(after.log_start > 0 && after.log_start <= 1500, "{after:?}");
+    assert_eq!(segment_files(tmp.path(), 6).len(), after.segments);
+    // Offset 1500 and everything after it are still readable.
+    let records = engine.read(6, 1500, 100).await?;
+    assert_eq!(records[0].offset, 1500);
+    assert_eq!(records[0].payload, payload(6, 1500));
+    // Trimming past the end keeps the segment being written.
+    engine.trim_before(6, u64::MAX).await?;
+    let last = engine.partition_info(6)?;
+    assert_eq!(last.segments, 1);
+    assert_eq!(last.next_offset, 3000);
+    engine.append(6, &[payload(6, 3000)]).await?;
+    engine.close().await?;
+    // Reopened, the trimmed log starts where it was trimmed.
+    let engine = small_engine(tmp.path()).open().await?;
+    assert_eq!(engine.partition_info(6)?.log_start, last.log_start);
+    assert_eq!(engine.partition_info(6)?.next_offset, 3001);
+    engine.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn age_retention_runs_in_the_background() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let engine = small_engine(tmp.path())
