@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::auth::{AclRules, AuthError, PasswordFile};
 use crate::config::{Config, ConfigError};
 use crate::connection;
+use crate::durable::{DurableError, DurableStore, Recovered};
 use crate::metrics::BrokerMetrics;
 use crate::router::Router;
 use crate::session::SessionRegistry;
@@ -40,6 +41,9 @@ pub enum BrokerError {
     /// Metrics could not be registered.
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The message store failed while restoring sessions.
+    #[error("message store: {0}")]
+    Durable(#[from] DurableError),
 }
 
 /// Credentials and access rules, swapped whole on reload.
@@ -83,6 +87,8 @@ pub struct Shared {
     pub router: Router,
     /// Metrics.
     pub metrics: BrokerMetrics,
+    /// The message store of persistent sessions, if storage is on.
+    pub durable: Option<DurableStore>,
     /// Flips to `true` when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -98,8 +104,20 @@ pub struct Broker {
 
 impl Broker {
     /// Validates `config`, loads credentials, binds the listener and starts
-    /// accepting connections on the current tokio runtime.
+    /// accepting connections on the current tokio runtime. Sessions live in
+    /// memory only; see [`Broker::start_with_store`].
     pub async fn start(config: Config, registry: &Registry) -> Result<Broker, BrokerError> {
+        Self::start_with_store(config, registry, None).await
+    }
+
+    /// Like [`Broker::start`], keeping persistent sessions, their messages
+    /// and retained messages in `store`. What the store recovered is
+    /// restored before the listener accepts anyone.
+    pub async fn start_with_store(
+        config: Config,
+        registry: &Registry,
+        store: Option<(DurableStore, Recovered)>,
+    ) -> Result<Broker, BrokerError> {
         config.validate()?;
         config.check_exposure()?;
         let auth = AuthState::load(&config)?;
@@ -113,14 +131,24 @@ impl Broker {
             .map_err(|source| BrokerError::Bind { addr, source })?;
         let slots = Arc::new(Semaphore::new(config.listener.max_connections));
         let (stop, shutdown) = watch::channel(false);
+        let trim_interval = Duration::from_millis(config.storage.trim_interval_ms);
+        let (durable, recovered) = store.unzip();
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             auth: ArcSwap::from_pointee(auth),
             sessions: SessionRegistry::default(),
             router: Router::default(),
             metrics,
+            durable,
             shutdown,
         });
+        if let Some(recovered) = recovered {
+            crate::restore::restore(&shared, recovered).await?;
+            tokio::spawn(crate::restore::trim_loop(
+                Arc::clone(&shared),
+                trim_interval,
+            ));
+        }
         info!(%local_addr, "MQTT listener started");
         let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, slots));
         Ok(Broker {
@@ -142,11 +170,18 @@ impl Broker {
     }
 
     /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B server
-    /// shutting down) and waits for the connections to close.
+    /// shutting down), waits for the connections to close, then flushes
+    /// and closes the message store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
         info!("MQTT listener stopped");
+        if let Some(store) = &self.shared.durable {
+            match store.close().await {
+                Ok(()) => info!("message store closed"),
+                Err(e) => warn!(error = %e, "closing the message store failed"),
+            }
+        }
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Config {
     pub meta: MetaServiceConfig,
     /// The HTTP endpoint (`/metrics`, `/health`).
     pub http: HttpConfig,
+    /// The message store of persistent sessions (`{data_dir}/messages`).
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             meta: MetaServiceConfig::default(),
             http: HttpConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -167,6 +170,9 @@ pub struct SessionConfig {
     pub max_queued_bytes: usize,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
+    /// Messages a persistent session may have stored (they are on disk;
+    /// memory holds about 32 bytes for each one an offline session has).
+    pub max_stored_messages: usize,
 }
 
 impl Default for SessionConfig {
@@ -175,6 +181,7 @@ impl Default for SessionConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_offline: false,
+            max_stored_messages: 1_000_000,
         }
     }
 }
@@ -380,6 +387,64 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[storage]`: where persistent sessions keep their messages.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Keep persistent sessions, their messages and retained messages on
+    /// disk. When off, a restart loses them.
+    pub enabled: bool,
+    /// Message partitions (publishers are spread over them by client id).
+    pub partitions: u32,
+    /// io_uring threads of the storage engine.
+    pub io_threads: usize,
+    /// Pin the I/O threads to cores.
+    pub pin_cores: bool,
+    /// `always` (fsync before PUBACK, group-committed), `never`, or a sync
+    /// interval in milliseconds (`"100"`: a crash loses up to 100 ms).
+    pub sync: String,
+    /// Segment file size in bytes; space is given back a segment at a time.
+    pub segment_bytes: u64,
+    /// How often space no session needs any more is given back.
+    pub trim_interval_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            partitions: 8,
+            io_threads: 1,
+            pin_cores: false,
+            sync: "always".into(),
+            segment_bytes: 64 * 1024 * 1024,
+            trim_interval_ms: 5_000,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The sync policy `sync` names.
+    pub fn sync_policy(&self) -> Result<tidemq_storage_engine::SyncPolicy, ConfigError> {
+        use tidemq_storage_engine::SyncPolicy;
+        match self.sync.as_str() {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            ms => ms
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(|ms| SyncPolicy::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| ConfigError::Invalid {
+                    origin: None,
+                    message: format!(
+                        "storage.sync must be \"always\", \"never\" or milliseconds, not {ms:?}"
+                    ),
+                }),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path` (if given), then applies `TIDEMQ_*` variables from `env`.
     pub fn load(
@@ -447,6 +512,16 @@ impl Config {
         };
         if self.listener.max_connections == 0 {
             return invalid("listener.max_connections must be at least 1");
+        }
+        self.storage.sync_policy()?;
+        if self.storage.partitions == 0
+            || self.storage.io_threads == 0
+            || self.storage.segment_bytes < 4096
+            || self.storage.trim_interval_ms == 0
+        {
+            return invalid(
+                "storage.partitions, io_threads and trim_interval_ms must be at least 1, segment_bytes at least 4096",
+            );
         }
         if self.mqtt.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size must be at least 64 bytes");

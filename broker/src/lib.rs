@@ -13,6 +13,7 @@
 //! | [`broker`] | [`Broker::start`]: shared state, the listener, shutdown |
 //! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
 //! | [`session`] | sessions, their queues and inflight windows, the flat-keyed registry |
+//! | [`durable`] | persistent sessions, their messages and retained messages in the storage engine |
 //! | [`router`] | subscription matching, shared subscriptions, retained messages |
 //! | [`topic_tree`] | the tries behind the router |
 //! | [`auth`] | password file (argon2) and ACL rules |
@@ -59,10 +60,13 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+mod delivery;
+pub mod durable;
 mod http;
 pub mod message;
 pub mod metrics;
 pub mod node;
+mod restore;
 pub mod router;
 pub mod session;
 pub mod topic_tree;

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidemq_proto::mqtt::{Publish, PublishProperties, QoS};
 
+use crate::durable::DiskRef;
+
 /// A message accepted from a publisher (or a will), shared by every
 /// subscriber it is routed to.
 #[derive(Debug)]
@@ -78,6 +80,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of the subscriptions that matched (5.0).
     pub subscription_ids: Vec<u32>,
+    /// Where the message is stored for this (persistent) session; `None`
+    /// for a delivery that lives only in memory.
+    pub stored: Option<DiskRef>,
 }
 
 impl Delivery {

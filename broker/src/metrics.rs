@@ -36,6 +36,14 @@ pub struct BrokerMetrics {
     pub connect_step_seconds: HistogramVec,
     /// Whole CONNECT handling duration.
     pub connect_seconds: Histogram,
+    /// Messages written to the message store for persistent sessions.
+    pub messages_stored: IntCounter,
+    /// Time from a publish to its store write being on disk.
+    pub store_write_seconds: Histogram,
+    /// Failed writes to the message store.
+    pub storage_errors: IntCounter,
+    /// Messages queued for offline persistent sessions, held on disk.
+    pub stored_backlog: IntGauge,
 }
 
 impl BrokerMetrics {
@@ -101,7 +109,26 @@ impl BrokerMetrics {
                     "tidemq_connect_duration_seconds",
                     "Duration of CONNECT handling, from the first byte to CONNACK",
                 )
+                .buckets(latency.clone()),
+            )?,
+            messages_stored: IntCounter::new(
+                "tidemq_messages_stored_total",
+                "Messages written to the message store for persistent sessions",
+            )?,
+            store_write_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tidemq_store_write_duration_seconds",
+                    "Time from a publish to its message-store write being on disk",
+                )
                 .buckets(latency),
+            )?,
+            storage_errors: IntCounter::new(
+                "tidemq_storage_errors_total",
+                "Failed writes to the message store",
+            )?,
+            stored_backlog: IntGauge::new(
+                "tidemq_stored_backlog_messages",
+                "Messages persistent sessions still have to receive (on disk), as of the last trim",
             )?,
         };
         registry.register(Box::new(metrics.connections.clone()))?;
@@ -118,6 +145,10 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
+        registry.register(Box::new(metrics.messages_stored.clone()))?;
+        registry.register(Box::new(metrics.store_write_seconds.clone()))?;
+        registry.register(Box::new(metrics.storage_errors.clone()))?;
+        registry.register(Box::new(metrics.stored_backlog.clone()))?;
         Ok(metrics)
     }
 }

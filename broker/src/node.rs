@@ -13,8 +13,13 @@
 //! Data lives under [`Config::data_dir`]:
 //!
 //! ```text
-//! {data_dir}/meta/     the meta service: RocksDB of every Raft group, snapshots
+//! {data_dir}/meta/       the meta service: RocksDB of every Raft group, snapshots
+//! {data_dir}/messages/   the message store (storage engine): persistent
+//!                        sessions, their queued messages, retained messages
 //! ```
+//!
+//! The message store's I/O runs on the storage engine's own io_uring
+//! threads (`storage-io-{i}`), never on a tokio worker.
 //!
 //! [`Node::start`] and [`Node::shutdown`] block: the node owns its runtimes,
 //! so call them from plain threads (`main`, a `#[test]`, `spawn_blocking`),
@@ -33,6 +38,7 @@ use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
+use crate::durable::{DurableConfig, DurableError, DurableStore};
 use crate::http::{Endpoints, HttpServer};
 
 /// Why a node could not start.
@@ -57,6 +63,9 @@ pub enum NodeError {
     /// The meta service did not start.
     #[error("cannot start the meta service: {0}")]
     Meta(#[source] MetaError),
+    /// The message store could not be opened.
+    #[error("cannot open the message store: {0}")]
+    Storage(#[source] DurableError),
     /// The broker did not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -157,9 +166,36 @@ impl Node {
 
         let http_bind = config.http.bind;
         let node_id = config.meta.node_id;
+        let store = if config.storage.enabled {
+            let durable = DurableConfig {
+                dir: config.data_dir.join("messages"),
+                partitions: config.storage.partitions,
+                io_threads: config.storage.io_threads,
+                pin_cores: config.storage.pin_cores,
+                sync: config.storage.sync_policy()?,
+                segment_bytes: config.storage.segment_bytes,
+            };
+            match runtimes
+                .broker
+                .block_on(DurableStore::open(&durable, &registry))
+            {
+                Ok(opened) => Some(opened),
+                Err(e) => {
+                    runtimes.grpc.block_on(meta.shutdown());
+                    drop(monitor);
+                    runtimes.shutdown();
+                    return Err(NodeError::Storage(e));
+                }
+            }
+        } else {
+            None
+        };
         // The broker's accept loop and connections are spawned on the
         // runtime it is started from.
-        let broker = match runtimes.broker.block_on(Broker::start(config, &registry)) {
+        let started = runtimes
+            .broker
+            .block_on(Broker::start_with_store(config, &registry, store));
+        let broker = match started {
             Ok(broker) => broker,
             Err(e) => {
                 runtimes.grpc.block_on(meta.shutdown());

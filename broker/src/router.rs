@@ -67,6 +67,23 @@ pub struct RouteOutcome {
 }
 
 impl RouteOutcome {
+    /// Queues one delivery in memory and counts the result.
+    pub fn enqueue(&mut self, session: &Session, delivery: Delivery, queue_qos0_offline: bool) {
+        match session.enqueue(delivery, queue_qos0_offline) {
+            Ok(()) => self.delivered += 1,
+            Err(reason) => self.count_failure(session, reason),
+        }
+    }
+
+    /// Counts a delivery a session refused.
+    pub fn count_failure(&mut self, session: &Session, reason: DropReason) {
+        session.count_drop();
+        match reason {
+            DropReason::OfflineQoS0 => self.dropped_offline_qos0 += 1,
+            _ => self.dropped_queue_full += 1,
+        }
+    }
+
     /// Sessions that refused the message.
     pub fn dropped(&self) -> usize {
         self.dropped_queue_full + self.dropped_offline_qos0
@@ -168,14 +185,30 @@ impl Router {
             .len()
     }
 
-    /// Queues `message` for every session with a matching subscription.
+    /// Queues `message` for every session with a matching subscription,
+    /// in memory. Returns what happened, for metrics and the publisher's
+    /// reason code.
     pub fn route(
         &self,
         message: &Arc<Message>,
         sessions: &SessionRegistry,
         queue_qos0_offline: bool,
     ) -> RouteOutcome {
-        // Collect targets under the read lock, deliver after releasing it.
+        let mut outcome = RouteOutcome::default();
+        for (session, delivery) in self.targets(message, sessions) {
+            outcome.enqueue(&session, delivery, queue_qos0_offline);
+        }
+        outcome
+    }
+
+    /// The sessions `message` goes to, each with its delivery (QoS, retain
+    /// flag, subscription identifiers), without queueing anything.
+    pub fn targets(
+        &self,
+        message: &Arc<Message>,
+        sessions: &SessionRegistry,
+    ) -> Vec<(Arc<Session>, Delivery)> {
+        // Collect targets under the read lock, look sessions up after.
         let mut targets: HashMap<Arc<str>, Target> = HashMap::new();
         {
             let tree = self
@@ -197,29 +230,20 @@ impl Router {
                 _ => {}
             });
         }
-        let mut outcome = RouteOutcome::default();
-        for (client, target) in targets {
-            let Some(session) = sessions.get(&client) else {
-                continue;
-            };
-            let delivery = Delivery {
-                message: Arc::clone(message),
-                qos: message.qos.min(target.qos),
-                retain: message.retain && target.retain_as_published,
-                subscription_ids: target.ids,
-            };
-            match session.enqueue(delivery, queue_qos0_offline) {
-                Ok(()) => outcome.delivered += 1,
-                Err(reason) => {
-                    session.count_drop();
-                    match reason {
-                        DropReason::OfflineQoS0 => outcome.dropped_offline_qos0 += 1,
-                        _ => outcome.dropped_queue_full += 1,
-                    }
-                }
-            }
-        }
-        outcome
+        targets
+            .into_iter()
+            .filter_map(|(client, target)| {
+                let session = sessions.get(&client)?;
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: message.qos.min(target.qos),
+                    retain: message.retain && target.retain_as_published,
+                    subscription_ids: target.ids,
+                    stored: None,
+                };
+                Some((session, delivery))
+            })
+            .collect()
     }
 
     /// Stores, replaces or (with an empty payload) clears the retained

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot};
 
+use crate::durable::{DiskRef, StoredSession, StoredSubscription};
 use crate::message::Delivery;
 
 /// Why a delivery was not queued.
@@ -45,13 +46,26 @@ impl DropReason {
     }
 }
 
+/// One entry of a session's queue: a delivery in memory, or only the place
+/// where a stored message is (an offline persistent session's backlog,
+/// read back when it reconnects).
+#[derive(Debug, Clone)]
+pub enum Queued {
+    /// In memory, ready to send.
+    Ready(Delivery),
+    /// On disk; must be loaded before it is sent.
+    Stored(DiskRef),
+}
+
 /// Deliveries waiting to be sent to a client, bounded by count and bytes.
 pub trait MessageQueue: Send {
-    /// Adds a delivery at the back, or refuses it when full.
-    fn push(&mut self, delivery: Delivery) -> Result<(), DropReason>;
-    /// Takes the delivery at the front.
-    fn pop(&mut self) -> Option<Delivery>;
-    /// Deliveries queued.
+    /// Adds an entry at the back, or refuses it when full.
+    fn push(&mut self, entry: Queued) -> Result<(), DropReason>;
+    /// Takes the entry at the front.
+    fn pop(&mut self) -> Option<Queued>;
+    /// The entry at the front.
+    fn front(&self) -> Option<&Queued>;
+    /// Entries queued.
     fn len(&self) -> usize;
     /// Whether nothing is queued.
     fn is_empty(&self) -> bool {
@@ -59,19 +73,32 @@ pub trait MessageQueue: Send {
     }
     /// Drops everything queued.
     fn clear(&mut self);
+    /// Raises or lowers the entry limit.
+    fn set_max_messages(&mut self, max: usize);
+    /// Up to `max` stored entries at the front, in order.
+    fn leading_stored(&self, max: usize) -> Vec<DiskRef>;
+    /// Replaces stored entries by the deliveries loaded for them; an entry
+    /// whose message could not be loaded (`None`) is removed.
+    fn fill(&mut self, loaded: Vec<(DiskRef, Option<Delivery>)>);
+    /// Keeps only the disk reference of stored deliveries (the session went
+    /// offline: its backlog stays on disk, not in memory).
+    fn park(&mut self);
+    /// Calls `each` with every disk reference queued.
+    fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef));
 }
 
 /// The in-memory [`MessageQueue`].
 #[derive(Debug)]
 pub struct MemoryQueue {
-    items: VecDeque<Delivery>,
+    items: VecDeque<Queued>,
     bytes: usize,
     max_messages: usize,
     max_bytes: usize,
 }
 
 impl MemoryQueue {
-    /// A queue holding at most `max_messages` deliveries and `max_bytes` of payload.
+    /// A queue holding at most `max_messages` entries and `max_bytes` of
+    /// payload in memory.
     pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         Self {
             items: VecDeque::new(),
@@ -82,21 +109,39 @@ impl MemoryQueue {
     }
 }
 
+fn entry_bytes(entry: &Queued) -> usize {
+    match entry {
+        Queued::Ready(delivery) => delivery.message.size(),
+        Queued::Stored(_) => 0,
+    }
+}
+
+fn stored_ref(entry: &Queued) -> Option<DiskRef> {
+    match entry {
+        Queued::Ready(delivery) => delivery.stored,
+        Queued::Stored(at) => Some(*at),
+    }
+}
+
 impl MessageQueue for MemoryQueue {
-    fn push(&mut self, delivery: Delivery) -> Result<(), DropReason> {
-        let size = delivery.message.size();
+    fn push(&mut self, entry: Queued) -> Result<(), DropReason> {
+        let size = entry_bytes(&entry);
         if self.items.len() >= self.max_messages || self.bytes + size > self.max_bytes {
             return Err(DropReason::QueueFull);
         }
         self.bytes += size;
-        self.items.push_back(delivery);
+        self.items.push_back(entry);
         Ok(())
     }
 
-    fn pop(&mut self) -> Option<Delivery> {
-        let delivery = self.items.pop_front()?;
-        self.bytes -= delivery.message.size();
-        Some(delivery)
+    fn pop(&mut self) -> Option<Queued> {
+        let entry = self.items.pop_front()?;
+        self.bytes -= entry_bytes(&entry);
+        Some(entry)
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.items.front()
     }
 
     fn len(&self) -> usize {
@@ -106,6 +151,59 @@ impl MessageQueue for MemoryQueue {
     fn clear(&mut self) {
         self.items.clear();
         self.bytes = 0;
+    }
+
+    fn set_max_messages(&mut self, max: usize) {
+        self.max_messages = max;
+    }
+
+    fn leading_stored(&self, max: usize) -> Vec<DiskRef> {
+        self.items
+            .iter()
+            .map_while(|entry| match entry {
+                Queued::Stored(at) => Some(*at),
+                Queued::Ready(_) => None,
+            })
+            .take(max)
+            .collect()
+    }
+
+    fn fill(&mut self, loaded: Vec<(DiskRef, Option<Delivery>)>) {
+        let mut loaded: std::collections::HashMap<DiskRef, Option<Delivery>> =
+            loaded.into_iter().collect();
+        let items = std::mem::take(&mut self.items);
+        for entry in items {
+            match entry {
+                Queued::Stored(at) => match loaded.remove(&at) {
+                    Some(Some(delivery)) => {
+                        self.bytes += delivery.message.size();
+                        self.items.push_back(Queued::Ready(delivery));
+                    }
+                    Some(None) => {}
+                    None => self.items.push_back(Queued::Stored(at)),
+                },
+                ready => self.items.push_back(ready),
+            }
+        }
+    }
+
+    fn park(&mut self) {
+        for entry in &mut self.items {
+            if let Queued::Ready(Delivery {
+                stored: Some(at), ..
+            }) = entry
+            {
+                let at = *at;
+                self.bytes -= entry_bytes(entry);
+                *entry = Queued::Stored(at);
+            }
+        }
+    }
+
+    fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef)) {
+        for at in self.items.iter().filter_map(stored_ref) {
+            each(at);
+        }
     }
 }
 
@@ -193,6 +291,12 @@ pub struct SessionState {
     pub generation: u64,
     /// A will waiting for its delay.
     pub pending_will: Option<PendingWill>,
+    /// Stored messages that expired before they were sent: the connection
+    /// records them as completed.
+    pub expired_stored: Vec<DiskRef>,
+    /// The epoch of a session kept in the message store; `None` for a
+    /// session that lives only in memory.
+    pub durable: Option<u64>,
     next_packet_id: u16,
 }
 
@@ -240,6 +344,8 @@ impl Session {
                 attachment: None,
                 generation: 0,
                 pending_will: None,
+                expired_stored: Vec::new(),
+                durable: None,
                 next_packet_id: 1,
             }),
         }
@@ -258,7 +364,27 @@ impl Session {
             {
                 return Err(DropReason::OfflineQoS0);
             }
-            state.queue.push(delivery)?;
+            state.queue.push(Queued::Ready(delivery))?;
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues a delivery that is in the message store, if the session is
+    /// still in the epoch it was stored for. An offline session keeps only
+    /// its disk reference.
+    pub fn enqueue_stored(&self, delivery: Delivery, epoch: u64) -> Result<(), DropReason> {
+        {
+            let mut state = self.lock();
+            if state.durable != Some(epoch) {
+                // A clean start since: the message belonged to the old session.
+                return Ok(());
+            }
+            let entry = match (state.attachment.is_some(), delivery.stored) {
+                (false, Some(at)) => Queued::Stored(at),
+                _ => Queued::Ready(delivery),
+            };
+            state.queue.push(entry)?;
         }
         self.notify.notify_one();
         Ok(())
@@ -282,18 +408,39 @@ impl SessionState {
     ) -> Vec<Publish> {
         let mut out = Vec::new();
         while self.inflight.len() < window {
-            let Some(delivery) = self.queue.pop() else {
+            let (packet_id, stored) = match self.queue.front() {
+                None | Some(Queued::Stored(_)) => break,
+                Some(Queued::Ready(delivery)) => match delivery.stored {
+                    Some(at) => {
+                        // Stored messages keep the packet id their place
+                        // gives them; wait while it is still in flight.
+                        let id = at.packet_id();
+                        if self.inflight.iter().any(|i| i.packet_id == id) {
+                            break;
+                        }
+                        (Some(id), true)
+                    }
+                    None => (None, false),
+                },
+            };
+            let Some(Queued::Ready(delivery)) = self.queue.pop() else {
                 break;
             };
             if delivery.message.is_expired(now) {
                 on_drop(DropReason::Expired);
+                if stored {
+                    self.expired_stored.extend(delivery.stored);
+                }
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 out.push(delivery.to_publish(None, false, now));
                 continue;
             }
-            let packet_id = self.allocate_packet_id();
+            let packet_id = match packet_id {
+                Some(id) => id,
+                None => self.allocate_packet_id(),
+            };
             out.push(delivery.to_publish(Some(packet_id), false, now));
             let state = match delivery.qos {
                 QoS::ExactlyOnce => InflightState::AwaitPubRec,
@@ -308,6 +455,11 @@ impl SessionState {
         out
     }
 
+    /// Whether the front of the queue must be read from the store first.
+    pub fn needs_load(&self) -> bool {
+        matches!(self.queue.front(), Some(Queued::Stored(_)))
+    }
+
     /// The next packet id not in flight.
     fn allocate_packet_id(&mut self) -> u16 {
         loop {
@@ -319,47 +471,68 @@ impl SessionState {
         }
     }
 
-    /// Completes a QoS 1 delivery. False if the id was not awaiting PUBACK.
-    pub fn on_puback(&mut self, packet_id: u16) -> bool {
+    /// Completes a QoS 1 delivery. `None` if the id was not awaiting
+    /// PUBACK; otherwise where the message is stored, if it is.
+    pub fn on_puback(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
         self.complete(packet_id, InflightState::AwaitPubAck)
     }
 
-    /// Moves a QoS 2 delivery on to PUBREL. False if not awaiting PUBREC.
-    pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
-        match self
+    /// Moves a QoS 2 delivery on to PUBREL. `None` if not awaiting PUBREC;
+    /// otherwise where the message is stored, if it is.
+    pub fn on_pubrec(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
+        let inflight = self
             .inflight
             .iter_mut()
-            .find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubRec)
-        {
-            Some(inflight) => {
-                inflight.state = InflightState::AwaitPubComp;
-                true
-            }
-            None => false,
-        }
+            .find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubRec)?;
+        inflight.state = InflightState::AwaitPubComp;
+        Some(inflight.delivery.stored)
     }
 
     /// Drops a QoS 2 delivery the client refused in PUBREC (reason >= 0x80).
-    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> bool {
+    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
         self.complete(packet_id, InflightState::AwaitPubRec)
     }
 
-    /// Completes a QoS 2 delivery. False if not awaiting PUBCOMP.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
+    /// Completes a QoS 2 delivery. `None` if not awaiting PUBCOMP.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
         self.complete(packet_id, InflightState::AwaitPubComp)
     }
 
-    fn complete(&mut self, packet_id: u16, expected: InflightState) -> bool {
-        match self
+    fn complete(&mut self, packet_id: u16, expected: InflightState) -> Option<Option<DiskRef>> {
+        let index = self
             .inflight
             .iter()
-            .position(|i| i.packet_id == packet_id && i.state == expected)
-        {
-            Some(index) => {
-                self.inflight.remove(index);
-                true
-            }
-            None => false,
+            .position(|i| i.packet_id == packet_id && i.state == expected)?;
+        self.inflight
+            .remove(index)
+            .map(|inflight| inflight.delivery.stored)
+    }
+
+    /// What the message store keeps of this session, if it is persistent.
+    pub fn stored(&self, key: &str) -> Option<StoredSession> {
+        let epoch = self.durable?;
+        Some(StoredSession {
+            key: key.to_string(),
+            epoch,
+            expiry_secs: self.expiry_interval,
+            protocol: self.protocol,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, entry)| StoredSubscription {
+                    filter: filter.clone(),
+                    options: entry.options,
+                    id: entry.id,
+                })
+                .collect(),
+        })
+    }
+
+    /// Calls `each` with every disk reference the session still needs.
+    pub fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef)) {
+        self.queue.for_each_stored(each);
+        for at in self.inflight.iter().filter_map(|i| i.delivery.stored) {
+            each(at);
         }
     }
 
@@ -369,6 +542,7 @@ impl SessionState {
         self.queue.clear();
         self.inflight.clear();
         self.inbound_qos2.clear();
+        self.expired_stored.clear();
         self.next_packet_id = 1;
     }
 }
@@ -428,6 +602,13 @@ impl SessionRegistry {
             keys.remove(&session.key);
         }
         removed
+    }
+
+    /// Calls `each` with every session.
+    pub fn for_each(&self, mut each: impl FnMut(&Arc<Session>)) {
+        for entry in &self.sessions {
+            each(entry.value());
+        }
     }
 
     /// Sessions held.

@@ -592,7 +592,12 @@ impl StorageEngine {
         let removed = part.lock().take_below(offset);
         let count = removed.len();
         if count > 0 {
-            info!(partition, segments = count, before = offset, "trimming segments");
+            info!(
+                partition,
+                segments = count,
+                before = offset,
+                "trimming segments"
+            );
             self.remove_segments(removed).await?;
         }
         Ok(count)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tidemq_proto::mqtt::{
     Disconnect, DisconnectProperties, LastWill, Packet, PublishProperties, ReasonCode,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Connection, End, Io};
 use crate::auth::Action;
@@ -36,6 +36,7 @@ impl Connection {
             End::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             End::TakenOver { .. } => Some(ReasonCode::SessionTakenOver),
             End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            End::ServerError => Some(ReasonCode::UnspecifiedError),
             End::ClientDisconnect(_) | End::Dropped => None,
         };
         if let Some(reason) = reason
@@ -70,6 +71,10 @@ impl Connection {
                 .is_some_and(|a| a.connection_id == self.connection_id);
             if ours {
                 state.attachment = None;
+                // Offline, a persistent session's backlog stays on disk.
+                if state.durable.is_some() {
+                    state.queue.park();
+                }
             }
             let delay = will
                 .as_ref()
@@ -128,25 +133,45 @@ impl Connection {
             });
         }
         if expiry != u32::MAX {
-            let (shared, session) = (Arc::clone(shared), Arc::clone(session));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                end_session(&shared, &session, generation);
-            });
+            schedule_expiry(shared, session, generation, expiry);
         }
     }
 }
 
 /// Ends a session that is still at `generation` and has no connection:
 /// its pending will goes out, its subscriptions and queue are dropped.
-fn end_session(shared: &Shared, session: &Arc<Session>, generation: u64) {
-    let pending = {
+/// Ends `session` after `expiry` seconds unless it was resumed since
+/// (its generation moved on).
+pub(crate) fn schedule_expiry(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    generation: u64,
+    expiry: u32,
+) {
+    let (shared, session) = (Arc::clone(shared), Arc::clone(session));
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+        end_session(&shared, &session, generation);
+    });
+}
+
+fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
+    let (pending, durable) = {
         let mut state = session.lock();
         if state.generation != generation || state.attachment.is_some() {
             return;
         }
-        state.pending_will.take()
+        (state.pending_will.take(), state.durable.take())
     };
+    if let (Some(_), Some(store)) = (durable, shared.durable.clone()) {
+        let (key, metrics) = (session.key.to_string(), shared.metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.session_gone(&key).await {
+                crate::delivery::count_storage_error(&metrics);
+                warn!(session = %key, error = %e, "cannot record the end of a session");
+            }
+        });
+    }
     if let Some(pending) = pending {
         publish_will(
             shared,
@@ -168,7 +193,7 @@ fn end_session(shared: &Shared, session: &Arc<Session>, generation: u64) {
 
 /// Publishes a will message as if its client had sent it.
 pub(super) fn publish_will(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     key: &Arc<str>,
     username: Option<&str>,
     will: LastWill,
@@ -205,16 +230,6 @@ pub(super) fn publish_will(
             .message_expiry_interval
             .map(|secs| std::time::Instant::now() + Duration::from_secs(u64::from(secs))),
     });
-    if message.retain {
-        shared
-            .metrics
-            .retained
-            .set(shared.router.retain(&message) as i64);
-    }
-    let queue_qos0 = shared.config.load().session.queue_qos0_offline;
-    shared
-        .router
-        .route(&message, &shared.sessions, queue_qos0)
-        .count_drops(&shared.metrics);
+    crate::delivery::publish_detached(shared, &message);
     debug!(topic = %message.topic, "will published");
 }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesOrdered;
 use tidemq_proto::mqtt::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, ReasonCode,
 };
@@ -19,6 +20,8 @@ use tracing::{debug, warn};
 use super::{Connection, Io, close};
 use crate::broker::Shared;
 use crate::config::Config;
+use crate::durable::DurableError;
+use crate::durable::record::unix_ms;
 use crate::session::{Attachment, Kick, MemoryQueue, Session, SessionRegistry};
 
 /// Step timings of one handshake.
@@ -191,6 +194,16 @@ pub(super) async fn handshake(
     shared.metrics.sessions.set(shared.sessions.len() as i64);
     steps.mark("add_cache");
 
+    // A persistent session is on disk before CONNACK says it exists.
+    if let Err(e) = persist(shared, &config, &session, connect.clean_start, existed).await {
+        warn!(client_id, error = %e, "cannot store the session");
+        crate::delivery::count_storage_error(&shared.metrics);
+        session.lock().attachment = None;
+        refuse(shared, io, protocol, ReasonCode::ServerUnavailable).await;
+        return None;
+    }
+    steps.mark("persist");
+
     let server_keep_alive = (protocol.is_v5() && config.mqtt.server_keep_alive > 0)
         .then_some(config.mqtt.server_keep_alive);
     let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
@@ -243,6 +256,8 @@ pub(super) async fn handshake(
         alias_out: HashMap::new(),
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         last_packet: Instant::now(),
+        pending: FuturesOrdered::new(),
+        loading: FuturesOrdered::new(),
     };
     connection.send(io, &connack);
     // A resumed session first gets what was in flight, then its queue.
@@ -259,6 +274,42 @@ pub(super) async fn handshake(
 }
 
 /// The client id to use, and whether the broker assigned it.
+/// Writes a persistent session's state to the message store (a clean start
+/// begins a new epoch, whose messages alone it receives), or records the
+/// end of one that is no longer persistent. Nothing to do without a store.
+async fn persist(
+    shared: &Shared,
+    config: &Config,
+    session: &Session,
+    clean_start: bool,
+    existed: bool,
+) -> Result<(), DurableError> {
+    let Some(store) = &shared.durable else {
+        return Ok(());
+    };
+    let write = {
+        let mut state = session.lock();
+        if state.expiry_interval == 0 {
+            state.durable.take().map(|_| None)
+        } else {
+            let epoch = match state.durable {
+                Some(epoch) if existed && !clean_start => epoch,
+                previous => unix_ms().max(previous.map_or(0, |e| e + 1)),
+            };
+            state.durable = Some(epoch);
+            state
+                .queue
+                .set_max_messages(config.session.max_stored_messages);
+            state.stored(&session.key).map(Some)
+        }
+    };
+    match write {
+        Some(Some(stored)) => store.put_session(stored).await,
+        Some(None) => store.session_gone(&session.key).await,
+        None => Ok(()),
+    }
+}
+
 fn client_identifier(connect: &Connect) -> Result<(String, bool), ReasonCode> {
     if !connect.client_id.is_empty() {
         if connect.protocol == Protocol::V3_1 && connect.client_id.len() > 23 {

@@ -8,8 +8,12 @@ use tidemq_proto::mqtt::{
     SubAck, Subscribe, UnsubAck, Unsubscribe, parse_shared_filter,
 };
 
-use super::{Connection, End, Io};
+use futures_util::FutureExt;
+
+use super::{Connection, End, Io, Step};
 use crate::auth::Action;
+use crate::delivery;
+use crate::durable::{DiskRef, DurableError, Origin};
 use crate::message::{Delivery, Message};
 use crate::session::SubscriptionEntry;
 
@@ -19,7 +23,8 @@ impl Connection {
         match packet {
             Packet::Publish(publish) => self.on_publish(publish, io),
             Packet::PubAck(ack) => {
-                self.session.lock().on_puback(ack.packet_id);
+                let done = self.session.lock().on_puback(ack.packet_id);
+                self.completed(done.flatten());
                 Ok(())
             }
             Packet::PubRec(rec) => {
@@ -31,7 +36,8 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(comp) => {
-                self.session.lock().on_pubcomp(comp.packet_id);
+                let done = self.session.lock().on_pubcomp(comp.packet_id);
+                self.completed(done.flatten());
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
@@ -43,7 +49,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PingReq => {
-                self.send(io, &Packet::PingResp);
+                self.respond(io, Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
@@ -70,7 +76,7 @@ impl Connection {
                 // A resend of a message already accepted: acknowledge again,
                 // do not route it twice.
                 drop(state);
-                self.send(io, &Packet::PubRec(PubResponse::success(packet_id)));
+                self.respond(io, Packet::PubRec(PubResponse::success(packet_id)));
                 return Ok(());
             }
             if state.inbound_qos2.len() >= self.receive_maximum {
@@ -80,25 +86,29 @@ impl Connection {
         let allowed = self.allowed(Action::Publish, &publish.topic);
         let qos = publish.qos;
         let mut reason = ReasonCode::Success;
+        let mut write = None;
         if allowed {
             let message = Arc::new(Message::from_publish(
                 publish,
                 Some(Arc::clone(&self.session.key)),
             ));
             self.shared.metrics.messages_in.inc();
-            if message.retain {
-                let count = self.shared.router.retain(&message);
-                self.shared.metrics.retained.set(count as i64);
-            }
-            let outcome = self.shared.router.route(
-                &message,
-                &self.shared.sessions,
-                config.session.queue_qos0_offline,
-            );
+            // A QoS 2 message names its flow, so that a resend after a
+            // crash is recognised.
+            let origin = match (qos, self.session.lock().durable) {
+                (QoS::ExactlyOnce, Some(epoch)) => Some(Origin {
+                    key: self.session.key.to_string(),
+                    epoch,
+                    packet_id,
+                }),
+                _ => None,
+            };
+            let (outcome, stored) = delivery::dispatch(&self.shared, &message, origin);
             outcome.count_drops(&self.shared.metrics);
             if outcome.delivered == 0 && outcome.dropped() == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
             }
+            write = stored;
         } else {
             self.shared
                 .metrics
@@ -112,19 +122,42 @@ impl Connection {
             reason,
             properties: AckProperties::default(),
         };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(io, &Packet::PubAck(response)),
+        let response = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(response)),
             QoS::ExactlyOnce => {
                 // A refused QoS 2 message ends its flow at PUBREC (5.0); in
                 // 3.1.1 the flow always completes.
                 if !reason.is_error() || !self.protocol.is_v5() {
                     self.session.lock().inbound_qos2.insert(packet_id);
                 }
-                self.send(io, &Packet::PubRec(response));
+                Some(Packet::PubRec(response))
             }
+        };
+        match (write, response) {
+            (Some(write), response) => self.pending.push_back(
+                async move {
+                    Step {
+                        stored: write.await.map(Some),
+                        response,
+                        then: Vec::new(),
+                    }
+                }
+                .boxed(),
+            ),
+            (None, Some(response)) => self.respond(io, response),
+            (None, None) => {}
         }
         Ok(())
+    }
+
+    /// Records that a stored message was completed (PUBACK, PUBCOMP, or
+    /// refused in PUBREC), without waiting: at worst it is sent again
+    /// after a crash, which QoS 1 and 2 allow.
+    pub(super) fn completed(&self, stored: Option<DiskRef>) {
+        if let (Some(at), Some((store, epoch))) = (stored, self.durable()) {
+            delivery::spawn_ack(&store, at, &self.session.key, epoch, &self.shared.metrics);
+        }
     }
 
     /// Replaces an inbound topic alias by its topic, or records a new one.
@@ -149,16 +182,31 @@ impl Connection {
     fn on_pubrec(&mut self, rec: PubResponse, io: &mut Io) {
         let mut state = self.session.lock();
         if rec.reason.is_error() {
-            state.on_pubrec_failed(rec.packet_id);
+            let done = state.on_pubrec_failed(rec.packet_id);
+            drop(state);
+            self.completed(done.flatten());
             return;
         }
         let known = state.on_pubrec(rec.packet_id);
         drop(state);
         let mut release = PubResponse::success(rec.packet_id);
-        if !known {
+        if known.is_none() {
             release.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.send(io, &Packet::PubRel(release));
+        let release = Packet::PubRel(release);
+        // PUBREL only once the store knows PUBREC came: after a crash the
+        // message must not be sent again, since the client may have
+        // forgotten the packet id by then.
+        match (known.flatten(), self.durable()) {
+            (Some(at), Some((store, epoch))) => {
+                let key = self.session.key.to_string();
+                self.respond_after(
+                    async move { store.released(at, &key, epoch).await },
+                    release,
+                );
+            }
+            _ => self.respond(io, release),
+        }
     }
 
     fn on_pubrel(&mut self, rel: PubResponse, io: &mut Io) {
@@ -167,12 +215,25 @@ impl Connection {
         if !known {
             complete.reason = ReasonCode::PacketIdentifierNotFound;
         }
-        self.send(io, &Packet::PubComp(complete));
+        let complete = Packet::PubComp(complete);
+        // PUBCOMP frees the packet id for a new message: the store must
+        // forget it first, or a restart would take the new message for a
+        // resend of the old one.
+        match self.durable().filter(|_| known) {
+            Some((store, epoch)) => {
+                let key = self.session.key.to_string();
+                let packet_id = rel.packet_id;
+                self.respond_after(
+                    async move { store.inbound_released(&key, epoch, packet_id).await },
+                    complete,
+                );
+            }
+            None => self.respond(io, complete),
+        }
     }
 
     fn on_subscribe(&mut self, subscribe: Subscribe, io: &mut Io) {
         let now = Instant::now();
-        let queue_qos0 = self.shared.config.load().session.queue_qos0_offline;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for request in &subscribe.filters {
@@ -215,6 +276,7 @@ impl Connection {
                         message,
                         retain: true,
                         subscription_ids: entry.id.into_iter().collect(),
+                        stored: None,
                     });
                 }
             }
@@ -223,25 +285,47 @@ impl Connection {
             .metrics
             .subscriptions
             .set(self.shared.router.subscription_count() as i64);
-        self.send(
-            io,
-            &Packet::SubAck(SubAck {
-                packet_id: subscribe.packet_id,
-                reasons,
-                properties: AckProperties::default(),
-            }),
-        );
-        // Queued after SUBACK, so the client sees the grant first.
-        for delivery in retained {
-            if self.session.enqueue(delivery, queue_qos0).is_err() {
-                self.session.count_drop();
-                self.shared
-                    .metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        // Retained messages are queued after SUBACK, so the client sees the
+        // grant first; a persistent session's subscriptions are on disk
+        // before SUBACK.
+        match self.persist_session() {
+            Some(write) => self.pending.push_back(
+                async move {
+                    Step {
+                        stored: write.await.map(|()| None),
+                        response: Some(suback),
+                        then: retained,
+                    }
+                }
+                .boxed(),
+            ),
+            None if self.pending.is_empty() => {
+                self.send(io, &suback);
+                self.queue_all(retained);
             }
+            None => self.pending.push_back(
+                futures_util::future::ready(Step {
+                    stored: Ok(None),
+                    response: Some(suback),
+                    then: retained,
+                })
+                .boxed(),
+            ),
         }
+    }
+
+    /// The write of a persistent session's current state, if it is one.
+    pub(super) fn persist_session(
+        &self,
+    ) -> Option<impl Future<Output = Result<(), DurableError>> + Send + 'static> {
+        let store = self.shared.durable.clone()?;
+        let stored = self.session.lock().stored(&self.session.key)?;
+        Some(async move { store.put_session(stored).await })
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, io: &mut Io) {
@@ -262,14 +346,15 @@ impl Connection {
             .metrics
             .subscriptions
             .set(self.shared.router.subscription_count() as i64);
-        self.send(
-            io,
-            &Packet::UnsubAck(UnsubAck {
-                packet_id: unsubscribe.packet_id,
-                reasons,
-                properties: AckProperties::default(),
-            }),
-        );
+        let unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        match self.persist_session() {
+            Some(write) => self.respond_after(write, unsuback),
+            None => self.respond(io, unsuback),
+        }
     }
 
     /// A client DISCONNECT; may change the session expiry (5.0).
@@ -281,6 +366,17 @@ impl Connection {
             }
             let max = self.shared.config.load().mqtt.max_session_expiry_secs;
             self.session.lock().expiry_interval = expiry.min(max);
+            if expiry > 0
+                && let Some(write) = self.persist_session()
+            {
+                let metrics = self.shared.metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = write.await {
+                        delivery::count_storage_error(&metrics);
+                        tracing::warn!(error = %e, "cannot store a session's new expiry");
+                    }
+                });
+            }
         }
         End::ClientDisconnect(disconnect.reason)
     }

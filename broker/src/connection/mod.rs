@@ -12,6 +12,8 @@ mod connect;
 mod inbound;
 mod outbound;
 
+pub(crate) use close::schedule_expiry;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +26,15 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use tracing::warn;
+
 use crate::broker::Shared;
+use crate::delivery::Stored;
+use crate::durable::{DiskRef, DurableError, DurableStore};
+use crate::message::Delivery;
 use crate::session::{Kick, Session};
 
 /// Serves one accepted TCP connection until it closes.
@@ -97,6 +107,8 @@ pub(crate) enum End {
     TakenOver { session_continues: bool },
     /// The broker is shutting down.
     Shutdown,
+    /// The message store failed; the client may retry after reconnecting.
+    ServerError,
 }
 
 /// A connected client after a successful CONNECT.
@@ -127,7 +139,37 @@ pub(crate) struct Connection {
     alias_out: HashMap<String, u16>,
     alias_out_max: u16,
     last_packet: Instant,
+    /// Responses waiting for a message-store write, in the order their
+    /// packets arrived (MQTT orders PUBACKs by their PUBLISHes).
+    pending: FuturesOrdered<BoxFuture<'static, Step>>,
+    /// A read of the stored backlog at the front of the session's queue.
+    loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
 }
+
+/// What a connection does once a store write completes.
+pub(crate) struct Step {
+    /// The write's outcome: deliveries to queue, or the failure.
+    stored: Result<Option<Stored>, DurableError>,
+    /// The packet to send then.
+    response: Option<Packet>,
+    /// Deliveries to queue after the response (retained messages after
+    /// SUBACK).
+    then: Vec<Delivery>,
+}
+
+impl Step {
+    /// A response that waits only for the steps before it.
+    fn send(response: Packet) -> Step {
+        Step {
+            stored: Ok(None),
+            response: Some(response),
+            then: Vec::new(),
+        }
+    }
+}
+
+/// Messages read back from the store for the session.
+type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 
 impl Connection {
     /// The connection loop; see the [module docs](self).
@@ -151,6 +193,12 @@ impl Connection {
                     }
                 },
                 () = self.session.notify.notified() => None,
+                Some(step) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.finish_step(step, io).err()
+                }
+                Some(loaded) = self.loading.next(), if !self.loading.is_empty() => {
+                    self.finish_load(loaded).err()
+                }
                 () = tokio::time::sleep_until(deadline.into()), if self.keep_alive.is_some() => {
                     Some(End::KeepAliveTimeout)
                 }
@@ -168,6 +216,89 @@ impl Connection {
             }
         };
         self.close(end, io).await;
+    }
+
+    /// Sends `response` now, or after the responses still waiting for a
+    /// store write.
+    fn respond(&mut self, io: &mut Io, response: Packet) {
+        if self.pending.is_empty() {
+            self.send(io, &response);
+        } else {
+            self.pending
+                .push_back(futures_util::future::ready(Step::send(response)).boxed());
+        }
+    }
+
+    /// Sends `response` once `write` is on disk.
+    fn respond_after(
+        &mut self,
+        write: impl Future<Output = Result<(), DurableError>> + Send + 'static,
+        response: Packet,
+    ) {
+        self.pending.push_back(
+            async move {
+                Step {
+                    stored: write.await.map(|()| None),
+                    response: Some(response),
+                    then: Vec::new(),
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    fn finish_step(&mut self, step: Step, io: &mut Io) -> Result<(), End> {
+        match step.stored {
+            Ok(stored) => {
+                if let Some(stored) = stored {
+                    stored.enqueue(&self.shared.metrics);
+                }
+            }
+            Err(e) => {
+                warn!(client = %self.session.client_id, error = %e, "message store write failed");
+                return Err(End::ServerError);
+            }
+        }
+        if let Some(response) = step.response {
+            self.send(io, &response);
+        }
+        self.queue_all(step.then);
+        Ok(())
+    }
+
+    fn finish_load(&mut self, loaded: Loaded) -> Result<(), End> {
+        match loaded {
+            Ok(loaded) => {
+                self.session.lock().queue.fill(loaded);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(client = %self.session.client_id, error = %e, "cannot read stored messages");
+                Err(End::ServerError)
+            }
+        }
+    }
+
+    /// Queues in-memory deliveries (retained messages) on the session.
+    fn queue_all(&mut self, deliveries: Vec<Delivery>) {
+        let queue_qos0 = self.shared.config.load().session.queue_qos0_offline;
+        for delivery in deliveries {
+            if self.session.enqueue(delivery, queue_qos0).is_err() {
+                self.session.count_drop();
+                self.shared
+                    .metrics
+                    .messages_dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+            }
+        }
+    }
+
+    /// The session's store and epoch, if it is persistent.
+    fn durable(&self) -> Option<(DurableStore, u64)> {
+        let store = self.shared.durable.clone()?;
+        let epoch = self.session.lock().durable?;
+        Some((store, epoch))
     }
 
     /// Decodes and handles every whole packet in the read buffer.

@@ -7,6 +7,8 @@ use std::time::Instant;
 use tidemq_proto::mqtt::{self, Packet, PubResponse, Publish};
 use tracing::warn;
 
+use futures_util::FutureExt;
+
 use super::{Connection, Io};
 use crate::session::{DropReason, InflightState};
 
@@ -64,10 +66,15 @@ impl Connection {
     pub(super) fn pump(&mut self, io: &mut Io) {
         let now = Instant::now();
         let mut expired = 0u64;
-        let publishes = self
-            .session
-            .lock()
-            .take_sendable(self.window, now, |_| expired += 1);
+        let (publishes, expired_stored, load) = {
+            let mut state = self.session.lock();
+            let publishes = state.take_sendable(self.window, now, |_| expired += 1);
+            let expired_stored = std::mem::take(&mut state.expired_stored);
+            // The front of the queue is on disk: read the next stretch.
+            let load = (state.needs_load() && self.loading.is_empty())
+                .then(|| state.queue.leading_stored(self.window.clamp(16, 256)));
+            (publishes, expired_stored, load)
+        };
         if expired > 0 {
             self.shared
                 .metrics
@@ -75,21 +82,29 @@ impl Connection {
                 .with_label_values(&[DropReason::Expired.as_str()])
                 .inc_by(expired);
         }
+        for at in expired_stored {
+            self.completed(Some(at));
+        }
+        if let (Some(refs), Some(store)) = (load, self.shared.durable.clone()) {
+            let key = self.session.key.to_string();
+            self.loading
+                .push_back(async move { store.load(&key, &refs).await }.boxed());
+        }
         for publish in publishes {
             let packet_id = publish.packet_id;
             if !self.send_publish(publish, io)
                 && let Some(id) = packet_id
             {
                 // Never sent, so never acknowledged: free its slot.
-                let mut state = self.session.lock();
-                state.on_puback(id);
-                state.on_pubrec_failed(id);
+                let done = {
+                    let mut state = self.session.lock();
+                    state.on_puback(id).or_else(|| state.on_pubrec_failed(id))
+                };
+                self.completed(done.flatten());
             }
         }
     }
 
-    /// Sends again what a previous connection left in flight: PUBLISH with
-    /// DUP set, or PUBREL for messages already received.
     pub(super) fn resend_inflight(&mut self, io: &mut Io) {
         let now = Instant::now();
         let inflight: Vec<_> = self.session.lock().inflight.iter().cloned().collect();

@@ -1,0 +1,647 @@
+//! Durable sessions and messages on the storage engine.
+//!
+//! What the broker promised a persistent session lives in the storage
+//! engine's CRC-framed logs ([`record`] describes the records):
+//!
+//! - **Message partitions** `0..N`: one PUBLISH record per message that a
+//!   persistent session must receive at QoS 1 or 2, naming every such
+//!   recipient; then, in the same partition, one `Ack` per recipient that
+//!   completed it and one `Released` per QoS 2 recipient that answered
+//!   PUBREC. A publisher's messages all go to the partition of its session
+//!   key, so they keep their order. The record is on disk (group-committed
+//!   fsync) before the publisher gets PUBACK or PUBREC.
+//! - **The session partition**: a `Session` record (epoch, expiry,
+//!   subscriptions) on every change of a persistent session, `SessionGone`
+//!   when it ends.
+//! - **The retained partition**: a `Retain` record per retained message set
+//!   or cleared.
+//!
+//! Memory holds only a [`DiskRef`] (partition and offset) per message an
+//! offline session has queued; the message itself is read back when the
+//! session reconnects. Connected sessions are still served from memory:
+//! nothing on their per-publish path reads the log.
+//!
+//! [`DurableStore::open`] replays the logs and returns what was promised
+//! ([`Recovered`]). Records a session no longer needs are given back by
+//! [`DurableStore::trim`], which removes whole segments below the oldest
+//! offset any session still holds.
+
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::Registry;
+use tidemq_proto::mqtt::Publish;
+use tidemq_storage_engine::{StorageEngine, StorageError, SyncPolicy};
+use tracing::{info, warn};
+
+use crate::message::{Delivery, Message};
+pub use record::{Origin, Recipient, Record, StoredSession, StoredSubscription};
+
+/// Partition id of the session records.
+const SESSIONS: u64 = 1 << 32;
+/// Partition id of the retained messages.
+const RETAINED: u64 = SESSIONS + 1;
+/// Bytes asked for per read while replaying.
+const REPLAY_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Errors of the durable layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
+    /// The storage engine failed (I/O, fsync, closed).
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A record could not be encoded.
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
+    /// A stored record does not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Where a stored message is: its partition and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskRef {
+    /// Message partition.
+    pub partition: u32,
+    /// Offset of its PUBLISH record.
+    pub offset: u64,
+}
+
+impl DiskRef {
+    /// The packet id a session sends this message with: fixed by where it
+    /// is stored, so a resend after a restart carries the id the client has
+    /// seen (which is what makes QoS 2 exactly-once across a crash).
+    pub fn packet_id(self) -> u16 {
+        let mixed = self
+            .offset
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(u64::from(self.partition));
+        (mixed % 65_535) as u16 + 1
+    }
+}
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct DurableConfig {
+    /// Directory of the storage engine.
+    pub dir: PathBuf,
+    /// Message partitions.
+    pub partitions: u32,
+    /// I/O threads of the storage engine.
+    pub io_threads: usize,
+    /// Pin the I/O threads to cores.
+    pub pin_cores: bool,
+    /// When appends are synced.
+    pub sync: SyncPolicy,
+    /// Segment file size.
+    pub segment_bytes: u64,
+}
+
+/// One persistent session as the logs left it.
+#[derive(Debug)]
+pub struct RecoveredSession {
+    /// Its latest `Session` record.
+    pub session: StoredSession,
+    /// Messages not completed, oldest first, and whether PUBREC was seen.
+    pub queue: Vec<(DiskRef, bool)>,
+    /// Inbound QoS 2 packet ids received and not released.
+    pub inbound_qos2: Vec<u16>,
+}
+
+/// Everything [`DurableStore::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Persistent sessions.
+    pub sessions: Vec<RecoveredSession>,
+    /// Retained messages with their expiry (ms since the Unix epoch).
+    pub retained: Vec<(Publish, Option<u64>)>,
+    /// Records replayed.
+    pub records: u64,
+    /// How long the replay took.
+    pub took: Duration,
+}
+
+/// The broker's durable store. Cheap to clone.
+#[derive(Clone)]
+pub struct DurableStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: StorageEngine,
+    partitions: u32,
+    /// Appends whose sessions have not been given the offset yet, by
+    /// partition; [`DurableStore::trim`] leaves a partition alone while any
+    /// is under way.
+    appending: Vec<AtomicUsize>,
+}
+
+/// Keeps a partition's in-flight append counted until dropped.
+pub struct AppendGuard {
+    store: DurableStore,
+    partition: u32,
+}
+
+impl Drop for AppendGuard {
+    fn drop(&mut self) {
+        if let Some(count) = self.store.inner.appending.get(self.partition as usize) {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl DurableStore {
+    /// Opens (or creates) the store and replays it. A torn or corrupt tail
+    /// is cut off by the storage engine and reported; a record that frames
+    /// correctly but does not decode is skipped with a warning.
+    pub async fn open(
+        config: &DurableConfig,
+        registry: &Registry,
+    ) -> Result<(DurableStore, Recovered), DurableError> {
+        let started = Instant::now();
+        let engine = StorageEngine::builder(&config.dir)
+            .io_threads(config.io_threads.max(1))
+            .pin_cores(config.pin_cores)
+            .sync_policy(config.sync)
+            .segment_bytes(config.segment_bytes)
+            .registry(registry.clone())
+            .open()
+            .await?;
+        let report = engine.recovery_report();
+        if report.truncated_segments > 0 || !report.quarantined.is_empty() {
+            warn!(
+                truncated_segments = report.truncated_segments,
+                truncated_bytes = report.truncated_bytes,
+                quarantined = report.quarantined.len(),
+                "message store: damaged tails were cut off at the last valid record"
+            );
+        }
+        let partitions = config.partitions.max(1);
+        let existing: HashSet<u64> = engine.partitions().into_iter().collect();
+        for id in (0..u64::from(partitions)).chain([SESSIONS, RETAINED]) {
+            if !existing.contains(&id) {
+                engine.create_partition(id).await?;
+            }
+        }
+        let store = DurableStore {
+            inner: Arc::new(Inner {
+                engine,
+                partitions,
+                appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
+            }),
+        };
+        let mut recovered = store.replay().await?;
+        recovered.took = started.elapsed();
+        info!(
+            sessions = recovered.sessions.len(),
+            queued = recovered
+                .sessions
+                .iter()
+                .map(|s| s.queue.len())
+                .sum::<usize>(),
+            retained = recovered.retained.len(),
+            records = recovered.records,
+            took_ms = recovered.took.as_millis() as u64,
+            "message store recovered"
+        );
+        Ok((store, recovered))
+    }
+
+    /// The storage engine underneath.
+    pub fn engine(&self) -> &StorageEngine {
+        &self.inner.engine
+    }
+
+    /// The message partition of a session key.
+    pub fn partition_for(&self, key: &str) -> u32 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % u64::from(self.inner.partitions)) as u32
+    }
+
+    /// Counts an append to `partition` as under way until the guard drops.
+    /// Take it before appending and drop it once every session has the
+    /// offset.
+    pub fn begin_append(&self, partition: u32) -> AppendGuard {
+        if let Some(count) = self.inner.appending.get(partition as usize) {
+            count.fetch_add(1, Ordering::AcqRel);
+        }
+        AppendGuard {
+            store: self.clone(),
+            partition,
+        }
+    }
+
+    /// Appends a record to a message partition; durable on return (with
+    /// the default sync policy). Returns its offset.
+    pub async fn append(&self, partition: u32, record: &Record) -> Result<u64, DurableError> {
+        let bytes = record.encode()?;
+        let result = self
+            .inner
+            .engine
+            .append(u64::from(partition), &[bytes])
+            .await?;
+        Ok(result.first_offset)
+    }
+
+    /// Records that a session completed a message.
+    pub async fn ack(&self, at: DiskRef, key: &str, epoch: u64) -> Result<(), DurableError> {
+        let record = Record::Ack {
+            key: key.to_string(),
+            epoch,
+            offset: at.offset,
+        };
+        self.append(at.partition, &record).await.map(|_| ())
+    }
+
+    /// Records that a session answered PUBREC for a message.
+    pub async fn released(&self, at: DiskRef, key: &str, epoch: u64) -> Result<(), DurableError> {
+        let record = Record::Released {
+            key: key.to_string(),
+            epoch,
+            offset: at.offset,
+        };
+        self.append(at.partition, &record).await.map(|_| ())
+    }
+
+    /// Records that a publisher released an inbound QoS 2 packet id.
+    pub async fn inbound_released(
+        &self,
+        key: &str,
+        epoch: u64,
+        packet_id: u16,
+    ) -> Result<(), DurableError> {
+        let record = Record::InboundReleased {
+            key: key.to_string(),
+            epoch,
+            packet_id,
+        };
+        self.append(self.partition_for(key), &record)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes a persistent session's state.
+    pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
+        let bytes = Record::Session(session).encode()?;
+        self.inner.engine.append(SESSIONS, &[bytes]).await?;
+        Ok(())
+    }
+
+    /// Records that a session ended.
+    pub async fn session_gone(&self, key: &str) -> Result<(), DurableError> {
+        let bytes = Record::SessionGone {
+            key: key.to_string(),
+        }
+        .encode()?;
+        self.inner.engine.append(SESSIONS, &[bytes]).await?;
+        Ok(())
+    }
+
+    /// Stores a retained message (an empty payload clears the topic).
+    pub async fn put_retained(&self, message: &Message) -> Result<(), DurableError> {
+        let bytes = Record::Retain {
+            publish: record::message_publish(message),
+            expires_at_ms: record::expiry_to_unix(message, Instant::now()),
+        }
+        .encode()?;
+        self.inner.engine.append(RETAINED, &[bytes]).await?;
+        Ok(())
+    }
+
+    /// Reads back the messages `refs` point to, as deliveries to the session
+    /// `key`. A message that is gone or no longer names the session is
+    /// left out (and logged); the caller drops its reference.
+    pub async fn load(
+        &self,
+        key: &str,
+        refs: &[DiskRef],
+    ) -> Result<Vec<(DiskRef, Option<Delivery>)>, DurableError> {
+        let mut out = Vec::with_capacity(refs.len());
+        let now = Instant::now();
+        for &at in refs {
+            let records = match self
+                .inner
+                .engine
+                .read(u64::from(at.partition), at.offset, 1)
+                .await
+            {
+                Ok(records) => records,
+                Err(StorageError::OffsetOutOfRange { .. }) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let delivery = records
+                .into_iter()
+                .find(|r| r.offset == at.offset)
+                .and_then(|r| match Record::decode(r.payload) {
+                    Ok(record) => Some(record),
+                    Err(e) => {
+                        warn!(partition = at.partition, offset = at.offset, error = %e, "stored message does not decode");
+                        None
+                    }
+                })
+                .and_then(|record| delivery_for(record, key, at, now));
+            if delivery.is_none() {
+                warn!(
+                    session = key,
+                    partition = at.partition,
+                    offset = at.offset,
+                    "a queued message is missing from the store"
+                );
+            }
+            out.push((at, delivery));
+        }
+        Ok(out)
+    }
+
+    /// Gives back the space of records no session needs: `live` yields every
+    /// reference a session still holds. Partitions with an append under
+    /// way are left for the next call. Returns the segments removed.
+    pub async fn trim(
+        &self,
+        live: impl FnOnce(&mut dyn FnMut(DiskRef)),
+    ) -> Result<usize, DurableError> {
+        let engine = &self.inner.engine;
+        let mut bound: Vec<Option<u64>> = Vec::with_capacity(self.inner.partitions as usize);
+        for partition in 0..self.inner.partitions {
+            // The end first: an append that starts after the check below
+            // gets an offset at or past it.
+            let end = engine.partition_info(u64::from(partition))?.next_offset;
+            let idle = self.inner.appending[partition as usize].load(Ordering::Acquire) == 0;
+            bound.push(idle.then_some(end));
+        }
+        live(&mut |at: DiskRef| {
+            if let Some(Some(b)) = bound.get_mut(at.partition as usize) {
+                *b = (*b).min(at.offset);
+            }
+        });
+        let mut removed = 0;
+        for (partition, bound) in bound.into_iter().enumerate() {
+            if let Some(bound) = bound {
+                removed += engine.trim_before(partition as u64, bound).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Flushes and closes the storage engine.
+    pub async fn close(&self) -> Result<(), DurableError> {
+        self.inner.engine.close().await?;
+        Ok(())
+    }
+
+    /// Every record of a partition, oldest first, in chunks.
+    async fn scan(
+        &self,
+        partition: u64,
+        mut each: impl FnMut(u64, i64, Bytes),
+    ) -> Result<u64, DurableError> {
+        let engine = &self.inner.engine;
+        let mut from = engine.partition_info(partition)?.log_start;
+        let mut count = 0;
+        loop {
+            let records = engine.read(partition, from, REPLAY_CHUNK).await?;
+            let Some(last) = records.last() else {
+                return Ok(count);
+            };
+            from = last.offset + 1;
+            for record in records {
+                count += 1;
+                each(record.offset, record.timestamp_ms, record.payload);
+            }
+        }
+    }
+
+    async fn replay(&self) -> Result<Recovered, DurableError> {
+        let mut recovered = Recovered::default();
+
+        // Sessions: the latest record of each key wins.
+        let mut sessions: HashMap<String, StoredSession> = HashMap::new();
+        let mut session_records = 0u64;
+        recovered.records += self
+            .scan(SESSIONS, |offset, _, payload| {
+                session_records += 1;
+                match Record::decode(payload) {
+                    Ok(Record::Session(s)) => {
+                        sessions.insert(s.key.clone(), s);
+                    }
+                    Ok(Record::SessionGone { key }) => {
+                        sessions.remove(&key);
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(offset, error = %e, "skipping a session record"),
+                }
+            })
+            .await?;
+
+        // Retained messages: the latest per topic; an empty payload clears.
+        let mut retained: BTreeMap<String, (Publish, Option<u64>)> = BTreeMap::new();
+        let mut retained_records = 0u64;
+        recovered.records += self
+            .scan(RETAINED, |offset, _, payload| {
+                retained_records += 1;
+                match Record::decode(payload) {
+                    Ok(Record::Retain {
+                        publish,
+                        expires_at_ms,
+                    }) => {
+                        if publish.payload.is_empty() {
+                            retained.remove(&publish.topic);
+                        } else {
+                            retained.insert(publish.topic.clone(), (publish, expires_at_ms));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(offset, error = %e, "skipping a retained record"),
+                }
+            })
+            .await?;
+        let now_ms = record::unix_ms();
+        retained.retain(|_, (_, expires)| expires.is_none_or(|at| at > now_ms));
+
+        // Messages: what each live session still has to receive.
+        struct Pending {
+            timestamp_ms: i64,
+            released: bool,
+        }
+        let epoch_of = |key: &str| sessions.get(key).map(|s| s.epoch);
+        let mut queues: HashMap<String, BTreeMap<DiskRef, Pending>> = HashMap::new();
+        let mut inbound: HashMap<String, HashSet<u16>> = HashMap::new();
+        for partition in 0..self.inner.partitions {
+            recovered.records += self
+                .scan(u64::from(partition), |offset, timestamp_ms, payload| {
+                    let at = DiskRef { partition, offset };
+                    match Record::peek_publish(&payload) {
+                        Ok(Some(header)) => {
+                            if let Some(o) = header.origin
+                                && epoch_of(&o.key) == Some(o.epoch)
+                            {
+                                inbound.entry(o.key).or_default().insert(o.packet_id);
+                            }
+                            for (key, epoch) in header.recipients {
+                                if epoch_of(&key) == Some(epoch) {
+                                    queues.entry(key).or_default().insert(
+                                        at,
+                                        Pending {
+                                            timestamp_ms,
+                                            released: false,
+                                        },
+                                    );
+                                }
+                            }
+                            return;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(partition, offset, error = %e, "skipping a message record");
+                            return;
+                        }
+                    }
+                    match Record::decode(payload) {
+                        Ok(Record::Ack { key, offset, .. }) => {
+                            if let Some(queue) = queues.get_mut(&key) {
+                                queue.remove(&DiskRef { partition, offset });
+                            }
+                        }
+                        Ok(Record::Released { key, offset, .. }) => {
+                            if let Some(p) = queues
+                                .get_mut(&key)
+                                .and_then(|q| q.get_mut(&DiskRef { partition, offset }))
+                            {
+                                p.released = true;
+                            }
+                        }
+                        Ok(Record::InboundReleased {
+                            key,
+                            epoch,
+                            packet_id,
+                        }) => {
+                            if epoch_of(&key) == Some(epoch)
+                                && let Some(ids) = inbound.get_mut(&key)
+                            {
+                                ids.remove(&packet_id);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(partition, offset, error = %e, "skipping a message record"),
+                    }
+                })
+                .await?;
+        }
+
+        self.compact(SESSIONS, session_records, sessions.len(), || {
+            sessions.values().cloned().map(Record::Session).collect()
+        })
+        .await?;
+        self.compact(RETAINED, retained_records, retained.len(), || {
+            retained
+                .values()
+                .map(|(publish, expires_at_ms)| Record::Retain {
+                    publish: publish.clone(),
+                    expires_at_ms: *expires_at_ms,
+                })
+                .collect()
+        })
+        .await?;
+
+        recovered.retained = retained.into_values().collect();
+        recovered.sessions = sessions
+            .into_values()
+            .map(|session| {
+                let mut queue: Vec<(DiskRef, Pending)> = queues
+                    .remove(&session.key)
+                    .map(|q| q.into_iter().collect())
+                    .unwrap_or_default();
+                // Across partitions, in the order they were stored.
+                queue.sort_by_key(|(at, p)| (p.timestamp_ms, at.partition, at.offset));
+                RecoveredSession {
+                    inbound_qos2: inbound
+                        .remove(&session.key)
+                        .map(|ids| ids.into_iter().collect())
+                        .unwrap_or_default(),
+                    queue: queue.into_iter().map(|(at, p)| (at, p.released)).collect(),
+                    session,
+                }
+            })
+            .collect();
+        Ok(recovered)
+    }
+
+    /// Rewrites a partition holding many more records than live entries:
+    /// appends the live ones again, then trims everything before them.
+    async fn compact(
+        &self,
+        partition: u64,
+        records: u64,
+        live: usize,
+        rewrite: impl FnOnce() -> Vec<Record>,
+    ) -> Result<(), DurableError> {
+        if records < 1024 || records < 2 * live as u64 {
+            return Ok(());
+        }
+        let start = self.inner.engine.partition_info(partition)?.next_offset;
+        let encoded = rewrite()
+            .iter()
+            .map(Record::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        for chunk in encoded.chunks(1024) {
+            self.inner.engine.append(partition, chunk).await?;
+        }
+        let removed = self.inner.engine.trim_before(partition, start).await?;
+        info!(partition, records, live, removed, "compacted");
+        Ok(())
+    }
+}
+
+/// The delivery of a stored PUBLISH record to the session `key`.
+fn delivery_for(record: Record, key: &str, at: DiskRef, now: Instant) -> Option<Delivery> {
+    let Record::Publish {
+        publish,
+        expires_at_ms,
+        recipients,
+        ..
+    } = record
+    else {
+        return None;
+    };
+    let recipient = recipients.into_iter().find(|r| r.key == key)?;
+    let message = Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties,
+        publisher: None,
+        expires_at: record::expiry_from_unix(expires_at_ms, now),
+    };
+    Some(Delivery {
+        message: Arc::new(message),
+        qos: recipient.qos,
+        retain: recipient.retain,
+        subscription_ids: recipient.subscription_ids,
+        stored: Some(at),
+    })
+}
+
+/// A retained message read back from the store.
+pub fn retained_message(publish: Publish, expires_at_ms: Option<u64>) -> Message {
+    Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: true,
+        properties: publish.properties,
+        publisher: None,
+        expires_at: record::expiry_from_unix(expires_at_ms, Instant::now()),
+    }
+}

@@ -1,0 +1,630 @@
+//! The records the broker keeps in the storage engine, and their encoding.
+//!
+//! Every record starts with a tag byte. Strings are a `u16` length and
+//! UTF-8 bytes, integers are big-endian. A message is kept as an MQTT 5.0
+//! PUBLISH packet (topic, payload, QoS, retain and every property), encoded
+//! and decoded by the protocol codec, so nothing about a message is lost
+//! and no second message format exists.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tidemq_proto::mqtt::{
+    self, Packet, Protocol, Publish, QoS, RetainHandling, SubscriptionOptions,
+};
+
+use super::DurableError;
+use crate::message::Message;
+
+const PUBLISH: u8 = 1;
+const ACK: u8 = 2;
+const RELEASED: u8 = 3;
+const INBOUND_RELEASED: u8 = 4;
+const SESSION: u8 = 5;
+const SESSION_GONE: u8 = 6;
+const RETAIN: u8 = 7;
+
+/// Largest message record decoded (the broker's packet limit is lower).
+const MAX_PACKET: usize = 256 * 1024 * 1024;
+
+/// A persistent session that must receive a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// Session key `{tenant}/{client_id}`.
+    pub key: String,
+    /// The session's epoch: a clean start begins a new one, and messages of
+    /// an older epoch are not delivered.
+    pub epoch: u64,
+    /// The QoS it is delivered with.
+    pub qos: QoS,
+    /// The retain flag it is delivered with.
+    pub retain: bool,
+    /// Matching 5.0 subscription identifiers.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// The inbound QoS 2 flow a message came from: the publisher's session,
+/// epoch and packet id, remembered until PUBREL so a resend after a crash
+/// is not routed twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The publisher's session key.
+    pub key: String,
+    /// The publisher's session epoch.
+    pub epoch: u64,
+    /// The PUBLISH packet id.
+    pub packet_id: u16,
+}
+
+/// A subscription as a persistent session keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    /// The filter (shared ones keep their `$share/...` form).
+    pub filter: String,
+    /// The options it was made with.
+    pub options: SubscriptionOptions,
+    /// Its 5.0 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// What a persistent session is, apart from its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Session key `{tenant}/{client_id}`.
+    pub key: String,
+    /// See [`Recipient::epoch`].
+    pub epoch: u64,
+    /// Session expiry interval in seconds (`u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// Protocol of the last connection.
+    pub protocol: Protocol,
+    /// Its subscriptions.
+    pub subscriptions: Vec<StoredSubscription>,
+}
+
+/// One record of the broker's log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A message for one or more persistent sessions (and the inbound QoS 2
+    /// flow it came from, if any).
+    Publish {
+        /// The message, as a 5.0 PUBLISH without packet id semantics.
+        publish: Publish,
+        /// When it expires, in ms since the Unix epoch.
+        expires_at_ms: Option<u64>,
+        /// Where it came from, for a QoS 2 publisher.
+        origin: Option<Origin>,
+        /// Who must receive it.
+        recipients: Vec<Recipient>,
+    },
+    /// The message at `offset` (same partition) was completed by a session.
+    Ack {
+        /// Session key.
+        key: String,
+        /// Session epoch.
+        epoch: u64,
+        /// The message record's offset.
+        offset: u64,
+    },
+    /// A session answered PUBREC for the message at `offset`: only PUBREL
+    /// remains to be sent.
+    Released {
+        /// Session key.
+        key: String,
+        /// Session epoch.
+        epoch: u64,
+        /// The message record's offset.
+        offset: u64,
+    },
+    /// A publisher released (PUBREL) an inbound QoS 2 packet id.
+    InboundReleased {
+        /// The publisher's session key.
+        key: String,
+        /// Its session epoch.
+        epoch: u64,
+        /// The packet id.
+        packet_id: u16,
+    },
+    /// A persistent session was created or changed.
+    Session(StoredSession),
+    /// A session ended; everything it had is gone.
+    SessionGone {
+        /// Session key.
+        key: String,
+    },
+    /// A retained message was set (or, with an empty payload, cleared).
+    Retain {
+        /// The message.
+        publish: Publish,
+        /// When it expires, in ms since the Unix epoch.
+        expires_at_ms: Option<u64>,
+    },
+}
+
+impl Record {
+    /// The record's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, DurableError> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            Record::Publish {
+                publish,
+                expires_at_ms,
+                origin,
+                recipients,
+            } => {
+                out.put_u8(PUBLISH);
+                out.put_u64(expires_at_ms.unwrap_or(0));
+                match origin {
+                    Some(origin) => {
+                        out.put_u8(1);
+                        put_str(&mut out, &origin.key)?;
+                        out.put_u64(origin.epoch);
+                        out.put_u16(origin.packet_id);
+                    }
+                    None => out.put_u8(0),
+                }
+                out.put_u32(len_u32(recipients.len())?);
+                for r in recipients {
+                    put_str(&mut out, &r.key)?;
+                    out.put_u64(r.epoch);
+                    out.put_u8(r.qos as u8);
+                    out.put_u8(u8::from(r.retain));
+                    out.put_u32(len_u32(r.subscription_ids.len())?);
+                    for id in &r.subscription_ids {
+                        out.put_u32(*id);
+                    }
+                }
+                put_publish(&mut out, publish)?;
+            }
+            Record::Ack { key, epoch, offset } | Record::Released { key, epoch, offset } => {
+                out.put_u8(if matches!(self, Record::Ack { .. }) {
+                    ACK
+                } else {
+                    RELEASED
+                });
+                put_str(&mut out, key)?;
+                out.put_u64(*epoch);
+                out.put_u64(*offset);
+            }
+            Record::InboundReleased {
+                key,
+                epoch,
+                packet_id,
+            } => {
+                out.put_u8(INBOUND_RELEASED);
+                put_str(&mut out, key)?;
+                out.put_u64(*epoch);
+                out.put_u16(*packet_id);
+            }
+            Record::Session(session) => {
+                out.put_u8(SESSION);
+                put_str(&mut out, &session.key)?;
+                out.put_u64(session.epoch);
+                out.put_u32(session.expiry_secs);
+                out.put_u8(session.protocol.level());
+                out.put_u32(len_u32(session.subscriptions.len())?);
+                for s in &session.subscriptions {
+                    put_str(&mut out, &s.filter)?;
+                    out.put_u8(options_byte(&s.options));
+                    out.put_u32(s.id.unwrap_or(0));
+                }
+            }
+            Record::SessionGone { key } => {
+                out.put_u8(SESSION_GONE);
+                put_str(&mut out, key)?;
+            }
+            Record::Retain {
+                publish,
+                expires_at_ms,
+            } => {
+                out.put_u8(RETAIN);
+                out.put_u64(expires_at_ms.unwrap_or(0));
+                put_publish(&mut out, publish)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes a record.
+    pub fn decode(bytes: Bytes) -> Result<Record, DurableError> {
+        let mut r = Reader(bytes);
+        let record = match r.u8()? {
+            PUBLISH => {
+                let expires_at_ms = nonzero(r.u64()?);
+                let origin = match r.u8()? {
+                    0 => None,
+                    _ => Some(Origin {
+                        key: r.string()?,
+                        epoch: r.u64()?,
+                        packet_id: r.u16()?,
+                    }),
+                };
+                let count = r.u32()?;
+                let mut recipients = Vec::with_capacity(count.min(1024) as usize);
+                for _ in 0..count {
+                    let key = r.string()?;
+                    let epoch = r.u64()?;
+                    let qos = QoS::from_u8(r.u8()?).ok_or(corrupt("qos"))?;
+                    let retain = r.u8()? != 0;
+                    let ids = r.u32()?;
+                    let subscription_ids = (0..ids).map(|_| r.u32()).collect::<Result<_, _>>()?;
+                    recipients.push(Recipient {
+                        key,
+                        epoch,
+                        qos,
+                        retain,
+                        subscription_ids,
+                    });
+                }
+                Record::Publish {
+                    publish: r.publish()?,
+                    expires_at_ms,
+                    origin,
+                    recipients,
+                }
+            }
+            tag @ (ACK | RELEASED) => {
+                let (key, epoch, offset) = (r.string()?, r.u64()?, r.u64()?);
+                if tag == ACK {
+                    Record::Ack { key, epoch, offset }
+                } else {
+                    Record::Released { key, epoch, offset }
+                }
+            }
+            INBOUND_RELEASED => Record::InboundReleased {
+                key: r.string()?,
+                epoch: r.u64()?,
+                packet_id: r.u16()?,
+            },
+            SESSION => {
+                let key = r.string()?;
+                let epoch = r.u64()?;
+                let expiry_secs = r.u32()?;
+                let protocol = match r.u8()? {
+                    3 => Protocol::V3_1,
+                    4 => Protocol::V3_1_1,
+                    5 => Protocol::V5,
+                    _ => return Err(corrupt("protocol level")),
+                };
+                let count = r.u32()?;
+                let mut subscriptions = Vec::with_capacity(count.min(1024) as usize);
+                for _ in 0..count {
+                    let filter = r.string()?;
+                    let options = options_from_byte(r.u8()?)?;
+                    let id = r.u32()?;
+                    subscriptions.push(StoredSubscription {
+                        filter,
+                        options,
+                        id: (id != 0).then_some(id),
+                    });
+                }
+                Record::Session(StoredSession {
+                    key,
+                    epoch,
+                    expiry_secs,
+                    protocol,
+                    subscriptions,
+                })
+            }
+            SESSION_GONE => Record::SessionGone { key: r.string()? },
+            RETAIN => Record::Retain {
+                expires_at_ms: nonzero(r.u64()?),
+                publish: r.publish()?,
+            },
+            tag => return Err(corrupt(&format!("unknown record tag {tag}"))),
+        };
+        Ok(record)
+    }
+
+    /// Only the tag and the recipients' keys and epochs of a PUBLISH record,
+    /// without decoding the message: what recovery needs to rebuild queues.
+    pub fn peek_publish(bytes: &Bytes) -> Result<Option<PublishHeader>, DurableError> {
+        let mut r = Reader(bytes.clone());
+        if r.u8()? != PUBLISH {
+            return Ok(None);
+        }
+        let _expires = r.u64()?;
+        let origin = match r.u8()? {
+            0 => None,
+            _ => Some(Origin {
+                key: r.string()?,
+                epoch: r.u64()?,
+                packet_id: r.u16()?,
+            }),
+        };
+        let count = r.u32()?;
+        let mut recipients = Vec::with_capacity(count.min(1024) as usize);
+        for _ in 0..count {
+            let key = r.string()?;
+            let epoch = r.u64()?;
+            let _qos = r.u8()?;
+            let _retain = r.u8()?;
+            let ids = r.u32()?;
+            r.skip(ids as usize * 4)?;
+            recipients.push((key, epoch));
+        }
+        Ok(Some(PublishHeader { origin, recipients }))
+    }
+}
+
+/// What [`Record::peek_publish`] reads.
+#[derive(Debug)]
+pub struct PublishHeader {
+    /// The inbound QoS 2 flow, if any.
+    pub origin: Option<Origin>,
+    /// `(session key, epoch)` of every recipient.
+    pub recipients: Vec<(String, u64)>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A message's expiry as ms since the Unix epoch.
+pub fn expiry_to_unix(message: &Message, now: Instant) -> Option<u64> {
+    message.expires_at.map(|at| {
+        let left = at.saturating_duration_since(now);
+        unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// A stored expiry back as an instant of this process.
+pub fn expiry_from_unix(expires_at_ms: Option<u64>, now: Instant) -> Option<Instant> {
+    expires_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(unix_ms())))
+}
+
+/// The PUBLISH a message is stored as.
+pub fn message_publish(message: &Message) -> Publish {
+    Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: (message.qos != QoS::AtMostOnce).then_some(1),
+        properties: {
+            let mut p = message.properties.clone();
+            // Stored as an absolute time beside the packet.
+            p.message_expiry_interval = None;
+            p
+        },
+        payload: message.payload.clone(),
+    }
+}
+
+fn put_publish(out: &mut Vec<u8>, publish: &Publish) -> Result<(), DurableError> {
+    let mut buf = BytesMut::new();
+    mqtt::encode(&Packet::Publish(publish.clone()), Protocol::V5, &mut buf)
+        .map_err(|e| DurableError::Encode(e.to_string()))?;
+    out.extend_from_slice(&buf);
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), DurableError> {
+    let len = u16::try_from(s.len())
+        .map_err(|_| DurableError::Encode(format!("string of {} bytes", s.len())))?;
+    out.put_u16(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn len_u32(len: usize) -> Result<u32, DurableError> {
+    u32::try_from(len).map_err(|_| DurableError::Encode(format!("{len} items")))
+}
+
+fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos as u8
+        | u8::from(o.no_local) << 2
+        | u8::from(o.retain_as_published) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from_byte(b: u8) -> Result<SubscriptionOptions, DurableError> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_u8(b & 0b11).ok_or(corrupt("subscription qos"))?,
+        no_local: b & 0b100 != 0,
+        retain_as_published: b & 0b1000 != 0,
+        retain_handling: match (b >> 4) & 0b11 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err(corrupt("retain handling")),
+        },
+    })
+}
+
+fn corrupt(what: &str) -> DurableError {
+    DurableError::Corrupt(what.to_string())
+}
+
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DurableError> {
+        if self.0.remaining() < n {
+            return Err(corrupt("record ends early"));
+        }
+        Ok(())
+    }
+
+    fn u8(&mut self) -> Result<u8, DurableError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, DurableError> {
+        self.need(2)?;
+        Ok(self.0.get_u16())
+    }
+
+    fn u32(&mut self) -> Result<u32, DurableError> {
+        self.need(4)?;
+        Ok(self.0.get_u32())
+    }
+
+    fn u64(&mut self) -> Result<u64, DurableError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), DurableError> {
+        self.need(n)?;
+        self.0.advance(n);
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<String, DurableError> {
+        let len = usize::from(self.u16()?);
+        self.need(len)?;
+        let bytes = self.0.split_to(len);
+        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
+    }
+
+    fn publish(&mut self) -> Result<Publish, DurableError> {
+        let mut buf = BytesMut::from(&self.0[..]);
+        match mqtt::decode(&mut buf, Protocol::V5, MAX_PACKET) {
+            Ok(Some(Packet::Publish(publish))) => Ok(publish),
+            Ok(_) => Err(corrupt("message is not a whole PUBLISH")),
+            Err(e) => Err(DurableError::Corrupt(format!("message: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemq_proto::mqtt::PublishProperties;
+
+    use super::*;
+
+    fn publish(qos: QoS) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: true,
+            topic: "a/b".into(),
+            packet_id: (qos != QoS::AtMostOnce).then_some(1),
+            properties: PublishProperties {
+                content_type: Some("text/plain".into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let records = vec![
+            Record::Publish {
+                publish: publish(QoS::ExactlyOnce),
+                expires_at_ms: Some(123_456),
+                origin: Some(Origin {
+                    key: "t/pub".into(),
+                    epoch: 3,
+                    packet_id: 77,
+                }),
+                recipients: vec![
+                    Recipient {
+                        key: "t/a".into(),
+                        epoch: 1,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        subscription_ids: vec![4, 9],
+                    },
+                    Recipient {
+                        key: "t/b".into(),
+                        epoch: 2,
+                        qos: QoS::ExactlyOnce,
+                        retain: true,
+                        subscription_ids: vec![],
+                    },
+                ],
+            },
+            Record::Ack {
+                key: "t/a".into(),
+                epoch: 1,
+                offset: 42,
+            },
+            Record::Released {
+                key: "t/b".into(),
+                epoch: 2,
+                offset: 42,
+            },
+            Record::InboundReleased {
+                key: "t/pub".into(),
+                epoch: 3,
+                packet_id: 77,
+            },
+            Record::Session(StoredSession {
+                key: "t/a".into(),
+                epoch: 1,
+                expiry_secs: u32::MAX,
+                protocol: Protocol::V3_1_1,
+                subscriptions: vec![StoredSubscription {
+                    filter: "$share/g/x/#".into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                    id: Some(5),
+                }],
+            }),
+            Record::SessionGone { key: "t/a".into() },
+            Record::Retain {
+                publish: publish(QoS::AtMostOnce),
+                expires_at_ms: None,
+            },
+        ];
+        for record in records {
+            let bytes = Bytes::from(record.encode().expect("encodes"));
+            let decoded = Record::decode(bytes.clone()).expect("decodes");
+            assert_eq!(decoded, record);
+            if let Record::Publish {
+                origin, recipients, ..
+            } = &record
+            {
+                let header = Record::peek_publish(&bytes)
+                    .expect("peek")
+                    .expect("publish");
+                assert_eq!(header.origin.as_ref(), origin.as_ref());
+                let keys: Vec<_> = recipients
+                    .iter()
+                    .map(|r| (r.key.clone(), r.epoch))
+                    .collect();
+                assert_eq!(header.recipients, keys);
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let record = Record::Publish {
+            publish: publish(QoS::AtLeastOnce),
+            expires_at_ms: None,
+            origin: None,
+            recipients: vec![Recipient {
+                key: "t/a".into(),
+                epoch: 1,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![1],
+            }],
+        };
+        let bytes = record.encode().expect("encodes");
+        for len in 0..bytes.len() {
+            assert!(
+                Record::decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
+                "cut at {len}"
+            );
+        }
+        assert!(Record::decode(Bytes::from_static(&[99])).is_err());
+    }
+}

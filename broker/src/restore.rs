@@ -1,0 +1,141 @@
+//! Persistent sessions brought back from the message store at start, and
+//! the periodic trim that gives back the space no session needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use crate::broker::Shared;
+use crate::durable::{self, DiskRef, DurableError, Recovered};
+use crate::session::{Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry};
+
+/// Puts back every recovered session (offline, with its subscriptions,
+/// stored backlog, QoS 2 state and expiry timer) and retained message.
+pub(crate) async fn restore(
+    shared: &Arc<Shared>,
+    recovered: Recovered,
+) -> Result<(), DurableError> {
+    let Some(store) = shared.durable.clone() else {
+        return Ok(());
+    };
+    let config = shared.config.load_full();
+    for (publish, expires_at_ms) in recovered.retained {
+        let message = durable::retained_message(publish, expires_at_ms);
+        shared.router.retain(&Arc::new(message));
+    }
+    let mut backlog = 0;
+    for recovered in recovered.sessions {
+        let stored = recovered.session;
+        let key: Arc<str> = stored.key.as_str().into();
+        let Some((tenant, client_id)) = stored.key.split_once('/') else {
+            warn!(key = %stored.key, "skipping a stored session with a malformed key");
+            continue;
+        };
+        // Messages the client has answered PUBREC for wait only for PUBREL:
+        // read them back now, they go straight into the inflight window.
+        let released: Vec<DiskRef> = recovered
+            .queue
+            .iter()
+            .filter(|(_, released)| *released)
+            .map(|(at, _)| *at)
+            .collect();
+        let released = if released.is_empty() {
+            Vec::new()
+        } else {
+            store.load(&stored.key, &released).await?
+        };
+        let session = Session::new(
+            Arc::clone(&key),
+            client_id.to_string(),
+            stored.protocol,
+            Box::new(MemoryQueue::new(
+                config.session.max_stored_messages,
+                config.session.max_queued_bytes,
+            )),
+        );
+        {
+            let mut state = session.lock();
+            state.expiry_interval = stored.expiry_secs;
+            // A reconnect resumes it (session present).
+            state.generation = 1;
+            state.durable = Some(stored.epoch);
+            state.inbound_qos2 = recovered.inbound_qos2.into_iter().collect();
+            for sub in &stored.subscriptions {
+                let entry = SubscriptionEntry {
+                    options: sub.options,
+                    id: sub.id,
+                };
+                state.subscriptions.insert(sub.filter.clone(), entry);
+                shared.router.subscribe(&key, &sub.filter, entry);
+            }
+            for (at, delivery) in released {
+                if let Some(delivery) = delivery {
+                    state.inflight.push_back(Inflight {
+                        packet_id: at.packet_id(),
+                        delivery,
+                        state: InflightState::AwaitPubComp,
+                    });
+                }
+            }
+            for (at, released) in recovered.queue {
+                if !released && state.queue.push(Queued::Stored(at)).is_ok() {
+                    backlog += 1;
+                }
+            }
+        }
+        let (session, _) = shared.sessions.get_or_insert_with(tenant, &key, || session);
+        if stored.expiry_secs != u32::MAX {
+            crate::connection::schedule_expiry(shared, &session, 1, stored.expiry_secs);
+        }
+    }
+    let metrics = &shared.metrics;
+    metrics.sessions.set(shared.sessions.len() as i64);
+    metrics
+        .subscriptions
+        .set(shared.router.subscription_count() as i64);
+    metrics.retained.set(shared.router.retained_count() as i64);
+    metrics.stored_backlog.set(backlog);
+    info!(
+        sessions = shared.sessions.len(),
+        backlog,
+        took_ms = recovered.took.as_millis() as u64,
+        "persistent sessions restored"
+    );
+    Ok(())
+}
+
+/// Every `every`, gives back the segments below the oldest message any
+/// session still needs, until the broker shuts down.
+pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
+    let Some(store) = shared.durable.clone() else {
+        return;
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut held = 0i64;
+        let trimmed = store
+            .trim(|each| {
+                shared.sessions.for_each(|session| {
+                    session.lock().for_each_stored(&mut |at| {
+                        held += 1;
+                        each(at);
+                    });
+                });
+            })
+            .await;
+        shared.metrics.stored_backlog.set(held);
+        if let Err(e) = trimmed {
+            crate::delivery::count_storage_error(&shared.metrics);
+            warn!(error = %e, "cannot trim the message store");
+        }
+    }
+}
