@@ -404,6 +404,7 @@ pub struct StorageConfig {
     /// interval in milliseconds (`"100"`: a crash loses up to 100 ms).
     pub sync: String,
     /// Segment file size in bytes; space is given back a segment at a time.
+    /// A message with its list of persistent recipients must fit in one.
     pub segment_bytes: u64,
     /// How often space no session needs any more is given back.
     pub trim_interval_ms: u64,

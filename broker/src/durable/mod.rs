@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prometheus::Registry;
 use tidemq_proto::mqtt::Publish;
-use tidemq_storage_engine::{StorageEngine, StorageError, SyncPolicy};
+use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
@@ -171,6 +171,13 @@ impl DurableStore {
             .pin_cores(config.pin_cores)
             .sync_policy(config.sync)
             .segment_bytes(config.segment_bytes)
+            // A record (a message and its recipients) may fill a segment.
+            .max_record_bytes(
+                usize::try_from(config.segment_bytes)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(FRAME_HEADER_LEN)
+                    .max(1),
+            )
             .registry(registry.clone())
             .open()
             .await?;

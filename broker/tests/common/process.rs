@@ -128,6 +128,19 @@ impl NodeProcess {
         }
     }
 
+    /// Kills the process with SIGKILL (no shutdown at all) and reaps it.
+    pub fn sigkill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("the node is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// `GET path` on the HTTP endpoint until `accept(status, body)` holds,
     /// for up to `wait`; returns the last answer.
     pub fn http_until(
