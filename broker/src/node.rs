@@ -32,13 +32,13 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tidemq_meta::runtime::{RuntimeMonitor, build_runtime};
-use tidemq_meta::{MetaError, MetaNodeHandle, MetaRuntimes};
+use tidemq_meta::{MetaClient, MetaError, MetaNodeHandle, MetaRuntimes};
 use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
-use crate::durable::{DurableConfig, DurableError, DurableStore};
+use crate::durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 use crate::http::{Endpoints, HttpServer};
 
 /// Why a node could not start.
@@ -175,9 +175,22 @@ impl Node {
                 sync: config.storage.sync_policy()?,
                 segment_bytes: config.storage.segment_bytes,
             };
+            // Session changes are written through the meta service too.
+            let catalog = match MetaClient::with_deadline(
+                [meta.local_addr().to_string()],
+                Duration::from_secs(30),
+            ) {
+                Ok(client) => SessionCatalog::Meta { client, node_id },
+                Err(e) => {
+                    runtimes.grpc.block_on(meta.shutdown());
+                    drop(monitor);
+                    runtimes.shutdown();
+                    return Err(NodeError::Meta(e));
+                }
+            };
             match runtimes
                 .broker
-                .block_on(DurableStore::open(&durable, &registry))
+                .block_on(DurableStore::open(&durable, catalog, &registry))
             {
                 Ok(opened) => Some(opened),
                 Err(e) => {

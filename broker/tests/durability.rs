@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::Raw;
 use common::process::{NodeProcess, http_get};
+use tidemq_meta::MetaClient;
 use tidemq_proto::mqtt::{
     Disconnect, DisconnectProperties, Packet, Protocol, PubResponse, QoS, ReasonCode,
 };
@@ -231,6 +232,17 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
     let (mut sub, _) = persistent(node.mqtt, "keeper").await;
     sub.subscribe(1, "g/#", QoS::AtLeastOnce).await;
     disconnect(sub).await;
+    // The session was written through the meta service before SUBACK.
+    let meta = MetaClient::new([node.grpc.to_string()])?;
+    let record = meta
+        .get_session("default/keeper")
+        .await?
+        .context("the session is in the meta service")?;
+    ensure!(record.node_id == 1 && record.expiry_secs == u32::MAX);
+    ensure!(
+        record.payload.windows(3).any(|w| w == b"g/#"),
+        "the subscription is in the session record"
+    );
 
     let mut publisher = Raw::connect(node.mqtt, Protocol::V5, "retainer").await;
     publisher
@@ -335,6 +347,11 @@ async fn an_expired_session_leaves_nothing_on_disk() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let meta = MetaClient::new([node.grpc.to_string()])?;
+    ensure!(
+        meta.get_session("default/brief").await?.is_none(),
+        "the meta service forgot the expired session"
+    );
     // And a restart does not bring the session back.
     node.sigkill()?;
     node.restart()?;

@@ -12,7 +12,12 @@
 //!   fsync) before the publisher gets PUBACK or PUBREC.
 //! - **The session partition**: a `Session` record (epoch, expiry,
 //!   subscriptions) on every change of a persistent session, `SessionGone`
-//!   when it ends.
+//!   when it ends. A node also writes each change through the meta service
+//!   ([`SessionCatalog::Meta`]: one Raft write through its batcher, the
+//!   session in the record's opaque payload), and both writes complete
+//!   before the client is answered: the cluster's view of who holds a
+//!   session is linearizable, and a restart restores from the local copy
+//!   without waiting for a quorum.
 //! - **The retained partition**: a `Retain` record per retained message set
 //!   or cleared.
 //!
@@ -36,6 +41,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::Registry;
+use tidemq_meta::{MetaClient, MetaError};
+use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::mqtt::Publish;
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
 use tracing::{info, warn};
@@ -50,10 +57,30 @@ const RETAINED: u64 = SESSIONS + 1;
 /// Bytes asked for per read while replaying.
 const REPLAY_CHUNK: usize = 4 * 1024 * 1024;
 
+/// Where persistent sessions (epoch, expiry, subscriptions) are recorded
+/// besides the store's own session partition.
+#[derive(Clone, Default)]
+pub enum SessionCatalog {
+    /// Nowhere else (a broker without a meta service).
+    #[default]
+    Local,
+    /// In the meta service too: one session record per persistent session,
+    /// owned by this node.
+    Meta {
+        /// A client of the meta service.
+        client: MetaClient,
+        /// This node's id, recorded as the session's owner.
+        node_id: u64,
+    },
+}
+
 /// Errors of the durable layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DurableError {
+    /// The meta service refused or failed a session write or read.
+    #[error("meta service: {0}")]
+    Meta(#[from] MetaError),
     /// The storage engine failed (I/O, fsync, closed).
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
@@ -136,6 +163,7 @@ pub struct DurableStore {
 
 struct Inner {
     engine: StorageEngine,
+    catalog: SessionCatalog,
     partitions: u32,
     /// Appends whose sessions have not been given the offset yet, by
     /// partition; [`DurableStore::trim`] leaves a partition alone while any
@@ -163,6 +191,7 @@ impl DurableStore {
     /// correctly but does not decode is skipped with a warning.
     pub async fn open(
         config: &DurableConfig,
+        catalog: SessionCatalog,
         registry: &Registry,
     ) -> Result<(DurableStore, Recovered), DurableError> {
         let started = Instant::now();
@@ -200,6 +229,7 @@ impl DurableStore {
         let store = DurableStore {
             inner: Arc::new(Inner {
                 engine,
+                catalog,
                 partitions,
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
             }),
@@ -298,20 +328,55 @@ impl DurableStore {
             .map(|_| ())
     }
 
-    /// Writes a persistent session's state.
+    /// Writes a persistent session's state (to the meta service too, when
+    /// the catalog says so; both are done on return).
     pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
-        let bytes = Record::Session(session).encode()?;
-        self.inner.engine.append(SESSIONS, &[bytes]).await?;
+        let record = Record::Session(session);
+        let bytes = record.encode()?;
+        let local = async {
+            self.inner
+                .engine
+                .append(SESSIONS, std::slice::from_ref(&bytes))
+                .await?;
+            Ok::<_, DurableError>(())
+        };
+        let meta = async {
+            if let (SessionCatalog::Meta { client, node_id }, Record::Session(session)) =
+                (&self.inner.catalog, &record)
+            {
+                let entry = pb::Session {
+                    client_key: session.key.clone(),
+                    node_id: *node_id,
+                    created_at_ms: 0,
+                    expiry_secs: session.expiry_secs,
+                    connected: true,
+                    payload: bytes.clone(),
+                };
+                client.create_sessions(vec![entry]).await?;
+            }
+            Ok(())
+        };
+        futures_util::future::try_join(local, meta).await?;
         Ok(())
     }
 
-    /// Records that a session ended.
+    /// Records that a session ended (in the meta service too).
     pub async fn session_gone(&self, key: &str) -> Result<(), DurableError> {
         let bytes = Record::SessionGone {
             key: key.to_string(),
         }
         .encode()?;
-        self.inner.engine.append(SESSIONS, &[bytes]).await?;
+        let local = async {
+            self.inner.engine.append(SESSIONS, &[bytes]).await?;
+            Ok::<_, DurableError>(())
+        };
+        let meta = async {
+            if let SessionCatalog::Meta { client, .. } = &self.inner.catalog {
+                client.delete_session(key).await?;
+            }
+            Ok(())
+        };
+        futures_util::future::try_join(local, meta).await?;
         Ok(())
     }
 
