@@ -17,7 +17,7 @@ enum Command {
     /// Loads on the embedded storage engine.
     #[command(subcommand)]
     Storage(StorageCommand),
-    /// Loads on an MQTT broker: connections, publishers, subscribers.
+    /// Loads on an MQTT broker: connections, publishers, subscribers, offline sessions.
     #[command(subcommand)]
     Mqtt(MqttCommand),
     /// Loads on a meta service over gRPC: session creation.

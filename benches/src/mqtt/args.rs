@@ -1,10 +1,11 @@
-//! Command-line flags of `tidemq-bench mqtt conn|pub|sub`.
+//! Command-line flags of `tidemq-bench mqtt conn|pub|sub|offline`.
 
 use std::time::Duration;
 
 use clap::Args;
 use tidemq_proto::mqtt::{Protocol, QoS};
 
+use super::client::SessionKind;
 use crate::storage::Output;
 
 /// Flags every MQTT load shares: where the broker is, how many clients,
@@ -26,7 +27,7 @@ pub struct CommonArgs {
     /// MQTT protocol level: 4 (3.1.1) or 5 (5.0).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
     pub mqtt_version: u8,
-    /// Client ids are `{prefix}-{c|p|s}-{index}`; give each concurrent
+    /// Client ids are `{prefix}-{c|p|s|o}-{index}`; give each concurrent
     /// process its own prefix (default: `b` and the process id).
     #[arg(long)]
     pub client_prefix: Option<String>,
@@ -53,12 +54,18 @@ impl CommonArgs {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// The client id of client `index` in role `role` (`c`, `p` or `s`).
-    pub fn client_id(&self, role: char, index: usize) -> String {
+    /// `--client-prefix`, or `b` and the process id.
+    pub fn prefix(&self) -> String {
         match &self.client_prefix {
-            Some(prefix) => format!("{prefix}-{role}-{index}"),
-            None => format!("b{}-{role}-{index}", std::process::id()),
+            Some(prefix) => prefix.clone(),
+            None => format!("b{}", std::process::id()),
         }
+    }
+
+    /// The client id of client `index` in role `role` (`c`, `p`, `s` or
+    /// `o` for an offline session).
+    pub fn client_id(&self, role: char, index: usize) -> String {
+        format!("{}-{role}-{index}", self.prefix())
     }
 
     /// `host:port`.
@@ -134,12 +141,69 @@ pub struct SubArgs {
     /// Stop once no message arrived for this long after the first one (0: never).
     #[arg(long, default_value_t = 0)]
     pub idle_secs: u64,
+    /// Persistent sessions: clean session 0 (3.1.1) or a session expiry of
+    /// 3600 s (5.0), so that the broker stores their QoS 1/2 messages. The
+    /// sessions outlive the run.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 impl SubArgs {
     /// The QoS as the codec's type.
     pub fn qos(&self) -> QoS {
         QoS::from_u8(self.qos).unwrap_or_default()
+    }
+
+    /// The kind of session the subscribers ask for.
+    pub fn session(&self) -> SessionKind {
+        if self.persistent {
+            SessionKind::Persistent
+        } else {
+            SessionKind::Clean
+        }
+    }
+}
+
+/// Flags of `tidemq-bench mqtt offline`. The common `--count` is spelled
+/// `--sessions` here; the publishers are counted by `--publishers`.
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("count", |arg| arg
+    .long("sessions")
+    .value_name("SESSIONS")
+    .help("Persistent sessions: each subscribes to its own topic, then disconnects")))]
+pub struct OfflineArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// QoS 1 messages published to each session's topic.
+    #[arg(long, default_value_t = 10)]
+    pub messages: u64,
+    /// Payload bytes per message (at least 8: the first 8 hold the send time).
+    #[arg(long, default_value_t = 64)]
+    pub payload_size: usize,
+    /// Publisher connections; the sessions' topics are spread over them.
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
+    /// Unacknowledged messages per publisher.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inflight: u16,
+    /// Session i subscribes to `{prefix}/{i}` (default: `offline/` and the
+    /// client prefix).
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+}
+
+impl OfflineArgs {
+    /// The topic of session `index`.
+    pub fn topic(&self, index: usize) -> String {
+        match &self.topic_prefix {
+            Some(prefix) => format!("{prefix}/{index}"),
+            None => format!("offline/{}/{index}", self.common.prefix()),
+        }
+    }
+
+    /// Messages the run publishes: `--messages` to each session.
+    pub fn expected(&self) -> u64 {
+        self.messages.saturating_mul(self.common.count as u64)
     }
 }
 

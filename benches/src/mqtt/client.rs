@@ -21,23 +21,42 @@ use tokio::net::TcpStream;
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 16 * 1024 * 1024;
 
+/// Session expiry a persistent 5.0 session asks for, in seconds.
+pub const PERSISTENT_EXPIRY_SECS: u32 = 3600;
+
+/// The kind of session a client asks for in CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionKind {
+    /// Clean session (3.1.1) or clean start with no expiry (5.0): the broker
+    /// forgets the session when the connection ends.
+    #[default]
+    Clean,
+    /// Clean session 0 (3.1.1) or clean start 0 with a session expiry of
+    /// [`PERSISTENT_EXPIRY_SECS`] (5.0): the broker keeps the session, and
+    /// stores its QoS 1/2 messages, after the connection ends. An existing
+    /// session of the same client id is resumed.
+    Persistent,
+}
+
 /// One connected MQTT client.
 pub struct Client {
     stream: TcpStream,
     protocol: Protocol,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    session_present: bool,
 }
 
 impl Client {
     /// Opens a TCP connection and completes the CONNECT/CONNACK handshake
-    /// with a clean session. Wrap it in a timeout: it waits as long as the
-    /// broker does.
+    /// with a session of kind `session`. Wrap it in a timeout: it waits as
+    /// long as the broker does.
     pub async fn connect(
         addr: &str,
         client_id: String,
         protocol: Protocol,
         keep_alive: u16,
+        session: SessionKind,
     ) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -46,23 +65,38 @@ impl Client {
             protocol,
             read_buf: BytesMut::with_capacity(4096),
             write_buf: BytesMut::with_capacity(4096),
+            session_present: false,
         };
+        let persistent = session == SessionKind::Persistent;
         client.send(&Packet::Connect(Connect {
             protocol,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive,
             client_id,
             will: None,
             username: None,
             password: None,
-            properties: ConnectProperties::default(),
+            properties: ConnectProperties {
+                // Only 5.0 encodes properties; 3.1.1 has clean session 0.
+                session_expiry_interval: persistent.then_some(PERSISTENT_EXPIRY_SECS),
+                ..ConnectProperties::default()
+            },
         }))?;
         client.flush().await?;
         match client.read_packet().await? {
-            Packet::ConnAck(ack) if !ack.reason.is_error() => Ok(client),
+            Packet::ConnAck(ack) if !ack.reason.is_error() => {
+                client.session_present = ack.session_present;
+                Ok(client)
+            }
             Packet::ConnAck(ack) => bail!("CONNACK refused: {:?}", ack.reason),
             other => bail!("expected CONNACK, got {}", other.name()),
         }
+    }
+
+    /// Whether the broker resumed an existing session (CONNACK's session
+    /// present flag).
+    pub fn session_present(&self) -> bool {
+        self.session_present
     }
 
     /// Subscribes to one filter and waits for its SUBACK. Messages arriving
@@ -140,6 +174,26 @@ impl Client {
             }
             self.fill().await?;
         }
+    }
+
+    /// Sends DISCONNECT (normal disconnection), closes the sending side and
+    /// waits up to `timeout` for the broker to close the connection, which
+    /// it does once it has handled the DISCONNECT: a persistent session is
+    /// offline when this returns `Ok`. Packets still arriving are dropped.
+    pub async fn disconnect_and_wait(mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.send(&Packet::Disconnect(Disconnect::default()))?;
+        self.flush().await?;
+        self.stream.shutdown().await?;
+        tokio::time::timeout(timeout, async {
+            loop {
+                self.read_buf.clear();
+                if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                    return anyhow::Ok(());
+                }
+            }
+        })
+        .await
+        .context("the broker did not close the connection after DISCONNECT")?
     }
 
     /// Sends DISCONNECT (normal disconnection) and closes the socket.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
+use super::client::SessionKind;
 use super::{ConnArgs, connect_all};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
@@ -24,7 +25,7 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<(FinalReport, usize)> {
     };
     // Keep alive 0: held connections send nothing, however long opening the
     // last of them takes.
-    let clients = connect_all(&args.common, 'c', 0, &recorder).await;
+    let clients = connect_all(&args.common, 'c', 0, SessionKind::Clean, &recorder).await;
     let report = recorder.report();
     ticker.abort();
     let held = clients.len();

@@ -1,12 +1,13 @@
-//! `tidemq-bench mqtt conn|pub|sub`: MQTT loads on any broker.
+//! `tidemq-bench mqtt conn|pub|sub|offline`: MQTT loads on any broker.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`args`] | the flags of the three loads |
+//! | [`args`] | the flags of the four loads |
 //! | [`client`] | a minimal client on the `tidemq-proto` codec |
 //! | [`conn`] | `conn`: open connections as fast as allowed, hold them, report the rate |
 //! | [`publish`] | `pub`: publishers at a fixed rate (QoS 0) or a full inflight window (QoS 1/2) |
-//! | [`subscribe`] | `sub`: subscribers measuring end-to-end latency |
+//! | [`subscribe`] | `sub`: subscribers measuring end-to-end latency, on clean or persistent sessions |
+//! | [`offline`] | `offline`: persistent sessions that go away, then QoS 1 messages stored for them |
 //!
 //! Every payload starts with its send time, so a subscriber on the same
 //! machine measures publish-to-delivery latency without any coordination
@@ -22,6 +23,7 @@
 pub mod args;
 pub mod client;
 pub mod conn;
+pub mod offline;
 pub mod publish;
 pub mod subscribe;
 
@@ -33,8 +35,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use self::args::{CommonArgs, ConnArgs, PubArgs, SubArgs};
-use self::client::Client;
+pub use self::args::{CommonArgs, ConnArgs, OfflineArgs, PubArgs, SubArgs};
+use self::client::{Client, SessionKind};
 use crate::recorder::{FinalReport, Recorder};
 use crate::storage::Output;
 
@@ -50,6 +52,9 @@ pub enum MqttCommand {
     Pub(PubArgs),
     /// Subscribers measuring deliveries and end-to-end latency.
     Sub(SubArgs),
+    /// Persistent sessions subscribe and disconnect, then publishers send
+    /// QoS 1 messages the broker stores for them while they are away.
+    Offline(OfflineArgs),
 }
 
 /// Runs one load and prints its final report.
@@ -88,8 +93,42 @@ pub async fn run(command: &MqttCommand) -> anyhow::Result<()> {
                 "mqtt_version": args.common.mqtt_version,
                 "topic": args.topic,
                 "qos": args.qos,
+                "persistent": args.persistent,
             });
             print_report(args.common.output, &load, &report);
+        }
+        MqttCommand::Offline(args) => {
+            let report = offline::offline(args).await?;
+            let load = serde_json::json!({
+                "load": "offline",
+                "sessions": args.common.count,
+                "concurrency": args.common.concurrency,
+                "mqtt_version": args.common.mqtt_version,
+                "topic": args.topic(0),
+                "messages": args.messages,
+                "expected": args.expected(),
+                "payload_size": args.payload_size,
+                "publishers": args.publishers,
+                "inflight": args.inflight,
+            });
+            match args.common.output {
+                Output::Table => println!(
+                    "phase 1, sessions subscribed and disconnected:\n{}\n\
+                     phase 2, messages acknowledged ({} expected):\n{}",
+                    report.sessions,
+                    args.expected(),
+                    report.messages
+                ),
+                // `report` is the phase the rate is about, as in every load.
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "load": load,
+                        "sessions": report.sessions,
+                        "report": report.messages,
+                    })
+                ),
+            }
         }
     }
     Ok(())
@@ -124,14 +163,16 @@ fn note_error(what: &str, error: &dyn std::fmt::Display) {
     }
 }
 
-/// Connects `common.count` clients with at most `common.concurrency`
-/// handshakes in flight, recording each handshake's latency (TCP connect
-/// plus CONNECT → CONNACK), failure or timeout. Returns the clients that
-/// connected, with their index, in index order.
+/// Connects `common.count` clients with sessions of kind `session` and at
+/// most `common.concurrency` handshakes in flight, recording each
+/// handshake's latency (TCP connect plus CONNECT → CONNACK), failure or
+/// timeout. Returns the clients that connected, with their index, in index
+/// order.
 async fn connect_all(
     common: &CommonArgs,
     role: char,
     keep_alive: u16,
+    session: SessionKind,
     recorder: &Arc<Recorder>,
 ) -> Vec<(usize, Client)> {
     let permits = Arc::new(Semaphore::new(common.concurrency));
@@ -143,7 +184,7 @@ async fn connect_all(
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
             let started = Instant::now();
-            let connect = Client::connect(&addr, id, protocol, keep_alive);
+            let connect = Client::connect(&addr, id, protocol, keep_alive, session);
             match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(client)) => {
                     recorder.success(started.elapsed());
@@ -175,10 +216,11 @@ async fn connect_all(
 async fn connect_clients(
     common: &CommonArgs,
     role: char,
+    session: SessionKind,
     what: &str,
 ) -> anyhow::Result<Vec<(usize, Client)>> {
     let recorder = Arc::new(Recorder::new(0));
-    let clients = connect_all(common, role, KEEP_ALIVE_SECS, &recorder).await;
+    let clients = connect_all(common, role, KEEP_ALIVE_SECS, session, &recorder).await;
     let report = recorder.report();
     eprintln!(
         "connected {}/{} {what} in {:.2}s (failed {}, timeout {}, p99 {}us)",

@@ -21,7 +21,7 @@ use tidemq_proto::mqtt::{Packet, PubResponse, Publish, PublishProperties, QoS, R
 use tokio::task::JoinSet;
 
 use super::args::topic_for;
-use super::client::Client;
+use super::client::{Client, SessionKind};
 use super::{PubArgs, connect_clients, note_error, stamped_payload};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
@@ -39,7 +39,7 @@ pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
         args.qos() != QoS::AtMostOnce || args.rate_per_client > 0,
         "--rate-per-client must be above zero"
     );
-    let clients = connect_clients(&args.common, 'p', "publishers").await?;
+    let clients = connect_clients(&args.common, 'p', SessionKind::Clean, "publishers").await?;
     let recorder = Arc::new(Recorder::new(args.payload_size.max(8) as u64));
     let deadline = recorder.started() + Duration::from_secs(args.duration_secs);
     let ticker = {
@@ -48,22 +48,23 @@ pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
     };
     let mut publishers = JoinSet::new();
     for (index, client) in clients {
-        let publisher = Publisher {
+        let publisher = Publisher::new(
             client,
-            topic: topic_for(&args.topic, index),
-            qos: args.qos(),
-            payload_size: args.payload_size,
-            recorder: Arc::clone(&recorder),
-            pending: HashMap::with_capacity(usize::from(args.inflight)),
-            next_id: 0,
-            last_ping: Instant::now(),
-        };
+            vec![topic_for(&args.topic, index)],
+            args.qos(),
+            args.payload_size,
+            Arc::clone(&recorder),
+        );
         let (rate, inflight, timeout) =
             (args.rate_per_client, args.inflight, args.common.timeout());
         publishers.spawn(async move {
             match publisher.qos {
                 QoS::AtMostOnce => publisher.run_qos0(rate, deadline).await,
-                _ => publisher.run_acked(inflight, timeout, deadline).await,
+                _ => {
+                    publisher
+                        .run_acked(inflight, timeout, Some(deadline), u64::MAX)
+                        .await;
+                }
             }
         });
     }
@@ -73,9 +74,11 @@ pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
 }
 
 /// One publisher's connection and bookkeeping.
-struct Publisher {
+pub(super) struct Publisher {
     client: Client,
-    topic: String,
+    /// Topics published to in turn, one message each.
+    topics: Vec<String>,
+    next_topic: usize,
     qos: QoS,
     payload_size: usize,
     recorder: Arc<Recorder>,
@@ -86,6 +89,28 @@ struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher on `client` sending to `topics` in turn (at least one),
+    /// recording into `recorder`.
+    pub(super) fn new(
+        client: Client,
+        topics: Vec<String>,
+        qos: QoS,
+        payload_size: usize,
+        recorder: Arc<Recorder>,
+    ) -> Self {
+        Self {
+            client,
+            topics,
+            next_topic: 0,
+            qos,
+            payload_size,
+            recorder,
+            pending: HashMap::new(),
+            next_id: 0,
+            last_ping: Instant::now(),
+        }
+    }
+
     /// Publishes at `rate` messages a second until `deadline`.
     async fn run_qos0(mut self, rate: u64, deadline: Instant) {
         let started = Instant::now();
@@ -108,7 +133,8 @@ impl Publisher {
                         let elapsed = now.duration_since(started).as_secs_f64();
                         let due = (elapsed * rate as f64) as u64 + 1;
                         for _ in 0..due.saturating_sub(sent).min(max_burst) {
-                            self.client.send(&self.publish(None))?;
+                            let publish = self.publish(None);
+                            self.client.send(&publish)?;
                             self.recorder.success_untimed();
                             sent += 1;
                         }
@@ -122,21 +148,33 @@ impl Publisher {
         self.finish(result).await;
     }
 
-    /// Keeps `inflight` messages unacknowledged until `deadline`, then waits
-    /// for the last acknowledgements.
-    async fn run_acked(mut self, inflight: u16, timeout: Duration, deadline: Instant) {
+    /// Keeps `inflight` messages unacknowledged until `deadline` (if any)
+    /// or until `messages` were sent, then waits for the last
+    /// acknowledgements. Returns the messages it did not send because the
+    /// connection failed.
+    pub(super) async fn run_acked(
+        mut self,
+        inflight: u16,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        messages: u64,
+    ) -> u64 {
+        let mut left = messages;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
         let result: anyhow::Result<()> = async {
             loop {
                 let now = Instant::now();
-                if now >= deadline && self.pending.is_empty() {
+                let sending = left > 0 && deadline.is_none_or(|deadline| now < deadline);
+                if !sending && self.pending.is_empty() {
                     return Ok(());
                 }
-                if now < deadline {
-                    while self.pending.len() < usize::from(inflight) {
+                if sending {
+                    while self.pending.len() < usize::from(inflight) && left > 0 {
                         let id = self.next_packet_id();
-                        self.client.send(&self.publish(Some(id)))?;
+                        let publish = self.publish(Some(id));
+                        self.client.send(&publish)?;
                         self.pending.insert(id, Instant::now());
+                        left -= 1;
                     }
                 }
                 self.client.flush().await?;
@@ -158,16 +196,24 @@ impl Publisher {
             }
         }
         .await;
+        let failed = result.is_err();
         self.finish(result).await;
+        if failed { left } else { 0 }
     }
 
-    /// A PUBLISH stamped with the current time.
-    fn publish(&self, packet_id: Option<u16>) -> Packet {
+    /// A PUBLISH to the next topic, stamped with the current time.
+    fn publish(&mut self, packet_id: Option<u16>) -> Packet {
+        let topic = self
+            .topics
+            .get(self.next_topic)
+            .cloned()
+            .unwrap_or_default();
+        self.next_topic = (self.next_topic + 1) % self.topics.len().max(1);
         Packet::Publish(Publish {
             dup: false,
             qos: self.qos,
             retain: false,
-            topic: self.topic.clone(),
+            topic,
             packet_id,
             properties: PublishProperties::default(),
             payload: stamped_payload(self.payload_size),

@@ -7,6 +7,11 @@
 //! `--duration-secs`, after `--expect` messages, or after `--idle-secs`
 //! without a message, whichever comes first; the average rate is over the
 //! time from the first message to the last.
+//!
+//! With `--persistent` the subscribers ask for persistent sessions (clean
+//! session 0, or a 5.0 session expiry of 3600 s): the broker then stores
+//! their QoS 1/2 messages before it acknowledges them to the publisher, and
+//! keeps the sessions after the run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +35,7 @@ const PING_EVERY: Duration = Duration::from_secs(super::KEEP_ALIVE_SECS as u64 /
 /// Runs the load, printing a line per second, and returns the final report.
 pub async fn subscribe(args: &SubArgs) -> anyhow::Result<FinalReport> {
     args.common.validate()?;
-    let clients = connect_clients(&args.common, 's', "subscribers").await?;
+    let clients = connect_clients(&args.common, 's', args.session(), "subscribers").await?;
     let clients = subscribe_all(args, clients).await?;
     eprintln!("ready: {} subscribers", clients.len());
 

@@ -1,8 +1,13 @@
-//! The three loads against a TideMQ broker on an ephemeral port.
+//! The loads against a TideMQ broker on an ephemeral port: in memory, or
+//! keeping persistent sessions in a storage engine in a temporary directory.
 
+use std::path::Path;
 use std::time::Duration;
 
+use tidemq_broker::durable::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_broker::{Broker, Config};
+use tidemq_proto::mqtt::{Packet, PubResponse};
+use tidemq_storage_engine::SyncPolicy;
 
 use super::*;
 
@@ -56,6 +61,7 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
         duration_secs: 20,
         expect: 0,
         idle_secs: 1,
+        persistent: false,
     };
     let subscribers = tokio::spawn(async move { subscribe::subscribe(&sub_args).await });
     // The subscribers announce readiness only on stderr; connecting and
@@ -88,5 +94,208 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
     assert_eq!(received.latency_samples, received.success);
     assert_eq!((received.failed, received.timeout), (0, 0));
     broker.shutdown().await;
+    Ok(())
+}
+
+/// What a broker found in its storage engine when it started.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    /// Persistent sessions.
+    sessions: usize,
+    /// Messages queued for each of them, sorted.
+    queued: Vec<usize>,
+}
+
+/// A broker on an ephemeral port keeping persistent sessions and their
+/// messages in a storage engine under `dir` (synced on every append, as
+/// the `tidemq` binary does by default), and what it recovered from there.
+async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
+    let registry = prometheus::Registry::new();
+    let durable = DurableConfig {
+        dir: dir.to_path_buf(),
+        partitions: 2,
+        io_threads: 1,
+        pin_cores: false,
+        sync: SyncPolicy::Always,
+        segment_bytes: 1 << 20,
+    };
+    let (store, recovered) = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
+    let mut queued: Vec<usize> = recovered.sessions.iter().map(|s| s.queue.len()).collect();
+    queued.sort_unstable();
+    let stored = Stored {
+        sessions: recovered.sessions.len(),
+        queued,
+    };
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    let broker = Broker::start_with_store(config, &registry, Some((store, recovered))).await?;
+    Ok((broker, stored))
+}
+
+/// Resumes the persistent session `client_id`, acknowledges every message
+/// it is sent until none comes for 500 ms, and returns whether the broker
+/// had the session and the topics of the messages.
+async fn drain(
+    port: u16,
+    client_id: &str,
+    mqtt_version: u8,
+) -> anyhow::Result<(bool, Vec<String>)> {
+    let common = common(port, 1, mqtt_version);
+    let mut client = client::Client::connect(
+        &common.addr(),
+        client_id.into(),
+        common.protocol(),
+        KEEP_ALIVE_SECS,
+        SessionKind::Persistent,
+    )
+    .await?;
+    let present = client.session_present();
+    let mut topics = Vec::new();
+    while let Ok(packet) =
+        tokio::time::timeout(Duration::from_millis(500), client.read_packet()).await
+    {
+        if let Packet::Publish(publish) = packet? {
+            if let Some(id) = publish.packet_id {
+                client.send(&Packet::PubAck(PubResponse::success(id)))?;
+                client.flush().await?;
+            }
+            topics.push(publish.topic);
+        }
+    }
+    client.disconnect().await;
+    Ok((present, topics))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_subscribers_leave_stored_sessions_behind() -> anyhow::Result<()> {
+    for version in [4, 5] {
+        let dir = tempfile::tempdir()?;
+        let (broker, stored) = durable_broker(dir.path()).await?;
+        assert_eq!(stored.sessions, 0);
+        let port = broker.local_addr().port();
+        let mut sub_args = SubArgs {
+            common: common(port, 2, version),
+            topic: "p/%i".into(),
+            qos: 1,
+            duration_secs: 20,
+            expect: 0,
+            idle_secs: 1,
+            persistent: true,
+        };
+        sub_args.common.client_prefix = Some(format!("persistent-v{version}"));
+        let mut clean_args = sub_args.clone();
+        clean_args.persistent = false;
+        clean_args.topic = "c/%i".into();
+        clean_args.common.client_prefix = Some(format!("clean-v{version}"));
+        let subscribers = tokio::spawn(async move {
+            let (persistent, clean) = tokio::join!(
+                subscribe::subscribe(&sub_args),
+                subscribe::subscribe(&clean_args)
+            );
+            anyhow::Ok((persistent?, clean?))
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Each publisher load on its own client ids, or they take each
+        // other's connections over.
+        let pub_args = |name: &str| PubArgs {
+            common: CommonArgs {
+                client_prefix: Some(format!("{name}-v{version}")),
+                ..common(port, 2, version)
+            },
+            topic: format!("{name}/%i"),
+            qos: 1,
+            payload_size: 16,
+            duration_secs: 1,
+            rate_per_client: 100,
+            inflight: 4,
+        };
+        let (to_persistent, to_clean) = (pub_args("p"), pub_args("c"));
+        let (online, clean_online) = tokio::join!(
+            publish::publish(&to_persistent),
+            publish::publish(&to_clean)
+        );
+        let (online, clean_online) = (online?, clean_online?);
+        assert!(online.success > 0 && clean_online.success > 0);
+        let (received, clean_received) = subscribers.await??;
+        assert_eq!(received.success, online.success, "v{version}");
+        assert_eq!(clean_received.success, clean_online.success, "v{version}");
+
+        // The subscribers are gone: only the persistent ones' sessions
+        // store what is published now.
+        let (offline, clean_offline) = tokio::join!(
+            publish::publish(&to_persistent),
+            publish::publish(&to_clean)
+        );
+        let (offline, clean_offline) = (offline?, clean_offline?);
+        assert_eq!((offline.failed, offline.timeout), (0, 0), "v{version}");
+        assert!(offline.success > 0 && clean_offline.success > 0);
+        broker.shutdown().await;
+
+        let (broker, stored) = durable_broker(dir.path()).await?;
+        assert_eq!(stored.sessions, 2, "v{version}: {stored:?}");
+        assert_eq!(
+            stored.queued.iter().sum::<usize>() as u64,
+            offline.success,
+            "v{version}: {stored:?}"
+        );
+        let port = broker.local_addr().port();
+        let (present, topics) = drain(port, &format!("persistent-v{version}-s-1"), version).await?;
+        assert!(present, "v{version}");
+        assert!(
+            !topics.is_empty() && topics.iter().all(|t| t == "p/1"),
+            "{topics:?}"
+        );
+        let (present, topics) = drain(port, &format!("clean-v{version}-s-1"), version).await?;
+        assert_eq!((present, topics.len()), (false, 0), "v{version}");
+        broker.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_sessions_store_every_message() -> anyhow::Result<()> {
+    for version in [4, 5] {
+        let dir = tempfile::tempdir()?;
+        let (broker, _) = durable_broker(dir.path()).await?;
+        let args = OfflineArgs {
+            common: common(broker.local_addr().port(), 20, version),
+            messages: 5,
+            payload_size: 16,
+            // 20 topics over 3 publishers: 7, 7 and 6 each.
+            publishers: 3,
+            inflight: 4,
+            topic_prefix: Some(format!("o{version}")),
+        };
+        let report = offline::offline(&args).await?;
+        let sessions = &report.sessions;
+        assert_eq!(
+            (sessions.success, sessions.failed, sessions.timeout),
+            (20, 0, 0),
+            "v{version}"
+        );
+        let messages = &report.messages;
+        assert_eq!(
+            (messages.success, messages.failed, messages.timeout),
+            (100, 0, 0),
+            "v{version}"
+        );
+        assert_eq!(messages.latency_samples, 100);
+        broker.shutdown().await;
+
+        let (broker, stored) = durable_broker(dir.path()).await?;
+        assert_eq!(
+            stored,
+            Stored {
+                sessions: 20,
+                queued: vec![5; 20]
+            },
+            "v{version}"
+        );
+        let port = broker.local_addr().port();
+        let (present, topics) = drain(port, &args.common.client_id('o', 7), version).await?;
+        assert!(present, "v{version}");
+        assert_eq!(topics, vec![format!("o{version}/7"); 5], "v{version}");
+        broker.shutdown().await;
+    }
     Ok(())
 }
