@@ -400,9 +400,9 @@ pub struct StorageConfig {
     pub io_threads: usize,
     /// Pin the I/O threads to cores.
     pub pin_cores: bool,
-    /// `always` (fsync before PUBACK, group-committed), `never`, or a sync
-    /// interval in milliseconds (`"100"`: a crash loses up to 100 ms).
-    pub sync: String,
+    /// `"always"` (fsync before PUBACK, group-committed), `"never"`, or a
+    /// sync interval in milliseconds (`100`: a crash loses up to 100 ms).
+    pub sync: SyncSetting,
     /// Segment file size in bytes; space is given back a segment at a time.
     /// A message with its list of persistent recipients must fit in one.
     pub segment_bytes: u64,
@@ -417,7 +417,7 @@ impl Default for StorageConfig {
             partitions: 8,
             io_threads: 1,
             pin_cores: false,
-            sync: "always".into(),
+            sync: SyncSetting::Named("always".into()),
             segment_bytes: 64 * 1024 * 1024,
             trim_interval_ms: 5_000,
         }
@@ -428,22 +428,30 @@ impl StorageConfig {
     /// The sync policy `sync` names.
     pub fn sync_policy(&self) -> Result<tidemq_storage_engine::SyncPolicy, ConfigError> {
         use tidemq_storage_engine::SyncPolicy;
-        match self.sync.as_str() {
-            "always" => Ok(SyncPolicy::Always),
-            "never" => Ok(SyncPolicy::Never),
-            ms => ms
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(|ms| SyncPolicy::Interval(Duration::from_millis(ms)))
-                .ok_or_else(|| ConfigError::Invalid {
-                    origin: None,
-                    message: format!(
-                        "storage.sync must be \"always\", \"never\" or milliseconds, not {ms:?}"
-                    ),
-                }),
+        match &self.sync {
+            SyncSetting::Named(name) if name == "always" => Ok(SyncPolicy::Always),
+            SyncSetting::Named(name) if name == "never" => Ok(SyncPolicy::Never),
+            SyncSetting::Millis(ms) if *ms > 0 => {
+                Ok(SyncPolicy::Interval(Duration::from_millis(*ms)))
+            }
+            other => Err(ConfigError::Invalid {
+                origin: None,
+                message: format!(
+                    "storage.sync must be \"always\", \"never\" or milliseconds above 0, not {other:?}"
+                ),
+            }),
         }
     }
+}
+
+/// `storage.sync`: a policy name or a sync interval in milliseconds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SyncSetting {
+    /// `"always"` or `"never"`.
+    Named(String),
+    /// Milliseconds between syncs.
+    Millis(u64),
 }
 
 impl Config {
@@ -658,6 +666,28 @@ mod tests {
         );
         let err = Config::load(None, env(&[("TIDEMQ_MQTT__MAX_PACKET_SIZE", "big")])).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }));
+    }
+
+    #[test]
+    fn storage_sync_policies() {
+        use tidemq_storage_engine::SyncPolicy;
+        let sync = |value: &str| {
+            Config::load(None, env(&[("TIDEMQ_STORAGE__SYNC", value)]))
+                .map(|c| c.storage.sync_policy())
+        };
+        assert!(matches!(sync("always"), Ok(Ok(SyncPolicy::Always))));
+        assert!(matches!(sync("never"), Ok(Ok(SyncPolicy::Never))));
+        assert!(
+            matches!(sync("100"), Ok(Ok(SyncPolicy::Interval(d))) if d == Duration::from_millis(100))
+        );
+        for bad in ["sometimes", "0", "-5", "\"100\""] {
+            assert!(
+                matches!(sync(bad), Err(ConfigError::Invalid { .. })),
+                "{bad} is refused"
+            );
+        }
+        let err = Config::load(None, env(&[("TIDEMQ_STORAGE__PARTITIONS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("storage.partitions"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Delivery {
     /// Where the message is stored for this (persistent) session; `None`
     /// for a delivery that lives only in memory.
     pub stored: Option<DiskRef>,
+    /// Send with DUP set: it may have been sent before a restart.
+    pub dup: bool,
 }
 
 impl Delivery {

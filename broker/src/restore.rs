@@ -80,7 +80,7 @@ pub(crate) async fn restore(
                 }
             }
             for (at, released) in recovered.queue {
-                if !released && state.queue.push(Queued::Stored(at)).is_ok() {
+                if !released && state.queue.push(Queued::Recovered(at)).is_ok() {
                     backlog += 1;
                 }
             }

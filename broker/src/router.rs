@@ -240,6 +240,7 @@ impl Router {
                     retain: message.retain && target.retain_as_published,
                     subscription_ids: target.ids,
                     stored: None,
+                    dup: false,
                 };
                 Some((session, delivery))
             })

@@ -55,6 +55,9 @@ pub enum Queued {
     Ready(Delivery),
     /// On disk; must be loaded before it is sent.
     Stored(DiskRef),
+    /// On disk since before a restart: it may have been sent then, so it
+    /// goes out with DUP set.
+    Recovered(DiskRef),
 }
 
 /// Deliveries waiting to be sent to a client, bounded by count and bytes.
@@ -112,14 +115,14 @@ impl MemoryQueue {
 fn entry_bytes(entry: &Queued) -> usize {
     match entry {
         Queued::Ready(delivery) => delivery.message.size(),
-        Queued::Stored(_) => 0,
+        Queued::Stored(_) | Queued::Recovered(_) => 0,
     }
 }
 
 fn stored_ref(entry: &Queued) -> Option<DiskRef> {
     match entry {
         Queued::Ready(delivery) => delivery.stored,
-        Queued::Stored(at) => Some(*at),
+        Queued::Stored(at) | Queued::Recovered(at) => Some(*at),
     }
 }
 
@@ -161,7 +164,7 @@ impl MessageQueue for MemoryQueue {
         self.items
             .iter()
             .map_while(|entry| match entry {
-                Queued::Stored(at) => Some(*at),
+                Queued::Stored(at) | Queued::Recovered(at) => Some(*at),
                 Queued::Ready(_) => None,
             })
             .take(max)
@@ -174,14 +177,18 @@ impl MessageQueue for MemoryQueue {
         let items = std::mem::take(&mut self.items);
         for entry in items {
             match entry {
-                Queued::Stored(at) => match loaded.remove(&at) {
-                    Some(Some(delivery)) => {
-                        self.bytes += delivery.message.size();
-                        self.items.push_back(Queued::Ready(delivery));
+                Queued::Stored(at) | Queued::Recovered(at) => {
+                    let recovered = matches!(entry, Queued::Recovered(_));
+                    match loaded.remove(&at) {
+                        Some(Some(mut delivery)) => {
+                            delivery.dup = recovered;
+                            self.bytes += delivery.message.size();
+                            self.items.push_back(Queued::Ready(delivery));
+                        }
+                        Some(None) => {}
+                        None => self.items.push_back(entry),
                     }
-                    Some(None) => {}
-                    None => self.items.push_back(Queued::Stored(at)),
-                },
+                }
                 ready => self.items.push_back(ready),
             }
         }
@@ -189,13 +196,16 @@ impl MessageQueue for MemoryQueue {
 
     fn park(&mut self) {
         for entry in &mut self.items {
-            if let Queued::Ready(Delivery {
-                stored: Some(at), ..
-            }) = entry
+            if let Queued::Ready(delivery) = entry
+                && let Some(at) = delivery.stored
             {
-                let at = *at;
-                self.bytes -= entry_bytes(entry);
-                *entry = Queued::Stored(at);
+                let parked = if delivery.dup {
+                    Queued::Recovered(at)
+                } else {
+                    Queued::Stored(at)
+                };
+                self.bytes -= delivery.message.size();
+                *entry = parked;
             }
         }
     }
@@ -409,7 +419,7 @@ impl SessionState {
         let mut out = Vec::new();
         while self.inflight.len() < window {
             let (packet_id, stored) = match self.queue.front() {
-                None | Some(Queued::Stored(_)) => break,
+                None | Some(Queued::Stored(_) | Queued::Recovered(_)) => break,
                 Some(Queued::Ready(delivery)) => match delivery.stored {
                     Some(at) => {
                         // Stored messages keep the packet id their place
@@ -441,7 +451,7 @@ impl SessionState {
                 Some(id) => id,
                 None => self.allocate_packet_id(),
             };
-            out.push(delivery.to_publish(Some(packet_id), false, now));
+            out.push(delivery.to_publish(Some(packet_id), delivery.dup, now));
             let state = match delivery.qos {
                 QoS::ExactlyOnce => InflightState::AwaitPubRec,
                 _ => InflightState::AwaitPubAck,
@@ -457,7 +467,10 @@ impl SessionState {
 
     /// Whether the front of the queue must be read from the store first.
     pub fn needs_load(&self) -> bool {
-        matches!(self.queue.front(), Some(Queued::Stored(_)))
+        matches!(
+            self.queue.front(),
+            Some(Queued::Stored(_) | Queued::Recovered(_))
+        )
     }
 
     /// The next packet id not in flight.

@@ -431,3 +431,68 @@ async fn a_corrupt_tail_is_cut_off_and_reported() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_flow_cut_by_a_crash_resumes_where_it_stood() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start(dir.path(), &[])?;
+    let (mut sub, _) = persistent(node.mqtt, "midway").await;
+    sub.subscribe(1, "m/#", QoS::ExactlyOnce).await;
+
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "source").await;
+    for seq in 0u32..5 {
+        publisher
+            .publish("m/x", &seq.to_be_bytes(), QoS::ExactlyOnce, false, 1)
+            .await;
+    }
+    // The subscriber answers PUBREC for the first three only, and sees
+    // their PUBREL; then the node dies.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => ids.push(p.packet_id.context("QoS 2")?),
+            other => bail!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    for id in &ids[..3] {
+        sub.send(&Packet::PubRec(PubResponse::success(*id))).await;
+    }
+    for _ in 0..3 {
+        match sub.recv().await {
+            Some(Packet::PubRel(rel)) => ensure!(ids[..3].contains(&rel.packet_id)),
+            other => bail!("expected PUBREL, got {other:?}"),
+        }
+    }
+    node.sigkill()?;
+    drop(sub);
+
+    node.restart()?;
+    let (mut sub, present) = persistent(node.mqtt, "midway").await;
+    ensure!(present);
+    // PUBREL again for the three released, the other two resent as
+    // duplicates with the packet ids the client already holds.
+    let mut released = BTreeSet::new();
+    let mut resent = BTreeSet::new();
+    for _ in 0..5 {
+        match sub.recv().await {
+            Some(Packet::PubRel(rel)) => {
+                released.insert(rel.packet_id);
+            }
+            Some(Packet::Publish(p)) => {
+                ensure!(p.dup, "a resend carries DUP");
+                resent.insert(p.packet_id.context("QoS 2")?);
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(
+        released == ids[..3].iter().copied().collect(),
+        "released {released:?}, ids {ids:?}"
+    );
+    ensure!(
+        resent == ids[3..].iter().copied().collect(),
+        "resent {resent:?}, ids {ids:?}"
+    );
+    sub.expect_silence().await;
+    Ok(())
+}

@@ -277,6 +277,7 @@ impl Connection {
                         retain: true,
                         subscription_ids: entry.id.into_iter().collect(),
                         stored: None,
+                        dup: false,
                     });
                 }
             }

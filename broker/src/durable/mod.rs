@@ -560,7 +560,7 @@ impl DurableStore {
                             {
                                 inbound.entry(o.key).or_default().insert(o.packet_id);
                             }
-                            for (key, epoch) in header.recipients {
+                            for Recipient { key, epoch, .. } in header.recipients {
                                 if epoch_of(&key) == Some(epoch) {
                                     queues.entry(key).or_default().insert(
                                         at,
@@ -702,6 +702,7 @@ fn delivery_for(record: Record, key: &str, at: DiskRef, now: Instant) -> Option<
         retain: recipient.retain,
         subscription_ids: recipient.subscription_ids,
         stored: Some(at),
+        dup: false,
     })
 }
 

@@ -231,31 +231,8 @@ impl Record {
         let record = match r.u8()? {
             PUBLISH => {
                 let expires_at_ms = nonzero(r.u64()?);
-                let origin = match r.u8()? {
-                    0 => None,
-                    _ => Some(Origin {
-                        key: r.string()?,
-                        epoch: r.u64()?,
-                        packet_id: r.u16()?,
-                    }),
-                };
-                let count = r.u32()?;
-                let mut recipients = Vec::with_capacity(count.min(1024) as usize);
-                for _ in 0..count {
-                    let key = r.string()?;
-                    let epoch = r.u64()?;
-                    let qos = QoS::from_u8(r.u8()?).ok_or(corrupt("qos"))?;
-                    let retain = r.u8()? != 0;
-                    let ids = r.u32()?;
-                    let subscription_ids = (0..ids).map(|_| r.u32()).collect::<Result<_, _>>()?;
-                    recipients.push(Recipient {
-                        key,
-                        epoch,
-                        qos,
-                        retain,
-                        subscription_ids,
-                    });
-                }
+                let origin = r.origin()?;
+                let recipients = r.recipients()?;
                 Record::Publish {
                     publish: r.publish()?,
                     expires_at_ms,
@@ -316,34 +293,19 @@ impl Record {
         Ok(record)
     }
 
-    /// Only the tag and the recipients' keys and epochs of a PUBLISH record,
-    /// without decoding the message: what recovery needs to rebuild queues.
+    /// The origin and recipients of a PUBLISH record, without decoding the
+    /// message: what recovery needs to rebuild queues. `None` for another
+    /// kind of record.
     pub fn peek_publish(bytes: &Bytes) -> Result<Option<PublishHeader>, DurableError> {
         let mut r = Reader(bytes.clone());
         if r.u8()? != PUBLISH {
             return Ok(None);
         }
         let _expires = r.u64()?;
-        let origin = match r.u8()? {
-            0 => None,
-            _ => Some(Origin {
-                key: r.string()?,
-                epoch: r.u64()?,
-                packet_id: r.u16()?,
-            }),
-        };
-        let count = r.u32()?;
-        let mut recipients = Vec::with_capacity(count.min(1024) as usize);
-        for _ in 0..count {
-            let key = r.string()?;
-            let epoch = r.u64()?;
-            let _qos = r.u8()?;
-            let _retain = r.u8()?;
-            let ids = r.u32()?;
-            r.skip(ids as usize * 4)?;
-            recipients.push((key, epoch));
-        }
-        Ok(Some(PublishHeader { origin, recipients }))
+        Ok(Some(PublishHeader {
+            origin: r.origin()?,
+            recipients: r.recipients()?,
+        }))
     }
 }
 
@@ -352,8 +314,8 @@ impl Record {
 pub struct PublishHeader {
     /// The inbound QoS 2 flow, if any.
     pub origin: Option<Origin>,
-    /// `(session key, epoch)` of every recipient.
-    pub recipients: Vec<(String, u64)>,
+    /// Every recipient.
+    pub recipients: Vec<Recipient>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -473,17 +435,43 @@ impl Reader {
         Ok(self.0.get_u64())
     }
 
-    fn skip(&mut self, n: usize) -> Result<(), DurableError> {
-        self.need(n)?;
-        self.0.advance(n);
-        Ok(())
-    }
-
     fn string(&mut self) -> Result<String, DurableError> {
         let len = usize::from(self.u16()?);
         self.need(len)?;
         let bytes = self.0.split_to(len);
         String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
+    }
+
+    fn origin(&mut self) -> Result<Option<Origin>, DurableError> {
+        Ok(match self.u8()? {
+            0 => None,
+            _ => Some(Origin {
+                key: self.string()?,
+                epoch: self.u64()?,
+                packet_id: self.u16()?,
+            }),
+        })
+    }
+
+    fn recipients(&mut self) -> Result<Vec<Recipient>, DurableError> {
+        let count = self.u32()?;
+        let mut recipients = Vec::with_capacity(count.min(1024) as usize);
+        for _ in 0..count {
+            let key = self.string()?;
+            let epoch = self.u64()?;
+            let qos = QoS::from_u8(self.u8()?).ok_or(corrupt("qos"))?;
+            let retain = self.u8()? != 0;
+            let ids = self.u32()?;
+            let subscription_ids = (0..ids).map(|_| self.u32()).collect::<Result<_, _>>()?;
+            recipients.push(Recipient {
+                key,
+                epoch,
+                qos,
+                retain,
+                subscription_ids,
+            });
+        }
+        Ok(recipients)
     }
 
     fn publish(&mut self) -> Result<Publish, DurableError> {
@@ -595,11 +583,7 @@ mod tests {
                     .expect("peek")
                     .expect("publish");
                 assert_eq!(header.origin.as_ref(), origin.as_ref());
-                let keys: Vec<_> = recipients
-                    .iter()
-                    .map(|r| (r.key.clone(), r.epoch))
-                    .collect();
-                assert_eq!(header.recipients, keys);
+                assert_eq!(&header.recipients, recipients);
             }
         }
     }
