@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`args`] | the flags |
 //! | [`create_session`] | `create-session`: closed-loop workers creating sessions |
+//! | [`failover`] | `failover`: time without a leader after a 3-process cluster's leader is killed |
 //! | [`stats`] | sessions and errors by kind on top of the shared [`Recorder`](crate::recorder::Recorder) |
 //!
 //! ```text
@@ -32,12 +33,14 @@
 
 pub mod args;
 pub mod create_session;
+pub mod failover;
 pub mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use self::args::CreateSessionArgs;
+pub use self::failover::{FailoverArgs, FailoverReport};
 pub use self::stats::{CreateSessionReport, Tick};
 use crate::storage::Output;
 
@@ -46,6 +49,9 @@ use crate::storage::Output;
 pub enum MetaCommand {
     /// Create sessions as fast as `--concurrency` closed-loop workers can.
     CreateSession(CreateSessionArgs),
+    /// Kill the leader of a 3-process `tidemq-meta` cluster, round after
+    /// round, and time how long it is without a leader.
+    Failover(FailoverArgs),
 }
 
 /// Runs one load and prints its final report.
@@ -77,6 +83,23 @@ pub async fn run(command: &MetaCommand) -> anyhow::Result<()> {
                         "clients": args.clients,
                         "timeout_ms": args.timeout_ms,
                         "payload_size": args.payload_size,
+                    });
+                    println!("{}", serde_json::json!({ "load": load, "report": report }));
+                }
+            }
+        }
+        MetaCommand::Failover(args) => {
+            let report = failover::failover(args).await?;
+            match args.output {
+                Output::Table => println!("{report}"),
+                Output::Json => {
+                    let load = serde_json::json!({
+                        "load": "meta failover",
+                        "rounds": args.rounds,
+                        "data_groups": args.data_groups,
+                        "heartbeat_ms": args.heartbeat_ms,
+                        "election_timeout_ms": args.election_timeout_ms,
+                        "writers": args.writers,
                     });
                     println!("{}", serde_json::json!({ "load": load, "report": report }));
                 }

@@ -159,3 +159,36 @@ async fn errors_are_named_by_grpc_code() -> anyhow::Result<()> {
     assert_eq!(stats::error_kind(&invalid), "InvalidArgument");
     Ok(())
 }
+
+/// The `tidemq-meta` binary cargo built next to this test's directory.
+fn meta_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/{profile}/deps/this-test -> target/{profile}/tidemq-meta
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("tidemq-meta"))
+        .expect("target directory")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_measures_each_round_with_writers_running() -> anyhow::Result<()> {
+    let args = FailoverArgs {
+        bin: Some(meta_binary()),
+        rounds: 2,
+        data_groups: 1,
+        heartbeat_ms: 50,
+        election_timeout_ms: "300-600".into(),
+        writers: 2,
+        output: Output::Table,
+    };
+    let report = failover::failover(&args).await?;
+    println!("{report}");
+    assert_eq!(report.rounds_ms.len(), 2);
+    assert!(report.min_ms > 0.0 && report.min_ms <= report.median_ms);
+    assert!(report.median_ms <= report.max_ms);
+    // A follower waits at least the election timeout's lower bound (300 ms)
+    // before it stands; a cluster that never recovers fails the run instead.
+    assert!(report.min_ms >= 150.0, "{report}");
+    assert!(report.writes > 0, "the writers made progress: {report}");
+    Ok(())
+}
