@@ -21,6 +21,9 @@
 #   OFFLINE_PUBLISHERS [10], OFFLINE_INFLIGHT [100], CONCURRENCY [100],
 #   PAIRS [100], INFLIGHT [10], SECS [10], ROUNDS [2], RESTARTS [3].
 #   A quick run: SESSIONS=1000 SECS=2 ROUNDS=1 RESTARTS=1 benches/durable-bench.sh
+#   ROUNDS=0 skips a, SESSIONS=0 skips b and c.
+# NODE_ENV: more VAR=VALUE words for every node's environment, after the
+#   script's own (NODE_ENV=TIDEMQ_STORAGE__SYNC=never overrides the sync).
 # BIN_DIR: use binaries already built (tidemq, tidemq-bench) instead of
 #   building them. KEEP=1: keep the work directory (logs, reports, /metrics).
 set -euo pipefail
@@ -126,7 +129,7 @@ start_node() {
     node_timing="$(python3 "$work/spawn.py" "$work/$name.log" "$work/$name.pid" "$port" \
         env RUST_LOG=info TIDEMQ_LISTENER__BIND="127.0.0.1:$port" \
         TIDEMQ_META__GRPC_ADDR=127.0.0.1:0 TIDEMQ_HTTP__BIND=127.0.0.1:0 \
-        TIDEMQ_STORAGE__SYNC=always "$@" "$bin/tidemq" --data-dir "$dir")"
+        TIDEMQ_STORAGE__SYNC=always "$@" ${NODE_ENV:-} "$bin/tidemq" --data-dir "$dir")"
     node_pid="$(jq -r .pid <<<"$node_timing")"
     pids+=("$node_pid")
     node_http="$(jq -r .line <<<"$node_timing" | sed -n 's/.* http=\([^ ]*\).*/\1/p')"
@@ -140,6 +143,9 @@ stop_node() { # PID: SIGKILL, no shutdown at all; waits until it is dead
         sleep 0.01
     done
 }
+
+# CPU seconds (user + system) a process has used.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 hwm_mib() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -192,7 +198,7 @@ EOF
 echo "binaries: $bin; files: $work" >&2
 echo "sizes: SESSIONS=$SESSIONS MESSAGES=$MESSAGES OFFLINE_PUBLISHERS=$OFFLINE_PUBLISHERS" \
     "OFFLINE_INFLIGHT=$OFFLINE_INFLIGHT CONCURRENCY=$CONCURRENCY PAIRS=$PAIRS INFLIGHT=$INFLIGHT" \
-    "SECS=$SECS ROUNDS=$ROUNDS RESTARTS=$RESTARTS"
+    "SECS=$SECS ROUNDS=$ROUNDS RESTARTS=$RESTARTS${NODE_ENV:+ NODE_ENV=$NODE_ENV}"
 
 # --- a. persistent vs clean subscribers ----------------------------------
 run_pairs() { # NAME MODE
@@ -212,58 +218,66 @@ run_pairs() { # NAME MODE
         sleep 0.1
     done
     metrics "$work/$name.before"
+    local cpu_before
+    cpu_before="$(cpu_secs "$node_pid")"
     bench pub --port "$port" --client-prefix "$name-p" --count "$PAIRS" --topic 'bench/%i' \
         --qos 1 --inflight "$INFLIGHT" --duration-secs "$SECS" \
         >"$work/$name.pub.json" 2>"$work/$name.pub.err"
+    local cpu_after
+    cpu_after="$(cpu_secs "$node_pid")"
     wait "$sub_pid"
     metrics "$work/$name.metrics"
     stop_node "$node_pid"
     local pub="$work/$name.pub.json" sub="$work/$name.sub.json"
-    printf '| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %s | %s |\n' "$name" "$mode" \
+    printf '| %s | %s | %.0f | %s | %s | %.0f | %s | %s | %s | %s | %s |\n' "$name" "$mode" \
         "$(field "$pub" report avg_ops_per_sec)" "$(field "$pub" report p50_us)" \
         "$(field "$pub" report p99_us)" "$(field "$sub" report avg_ops_per_sec)" \
         "$(field "$sub" report p50_us)" "$(field "$sub" report p99_us)" \
         "$(awk -v r="$(field "$sub" report success)" -v s="$(field "$pub" report success)" \
             'BEGIN { if (s > 0) printf "%.2f %%", 100 * r / s }')" \
+        "$(awk -v b="$cpu_before" -v a="$cpu_after" -v s="$(field "$pub" report success)" \
+            'BEGIN { if (s > 0) printf "%.2f s, %.1f µs/msg", a - b, 1e6 * (a - b) / s }')" \
         "$(python3 "$work/storage.py" "$work/$name.before" "$work/$name.metrics" "$SECS")"
 }
 
-echo
-echo "## a. QoS 1, $PAIRS publishers × $INFLIGHT in flight → $PAIRS subscribers, ${SECS}s, sync=always"
-echo
-echo "| run | subscribers | acked msgs/s | PUBACK p50 µs | PUBACK p99 µs | received msgs/s | e2e p50 µs | e2e p99 µs | delivered | fsyncs/s | fsync mean ms | store write mean ms | requests per commit | stored | dropped |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-for round in $(seq 1 "$ROUNDS"); do
-    for mode in persistent clean; do
-        run_pairs "a$round-$mode" "$mode"
-    done
-done | tee "$work/a.md"
-# Means over the rounds and persistent / clean.
-awk -F'|' '
-    { mode = $3; gsub(/ /, "", mode); n[mode]++
-      for (i = 4; i <= 9; i++) s[mode, i] += $i }
-    END {
-        split("acked msgs/s|PUBACK p50 µs|PUBACK p99 µs|received msgs/s|e2e p50 µs|e2e p99 µs", label, "|")
-        print ""; print "| mean of the rounds | persistent | clean | persistent / clean |"; print "|---|---|---|---|"
-        for (i = 4; i <= 9; i++) {
-            p = s["persistent", i] / n["persistent"]; c = s["clean", i] / n["clean"]
-            printf "| %s | %.0f | %.0f | %.2f |\n", label[i - 3], p, c, (c > 0 ? p / c : 0)
-        }
-    }' "$work/a.md"
+if [ "$ROUNDS" -gt 0 ]; then
+    echo
+    settings="sync=always"
+    [ -z "${NODE_ENV:-}" ] || settings="node environment TIDEMQ_STORAGE__SYNC=always $NODE_ENV (the last word for a variable wins)"
+    echo "## a. QoS 1, $PAIRS publishers × $INFLIGHT in flight → $PAIRS subscribers, ${SECS}s, $settings"
+    echo
+    echo "| run | subscribers | acked msgs/s | PUBACK p50 µs | PUBACK p99 µs | received msgs/s | e2e p50 µs | e2e p99 µs | delivered | node CPU while publishing | fsyncs/s | fsync mean ms | store write mean ms | requests per commit | stored | dropped |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    for round in $(seq 1 "$ROUNDS"); do
+        for mode in persistent clean; do
+            run_pairs "a$round-$mode" "$mode"
+        done
+    done | tee "$work/a.md"
+    # Means over the rounds and persistent / clean.
+    awk -F'|' '
+        { mode = $3; gsub(/ /, "", mode); n[mode]++
+          for (i = 4; i <= 9; i++) s[mode, i] += $i }
+        END {
+            split("acked msgs/s|PUBACK p50 µs|PUBACK p99 µs|received msgs/s|e2e p50 µs|e2e p99 µs", label, "|")
+            print ""; print "| mean of the rounds | persistent | clean | persistent / clean |"; print "|---|---|---|---|"
+            for (i = 4; i <= 9; i++) {
+                p = s["persistent", i] / n["persistent"]; c = s["clean", i] / n["clean"]
+                printf "| %s | %.0f | %.0f | %.2f |\n", label[i - 3], p, c, (c > 0 ? p / c : 0)
+            }
+        }' "$work/a.md"
+fi
 
 # --- b. and c. offline sessions: memory and restart time -----------------
+[ "$SESSIONS" -gt 0 ] || exit 0
+
+# One row of the restart table, from the spawn helper's figures.
 timing_row() { # LABEL
     printf '| %s | %.3f | %.3f | %.3f |\n' "$1" "$(jq .ready_s <<<"$node_timing")" \
-        "$(jq .tcp_s <<<"$node_timing")" "$(jq .connack_s <<<"$node_timing")"
+        "$(jq .tcp_s <<<"$node_timing")" "$(jq .connack_s <<<"$node_timing")" >>"$work/c.md"
 }
 
 dir="$work/offline"
 port="$(free_port)"
-echo
-echo "## c. restart times (SIGKILL, then spawn → ready line / TCP connect / CONNACK), seconds"
-echo
-echo "| node | ready line | TCP connect | CONNACK |"
-echo "|---|---|---|---|"
 start_node offline "$dir" "$port"
 timing_row "empty, first start (creates the data directory)"
 for i in $(seq 1 "$RESTARTS"); do
@@ -291,9 +305,30 @@ for i in $(seq 1 "$RESTARTS"); do
     sleep 1
     rss_restart+=("$(rss_mib "$node_pid")")
 done
-recovered="$(grep 'message store recovered' "$work/offline.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
-restored="$(grep 'persistent sessions restored' "$work/offline.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
 stop_node "$node_pid"
+# What each start of the node replayed and how long that and the restore
+# into memory took, from the timestamps of its own log lines ("persistent
+# sessions restored" repeats the replay's took_ms).
+starts() {
+    python3 - "$work/offline.log" <<'EOF'
+import re, sys
+from datetime import datetime
+
+rows, replayed = [], None
+for line in open(sys.argv[1], errors="replace"):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    ts = line.split(" ", 1)[0]
+    if "message store recovered" in line:
+        fields = dict(re.findall(r"(\w+)=(\d+)", line))
+        replayed = (datetime.fromisoformat(ts.rstrip("Z")), fields)
+    elif "persistent sessions restored" in line and replayed:
+        at, f = replayed
+        restore = (datetime.fromisoformat(ts.rstrip("Z")) - at).total_seconds() * 1000
+        rows.append(f"{f['sessions']} sessions, {f['queued']} queued, {f['records']} records: "
+                    f"replay {f['took_ms']} ms + restore {restore:.0f} ms")
+print("; ".join(rows))
+EOF
+}
 
 o="$work/offline.json"
 echo
@@ -312,10 +347,17 @@ printf '| phase 2: messages acknowledged | %s of %s in %.1f s (%.0f/s), failed %
 echo "| VmRSS before the load | $rss_before MiB |"
 echo "| VmRSS after the load (peak VmHWM) | $rss_after MiB ($hwm_after MiB) |"
 echo "| VmRSS after each restart | ${rss_restart[*]} MiB |"
-echo "| data directory | $disk |"
+echo "| data directory after the load | $disk |"
 offline_secs="$(jq -rs '[.[] | select(.report)] | last | .sessions.seconds + .report.seconds' "$o")"
 echo "| storage during both phases | $(python3 "$work/storage.py" "$work/offline.before" "$work/offline.metrics" "$offline_secs" |
     awk -F' [|] ' '{ printf "%s fsyncs/s, fsync mean %s ms, store write mean %s ms, %s requests per commit, %s stored, %s dropped", $1, $2, $3, $4, $5, $6 }') |"
-echo "| last replay | ${recovered#*INFO } |"
-echo "| last restore | ${restored#*INFO } |"
+echo "| every start of the node (log) | $(starts) |"
+echo "| compactions (log) | $(sed 's/\x1b\[[0-9;]*m//g' "$work/offline.log" | grep ' compacted ' |
+    sed 's/.* compacted //' | paste -sd ';' | sed 's/;/; /g') |"
+echo
+echo "## c. restart times (SIGKILL, then spawn → ready line / TCP connect / CONNACK), seconds"
+echo
+echo "| node | ready line | TCP connect | CONNACK |"
+echo "|---|---|---|---|"
+cat "$work/c.md"
 grep -v '^connected \|^phase ' "$work/offline.err" >&2 || true
