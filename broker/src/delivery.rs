@@ -45,7 +45,7 @@ impl Stored {
                 Err(reason) => {
                     outcome.count_failure(&session, reason);
                     if let Some(at) = at {
-                        spawn_ack(&self.store, at, &session.key, epoch, metrics);
+                        self.store.ack(at, &session.key, epoch);
                     }
                 }
             }
@@ -167,25 +167,6 @@ pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>) {
             }
         });
     }
-}
-
-/// Records, without waiting, that a session completed a stored message.
-/// A failure is logged and counted: the message may be delivered again
-/// after a restart, which QoS 1 and 2 allow.
-pub(crate) fn spawn_ack(
-    store: &DurableStore,
-    at: DiskRef,
-    key: &str,
-    epoch: u64,
-    metrics: &BrokerMetrics,
-) {
-    let (store, key, metrics) = (store.clone(), key.to_string(), metrics.clone());
-    tokio::spawn(async move {
-        if let Err(e) = store.ack(at, &key, epoch).await {
-            count_storage_error(&metrics);
-            warn!(session = %key, error = %e, "cannot record a completed message");
-        }
-    });
 }
 
 /// Counts a failed write to the message store.

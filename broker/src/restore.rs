@@ -17,6 +17,7 @@ pub(crate) async fn restore(
     shared: &Arc<Shared>,
     recovered: Recovered,
 ) -> Result<(), DurableError> {
+    let started = std::time::Instant::now();
     let Some(store) = shared.durable.clone() else {
         return Ok(());
     };
@@ -26,6 +27,7 @@ pub(crate) async fn restore(
         shared.router.retain(&Arc::new(message));
     }
     let mut backlog = 0;
+    let mut dropped = 0u64;
     for recovered in recovered.sessions {
         let stored = recovered.session;
         let key: Arc<str> = stored.key.as_str().into();
@@ -80,8 +82,13 @@ pub(crate) async fn restore(
                 }
             }
             for (at, released) in recovered.queue {
-                if !released && state.queue.push(Queued::Recovered(at)).is_ok() {
+                if released {
+                    continue;
+                }
+                if state.queue.push(Queued::Recovered(at)).is_ok() {
                     backlog += 1;
+                } else {
+                    dropped += 1;
                 }
             }
         }
@@ -97,10 +104,20 @@ pub(crate) async fn restore(
         .set(shared.router.subscription_count() as i64);
     metrics.retained.set(shared.router.retained_count() as i64);
     metrics.stored_backlog.set(backlog);
+    if dropped > 0 {
+        metrics
+            .messages_dropped
+            .with_label_values(&["queue_full"])
+            .inc_by(dropped);
+        warn!(
+            dropped,
+            "stored messages beyond session.max_stored_messages were not restored"
+        );
+    }
     info!(
         sessions = shared.sessions.len(),
         backlog,
-        took_ms = recovered.took.as_millis() as u64,
+        took_ms = started.elapsed().as_millis() as u64,
         "persistent sessions restored"
     );
     Ok(())

@@ -51,14 +51,18 @@ impl DropReason {
 /// read back when it reconnects).
 #[derive(Debug, Clone)]
 pub enum Queued {
-    /// In memory, ready to send.
-    Ready(Delivery),
+    /// In memory, ready to send (boxed: an offline backlog is mostly
+    /// `Stored` entries, which stay 24 bytes this way).
+    Ready(Box<Delivery>),
     /// On disk; must be loaded before it is sent.
     Stored(DiskRef),
     /// On disk since before a restart: it may have been sent then, so it
     /// goes out with DUP set.
     Recovered(DiskRef),
 }
+
+// An offline session's backlog costs one of these per message.
+const _: () = assert!(std::mem::size_of::<Queued>() <= 24);
 
 /// Deliveries waiting to be sent to a client, bounded by count and bytes.
 pub trait MessageQueue: Send {
@@ -183,7 +187,7 @@ impl MessageQueue for MemoryQueue {
                         Some(Some(mut delivery)) => {
                             delivery.dup = recovered;
                             self.bytes += delivery.message.size();
-                            self.items.push_back(Queued::Ready(delivery));
+                            self.items.push_back(Queued::Ready(Box::new(delivery)));
                         }
                         Some(None) => {}
                         None => self.items.push_back(entry),
@@ -374,7 +378,7 @@ impl Session {
             {
                 return Err(DropReason::OfflineQoS0);
             }
-            state.queue.push(Queued::Ready(delivery))?;
+            state.queue.push(Queued::Ready(Box::new(delivery)))?;
         }
         self.notify.notify_one();
         Ok(())
@@ -392,7 +396,7 @@ impl Session {
             }
             let entry = match (state.attachment.is_some(), delivery.stored) {
                 (false, Some(at)) => Queued::Stored(at),
-                _ => Queued::Ready(delivery),
+                _ => Queued::Ready(Box::new(delivery)),
             };
             state.queue.push(entry)?;
         }
@@ -436,6 +440,7 @@ impl SessionState {
             let Some(Queued::Ready(delivery)) = self.queue.pop() else {
                 break;
             };
+            let delivery = *delivery;
             if delivery.message.is_expired(now) {
                 on_drop(DropReason::Expired);
                 if stored {

@@ -156,7 +156,7 @@ impl Connection {
     /// after a crash, which QoS 1 and 2 allow.
     pub(super) fn completed(&self, stored: Option<DiskRef>) {
         if let (Some(at), Some((store, epoch))) = (stored, self.durable()) {
-            delivery::spawn_ack(&store, at, &self.session.key, epoch, &self.shared.metrics);
+            store.ack(at, &self.session.key, epoch);
         }
     }
 

@@ -40,11 +40,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::Registry;
+use prometheus::{IntCounter, Registry};
 use tidemq_meta::{MetaClient, MetaError};
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::mqtt::Publish;
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
@@ -169,6 +170,74 @@ struct Inner {
     /// partition; [`DurableStore::trim`] leaves a partition alone while any
     /// is under way.
     appending: Vec<AtomicUsize>,
+    /// Completions waiting to be written by the ack writer.
+    acks: mpsc::UnboundedSender<AckJob>,
+    /// Completions the ack writer failed to write.
+    ack_errors: IntCounter,
+}
+
+/// Work for the ack writer task.
+enum AckJob {
+    /// Record that `key` completed the message at `at`.
+    Ack(DiskRef, String, u64),
+    /// Answer once everything queued before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Most completions written in one round.
+const ACK_BATCH: usize = 4096;
+
+/// Writes completions in batches: everything queued when it wakes, one
+/// append per partition. A completion is not waited for by anyone (at worst
+/// the message is delivered again after a crash, which QoS 1 and 2 allow),
+/// so it need not cost an append, or an fsync, of its own.
+async fn ack_writer(
+    engine: StorageEngine,
+    mut jobs: mpsc::UnboundedReceiver<AckJob>,
+    errors: IntCounter,
+) {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while jobs.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        let mut by_partition: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut flushed = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                AckJob::Ack(at, key, epoch) => {
+                    let record = Record::Ack {
+                        key,
+                        epoch,
+                        offset: at.offset,
+                    };
+                    match record.encode() {
+                        Ok(bytes) => by_partition.entry(at.partition).or_default().push(bytes),
+                        Err(e) => {
+                            errors.inc();
+                            warn!(error = %e, "cannot encode a completion");
+                        }
+                    }
+                }
+                AckJob::Flush(done) => flushed.push(done),
+            }
+        }
+        let writes = by_partition.iter().map(|(partition, records)| {
+            let engine = &engine;
+            async move {
+                (
+                    records.len(),
+                    engine.append(u64::from(*partition), records).await,
+                )
+            }
+        });
+        for (count, result) in futures_util::future::join_all(writes).await {
+            if let Err(e) = result {
+                errors.inc_by(count as u64);
+                warn!(error = %e, records = count, "cannot record completed messages");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Keeps a partition's in-flight append counted until dropped.
@@ -226,12 +295,24 @@ impl DurableStore {
                 engine.create_partition(id).await?;
             }
         }
+        let ack_errors = IntCounter::new(
+            "tidemq_store_ack_errors_total",
+            "Message completions the message store failed to record",
+        )
+        .map_err(|e| DurableError::Encode(e.to_string()))?;
+        registry
+            .register(Box::new(ack_errors.clone()))
+            .map_err(|e| DurableError::Encode(e.to_string()))?;
+        let (acks, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(ack_writer(engine.clone(), jobs, ack_errors.clone()));
         let store = DurableStore {
             inner: Arc::new(Inner {
                 engine,
                 catalog,
                 partitions,
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
+                acks,
+                ack_errors,
             }),
         };
         let mut recovered = store.replay().await?;
@@ -291,14 +372,27 @@ impl DurableStore {
         Ok(result.first_offset)
     }
 
-    /// Records that a session completed a message.
-    pub async fn ack(&self, at: DiskRef, key: &str, epoch: u64) -> Result<(), DurableError> {
-        let record = Record::Ack {
-            key: key.to_string(),
-            epoch,
-            offset: at.offset,
-        };
-        self.append(at.partition, &record).await.map(|_| ())
+    /// Records, without waiting, that a session completed a message: the
+    /// ack writer batches it with the others. A failure is logged and
+    /// counted (`tidemq_store_ack_errors_total`); the message may then be
+    /// delivered again after a restart, which QoS 1 and 2 allow.
+    pub fn ack(&self, at: DiskRef, key: &str, epoch: u64) {
+        if self
+            .inner
+            .acks
+            .send(AckJob::Ack(at, key.to_string(), epoch))
+            .is_err()
+        {
+            self.inner.ack_errors.inc();
+        }
+    }
+
+    /// Waits until every completion recorded so far is written.
+    pub async fn flush_acks(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.inner.acks.send(AckJob::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Records that a session answered PUBREC for a message.
@@ -468,6 +562,7 @@ impl DurableStore {
 
     /// Flushes and closes the storage engine.
     pub async fn close(&self) -> Result<(), DurableError> {
+        self.flush_acks().await;
         self.inner.engine.close().await?;
         Ok(())
     }
@@ -658,10 +753,13 @@ impl DurableStore {
         live: usize,
         rewrite: impl FnOnce() -> Vec<Record>,
     ) -> Result<(), DurableError> {
-        if records < 1024 || records < 2 * live as u64 {
+        // Only sealed segments can be given back: while everything is in
+        // the segment being written, a rewrite would only add to it.
+        let info = self.inner.engine.partition_info(partition)?;
+        if records < 1024 || records < 2 * live as u64 || info.segments < 2 {
             return Ok(());
         }
-        let start = self.inner.engine.partition_info(partition)?.next_offset;
+        let start = info.next_offset;
         let encoded = rewrite()
             .iter()
             .map(Record::encode)
