@@ -414,7 +414,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            partitions: 8,
+            partitions: 1,
             io_threads: 1,
             pin_cores: false,
             sync: SyncSetting::Named("always".into()),

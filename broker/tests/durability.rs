@@ -289,20 +289,29 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
     Ok(())
 }
 
+/// Ids of the message partitions (not the session and retained ones).
+fn message_partitions(data_dir: &Path) -> anyhow::Result<Vec<u64>> {
+    let partitions = data_dir.join("messages").join("partitions");
+    let mut ids = Vec::new();
+    for partition in std::fs::read_dir(&partitions).context("partitions")? {
+        let name = partition?.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok())
+            && id < 1 << 32
+        {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 /// Bytes of the message partitions' segment files.
 fn message_bytes(data_dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
-    let partitions = data_dir.join("messages").join("partitions");
-    for partition in std::fs::read_dir(&partitions).context("partitions")? {
-        let partition = partition?.path();
-        let id: u64 = partition
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(u64::MAX);
-        if id >= 1 << 32 {
-            continue; // the session and retained partitions
-        }
+    for id in message_partitions(data_dir)? {
+        let partition = data_dir
+            .join("messages")
+            .join("partitions")
+            .join(id.to_string());
         for file in std::fs::read_dir(&partition)? {
             total += file?.metadata()?.len();
         }
@@ -397,7 +406,7 @@ async fn a_corrupt_tail_is_cut_off_and_reported() -> anyhow::Result<()> {
 
     // Garbage after the last record of every message partition that has one.
     let mut damaged = 0;
-    for partition in 0..8 {
+    for partition in message_partitions(dir.path())? {
         let segment = newest_segment(dir.path(), partition)?;
         if std::fs::metadata(&segment)?.len() > 0 {
             use std::io::Write;

@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
+use record::ReplayView;
 pub use record::{Origin, Recipient, Record, StoredSession, StoredSubscription};
 
 /// Partition id of the session records.
@@ -637,6 +638,7 @@ impl DurableStore {
         retained.retain(|_, (_, expires)| expires.is_none_or(|at| at > now_ms));
 
         // Messages: what each live session still has to receive.
+        #[derive(Clone, Copy)]
         struct Pending {
             timestamp_ms: i64,
             released: bool,
@@ -648,58 +650,69 @@ impl DurableStore {
             recovered.records += self
                 .scan(u64::from(partition), |offset, timestamp_ms, payload| {
                     let at = DiskRef { partition, offset };
-                    match Record::peek_publish(&payload) {
-                        Ok(Some(header)) => {
-                            if let Some(o) = header.origin
-                                && epoch_of(&o.key) == Some(o.epoch)
+                    let mut recipients = Vec::new();
+                    let view = Record::replay_view(&payload, |key, epoch| {
+                        if epoch_of(key) == Some(epoch) {
+                            recipients.push(key);
+                        }
+                    });
+                    match view {
+                        Ok(ReplayView::Publish { origin }) => {
+                            if let Some((key, epoch, packet_id)) = origin
+                                && epoch_of(key) == Some(epoch)
                             {
-                                inbound.entry(o.key).or_default().insert(o.packet_id);
-                            }
-                            for Recipient { key, epoch, .. } in header.recipients {
-                                if epoch_of(&key) == Some(epoch) {
-                                    queues.entry(key).or_default().insert(
-                                        at,
-                                        Pending {
-                                            timestamp_ms,
-                                            released: false,
-                                        },
-                                    );
+                                match inbound.get_mut(key) {
+                                    Some(ids) => {
+                                        ids.insert(packet_id);
+                                    }
+                                    None => {
+                                        inbound.insert(key.to_string(), HashSet::from([packet_id]));
+                                    }
                                 }
                             }
-                            return;
+                            let pending = Pending {
+                                timestamp_ms,
+                                released: false,
+                            };
+                            for key in recipients {
+                                match queues.get_mut(key) {
+                                    Some(queue) => {
+                                        queue.insert(at, pending);
+                                    }
+                                    None => {
+                                        queues.insert(
+                                            key.to_string(),
+                                            BTreeMap::from([(at, pending)]),
+                                        );
+                                    }
+                                }
+                            }
                         }
-                        Ok(None) => {}
-                        Err(e) => {
-                            warn!(partition, offset, error = %e, "skipping a message record");
-                            return;
-                        }
-                    }
-                    match Record::decode(payload) {
-                        Ok(Record::Ack { key, offset, .. }) => {
-                            if let Some(queue) = queues.get_mut(&key) {
+                        Ok(ReplayView::Ack { key, offset, .. }) => {
+                            if let Some(queue) = queues.get_mut(key) {
                                 queue.remove(&DiskRef { partition, offset });
                             }
                         }
-                        Ok(Record::Released { key, offset, .. }) => {
+                        Ok(ReplayView::Released { key, offset, .. }) => {
                             if let Some(p) = queues
-                                .get_mut(&key)
+                                .get_mut(key)
                                 .and_then(|q| q.get_mut(&DiskRef { partition, offset }))
                             {
                                 p.released = true;
                             }
                         }
-                        Ok(Record::InboundReleased {
+                        Ok(ReplayView::InboundReleased {
                             key,
                             epoch,
                             packet_id,
                         }) => {
-                            if epoch_of(&key) == Some(epoch)
-                                && let Some(ids) = inbound.get_mut(&key)
+                            if epoch_of(key) == Some(epoch)
+                                && let Some(ids) = inbound.get_mut(key)
                             {
                                 ids.remove(&packet_id);
                             }
                         }
-                        Ok(_) => {}
+                        Ok(ReplayView::Other) => {}
                         Err(e) => warn!(partition, offset, error = %e, "skipping a message record"),
                     }
                 })
