@@ -92,6 +92,22 @@ pub enum DurableError {
     /// A stored record does not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The append a record was batched into failed.
+    #[error("storage: {reason}")]
+    Batch {
+        /// The storage engine's error.
+        reason: String,
+    },
+    /// A record is larger than a segment holds.
+    #[error(
+        "a record of {size} bytes exceeds the store's maximum of {max} (storage.segment_bytes)"
+    )]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The maximum.
+        max: usize,
+    },
 }
 
 /// Where a stored message is: its partition and offset.
@@ -171,10 +187,78 @@ struct Inner {
     /// partition; [`DurableStore::trim`] leaves a partition alone while any
     /// is under way.
     appending: Vec<AtomicUsize>,
+    /// Message records waiting for their partition's writer, by partition.
+    writers: Vec<mpsc::UnboundedSender<WriteJob>>,
+    /// Largest record the engine takes.
+    max_record: usize,
     /// Completions waiting to be written by the ack writer.
     acks: mpsc::UnboundedSender<AckJob>,
     /// Completions the ack writer failed to write.
     ack_errors: IntCounter,
+}
+
+/// A message record and who waits for its offset.
+struct WriteJob {
+    bytes: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, DurableError>>,
+}
+
+/// Most records, and about the most bytes, written in one append.
+const WRITE_BATCH: usize = 1024;
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// Writes one partition's message records: everything queued while the
+/// previous append was on its way to disk goes out as the next append (one
+/// write, one fsync), so under load the cost of a write is shared by every
+/// publisher waiting at the time. One append at a time keeps the records in
+/// the order they were queued, which keeps each publisher's messages in
+/// order on disk.
+async fn message_writer(
+    engine: StorageEngine,
+    partition: u64,
+    mut jobs: mpsc::UnboundedReceiver<WriteJob>,
+) {
+    let mut queued: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH);
+    let mut carry: Option<WriteJob> = None;
+    loop {
+        if let Some(job) = carry.take() {
+            queued.push(job);
+        }
+        if queued.is_empty() && jobs.recv_many(&mut queued, WRITE_BATCH).await == 0 {
+            return;
+        }
+        // Take what else is waiting, up to the batch limits.
+        let mut bytes: usize = queued.iter().map(|j| j.bytes.len()).sum();
+        while queued.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.bytes.len();
+                    queued.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        if queued.len() > 1 && bytes > WRITE_BATCH_BYTES {
+            carry = queued.pop();
+        }
+        let records: Vec<&[u8]> = queued.iter().map(|j| j.bytes.as_slice()).collect();
+        let result = engine.append(partition, &records).await;
+        match result {
+            Ok(appended) => {
+                for (i, job) in queued.drain(..).enumerate() {
+                    let _ = job.reply.send(Ok(appended.first_offset + i as u64));
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for job in queued.drain(..) {
+                    let _ = job.reply.send(Err(DurableError::Batch {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
 }
 
 /// Work for the ack writer task.
@@ -265,18 +349,17 @@ impl DurableStore {
         registry: &Registry,
     ) -> Result<(DurableStore, Recovered), DurableError> {
         let started = Instant::now();
+        let max_record = usize::try_from(config.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(FRAME_HEADER_LEN)
+            .max(1);
         let engine = StorageEngine::builder(&config.dir)
             .io_threads(config.io_threads.max(1))
             .pin_cores(config.pin_cores)
             .sync_policy(config.sync)
             .segment_bytes(config.segment_bytes)
             // A record (a message and its recipients) may fill a segment.
-            .max_record_bytes(
-                usize::try_from(config.segment_bytes)
-                    .unwrap_or(usize::MAX)
-                    .saturating_sub(FRAME_HEADER_LEN)
-                    .max(1),
-            )
+            .max_record_bytes(max_record)
             .registry(registry.clone())
             .open()
             .await?;
@@ -306,12 +389,21 @@ impl DurableStore {
             .map_err(|e| DurableError::Encode(e.to_string()))?;
         let (acks, jobs) = mpsc::unbounded_channel();
         tokio::spawn(ack_writer(engine.clone(), jobs, ack_errors.clone()));
+        let writers = (0..partitions)
+            .map(|partition| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(message_writer(engine.clone(), u64::from(partition), rx));
+                tx
+            })
+            .collect();
         let store = DurableStore {
             inner: Arc::new(Inner {
                 engine,
                 catalog,
                 partitions,
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
+                writers,
+                max_record,
                 acks,
                 ack_errors,
             }),
@@ -365,12 +457,22 @@ impl DurableStore {
     /// the default sync policy). Returns its offset.
     pub async fn append(&self, partition: u32, record: &Record) -> Result<u64, DurableError> {
         let bytes = record.encode()?;
-        let result = self
+        if bytes.len() > self.inner.max_record {
+            return Err(DurableError::TooLarge {
+                size: bytes.len(),
+                max: self.inner.max_record,
+            });
+        }
+        let writer = self
             .inner
-            .engine
-            .append(u64::from(partition), &[bytes])
-            .await?;
-        Ok(result.first_offset)
+            .writers
+            .get(partition as usize)
+            .ok_or(StorageError::UnknownPartition(u64::from(partition)))?;
+        let (reply, offset) = oneshot::channel();
+        writer
+            .send(WriteJob { bytes, reply })
+            .map_err(|_| StorageError::Closed)?;
+        offset.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Records, without waiting, that a session completed a message: the
