@@ -182,6 +182,13 @@ pub enum MetaError {
         /// What happened.
         reason: String,
     },
+    /// The leader could not hear from a quorum in time to confirm it still
+    /// leads (a member just died, an election is near): worth retrying.
+    #[error("no quorum answered: {reason}")]
+    NoQuorum {
+        /// What Raft reported.
+        reason: String,
+    },
     /// The node (or a part of it) is shutting down.
     #[error("the meta service is shut down")]
     Closed,
@@ -262,7 +269,9 @@ impl MetaError {
                 }
                 status
             }
-            MetaError::Closed => tonic::Status::unavailable(self.to_string()),
+            MetaError::Closed | MetaError::NoQuorum { .. } => {
+                tonic::Status::unavailable(self.to_string())
+            }
             MetaError::Rpc { status, .. } => (**status).clone(),
             _ => tonic::Status::internal(self.to_string()),
         }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Raft, RaftMetrics};
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::meta_service_client::MetaServiceClient;
@@ -91,9 +92,14 @@ impl MetaServer {
     /// The group's state, after making sure this node still leads it.
     async fn read(&self, group: u32) -> Result<&MetaState, MetaError> {
         let raft = &self.inner.rafts[group as usize];
-        raft.ensure_linearizable()
-            .await
-            .map_err(|e| MetaError::from_raft(&e))?;
+        raft.ensure_linearizable().await.map_err(|e| match &e {
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(quorum)) => {
+                MetaError::NoQuorum {
+                    reason: quorum.to_string(),
+                }
+            }
+            _ => MetaError::from_raft(&e),
+        })?;
         Ok(&self.inner.states[group as usize])
     }
 
