@@ -87,7 +87,11 @@ pub(crate) fn dispatch(
     }
     outcome.delivered += durable.len();
     let message = Arc::clone(message);
-    let metrics = shared.metrics.clone();
+    let (write_seconds, stored_total, errors) = (
+        shared.metrics.store_write_seconds.clone(),
+        shared.metrics.messages_stored.clone(),
+        shared.metrics.storage_errors.clone(),
+    );
     let started = Instant::now();
     let write = async move {
         let appending = if durable.is_empty() {
@@ -131,12 +135,10 @@ pub(crate) fn dispatch(
         };
         let (at, ()) = futures_util::future::try_join(append, retain)
             .await
-            .inspect_err(|_| count_storage_error(&metrics))?;
-        metrics
-            .store_write_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .inspect_err(|_| errors.inc())?;
+        write_seconds.observe(started.elapsed().as_secs_f64());
         if at.is_some() {
-            metrics.messages_stored.inc();
+            stored_total.inc();
         }
         for (_, _, delivery) in &mut durable {
             delivery.stored = at;

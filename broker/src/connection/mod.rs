@@ -194,7 +194,16 @@ impl Connection {
                 },
                 () = self.session.notify.notified() => None,
                 Some(step) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.finish_step(step, io).err()
+                    // Take every other step that is ready too, so that their
+                    // responses leave in one write.
+                    let mut done = self.finish_step(step, io);
+                    while done.is_ok() {
+                        match self.pending.next().now_or_never() {
+                            Some(Some(step)) => done = self.finish_step(step, io),
+                            _ => break,
+                        }
+                    }
+                    done.err()
                 }
                 Some(loaded) = self.loading.next(), if !self.loading.is_empty() => {
                     self.finish_load(loaded).err()
