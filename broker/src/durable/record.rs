@@ -9,9 +9,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tidemq_proto::mqtt::{
-    self, Packet, Protocol, Publish, QoS, RetainHandling, SubscriptionOptions,
-};
+use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS, SubscriptionOptions};
 
 use super::DurableError;
 use crate::message::Message;
@@ -205,7 +203,7 @@ impl Record {
                 out.put_u32(len_u32(session.subscriptions.len())?);
                 for s in &session.subscriptions {
                     put_str(&mut out, &s.filter)?;
-                    out.put_u8(options_byte(&s.options));
+                    out.put_u8(s.options.to_byte());
                     out.put_u32(s.id.unwrap_or(0));
                 }
             }
@@ -267,7 +265,7 @@ impl Record {
                 let mut subscriptions = Vec::with_capacity(count.min(1024) as usize);
                 for _ in 0..count {
                     let filter = r.string()?;
-                    let options = options_from_byte(r.u8()?)?;
+                    let options = SubscriptionOptions::from_byte(r.u8()?).map_err(corrupt)?;
                     let id = r.u32()?;
                     subscriptions.push(StoredSubscription {
                         filter,
@@ -480,27 +478,6 @@ fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
 
-fn options_byte(o: &SubscriptionOptions) -> u8 {
-    o.qos as u8
-        | u8::from(o.no_local) << 2
-        | u8::from(o.retain_as_published) << 3
-        | (o.retain_handling as u8) << 4
-}
-
-fn options_from_byte(b: u8) -> Result<SubscriptionOptions, DurableError> {
-    Ok(SubscriptionOptions {
-        qos: QoS::from_u8(b & 0b11).ok_or(corrupt("subscription qos"))?,
-        no_local: b & 0b100 != 0,
-        retain_as_published: b & 0b1000 != 0,
-        retain_handling: match (b >> 4) & 0b11 {
-            0 => RetainHandling::SendAtSubscribe,
-            1 => RetainHandling::SendIfNew,
-            2 => RetainHandling::DoNotSend,
-            _ => return Err(corrupt("retain handling")),
-        },
-    })
-}
-
 fn corrupt(what: &str) -> DurableError {
     DurableError::Corrupt(what.to_string())
 }
@@ -586,7 +563,7 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use tidemq_proto::mqtt::PublishProperties;
+    use tidemq_proto::mqtt::{PublishProperties, RetainHandling};
 
     use super::*;
 

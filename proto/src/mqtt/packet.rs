@@ -231,6 +231,44 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    const QOS_MASK: u8 = 0x03;
+    const NO_LOCAL: u8 = 0x04;
+    const RETAIN_AS_PUBLISHED: u8 = 0x08;
+    const RETAIN_HANDLING_SHIFT: u8 = 4;
+
+    /// The 5.0 options byte: retain handling (bits 5-4), retain as
+    /// published (3), no local (2), maximum QoS (1-0).
+    pub fn to_byte(&self) -> u8 {
+        let mut byte = self.qos as u8 | (self.retain_handling as u8) << Self::RETAIN_HANDLING_SHIFT;
+        if self.no_local {
+            byte |= Self::NO_LOCAL;
+        }
+        if self.retain_as_published {
+            byte |= Self::RETAIN_AS_PUBLISHED;
+        }
+        byte
+    }
+
+    /// The options of a 5.0 options byte; reserved bits 7-6 are the
+    /// caller's to check. Fails on QoS 3 and retain handling 3.
+    pub fn from_byte(byte: u8) -> Result<SubscriptionOptions, &'static str> {
+        let qos = QoS::from_u8(byte & Self::QOS_MASK).ok_or("subscription with QoS 3")?;
+        let retain_handling = match (byte >> Self::RETAIN_HANDLING_SHIFT) & 0x03 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err("retain handling 3"),
+        };
+        Ok(SubscriptionOptions {
+            qos,
+            no_local: byte & Self::NO_LOCAL != 0,
+            retain_as_published: byte & Self::RETAIN_AS_PUBLISHED != 0,
+            retain_handling,
+        })
+    }
+}
+
 /// One topic filter of SUBSCRIBE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeFilter {

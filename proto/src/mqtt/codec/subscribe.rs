@@ -9,15 +9,9 @@
 use super::read::Reader;
 use super::write::{self, Sink};
 use super::{DecodeError, EncodeError, property};
-use crate::mqtt::packet::{
-    Packet, Protocol, QoS, RetainHandling, Subscribe, SubscribeFilter, SubscriptionOptions,
-};
+use crate::mqtt::packet::{Packet, Protocol, Subscribe, SubscribeFilter, SubscriptionOptions};
 use crate::mqtt::topic::{is_valid_topic_filter, parse_shared_filter};
 
-const QOS_MASK: u8 = 0x03;
-const NO_LOCAL: u8 = 0x04;
-const RETAIN_AS_PUBLISHED: u8 = 0x08;
-const RETAIN_HANDLING_SHIFT: u8 = 4;
 /// Bits that must be zero in 3.1.1 (MQTT-3.8.3-4) and in 5.0 (MQTT-3.8.3-5).
 const RESERVED_V3: u8 = 0xFC;
 const RESERVED_V5: u8 = 0xC0;
@@ -60,20 +54,7 @@ fn parse_options(byte: u8, protocol: Protocol) -> Result<SubscriptionOptions, De
             "reserved subscription option bits set",
         ));
     }
-    let qos =
-        QoS::from_u8(byte & QOS_MASK).ok_or(DecodeError::Malformed("subscription with QoS 3"))?;
-    let retain_handling = match (byte >> RETAIN_HANDLING_SHIFT) & 0x03 {
-        0 => RetainHandling::SendAtSubscribe,
-        1 => RetainHandling::SendIfNew,
-        2 => RetainHandling::DoNotSend,
-        _ => return Err(DecodeError::Malformed("retain handling 3")),
-    };
-    Ok(SubscriptionOptions {
-        qos,
-        no_local: byte & NO_LOCAL != 0,
-        retain_as_published: byte & RETAIN_AS_PUBLISHED != 0,
-        retain_handling,
-    })
+    SubscriptionOptions::from_byte(byte).map_err(DecodeError::Malformed)
 }
 
 fn check_filter(
@@ -96,17 +77,11 @@ fn check_filter(
 
 /// The options byte; 3.1/3.1.1 get the QoS alone.
 fn options_byte(options: &SubscriptionOptions, protocol: Protocol) -> u8 {
-    let mut byte = options.qos as u8;
     if protocol.is_v5() {
-        byte |= (options.retain_handling as u8) << RETAIN_HANDLING_SHIFT;
-        if options.no_local {
-            byte |= NO_LOCAL;
-        }
-        if options.retain_as_published {
-            byte |= RETAIN_AS_PUBLISHED;
-        }
+        options.to_byte()
+    } else {
+        options.qos as u8
     }
-    byte
 }
 
 /// Writes a SUBSCRIBE body.
