@@ -32,14 +32,15 @@
 //! offset any session still holds.
 
 pub mod record;
+mod replay;
+mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prometheus::{IntCounter, Registry};
 use tidemq_meta::{MetaClient, MetaError};
 use tidemq_proto::grpc::v1 as pb;
@@ -49,15 +50,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
-use record::ReplayView;
 pub use record::{Origin, Recipient, Record, StoredSession, StoredSubscription};
+use writer::{AckJob, WriteJob, ack_writer, message_writer};
 
 /// Partition id of the session records.
 const SESSIONS: u64 = 1 << 32;
 /// Partition id of the retained messages.
 const RETAINED: u64 = SESSIONS + 1;
-/// Bytes asked for per read while replaying.
-const REPLAY_CHUNK: usize = 4 * 1024 * 1024;
 
 /// Where persistent sessions (epoch, expiry, subscriptions) are recorded
 /// besides the store's own session partition.
@@ -80,6 +79,9 @@ pub enum SessionCatalog {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DurableError {
+    /// A metric could not be created or registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The meta service refused or failed a session write or read.
     #[error("meta service: {0}")]
     Meta(#[from] MetaError),
@@ -197,134 +199,6 @@ struct Inner {
     ack_errors: IntCounter,
 }
 
-/// A message record and who waits for its offset.
-struct WriteJob {
-    bytes: Vec<u8>,
-    reply: oneshot::Sender<Result<u64, DurableError>>,
-}
-
-/// Most records, and about the most bytes, written in one append.
-const WRITE_BATCH: usize = 1024;
-const WRITE_BATCH_BYTES: usize = 1 << 20;
-
-/// Writes one partition's message records: everything queued while the
-/// previous append was on its way to disk goes out as the next append (one
-/// write, one fsync), so under load the cost of a write is shared by every
-/// publisher waiting at the time. One append at a time keeps the records in
-/// the order they were queued, which keeps each publisher's messages in
-/// order on disk.
-async fn message_writer(
-    engine: StorageEngine,
-    partition: u64,
-    mut jobs: mpsc::UnboundedReceiver<WriteJob>,
-) {
-    let mut queued: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH);
-    let mut carry: Option<WriteJob> = None;
-    loop {
-        if let Some(job) = carry.take() {
-            queued.push(job);
-        }
-        if queued.is_empty() && jobs.recv_many(&mut queued, WRITE_BATCH).await == 0 {
-            return;
-        }
-        // Take what else is waiting, up to the batch limits.
-        let mut bytes: usize = queued.iter().map(|j| j.bytes.len()).sum();
-        while queued.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    bytes += job.bytes.len();
-                    queued.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        if queued.len() > 1 && bytes > WRITE_BATCH_BYTES {
-            carry = queued.pop();
-        }
-        let records: Vec<&[u8]> = queued.iter().map(|j| j.bytes.as_slice()).collect();
-        let result = engine.append(partition, &records).await;
-        match result {
-            Ok(appended) => {
-                for (i, job) in queued.drain(..).enumerate() {
-                    let _ = job.reply.send(Ok(appended.first_offset + i as u64));
-                }
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                for job in queued.drain(..) {
-                    let _ = job.reply.send(Err(DurableError::Batch {
-                        reason: reason.clone(),
-                    }));
-                }
-            }
-        }
-    }
-}
-
-/// Work for the ack writer task.
-enum AckJob {
-    /// Record that `key` completed the message at `at`.
-    Ack(DiskRef, String, u64),
-    /// Answer once everything queued before is written.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Most completions written in one round.
-const ACK_BATCH: usize = 4096;
-
-/// Writes completions in batches: everything queued when it wakes, one
-/// append per partition. A completion is not waited for by anyone (at worst
-/// the message is delivered again after a crash, which QoS 1 and 2 allow),
-/// so it need not cost an append, or an fsync, of its own.
-async fn ack_writer(
-    engine: StorageEngine,
-    mut jobs: mpsc::UnboundedReceiver<AckJob>,
-    errors: IntCounter,
-) {
-    let mut batch = Vec::with_capacity(ACK_BATCH);
-    while jobs.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        let mut by_partition: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut flushed = Vec::new();
-        for job in batch.drain(..) {
-            match job {
-                AckJob::Ack(at, key, epoch) => {
-                    let record = Record::Ack {
-                        key,
-                        epoch,
-                        offset: at.offset,
-                    };
-                    match record.encode() {
-                        Ok(bytes) => by_partition.entry(at.partition).or_default().push(bytes),
-                        Err(e) => {
-                            errors.inc();
-                            warn!(error = %e, "cannot encode a completion");
-                        }
-                    }
-                }
-                AckJob::Flush(done) => flushed.push(done),
-            }
-        }
-        let writes = by_partition.iter().map(|(partition, records)| {
-            let engine = &engine;
-            async move {
-                (
-                    records.len(),
-                    engine.append(u64::from(*partition), records).await,
-                )
-            }
-        });
-        for (count, result) in futures_util::future::join_all(writes).await {
-            if let Err(e) = result {
-                errors.inc_by(count as u64);
-                warn!(error = %e, records = count, "cannot record completed messages");
-            }
-        }
-        for done in flushed {
-            let _ = done.send(());
-        }
-    }
-}
-
 /// Keeps a partition's in-flight append counted until dropped.
 pub struct AppendGuard {
     store: DurableStore,
@@ -382,11 +256,8 @@ impl DurableStore {
         let ack_errors = IntCounter::new(
             "tidemq_store_ack_errors_total",
             "Message completions the message store failed to record",
-        )
-        .map_err(|e| DurableError::Encode(e.to_string()))?;
-        registry
-            .register(Box::new(ack_errors.clone()))
-            .map_err(|e| DurableError::Encode(e.to_string()))?;
+        )?;
+        registry.register(Box::new(ack_errors.clone()))?;
         let (acks, jobs) = mpsc::unbounded_channel();
         tokio::spawn(ack_writer(engine.clone(), jobs, ack_errors.clone()));
         let writers = (0..partitions)
@@ -528,8 +399,8 @@ impl DurableStore {
     /// Writes a persistent session's state (to the meta service too, when
     /// the catalog says so; both are done on return).
     pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
-        let record = Record::Session(session);
-        let bytes = record.encode()?;
+        let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
+        let bytes = Record::Session(session).encode()?;
         let local = async {
             self.inner
                 .engine
@@ -538,14 +409,12 @@ impl DurableStore {
             Ok::<_, DurableError>(())
         };
         let meta = async {
-            if let (SessionCatalog::Meta { client, node_id }, Record::Session(session)) =
-                (&self.inner.catalog, &record)
-            {
+            if let SessionCatalog::Meta { client, node_id } = &self.inner.catalog {
                 let entry = pb::Session {
-                    client_key: session.key.clone(),
+                    client_key: key,
                     node_id: *node_id,
                     created_at_ms: 0,
-                    expiry_secs: session.expiry_secs,
+                    expiry_secs,
                     connected: true,
                     payload: bytes.clone(),
                 };
@@ -667,223 +536,6 @@ impl DurableStore {
     pub async fn close(&self) -> Result<(), DurableError> {
         self.flush_acks().await;
         self.inner.engine.close().await?;
-        Ok(())
-    }
-
-    /// Every record of a partition, oldest first, in chunks.
-    async fn scan(
-        &self,
-        partition: u64,
-        mut each: impl FnMut(u64, i64, Bytes),
-    ) -> Result<u64, DurableError> {
-        let engine = &self.inner.engine;
-        let mut from = engine.partition_info(partition)?.log_start;
-        let mut count = 0;
-        loop {
-            let records = engine.read(partition, from, REPLAY_CHUNK).await?;
-            let Some(last) = records.last() else {
-                return Ok(count);
-            };
-            from = last.offset + 1;
-            for record in records {
-                count += 1;
-                each(record.offset, record.timestamp_ms, record.payload);
-            }
-        }
-    }
-
-    async fn replay(&self) -> Result<Recovered, DurableError> {
-        let mut recovered = Recovered::default();
-
-        // Sessions: the latest record of each key wins.
-        let mut sessions: HashMap<String, StoredSession> = HashMap::new();
-        let mut session_records = 0u64;
-        recovered.records += self
-            .scan(SESSIONS, |offset, _, payload| {
-                session_records += 1;
-                match Record::decode(payload) {
-                    Ok(Record::Session(s)) => {
-                        sessions.insert(s.key.clone(), s);
-                    }
-                    Ok(Record::SessionGone { key }) => {
-                        sessions.remove(&key);
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(offset, error = %e, "skipping a session record"),
-                }
-            })
-            .await?;
-
-        // Retained messages: the latest per topic; an empty payload clears.
-        let mut retained: BTreeMap<String, (Publish, Option<u64>)> = BTreeMap::new();
-        let mut retained_records = 0u64;
-        recovered.records += self
-            .scan(RETAINED, |offset, _, payload| {
-                retained_records += 1;
-                match Record::decode(payload) {
-                    Ok(Record::Retain {
-                        publish,
-                        expires_at_ms,
-                    }) => {
-                        if publish.payload.is_empty() {
-                            retained.remove(&publish.topic);
-                        } else {
-                            retained.insert(publish.topic.clone(), (publish, expires_at_ms));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(offset, error = %e, "skipping a retained record"),
-                }
-            })
-            .await?;
-        let now_ms = record::unix_ms();
-        retained.retain(|_, (_, expires)| expires.is_none_or(|at| at > now_ms));
-
-        // Messages: what each live session still has to receive.
-        #[derive(Clone, Copy)]
-        struct Pending {
-            timestamp_ms: i64,
-            released: bool,
-        }
-        let epoch_of = |key: &str| sessions.get(key).map(|s| s.epoch);
-        let mut queues: HashMap<String, BTreeMap<DiskRef, Pending>> = HashMap::new();
-        let mut inbound: HashMap<String, HashSet<u16>> = HashMap::new();
-        for partition in 0..self.inner.partitions {
-            recovered.records += self
-                .scan(u64::from(partition), |offset, timestamp_ms, payload| {
-                    let at = DiskRef { partition, offset };
-                    let mut recipients = Vec::new();
-                    let view = Record::replay_view(&payload, |key, epoch| {
-                        if epoch_of(key) == Some(epoch) {
-                            recipients.push(key);
-                        }
-                    });
-                    match view {
-                        Ok(ReplayView::Publish { origin }) => {
-                            if let Some((key, epoch, packet_id)) = origin
-                                && epoch_of(key) == Some(epoch)
-                            {
-                                match inbound.get_mut(key) {
-                                    Some(ids) => {
-                                        ids.insert(packet_id);
-                                    }
-                                    None => {
-                                        inbound.insert(key.to_string(), HashSet::from([packet_id]));
-                                    }
-                                }
-                            }
-                            let pending = Pending {
-                                timestamp_ms,
-                                released: false,
-                            };
-                            for key in recipients {
-                                match queues.get_mut(key) {
-                                    Some(queue) => {
-                                        queue.insert(at, pending);
-                                    }
-                                    None => {
-                                        queues.insert(
-                                            key.to_string(),
-                                            BTreeMap::from([(at, pending)]),
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                        Ok(ReplayView::Ack { key, offset, .. }) => {
-                            if let Some(queue) = queues.get_mut(key) {
-                                queue.remove(&DiskRef { partition, offset });
-                            }
-                        }
-                        Ok(ReplayView::Released { key, offset, .. }) => {
-                            if let Some(p) = queues
-                                .get_mut(key)
-                                .and_then(|q| q.get_mut(&DiskRef { partition, offset }))
-                            {
-                                p.released = true;
-                            }
-                        }
-                        Ok(ReplayView::InboundReleased {
-                            key,
-                            epoch,
-                            packet_id,
-                        }) => {
-                            if epoch_of(key) == Some(epoch)
-                                && let Some(ids) = inbound.get_mut(key)
-                            {
-                                ids.remove(&packet_id);
-                            }
-                        }
-                        Ok(ReplayView::Other) => {}
-                        Err(e) => warn!(partition, offset, error = %e, "skipping a message record"),
-                    }
-                })
-                .await?;
-        }
-
-        self.compact(SESSIONS, session_records, sessions.len(), || {
-            sessions.values().cloned().map(Record::Session).collect()
-        })
-        .await?;
-        self.compact(RETAINED, retained_records, retained.len(), || {
-            retained
-                .values()
-                .map(|(publish, expires_at_ms)| Record::Retain {
-                    publish: publish.clone(),
-                    expires_at_ms: *expires_at_ms,
-                })
-                .collect()
-        })
-        .await?;
-
-        recovered.retained = retained.into_values().collect();
-        recovered.sessions = sessions
-            .into_values()
-            .map(|session| {
-                let mut queue: Vec<(DiskRef, Pending)> = queues
-                    .remove(&session.key)
-                    .map(|q| q.into_iter().collect())
-                    .unwrap_or_default();
-                // Across partitions, in the order they were stored.
-                queue.sort_by_key(|(at, p)| (p.timestamp_ms, at.partition, at.offset));
-                RecoveredSession {
-                    inbound_qos2: inbound
-                        .remove(&session.key)
-                        .map(|ids| ids.into_iter().collect())
-                        .unwrap_or_default(),
-                    queue: queue.into_iter().map(|(at, p)| (at, p.released)).collect(),
-                    session,
-                }
-            })
-            .collect();
-        Ok(recovered)
-    }
-
-    /// Rewrites a partition holding many more records than live entries:
-    /// appends the live ones again, then trims everything before them.
-    async fn compact(
-        &self,
-        partition: u64,
-        records: u64,
-        live: usize,
-        rewrite: impl FnOnce() -> Vec<Record>,
-    ) -> Result<(), DurableError> {
-        // Only sealed segments can be given back: while everything is in
-        // the segment being written, a rewrite would only add to it.
-        let info = self.inner.engine.partition_info(partition)?;
-        if records < 1024 || records < 2 * live as u64 || info.segments < 2 {
-            return Ok(());
-        }
-        let start = info.next_offset;
-        let encoded = rewrite()
-            .iter()
-            .map(Record::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        for chunk in encoded.chunks(1024) {
-            self.inner.engine.append(partition, chunk).await?;
-        }
-        let removed = self.inner.engine.trim_before(partition, start).await?;
-        info!(partition, records, live, removed, "compacted");
         Ok(())
     }
 }
