@@ -10,7 +10,7 @@ use tidemq_proto::mqtt::{
 
 use futures_util::FutureExt;
 
-use super::{Connection, End, Io, Step};
+use super::{Connection, End, Io};
 use crate::auth::Action;
 use crate::delivery;
 use crate::durable::{DiskRef, DurableError, Origin};
@@ -135,16 +135,7 @@ impl Connection {
             }
         };
         match (write, response) {
-            (Some(write), response) => self.pending.push_back(
-                async move {
-                    Step {
-                        stored: write.await.map(Some),
-                        response,
-                        then: Vec::new(),
-                    }
-                }
-                .boxed(),
-            ),
+            (Some(write), response) => self.after(write.map(|r| r.map(Some)), response, Vec::new()),
             (None, Some(response)) => self.respond(io, response),
             (None, None) => {}
         }
@@ -295,28 +286,8 @@ impl Connection {
         // grant first; a persistent session's subscriptions are on disk
         // before SUBACK.
         match self.persist_session() {
-            Some(write) => self.pending.push_back(
-                async move {
-                    Step {
-                        stored: write.await.map(|()| None),
-                        response: Some(suback),
-                        then: retained,
-                    }
-                }
-                .boxed(),
-            ),
-            None if self.pending.is_empty() => {
-                self.send(io, &suback);
-                self.queue_all(retained);
-            }
-            None => self.pending.push_back(
-                futures_util::future::ready(Step {
-                    stored: Ok(None),
-                    response: Some(suback),
-                    then: retained,
-                })
-                .boxed(),
-            ),
+            Some(write) => self.after(write.map(|r| r.map(|()| None)), Some(suback), retained),
+            None => self.respond_then(io, suback, retained),
         }
     }
 

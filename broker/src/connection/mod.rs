@@ -157,17 +157,6 @@ pub(crate) struct Step {
     then: Vec<Delivery>,
 }
 
-impl Step {
-    /// A response that waits only for the steps before it.
-    fn send(response: Packet) -> Step {
-        Step {
-            stored: Ok(None),
-            response: Some(response),
-            then: Vec::new(),
-        }
-    }
-}
-
 /// Messages read back from the store for the session.
 type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 
@@ -230,11 +219,16 @@ impl Connection {
     /// Sends `response` now, or after the responses still waiting for a
     /// store write.
     fn respond(&mut self, io: &mut Io, response: Packet) {
+        self.respond_then(io, response, Vec::new());
+    }
+
+    /// Like [`Connection::respond`], then queues `then` on the session.
+    fn respond_then(&mut self, io: &mut Io, response: Packet, then: Vec<Delivery>) {
         if self.pending.is_empty() {
             self.send(io, &response);
+            self.queue_all(then);
         } else {
-            self.pending
-                .push_back(futures_util::future::ready(Step::send(response)).boxed());
+            self.after(futures_util::future::ready(Ok(None)), Some(response), then);
         }
     }
 
@@ -244,12 +238,23 @@ impl Connection {
         write: impl Future<Output = Result<(), DurableError>> + Send + 'static,
         response: Packet,
     ) {
+        self.after(write.map(|r| r.map(|()| None)), Some(response), Vec::new());
+    }
+
+    /// Once `stored` completes, in order with the steps before it: queues
+    /// its deliveries, sends `response`, then queues `then`.
+    fn after(
+        &mut self,
+        stored: impl Future<Output = Result<Option<Stored>, DurableError>> + Send + 'static,
+        response: Option<Packet>,
+        then: Vec<Delivery>,
+    ) {
         self.pending.push_back(
             async move {
                 Step {
-                    stored: write.await.map(|()| None),
-                    response: Some(response),
-                    then: Vec::new(),
+                    stored: stored.await,
+                    response,
+                    then,
                 }
             }
             .boxed(),
