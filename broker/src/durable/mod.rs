@@ -51,7 +51,7 @@ use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
 pub use record::{Origin, Recipient, Record, StoredSession, StoredSubscription};
-use writer::{AckJob, WriteJob, ack_writer, message_writer};
+use writer::{WriteJob, partition_writer};
 
 /// Partition id of the session records.
 const SESSIONS: u64 = 1 << 32;
@@ -189,13 +189,11 @@ struct Inner {
     /// partition; [`DurableStore::trim`] leaves a partition alone while any
     /// is under way.
     appending: Vec<AtomicUsize>,
-    /// Message records waiting for their partition's writer, by partition.
+    /// Records waiting for their partition's writer, by partition.
     writers: Vec<mpsc::UnboundedSender<WriteJob>>,
     /// Largest record the engine takes.
     max_record: usize,
-    /// Completions waiting to be written by the ack writer.
-    acks: mpsc::UnboundedSender<AckJob>,
-    /// Completions the ack writer failed to write.
+    /// Completions that could not be recorded.
     ack_errors: IntCounter,
 }
 
@@ -258,12 +256,15 @@ impl DurableStore {
             "Message completions the message store failed to record",
         )?;
         registry.register(Box::new(ack_errors.clone()))?;
-        let (acks, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(ack_writer(engine.clone(), jobs, ack_errors.clone()));
         let writers = (0..partitions)
             .map(|partition| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(message_writer(engine.clone(), u64::from(partition), rx));
+                tokio::spawn(partition_writer(
+                    engine.clone(),
+                    u64::from(partition),
+                    rx,
+                    ack_errors.clone(),
+                ));
                 tx
             })
             .collect();
@@ -275,7 +276,6 @@ impl DurableStore {
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
                 writers,
                 max_record,
-                acks,
                 ack_errors,
             }),
         };
@@ -334,38 +334,60 @@ impl DurableStore {
                 max: self.inner.max_record,
             });
         }
-        let writer = self
-            .inner
-            .writers
-            .get(partition as usize)
-            .ok_or(StorageError::UnknownPartition(u64::from(partition)))?;
         let (reply, offset) = oneshot::channel();
-        writer
-            .send(WriteJob { bytes, reply })
-            .map_err(|_| StorageError::Closed)?;
+        self.send(
+            partition,
+            WriteJob::Record {
+                bytes,
+                reply: Some(reply),
+            },
+        )?;
         offset.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Hands `job` to `partition`'s writer.
+    fn send(&self, partition: u32, job: WriteJob) -> Result<(), StorageError> {
+        self.inner
+            .writers
+            .get(partition as usize)
+            .ok_or(StorageError::UnknownPartition(u64::from(partition)))?
+            .send(job)
+            .map_err(|_| StorageError::Closed)
+    }
+
     /// Records, without waiting, that a session completed a message: the
-    /// ack writer batches it with the others. A failure is logged and
-    /// counted (`tidemq_store_ack_errors_total`); the message may then be
-    /// delivered again after a restart, which QoS 1 and 2 allow.
+    /// record goes out with the partition's next batch. A failure is logged
+    /// and counted (`tidemq_store_ack_errors_total`); the message may then
+    /// be delivered again after a restart, which QoS 1 and 2 allow.
     pub fn ack(&self, at: DiskRef, key: &str, epoch: u64) {
-        if self
-            .inner
-            .acks
-            .send(AckJob::Ack(at, key.to_string(), epoch))
-            .is_err()
-        {
+        let record = Record::Ack {
+            key: key.to_string(),
+            epoch,
+            offset: at.offset,
+        };
+        let sent = match record.encode() {
+            Ok(bytes) => self
+                .send(at.partition, WriteJob::Record { bytes, reply: None })
+                .map_err(DurableError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
             self.inner.ack_errors.inc();
+            warn!(error = %e, "cannot record a completed message");
         }
     }
 
     /// Waits until every completion recorded so far is written.
     pub async fn flush_acks(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.inner.acks.send(AckJob::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        let mut flushed = Vec::with_capacity(self.inner.writers.len());
+        for writer in &self.inner.writers {
+            let (done, rx) = oneshot::channel();
+            if writer.send(WriteJob::Flush(done)).is_ok() {
+                flushed.push(rx);
+            }
+        }
+        for rx in flushed {
+            let _ = rx.await;
         }
     }
 
