@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -19,20 +19,23 @@ use tonic::{Code, Response, Status};
 
 use crate::channels::ChannelPool;
 use crate::error::{LEADER_HEADER, MetaError};
+use crate::session_writer::SessionWriter;
 
 /// A client of a meta cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct MetaClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     addrs: Vec<String>,
     next: AtomicUsize,
     leader: Mutex<Option<String>>,
     channels: ChannelPool,
     deadline: Duration,
     config: ArcSwap<HashMap<String, String>>,
+    /// Coalesces [`MetaClient::put_session`] calls; started on first use.
+    sessions: OnceLock<SessionWriter>,
 }
 
 impl MetaClient {
@@ -63,6 +66,7 @@ impl MetaClient {
                 channels: ChannelPool::default(),
                 deadline,
                 config: ArcSwap::from_pointee(HashMap::new()),
+                sessions: OnceLock::new(),
             }),
         })
     }
@@ -141,7 +145,27 @@ impl MetaClient {
         }
     }
 
-    /// Creates (or replaces) sessions; returns how many were written.
+    /// Creates (or replaces) one session, coalesced with the other
+    /// `put_session` calls of this client that are waiting at the time into
+    /// one CreateSessions request (see [`crate::session_writer`]). Returns
+    /// once the session is applied. Must be called within a tokio runtime,
+    /// which runs the client's writer task from the first call on.
+    pub async fn put_session(&self, session: pb::Session) -> Result<(), MetaError> {
+        // A bad session would fail the whole request it shares.
+        if session.client_key.is_empty() {
+            return Err(MetaError::InvalidArgument {
+                reason: "client_key must not be empty".into(),
+            });
+        }
+        self.inner
+            .sessions
+            .get_or_init(|| SessionWriter::start(Arc::downgrade(&self.inner)))
+            .put(session)
+            .await
+    }
+
+    /// Creates (or replaces) sessions in one request; returns how many were
+    /// written.
     pub async fn create_sessions(&self, sessions: Vec<pb::Session>) -> Result<u32, MetaError> {
         let request = pb::CreateSessionsRequest { sessions };
         self.call(|mut c| {

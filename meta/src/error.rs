@@ -221,6 +221,10 @@ pub enum MetaError {
         #[source]
         source: io::Error,
     },
+    /// A session write that went out in one request with others
+    /// ([`crate::MetaClient::put_session`]) failed with this error.
+    #[error(transparent)]
+    Coalesced(std::sync::Arc<MetaError>),
     /// Joining a running cluster failed.
     #[error("cannot join the cluster at {addrs:?}: {reason}")]
     Join {
@@ -273,6 +277,7 @@ impl MetaError {
                 tonic::Status::unavailable(self.to_string())
             }
             MetaError::Rpc { status, .. } => (**status).clone(),
+            MetaError::Coalesced(e) => e.to_status(),
             _ => tonic::Status::internal(self.to_string()),
         }
     }

@@ -31,6 +31,8 @@
 //! - [`MetaClient`]: channel pool, leader cache, retries with a deadline,
 //!   cluster configuration cached in an `ArcSwap`; also membership
 //!   (`add_member`, `remove_member`) and per-node `raft_status`.
+//! - [`session_writer`]: concurrent `MetaClient::put_session` calls leave
+//!   as one CreateSessions request (what a broker does on CONNECT).
 //! - [`runtime`]: named runtimes and the [`runtime::RuntimeMonitor`].
 //! - [`error`]: [`StoreError`] and [`MetaError`].
 //!
@@ -47,9 +49,10 @@
 //! The Raft clock defaults to a 100 ms heartbeat and a 1–2 s election
 //! timeout. Idle groups cost no disk: heartbeats carry no entries, and
 //! the committed index rides unsynced on the next log write. A follower
-//! stands for election after openraft 0.9's leader lease (the election
-//! timeout's maximum) plus a random election timeout without a heartbeat,
-//! so a dead leader is replaced 3–4 s after it stops with the defaults.
+//! stands for election 1.5–2 s after it last heard its leader with the
+//! defaults (openraft 0.9 waits its leader lease plus a random election
+//! timeout, so it is given half of each bound: see
+//! [`MetaConfig::openraft_election_timeout`]).
 //!
 //! ```text
 //! tidemq-meta                                        # single node, 127.0.0.1:1228, ./data/meta
@@ -155,6 +158,7 @@ mod network;
 mod node;
 mod routing;
 pub mod runtime;
+pub mod session_writer;
 pub mod store;
 pub mod types;
 

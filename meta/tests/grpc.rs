@@ -1,6 +1,7 @@
 //! gRPC round trips against a single-node meta service on 127.0.0.1:
 //! every MetaService RPC through `MetaClient`, bad requests refused with
-//! `InvalidArgument` and nothing applied, and a restart keeping the data.
+//! `InvalidArgument` and nothing applied, a restart keeping the data, and
+//! concurrent `put_session` calls coalesced into shared requests.
 
 use std::time::Duration;
 
@@ -244,6 +245,64 @@ async fn raft_status_and_per_group_gauges_follow_the_log() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(gauge("raft_last_log_index", "1").is_some_and(|v| v >= 1.0));
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_put_sessions_share_requests_and_all_apply() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let registry = prometheus::Registry::new();
+    let mut config = MetaConfig::new(1, "127.0.0.1:0".parse()?, dir.path());
+    config.data_raft_group_num = 2;
+    let node = MetaNodeHandle::start(config, &registry).await?;
+    let c = client(&node).await;
+    let served = || -> u64 {
+        registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == "grpc_requests")
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "method" && l.value() == "CreateSessions")
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..2000 {
+        let c = c.clone();
+        calls.spawn(async move { c.put_session(session(&format!("co/{i}"))).await });
+    }
+    // A bad session is refused on its own; it does not fail the others.
+    let bad = c.put_session(session("")).await;
+    assert!(
+        matches!(bad, Err(MetaError::InvalidArgument { .. })),
+        "{bad:?}"
+    );
+    while let Some(result) = calls.join_next().await {
+        result??;
+    }
+    assert_eq!(c.list_sessions("co/", 0).await?.len(), 2000);
+    let requests = served();
+    assert!(
+        (2..=1000).contains(&requests),
+        "2000 concurrent writes went out in {requests} requests"
+    );
+
+    // One caller's writes keep their order: the last one wins.
+    for expiry in [10, 20, 30] {
+        c.put_session(pb::Session {
+            expiry_secs: expiry,
+            ..session("co/ordered")
+        })
+        .await?;
+    }
+    let got = c.get_session("co/ordered").await?.expect("written");
+    assert_eq!(got.expiry_secs, 30);
     node.shutdown().await;
     Ok(())
 }

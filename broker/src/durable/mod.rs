@@ -440,7 +440,7 @@ impl DurableStore {
                     connected: true,
                     payload: bytes.clone(),
                 };
-                client.create_sessions(vec![entry]).await?;
+                client.put_session(entry).await?;
             }
             Ok(())
         };
