@@ -29,7 +29,24 @@ pub struct CreateSessionArgs {
     /// Concurrent workers, each with one request in flight (closed loop).
     #[arg(long, default_value_t = 1000)]
     pub concurrency: usize,
-    /// Sessions per CreateSessions request.
+    /// Target sessions per second over all workers (open loop): each
+    /// worker starts its next request on a fixed schedule rather than when
+    /// the previous answer comes, and a request's latency counts from when
+    /// it was due, so a stall shows in the percentiles instead of slowing
+    /// the load (no coordinated omission). Without it, each worker sends
+    /// its next request as soon as the previous one is answered (closed
+    /// loop).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Send each session in a request of its own
+    /// (`MetaClient::create_sessions`) instead of through
+    /// `MetaClient::put_session`, which coalesces the writes waiting at the
+    /// same time into one request (what the broker does on CONNECT). With
+    /// `--batch` above 1 requests are never coalesced.
+    #[arg(long)]
+    pub no_coalesce: bool,
+    /// Sessions per CreateSessions request, sent as one explicit batch
+    /// (`MetaClient::create_sessions`).
     #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=MAX_SESSIONS_PER_REQUEST as i64))]
     pub batch: u32,

@@ -3,10 +3,15 @@
 //! when a client connects, with the client's channel pool and leader
 //! following.
 //!
-//! Each worker is a closed loop: it takes the next `--batch` session numbers,
-//! sends one CreateSessions request and waits for its answer (at most
-//! `--timeout-ms`, after which the request is cancelled and counted as a
-//! timeout) before sending the next. The run stops after `--count` sessions
+//! By default each worker is a closed loop: it takes the next `--batch`
+//! session numbers, sends them and waits for the answer (at most
+//! `--timeout-ms`, after which the call is cancelled and counted as a
+//! timeout) before sending the next. With `--rate` the workers are an open
+//! loop: each sends on a fixed schedule, and latency counts from when a
+//! request was due. With `--batch 1` a session goes through
+//! `MetaClient::put_session`, which coalesces the writes of all workers
+//! waiting at the same time into one request, as a broker's CONNECTs are;
+//! `--no-coalesce` sends each in a request of its own. The run stops after `--count` sessions
 //! were handed out, after `--duration-secs`, or when told to stop, and ends
 //! when every worker's last request is answered.
 //!
@@ -81,7 +86,8 @@ pub async fn create_session(
     for i in 0..args.concurrency {
         let client = clients[i % clients.len()].clone();
         let (plan, stats, timeout) = (Arc::clone(&plan), Arc::clone(&stats), args.timeout());
-        workers.spawn(worker(client, plan, stats, timeout));
+        let pace = Pace::new(args, i);
+        workers.spawn(worker(client, plan, stats, timeout, pace));
     }
     while workers.join_next().await.is_some() {}
     ticker.abort();
@@ -137,19 +143,71 @@ impl Plan {
     }
 }
 
-/// One closed-loop worker: a request, its answer, the next request.
-async fn worker(client: MetaClient, plan: Arc<Plan>, stats: Arc<Stats>, timeout: Duration) {
+/// How a worker sends its requests.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Open loop: the time between one worker's requests, and this
+    /// worker's offset in it (workers spread evenly over the period).
+    schedule: Option<(Duration, Duration)>,
+    /// One session per call through `MetaClient::put_session`.
+    coalesce: bool,
+}
+
+impl Pace {
+    fn new(args: &CreateSessionArgs, worker: usize) -> Pace {
+        let schedule = args.rate.map(|rate| {
+            let per_worker = rate as f64 / (args.concurrency as f64 * f64::from(args.batch));
+            let period = Duration::from_secs_f64(1.0 / per_worker);
+            (
+                period,
+                period.mul_f64(worker as f64 / args.concurrency as f64),
+            )
+        });
+        Pace {
+            schedule,
+            coalesce: args.batch == 1 && !args.no_coalesce,
+        }
+    }
+}
+
+/// One worker. Closed loop: a request, its answer, the next request. Open
+/// loop: a request each period, its latency counted from when it was due.
+async fn worker(
+    client: MetaClient,
+    plan: Arc<Plan>,
+    stats: Arc<Stats>,
+    timeout: Duration,
+    pace: Pace,
+) {
+    let mut due = Instant::now() + pace.schedule.map_or(Duration::ZERO, |(_, offset)| offset);
     while let Some(numbers) = plan.next_batch() {
-        let sessions = plan.sessions(numbers);
+        if pace.schedule.is_some() {
+            tokio::time::sleep_until(due.into()).await;
+        } else {
+            due = Instant::now();
+        }
+        let mut sessions = plan.sessions(numbers);
         let asked = sessions.len();
-        let started = Instant::now();
-        match tokio::time::timeout(timeout, client.create_sessions(sessions)).await {
-            Ok(Ok(created)) => stats.created(started.elapsed(), asked, created),
+        let call = async {
+            match sessions.pop() {
+                Some(session) if pace.coalesce => client.put_session(session).await.map(|()| 1),
+                Some(session) => {
+                    sessions.push(session);
+                    client.create_sessions(sessions).await
+                }
+                None => Ok(0),
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(created)) => stats.created(due.elapsed(), asked, created),
             Ok(Err(e)) => {
                 note_error("create_sessions failed", &e);
                 stats.error(&e);
             }
             Err(_) => stats.timeout(),
+        }
+        if let Some((period, _)) = pace.schedule {
+            due += period;
         }
     }
 }

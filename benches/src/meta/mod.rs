@@ -4,7 +4,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`args`] | the flags |
-//! | [`create_session`] | `create-session`: closed-loop workers creating sessions |
+//! | [`create_session`] | `create-session`: workers creating sessions, closed loop or at a `--rate` |
 //! | [`failover`] | `failover`: time without a leader after a 3-process cluster's leader is killed |
 //! | [`stats`] | sessions and errors by kind on top of the shared [`Recorder`](crate::recorder::Recorder) |
 //!
@@ -24,8 +24,9 @@
 //! latency: p50=4.85ms p95=10.53ms p99=14.92ms p99.9=15.62ms max=15.62ms
 //! ```
 //!
-//! `ops/s` counts sessions created, latencies are per request (`--batch`
-//! sessions each; with `--batch` above 1 the line shows `req/s` too).
+//! `ops/s` counts sessions created, latencies are per call (`--batch`
+//! sessions each; with `--batch` above 1 the line shows `req/s` too); with
+//! `--rate`, from when the call was due.
 //! `--output json` prints the same as one JSON object per line, the last
 //! holding the run's parameters under `load` and the figures under
 //! `report`. Ctrl-C stops handing out work and prints the report of what
@@ -47,7 +48,8 @@ use crate::storage::Output;
 /// The meta service loads.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum MetaCommand {
-    /// Create sessions as fast as `--concurrency` closed-loop workers can.
+    /// Create sessions with `--concurrency` workers, as fast as they can
+    /// (closed loop) or at `--rate` sessions per second (open loop).
     CreateSession(CreateSessionArgs),
     /// Kill the leader of a 3-process `tidemq-meta` cluster, round after
     /// round, and time how long it is without a leader.
@@ -80,6 +82,8 @@ pub async fn run(command: &MetaCommand) -> anyhow::Result<()> {
                         "duration_secs": args.duration_secs,
                         "concurrency": args.concurrency,
                         "batch": args.batch,
+                        "rate": args.rate,
+                        "coalesce": args.batch == 1 && !args.no_coalesce,
                         "clients": args.clients,
                         "timeout_ms": args.timeout_ms,
                         "payload_size": args.payload_size,

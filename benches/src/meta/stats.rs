@@ -202,6 +202,7 @@ pub fn error_kind(error: &MetaError) -> String {
         MetaError::InvalidArgument { .. } => "InvalidArgument".into(),
         MetaError::NotLeader { .. } => "NotLeader".into(),
         MetaError::Closed => "Closed".into(),
+        MetaError::Coalesced(e) => error_kind(e),
         _ => "Other".into(),
     }
 }

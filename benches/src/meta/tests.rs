@@ -14,6 +14,8 @@ fn args(port: u16, run_id: &str) -> CreateSessionArgs {
         count: Some(500),
         duration_secs: None,
         concurrency: 20,
+        rate: None,
+        no_coalesce: false,
         batch: 1,
         timeout_ms: 5000,
         tenant: "bench".into(),
@@ -87,6 +89,28 @@ async fn creates_every_session_it_counts() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(5));
     let listed = client.list_sessions("bench/bench-c-", 0).await?.len() as u64;
     assert_eq!(listed, report.sessions);
+
+    // One request per session, and an open loop: 50 sessions at 100/s
+    // cannot take less than about half a second, however fast the node.
+    let paced = CreateSessionArgs {
+        count: Some(50),
+        rate: Some(100),
+        concurrency: 5,
+        no_coalesce: true,
+        ..args(port, "e")
+    };
+    let started = Instant::now();
+    let report = create_session::create_session(&paced, Arc::default()).await?;
+    println!("{report}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.sessions, report.requests, report.errors),
+        (50, 50, 0)
+    );
+    assert_eq!(client.list_sessions("bench/bench-e-", 0).await?.len(), 50);
 
     node.shutdown().await;
     Ok(())
