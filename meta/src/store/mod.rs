@@ -201,6 +201,21 @@ impl Shared {
         let db = Arc::clone(&self.db);
         self.pool.run(op, move || job(&db)).await?
     }
+
+    /// Like [`Shared::run`], for a long background job: on a thread of its
+    /// own at the lowest CPU priority ([`RocksPool::run_background`]).
+    pub(crate) async fn run_background<T, F>(
+        &self,
+        op: &'static str,
+        job: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(&DB) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        self.pool.run_background(op, move || job(&db)).await?
+    }
 }
 
 /// Reads and decodes one JSON value.

@@ -113,6 +113,31 @@ impl RocksPool {
         reply_rx.await.map_err(|_| StoreError::JobPanicked { op })
     }
 
+    /// Runs a long background job (a snapshot build) on a thread of its own
+    /// at the lowest CPU priority, so that it neither takes a pool thread
+    /// from the writes and reads behind it nor, on a busy machine, the CPU
+    /// from the threads serving requests. Timed in `rocksdb_operation_ms{op}`
+    /// like [`RocksPool::run`].
+    pub async fn run_background<T, F>(&self, op: &'static str, job: F) -> Result<T, StoreError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let metrics = self.inner.metrics.clone();
+        std::thread::Builder::new()
+            .name("meta-background".into())
+            .spawn(move || {
+                lower_own_priority();
+                let started = Instant::now();
+                let out = job();
+                metrics.observe_op(op, started.elapsed());
+                let _ = reply_tx.send(out);
+            })
+            .map_err(|source| StoreError::Thread { op, source })?;
+        reply_rx.await.map_err(|_| StoreError::JobPanicked { op })
+    }
+
     /// How many threads the pool runs.
     pub fn threads(&self) -> usize {
         self.inner.threads.len()
@@ -150,6 +175,21 @@ impl Drop for PoolInner {
     }
 }
 
+/// Gives the calling thread the lowest CPU priority (nice 19). On Linux a
+/// nice value belongs to the thread, not the process. Best effort: a
+/// failure leaves the thread at its priority.
+fn lower_own_priority() {
+    // SAFETY: gettid and setpriority take no pointers; they only read their
+    // integer arguments.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19)
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +208,37 @@ mod tests {
             .unwrap();
         assert!(name.unwrap().starts_with("meta-rocksdb-"));
         assert_eq!(pool.threads(), 2);
+    }
+
+    #[tokio::test]
+    async fn background_jobs_run_on_their_own_thread_at_the_lowest_priority() {
+        let pool = pool(1);
+        let (name, nice) = pool
+            .run_background("snapshot_build", || {
+                // SAFETY: no pointers; reads the calling thread's nice value.
+                let nice = unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::getpriority(libc::PRIO_PROCESS, tid)
+                };
+                (std::thread::current().name().map(str::to_string), nice)
+            })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("meta-background"));
+        assert_eq!(nice, 19);
+        // The pool's own threads keep their priority.
+        let nice = pool
+            .run("read", || unsafe {
+                libc::getpriority(
+                    libc::PRIO_PROCESS,
+                    libc::syscall(libc::SYS_gettid) as libc::id_t,
+                )
+            })
+            .await
+            .unwrap();
+        assert!(nice < 19);
+        let err: Result<(), _> = pool.run_background("boom", || panic!("job panic")).await;
+        assert!(matches!(err, Err(StoreError::JobPanicked { op: "boom" })));
     }
 
     #[tokio::test]

@@ -315,7 +315,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
         let slot = Arc::clone(&self.slot);
         let (meta, blob) = self
             .shared
-            .run("snapshot_build", move |db| {
+            .run_background("snapshot_build", move |db| {
                 let (meta, blob) = build(db, &cfs)?;
                 slot.store(&meta, &blob)?;
                 Ok((meta, blob))
