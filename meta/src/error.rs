@@ -79,15 +79,6 @@ pub enum StoreError {
         /// The operation.
         op: &'static str,
     },
-    /// A background thread could not be started.
-    #[error("cannot start a thread for {op}")]
-    Thread {
-        /// The operation.
-        op: &'static str,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
     /// The log writer thread has stopped.
     #[error("the raft log writer has stopped")]
     WriterClosed,

@@ -71,6 +71,8 @@ impl StoreOptions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: RocksPool,
+    /// Long jobs (snapshot builds), one at a time, at the lowest priority.
+    pub(crate) background: RocksPool,
     pub(crate) writer: LogWriter,
     pub(crate) metrics: StoreMetrics,
     pub(crate) db: Arc<DB>,
@@ -144,8 +146,10 @@ pub async fn open_with(
     let db = Arc::new(db);
     let writer = LogWriter::start(Arc::clone(&db), metrics.clone())?;
     let (closed, _) = tokio::sync::watch::channel(false);
+    let background = RocksPool::background(metrics.clone())?;
     let shared = Arc::new(Shared {
         pool,
+        background,
         writer,
         metrics,
         db,
@@ -213,7 +217,7 @@ impl Shared {
     }
 
     /// Like [`Shared::run`], for a long background job: on a thread of its
-    /// own at the lowest CPU priority ([`RocksPool::run_background`]).
+    /// own at the lowest CPU priority ([`RocksPool::background`]).
     pub(crate) async fn run_background<T, F>(
         &self,
         op: &'static str,
@@ -224,7 +228,7 @@ impl Shared {
         T: Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        self.pool.run_background(op, move || job(&db)).await?
+        self.background.run(op, move || job(&db)).await?
     }
 }
 

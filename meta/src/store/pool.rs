@@ -46,15 +46,40 @@ impl RocksPool {
         queue: usize,
         metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
+        Self::spawn(threads, queue, metrics, None)
+    }
+
+    /// One `meta-background` thread at the lowest CPU priority (nice 19)
+    /// for long jobs (snapshot builds), one at a time: they neither hold a
+    /// pool thread from the reads and writes behind them nor, on a busy
+    /// machine, take the CPU from the threads serving requests, and several
+    /// groups reaching their snapshot point together do not build (and
+    /// write out) their snapshots all at once.
+    pub(crate) fn background(metrics: StoreMetrics) -> Result<Self, StoreError> {
+        Self::spawn(1, 16, metrics, Some("meta-background"))
+    }
+
+    fn spawn(
+        threads: usize,
+        queue: usize,
+        metrics: StoreMetrics,
+        background: Option<&str>,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
-            let name = format!("meta-rocksdb-{i}");
+            let name = background.map_or_else(|| format!("meta-rocksdb-{i}"), str::to_string);
+            let low_priority = background.is_some();
             let handle = std::thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || worker(&rx))
+                .spawn(move || {
+                    if low_priority {
+                        lower_own_priority();
+                    }
+                    worker(&rx)
+                })
                 .map_err(|source| StoreError::Spawn { name, source })?;
             handles.push(handle);
         }
@@ -110,31 +135,6 @@ impl RocksPool {
         let tx = self.inner.tx.as_ref().ok_or(StoreError::PoolClosed)?;
         tx.send(boxed).await.map_err(|_| StoreError::PoolClosed)?;
         // A dropped reply sender without a value means the job panicked.
-        reply_rx.await.map_err(|_| StoreError::JobPanicked { op })
-    }
-
-    /// Runs a long background job (a snapshot build) on a thread of its own
-    /// at the lowest CPU priority, so that it neither takes a pool thread
-    /// from the writes and reads behind it nor, on a busy machine, the CPU
-    /// from the threads serving requests. Timed in `rocksdb_operation_ms{op}`
-    /// like [`RocksPool::run`].
-    pub async fn run_background<T, F>(&self, op: &'static str, job: F) -> Result<T, StoreError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let metrics = self.inner.metrics.clone();
-        std::thread::Builder::new()
-            .name("meta-background".into())
-            .spawn(move || {
-                lower_own_priority();
-                let started = Instant::now();
-                let out = job();
-                metrics.observe_op(op, started.elapsed());
-                let _ = reply_tx.send(out);
-            })
-            .map_err(|source| StoreError::Thread { op, source })?;
         reply_rx.await.map_err(|_| StoreError::JobPanicked { op })
     }
 
@@ -211,10 +211,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn background_jobs_run_on_their_own_thread_at_the_lowest_priority() {
+    async fn background_jobs_run_on_a_thread_of_their_own_at_the_lowest_priority() {
+        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
+        let background = RocksPool::background(metrics).unwrap();
         let pool = pool(1);
-        let (name, nice) = pool
-            .run_background("snapshot_build", || {
+        let (name, nice) = background
+            .run("snapshot_build", || {
                 // SAFETY: no pointers; reads the calling thread's nice value.
                 let nice = unsafe {
                     let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
@@ -237,8 +239,6 @@ mod tests {
             .await
             .unwrap();
         assert!(nice < 19);
-        let err: Result<(), _> = pool.run_background("boom", || panic!("job panic")).await;
-        assert!(matches!(err, Err(StoreError::JobPanicked { op: "boom" })));
     }
 
     #[tokio::test]
