@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::Raw;
@@ -243,6 +243,8 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
         record.payload.windows(3).any(|w| w == b"g/#"),
         "the subscription is in the session record"
     );
+    // The disconnect is written through too: the session is offline.
+    wait_for_connected(&meta, "default/keeper", false).await?;
 
     let mut publisher = Raw::connect(node.mqtt, Protocol::V5, "retainer").await;
     publisher
@@ -274,6 +276,8 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
     }
     let (mut sub, present) = persistent(node.mqtt, "keeper").await;
     ensure!(present, "session present after the restart");
+    let meta = MetaClient::new([node.grpc.to_string()])?;
+    wait_for_connected(&meta, "default/keeper", true).await?;
     let got = receive_all(&mut sub, Duration::from_secs(1)).await;
     ensure!(
         got.get("g/x") == Some(&(0..60).collect::<Vec<u32>>()),
@@ -287,6 +291,27 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
     ensure!(retained.topic == "r/a" && &retained.payload[..] == b"kept" && retained.retain);
     fresh.expect_silence().await;
     Ok(())
+}
+
+/// Waits (up to 5 s) until the meta service's record of `key` says
+/// `connected`: a disconnect is written after the connection is gone.
+async fn wait_for_connected(meta: &MetaClient, key: &str, connected: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let record = meta
+            .get_session(key)
+            .await?
+            .context("the session is in the meta service")?;
+        if record.connected == connected {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{key}: connected stayed {}",
+            record.connected
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Ids of the message partitions (not the session and retained ones).

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use super::{Connection, End, Io};
 use crate::auth::Action;
 use crate::broker::Shared;
+use crate::durable::{DurableStore, StoredSession};
 use crate::message::Message;
 use crate::session::{PendingWill, Session};
 
@@ -63,17 +64,21 @@ impl Connection {
     fn detach(&mut self, will: Option<LastWill>) {
         let shared = &self.shared;
         let session = &self.session;
-        let (generation, expiry, mut will_now) = {
+        let (generation, expiry, mut will_now, offline) = {
             let mut state = session.lock();
             let ours = state
                 .attachment
                 .as_ref()
                 .is_some_and(|a| a.connection_id == self.connection_id);
+            let mut offline = None;
             if ours {
                 state.attachment = None;
                 // Offline, a persistent session's backlog stays on disk.
                 if state.durable.is_some() {
                     state.queue.park();
+                    if state.expiry_interval > 0 {
+                        offline = state.stored(&session.key);
+                    }
                 }
             }
             let delay = will
@@ -92,8 +97,11 @@ impl Connection {
                     will_now = Some(will);
                 }
             }
-            (state.generation, state.expiry_interval, will_now)
+            (state.generation, state.expiry_interval, will_now, offline)
         };
+        if let (Some(stored), Some(store)) = (offline, shared.durable.clone()) {
+            mark_offline(store, Arc::clone(session), stored);
+        }
         if let Some(will) = will_now.take() {
             publish_will(shared, &session.key, self.username.as_deref(), will);
         }
@@ -136,6 +144,31 @@ impl Connection {
             schedule_expiry(shared, session, generation, expiry);
         }
     }
+}
+
+/// Tells the meta service that a persistent session lost its connection.
+/// A reconnect's own write may overtake this one (writes of different
+/// callers have no order between them), so once it is done, a session that
+/// has a connection again is written as connected once more.
+fn mark_offline(store: DurableStore, session: Arc<Session>, stored: StoredSession) {
+    tokio::spawn(async move {
+        if let Err(e) = store.set_connected(stored, false).await {
+            debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
+            return;
+        }
+        let again = {
+            let state = session.lock();
+            match state.attachment {
+                Some(_) => state.stored(&session.key),
+                None => None,
+            }
+        };
+        if let Some(stored) = again
+            && let Err(e) = store.set_connected(stored, true).await
+        {
+            warn!(client = %session.client_id, error = %e, "cannot mark a session connected in the meta service");
+        }
+    });
 }
 
 /// Ends a session that is still at `generation` and has no connection:

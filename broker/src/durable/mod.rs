@@ -419,7 +419,7 @@ impl DurableStore {
     }
 
     /// Writes a persistent session's state (to the meta service too, when
-    /// the catalog says so; both are done on return).
+    /// the catalog says so, as connected; both are done on return).
     pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
         let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
         let bytes = Record::Session(session).encode()?;
@@ -430,21 +430,48 @@ impl DurableStore {
                 .await?;
             Ok::<_, DurableError>(())
         };
-        let meta = async {
-            if let SessionCatalog::Meta { client, node_id } = &self.inner.catalog {
-                let entry = pb::Session {
-                    client_key: key,
-                    node_id: *node_id,
-                    created_at_ms: 0,
-                    expiry_secs,
-                    connected: true,
-                    payload: bytes.clone(),
-                };
-                client.put_session(entry).await?;
-            }
-            Ok(())
-        };
+        let meta = self.put_meta_session(key, expiry_secs, bytes.clone(), true);
         futures_util::future::try_join(local, meta).await?;
+        Ok(())
+    }
+
+    /// Tells the meta service whether a persistent session has a
+    /// connection (nothing to do without one: the local store does not
+    /// keep it).
+    pub async fn set_connected(
+        &self,
+        session: StoredSession,
+        connected: bool,
+    ) -> Result<(), DurableError> {
+        if !matches!(self.inner.catalog, SessionCatalog::Meta { .. }) {
+            return Ok(());
+        }
+        let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
+        let bytes = Record::Session(session).encode()?;
+        self.put_meta_session(key, expiry_secs, bytes, connected)
+            .await
+    }
+
+    /// Writes a session's record through the meta service, when the
+    /// catalog says so.
+    async fn put_meta_session(
+        &self,
+        key: String,
+        expiry_secs: u32,
+        payload: Vec<u8>,
+        connected: bool,
+    ) -> Result<(), DurableError> {
+        if let SessionCatalog::Meta { client, node_id } = &self.inner.catalog {
+            let entry = pb::Session {
+                client_key: key,
+                node_id: *node_id,
+                created_at_ms: 0,
+                expiry_secs,
+                connected,
+                payload,
+            };
+            client.put_session(entry).await?;
+        }
         Ok(())
     }
 
