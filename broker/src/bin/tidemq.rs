@@ -19,14 +19,6 @@ use tidemq_broker::{Config, Node};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-/// mimalloc instead of glibc's malloc: buffers the broker allocates on one
-/// thread and frees on another (records handed to the store's writer and
-/// I/O threads, messages fanned out across connections) contended on
-/// glibc's arena locks (~6 % of the broker threads' time under persistent
-/// QoS 1 load, docs/benchmarks.md §8e).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "tidemq", version, about = "TideMQ MQTT broker node")]
 struct Args {
