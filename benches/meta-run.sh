@@ -2,10 +2,13 @@
 # One meta create-session run as a single process tree, for timing whole
 # runs against each other (e.g. 1 vs 4 data groups, A B A B ...): starts a
 # release `tidemq-meta` node with fsync on, creates COUNT sessions with
-# CONCURRENCY closed-loop clients, prints the load's JSON report, stops.
+# CONCURRENCY clients, prints the load's JSON report, stops.
 #
 # Usage: benches/meta-run.sh DATA_GROUPS [COUNT] [CONCURRENCY] [HEARTBEAT_MS]
 #        (defaults: 300000 3000 100). BIN_DIR: the release binaries.
+#        BENCH_ARGS: more flags for the load, e.g. "--duration-secs 60
+#        --rate 50000" (open loop; the run ends at the count or the
+#        duration, whichever comes first) or "--no-coalesce".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 groups="$1"
@@ -30,4 +33,4 @@ for _ in $(seq 1 300); do
     sleep 0.05
 done
 "$bin/tidemq-bench" meta create-session --port "$port" --count "$count" \
-    --concurrency "$concurrency" --timeout-ms 3000 --output json | tail -n 1
+    --concurrency "$concurrency" --timeout-ms 3000 --output json ${BENCH_ARGS:-} | tail -n 1
