@@ -9,9 +9,18 @@ use tidemq_meta::{MetaClient, MetaConfig, MetaError, MetaNodeHandle};
 use tidemq_proto::grpc::v1 as pb;
 
 async fn start(dir: &std::path::Path, groups: u32) -> MetaNodeHandle {
+    start_with(dir, groups, &prometheus::Registry::new()).await
+}
+
+/// A node whose metrics land in `registry`.
+async fn start_with(
+    dir: &std::path::Path,
+    groups: u32,
+    registry: &prometheus::Registry,
+) -> MetaNodeHandle {
     let mut config = MetaConfig::new(1, "127.0.0.1:0".parse().expect("addr"), dir);
     config.data_raft_group_num = groups;
-    MetaNodeHandle::start(config, &prometheus::Registry::new())
+    MetaNodeHandle::start(config, registry)
         .await
         .expect("meta node starts")
 }
@@ -199,9 +208,7 @@ async fn a_restarted_node_keeps_its_data() -> anyhow::Result<()> {
 async fn raft_status_and_per_group_gauges_follow_the_log() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let registry = prometheus::Registry::new();
-    let mut config = MetaConfig::new(1, "127.0.0.1:0".parse()?, dir.path());
-    config.data_raft_group_num = 2;
-    let node = MetaNodeHandle::start(config, &registry).await?;
+    let node = start_with(dir.path(), 2, &registry).await;
     let c = client(&node).await;
     let sessions: Vec<_> = (0..40).map(|i| session(&format!("g/{i}"))).collect();
     c.create_sessions(sessions).await?;
@@ -253,9 +260,7 @@ async fn raft_status_and_per_group_gauges_follow_the_log() -> anyhow::Result<()>
 async fn concurrent_put_sessions_share_requests_and_all_apply() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let registry = prometheus::Registry::new();
-    let mut config = MetaConfig::new(1, "127.0.0.1:0".parse()?, dir.path());
-    config.data_raft_group_num = 2;
-    let node = MetaNodeHandle::start(config, &registry).await?;
+    let node = start_with(dir.path(), 2, &registry).await;
     let c = client(&node).await;
     let served = || -> u64 {
         registry

@@ -1,5 +1,6 @@
 //! Property tests: any packet a protocol can express encodes to exactly
-//! `encoded_len` bytes and decodes back to itself.
+//! `encoded_len` bytes and decodes back to itself (a PUBLISH encodes the
+//! same through `encode_publish`).
 
 mod fields;
 mod packets;
@@ -16,6 +17,14 @@ fn assert_round_trip(packet: &Packet, p: Protocol) -> Result<(), TestCaseError> 
     let mut buf = BytesMut::new();
     encode(packet, p, &mut buf).map_err(|e| TestCaseError::fail(format!("encode: {e}")))?;
     prop_assert_eq!(encoded_len(packet, p).ok(), Some(buf.len()));
+    if let Packet::Publish(publish) = packet {
+        // The borrowed-PUBLISH encoder writes the same bytes, appended.
+        let mut appended = BytesMut::from(&b"xy"[..]);
+        encode_publish(publish, p, &mut appended)
+            .map_err(|e| TestCaseError::fail(format!("encode_publish: {e}")))?;
+        prop_assert_eq!(&appended[..2], b"xy");
+        prop_assert_eq!(&appended[2..], &buf[..]);
+    }
     let decoded = decode(&mut buf, p, usize::MAX);
     prop_assert_eq!(decoded, Ok(Some(packet.clone())));
     prop_assert!(buf.is_empty());

@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use self::read::{MAX_VARINT, Reader, Varint, parse_varint};
 use self::write::{Sink, measure, varint_len};
 use super::error::{DecodeError, EncodeError};
-use super::packet::{Packet, Protocol};
+use super::packet::{Packet, Protocol, Publish};
 use super::reason::ReasonCode;
 
 /// Packet type numbers: the high nibble of the first byte.
@@ -153,6 +153,24 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
     // The counting pass above has already met every error the body can
     // raise, so this pass cannot stop half way.
     write_body(packet, protocol, buf)
+}
+
+/// Appends the bytes of a PUBLISH packet, as [`encode`] does for
+/// `Packet::Publish`, from a borrowed [`Publish`] (no clone into a
+/// [`Packet`]). On error nothing is appended.
+pub fn encode_publish(
+    publish: &Publish,
+    protocol: Protocol,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let remaining = measure(|c| publish::write(publish, protocol, c))?;
+    if remaining > MAX_VARINT {
+        return Err(EncodeError::TooLarge(remaining));
+    }
+    buf.reserve(1 + varint_len(remaining) + remaining);
+    Sink::put_u8(buf, kind::PUBLISH << 4 | publish::flags(publish));
+    write::varint(buf, remaining)?;
+    publish::write(publish, protocol, buf)
 }
 
 /// The total size `encode` would produce, fixed header included.
