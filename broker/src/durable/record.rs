@@ -142,7 +142,8 @@ pub enum Record {
 impl Record {
     /// The record's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, DurableError> {
-        let mut out = Vec::with_capacity(64);
+        let mut out = BytesMut::with_capacity(self.size_hint());
+        let out = &mut out;
         match self {
             Record::Publish {
                 publish,
@@ -155,7 +156,7 @@ impl Record {
                 match origin {
                     Some(origin) => {
                         out.put_u8(1);
-                        put_str(&mut out, &origin.key)?;
+                        put_str(out, &origin.key)?;
                         out.put_u64(origin.epoch);
                         out.put_u16(origin.packet_id);
                     }
@@ -163,7 +164,7 @@ impl Record {
                 }
                 out.put_u32(len_u32(recipients.len())?);
                 for r in recipients {
-                    put_str(&mut out, &r.key)?;
+                    put_str(out, &r.key)?;
                     out.put_u64(r.epoch);
                     out.put_u8(r.qos as u8);
                     out.put_u8(u8::from(r.retain));
@@ -172,7 +173,7 @@ impl Record {
                         out.put_u32(*id);
                     }
                 }
-                put_publish(&mut out, publish)?;
+                put_publish(out, publish)?;
             }
             Record::Ack { key, epoch, offset } | Record::Released { key, epoch, offset } => {
                 out.put_u8(if matches!(self, Record::Ack { .. }) {
@@ -180,7 +181,7 @@ impl Record {
                 } else {
                     RELEASED
                 });
-                put_str(&mut out, key)?;
+                put_str(out, key)?;
                 out.put_u64(*epoch);
                 out.put_u64(*offset);
             }
@@ -190,26 +191,26 @@ impl Record {
                 packet_id,
             } => {
                 out.put_u8(INBOUND_RELEASED);
-                put_str(&mut out, key)?;
+                put_str(out, key)?;
                 out.put_u64(*epoch);
                 out.put_u16(*packet_id);
             }
             Record::Session(session) => {
                 out.put_u8(SESSION);
-                put_str(&mut out, &session.key)?;
+                put_str(out, &session.key)?;
                 out.put_u64(session.epoch);
                 out.put_u32(session.expiry_secs);
                 out.put_u8(session.protocol.level());
                 out.put_u32(len_u32(session.subscriptions.len())?);
                 for s in &session.subscriptions {
-                    put_str(&mut out, &s.filter)?;
+                    put_str(out, &s.filter)?;
                     out.put_u8(s.options.to_byte());
                     out.put_u32(s.id.unwrap_or(0));
                 }
             }
             Record::SessionGone { key } => {
                 out.put_u8(SESSION_GONE);
-                put_str(&mut out, key)?;
+                put_str(out, key)?;
             }
             Record::Retain {
                 publish,
@@ -217,10 +218,31 @@ impl Record {
             } => {
                 out.put_u8(RETAIN);
                 out.put_u64(expires_at_ms.unwrap_or(0));
-                put_publish(&mut out, publish)?;
+                put_publish(out, publish)?;
             }
         }
-        Ok(out)
+        // A `BytesMut` that never split gives its buffer to the `Vec`.
+        Ok(Vec::from(std::mem::take(out)))
+    }
+
+    /// About the bytes [`Record::encode`] produces, so that it allocates once.
+    fn size_hint(&self) -> usize {
+        let publish = |p: &Publish| 32 + p.topic.len() + p.payload.len();
+        match self {
+            Record::Publish {
+                publish: p,
+                recipients,
+                ..
+            } => {
+                64 + publish(p)
+                    + recipients
+                        .iter()
+                        .map(|r| 20 + r.key.len() + 4 * r.subscription_ids.len())
+                        .sum::<usize>()
+            }
+            Record::Retain { publish: p, .. } => 16 + publish(p),
+            _ => 64,
+        }
     }
 
     /// Decodes a record.
@@ -454,15 +476,12 @@ pub fn message_publish(message: &Message) -> Publish {
     }
 }
 
-fn put_publish(out: &mut Vec<u8>, publish: &Publish) -> Result<(), DurableError> {
-    let mut buf = BytesMut::new();
-    mqtt::encode(&Packet::Publish(publish.clone()), Protocol::V5, &mut buf)
-        .map_err(|e| DurableError::Encode(e.to_string()))?;
-    out.extend_from_slice(&buf);
-    Ok(())
+fn put_publish(out: &mut BytesMut, publish: &Publish) -> Result<(), DurableError> {
+    mqtt::encode_publish(publish, Protocol::V5, out)
+        .map_err(|e| DurableError::Encode(e.to_string()))
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), DurableError> {
+fn put_str(out: &mut BytesMut, s: &str) -> Result<(), DurableError> {
     let len = u16::try_from(s.len())
         .map_err(|_| DurableError::Encode(format!("string of {} bytes", s.len())))?;
     out.put_u16(len);
