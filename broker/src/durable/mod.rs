@@ -8,14 +8,19 @@
 //!   recipient; then, in the same partition, one `Ack` per recipient that
 //!   completed it and one `Released` per QoS 2 recipient that answered
 //!   PUBREC. A publisher's messages all go to the partition of its session
-//!   key, so they keep their order. The record is on disk (group-committed
-//!   fsync) before the publisher gets PUBACK or PUBREC.
+//!   key, so they keep their order. One writer task per partition appends
+//!   everything queued while its previous append was on the way to disk as
+//!   one batch (one write, one fsync); the record is on disk before the
+//!   publisher gets PUBACK or PUBREC. An `Ack` is waited for by nobody: it
+//!   rides with the partition's next batch.
 //! - **The session partition**: a `Session` record (epoch, expiry,
 //!   subscriptions) on every change of a persistent session, `SessionGone`
 //!   when it ends. A node also writes each change through the meta service
-//!   ([`SessionCatalog::Meta`]: one Raft write through its batcher, the
-//!   session in the record's opaque payload), and both writes complete
-//!   before the client is answered: the cluster's view of who holds a
+//!   ([`SessionCatalog::Meta`]: `MetaClient::put_session`, which shares one
+//!   request with the other sessions written at the same time, then one
+//!   Raft write through the service's batcher; the session in the record's
+//!   opaque payload, and whether it has a connection), and both writes
+//!   complete before the client is answered: the cluster's view of who holds a
 //!   session is linearizable, and a restart restores from the local copy
 //!   without waiting for a quorum.
 //! - **The retained partition**: a `Retain` record per retained message set
