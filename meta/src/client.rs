@@ -148,8 +148,9 @@ impl MetaClient {
     /// Creates (or replaces) one session, coalesced with the other
     /// `put_session` calls of this client that are waiting at the time into
     /// one CreateSessions request (see [`crate::session_writer`]). Returns
-    /// once the session is applied. Must be called within a tokio runtime,
-    /// which runs the client's writer task from the first call on.
+    /// once the session is applied. The first call starts the client's
+    /// writer task on the calling tokio runtime (outside one it fails with
+    /// `InvalidArgument`).
     pub async fn put_session(&self, session: pb::Session) -> Result<(), MetaError> {
         // A bad session would fail the whole request it shares.
         if session.client_key.is_empty() {
@@ -157,11 +158,21 @@ impl MetaClient {
                 reason: "client_key must not be empty".into(),
             });
         }
-        self.inner
-            .sessions
-            .get_or_init(|| SessionWriter::start(Arc::downgrade(&self.inner)))
-            .put(session)
-            .await
+        let writer = match self.inner.sessions.get() {
+            Some(writer) => writer,
+            None => {
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    MetaError::InvalidArgument {
+                        reason: "put_session must be called within a tokio runtime".into(),
+                    }
+                })?;
+                let client = Arc::downgrade(&self.inner);
+                self.inner
+                    .sessions
+                    .get_or_init(|| SessionWriter::start(&runtime, client))
+            }
+        };
+        writer.put(session).await
     }
 
     /// Creates (or replaces) sessions in one request; returns how many were

@@ -43,10 +43,10 @@ pub(crate) struct SessionWriter {
 }
 
 impl SessionWriter {
-    /// Starts the writer task on the current tokio runtime.
-    pub(crate) fn start(client: Weak<Inner>) -> SessionWriter {
+    /// Starts the writer task on `runtime`.
+    pub(crate) fn start(runtime: &tokio::runtime::Handle, client: Weak<Inner>) -> SessionWriter {
         let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, pending));
+        runtime.spawn(run(client, pending));
         SessionWriter { queue }
     }
 

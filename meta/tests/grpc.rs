@@ -311,3 +311,19 @@ async fn concurrent_put_sessions_share_requests_and_all_apply() -> anyhow::Resul
     node.shutdown().await;
     Ok(())
 }
+
+#[test]
+fn put_session_outside_a_runtime_is_an_error_not_a_panic() -> anyhow::Result<()> {
+    use futures_util::FutureExt;
+    let c = MetaClient::new(["127.0.0.1:1"])?;
+    // Fails on its first poll, before any I/O: no runtime is needed to see it.
+    let result = c
+        .put_session(session("a/b"))
+        .now_or_never()
+        .expect("answers at once");
+    assert!(
+        matches!(result, Err(MetaError::InvalidArgument { .. })),
+        "{result:?}"
+    );
+    Ok(())
+}
