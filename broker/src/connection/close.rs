@@ -147,26 +147,33 @@ impl Connection {
 }
 
 /// Tells the meta service that a persistent session lost its connection.
-/// A reconnect's own write may overtake this one (writes of different
-/// callers have no order between them), so once it is done, a session that
-/// has a connection again is written as connected once more.
+/// Writes of different callers have no order between them, so a
+/// reconnect's write, or the deletion of a session that ended meanwhile,
+/// may be applied before this one: once it is done, a session with a
+/// connection again is written as connected once more, and an ended one
+/// is deleted again.
 fn mark_offline(store: DurableStore, session: Arc<Session>, stored: StoredSession) {
     tokio::spawn(async move {
         if let Err(e) = store.set_connected(stored, false).await {
             debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
             return;
         }
-        let again = {
+        // A reconnect's write, or the end of the session (its record
+        // deleted), may have been applied before this one.
+        let (again, ended) = {
             let state = session.lock();
             match state.attachment {
-                Some(_) => state.stored(&session.key),
-                None => None,
+                Some(_) => (state.stored(&session.key), false),
+                None => (None, state.durable.is_none()),
             }
         };
-        if let Some(stored) = again
-            && let Err(e) = store.set_connected(stored, true).await
-        {
-            warn!(client = %session.client_id, error = %e, "cannot mark a session connected in the meta service");
+        let result = match again {
+            Some(stored) => store.set_connected(stored, true).await,
+            None if ended => store.forget_in_meta(&session.key).await,
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(client = %session.client_id, error = %e, "cannot correct a session's record in the meta service");
         }
     });
 }

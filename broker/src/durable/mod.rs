@@ -457,6 +457,15 @@ impl DurableStore {
             .await
     }
 
+    /// Deletes a session's record in the meta service (when the catalog
+    /// says so), without a record in the local store.
+    pub async fn forget_in_meta(&self, key: &str) -> Result<(), DurableError> {
+        if let SessionCatalog::Meta { client, .. } = &self.inner.catalog {
+            client.delete_session(key).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a session's record through the meta service, when the
     /// catalog says so.
     async fn put_meta_session(
@@ -490,13 +499,7 @@ impl DurableStore {
             self.inner.engine.append(SESSIONS, &[bytes]).await?;
             Ok::<_, DurableError>(())
         };
-        let meta = async {
-            if let SessionCatalog::Meta { client, .. } = &self.inner.catalog {
-                client.delete_session(key).await?;
-            }
-            Ok(())
-        };
-        futures_util::future::try_join(local, meta).await?;
+        futures_util::future::try_join(local, self.forget_in_meta(key)).await?;
         Ok(())
     }
 
