@@ -54,14 +54,36 @@ impl Stored {
     }
 }
 
-/// Routes `message`. Returns what was queued now and, when the message must
-/// be stored, the write to await before acknowledging the publisher and
-/// then [`Stored::enqueue`].
-pub(crate) fn dispatch(
+/// What routing a message leaves to the message store.
+pub(crate) enum ToStore {
+    /// Nothing: no persistent recipient, and not retained.
+    Nothing,
+    /// One record for the publisher's partition: it may share a writer job
+    /// with the other records of the same read pass ([`write_records`]).
+    Record(PendingRecord),
+    /// A write of its own (a retained message).
+    Write(StoreWrite),
+}
+
+/// A message record encoded for the store, and its deliveries to queue once
+/// it is on disk.
+pub(crate) struct PendingRecord {
+    partition: u32,
+    bytes: Vec<u8>,
+    deliveries: Vec<(Arc<Session>, u64, Delivery)>,
+    /// Keeps the partition from being trimmed until the sessions hold the
+    /// offset.
+    appending: AppendGuard,
+}
+
+/// Routes `message`: queues the in-memory deliveries now, and returns what
+/// the store must write before the publisher is acknowledged and the
+/// persistent deliveries are queued.
+pub(crate) fn route(
     shared: &Shared,
     message: &Arc<Message>,
     origin: Option<Origin>,
-) -> (RouteOutcome, Option<StoreWrite>) {
+) -> Result<(RouteOutcome, ToStore), DurableError> {
     let queue_qos0 = shared.config.load().session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
     let mut durable = Vec::new();
@@ -80,51 +102,142 @@ pub(crate) fn dispatch(
         shared.metrics.retained.set(count as i64);
     }
     let Some(store) = shared.durable.clone() else {
-        return (outcome, None);
+        return Ok((outcome, ToStore::Nothing));
     };
     if durable.is_empty() && !message.retain {
-        return (outcome, None);
+        return Ok((outcome, ToStore::Nothing));
     }
     outcome.delivered += durable.len();
-    let message = Arc::clone(message);
+    if message.retain {
+        let write = write_alone(shared, store, Arc::clone(message), origin, durable);
+        return Ok((outcome, ToStore::Write(write)));
+    }
+    let record = pending_record(&store, message, origin, durable)?;
+    Ok((outcome, ToStore::Record(record)))
+}
+
+/// Encodes the record of `message` for its persistent recipients.
+fn pending_record(
+    store: &DurableStore,
+    message: &Message,
+    origin: Option<Origin>,
+    deliveries: Vec<(Arc<Session>, u64, Delivery)>,
+) -> Result<PendingRecord, DurableError> {
+    let publisher = message.publisher.as_deref().unwrap_or_default();
+    let partition = store.partition_for(publisher);
+    let appending = store.begin_append(partition);
+    let record = Record::Publish {
+        publish: record::message_publish(message),
+        expires_at_ms: record::expiry_to_unix(message, Instant::now()),
+        origin,
+        recipients: deliveries
+            .iter()
+            .map(|(session, epoch, delivery)| Recipient {
+                key: session.key.to_string(),
+                epoch: *epoch,
+                qos: delivery.qos,
+                retain: delivery.retain,
+                subscription_ids: delivery.subscription_ids.clone(),
+            })
+            .collect(),
+    };
+    Ok(PendingRecord {
+        partition,
+        bytes: store.encode_message(&record)?,
+        deliveries,
+        appending,
+    })
+}
+
+/// Writes the records of one read pass of a connection, all for its
+/// partition, as one writer job; resolves, once they are on disk, to their
+/// deliveries, in order.
+pub(crate) fn write_records(
+    shared: &Arc<Shared>,
+    records: Vec<PendingRecord>,
+) -> BoxFuture<'static, Result<Vec<Stored>, DurableError>> {
+    let Some(store) = shared.durable.clone() else {
+        return futures_util::future::ready(Ok(Vec::new())).boxed();
+    };
+    let started = Instant::now();
+    let partition = records.first().map_or(0, |r| r.partition);
+    let (bytes, rest): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .map(|r| {
+            debug_assert_eq!(r.partition, partition, "one connection, one partition");
+            (r.bytes, (r.deliveries, r.appending))
+        })
+        .unzip();
+    let sent = store.send_records(partition, bytes);
+    let shared = Arc::clone(shared);
+    async move {
+        let metrics = &shared.metrics;
+        let first = match sent {
+            Ok(reply) => reply.await,
+            Err(e) => Err(e),
+        }
+        .inspect_err(|_| metrics.storage_errors.inc())?;
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.messages_stored.inc_by(rest.len() as u64);
+        Ok(rest
+            .into_iter()
+            .zip(first..)
+            .map(|((mut deliveries, appending), offset)| {
+                metrics.store_write_seconds.observe(seconds);
+                let at = Some(DiskRef { partition, offset });
+                for (_, _, delivery) in &mut deliveries {
+                    delivery.stored = at;
+                }
+                Stored {
+                    deliveries,
+                    store: store.clone(),
+                    _appending: Some(appending),
+                }
+            })
+            .collect())
+    }
+    .boxed()
+}
+
+/// The store write of one message on its own: its record if it has
+/// persistent recipients, and the retained message if it is one.
+fn write_alone(
+    shared: &Shared,
+    store: DurableStore,
+    message: Arc<Message>,
+    origin: Option<Origin>,
+    mut durable: Vec<(Arc<Session>, u64, Delivery)>,
+) -> StoreWrite {
     let (write_seconds, stored_total, errors) = (
         shared.metrics.store_write_seconds.clone(),
         shared.metrics.messages_stored.clone(),
         shared.metrics.storage_errors.clone(),
     );
     let started = Instant::now();
-    let write = async move {
-        let appending = if durable.is_empty() {
+    async move {
+        let pending = if durable.is_empty() {
             None
         } else {
-            let publisher = message.publisher.as_deref().unwrap_or_default();
-            let partition = store.partition_for(publisher);
-            Some((partition, store.begin_append(partition)))
+            Some(pending_record(
+                &store,
+                &message,
+                origin,
+                std::mem::take(&mut durable),
+            ))
         };
         let append = async {
-            let Some((partition, _)) = &appending else {
+            let Some(pending) = pending else {
                 return Ok(None);
             };
-            let record = Record::Publish {
-                publish: record::message_publish(&message),
-                expires_at_ms: record::expiry_to_unix(&message, Instant::now()),
-                origin,
-                recipients: durable
-                    .iter()
-                    .map(|(session, epoch, delivery)| Recipient {
-                        key: session.key.to_string(),
-                        epoch: *epoch,
-                        qos: delivery.qos,
-                        retain: delivery.retain,
-                        subscription_ids: delivery.subscription_ids.clone(),
-                    })
-                    .collect(),
-            };
-            let offset = store.append(*partition, &record).await?;
-            Ok(Some(DiskRef {
-                partition: *partition,
+            let pending = pending?;
+            let offset = store
+                .append_encoded(pending.partition, pending.bytes)
+                .await?;
+            let at = DiskRef {
+                partition: pending.partition,
                 offset,
-            }))
+            };
+            Ok(Some((at, pending.deliveries, pending.appending)))
         };
         let retain = async {
             if message.retain {
@@ -133,35 +246,58 @@ pub(crate) fn dispatch(
                 Ok(())
             }
         };
-        let (at, ()) = futures_util::future::try_join(append, retain)
+        let (appended, ()) = futures_util::future::try_join(append, retain)
             .await
             .inspect_err(|_| errors.inc())?;
         write_seconds.observe(started.elapsed().as_secs_f64());
-        if at.is_some() {
-            stored_total.inc();
-        }
-        for (_, _, delivery) in &mut durable {
-            delivery.stored = at;
+        let Some((at, mut deliveries, appending)) = appended else {
+            return Ok(Stored {
+                deliveries: Vec::new(),
+                store,
+                _appending: None,
+            });
+        };
+        stored_total.inc();
+        for (_, _, delivery) in &mut deliveries {
+            delivery.stored = Some(at);
         }
         Ok(Stored {
-            deliveries: durable,
+            deliveries,
             store,
-            _appending: appending.map(|(_, guard)| guard),
+            _appending: Some(appending),
         })
-    };
-    (outcome, Some(write.boxed()))
+    }
+    .boxed()
 }
 
 /// Routes a message nobody waits for (a will): stored deliveries are
 /// queued when their write completes.
 pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>) {
-    let (outcome, write) = dispatch(shared, message, None);
-    outcome.count_drops(&shared.metrics);
+    let write = match route(shared, message, None) {
+        Ok((outcome, to_store)) => {
+            outcome.count_drops(&shared.metrics);
+            match to_store {
+                ToStore::Nothing => None,
+                ToStore::Record(record) => Some(
+                    write_records(shared, vec![record])
+                        .map(|r| r.map(|mut stored| stored.pop()))
+                        .boxed(),
+                ),
+                ToStore::Write(write) => Some(write.map(|r| r.map(Some)).boxed()),
+            }
+        }
+        Err(e) => {
+            count_storage_error(&shared.metrics);
+            warn!(error = %e, "cannot store a will for its persistent subscribers");
+            None
+        }
+    };
     if let Some(write) = write {
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
             match write.await {
-                Ok(stored) => stored.enqueue(&shared.metrics),
+                Ok(Some(stored)) => stored.enqueue(&shared.metrics),
+                Ok(None) => {}
                 Err(e) => {
                     count_storage_error(&shared.metrics);
                     warn!(error = %e, "cannot store a will for its persistent subscribers");

@@ -530,3 +530,51 @@ async fn a_qos2_flow_cut_by_a_crash_resumes_where_it_stood() -> anyhow::Result<(
     sub.expect_silence().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_keep_the_order_of_publishes_read_in_one_pass() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = NodeProcess::start(dir.path(), &[])?;
+    let (mut sub, _) = persistent(node.mqtt, "ordered").await;
+    sub.subscribe(1, "p/#", QoS::AtLeastOnce).await;
+    disconnect(sub).await;
+
+    // One write: messages that must be stored first (p/...) between ones
+    // that are answered at once (n/..., no subscriber).
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "mixed").await;
+    let mut bytes = bytes::BytesMut::new();
+    for id in 1u16..=8 {
+        let topic = if id % 2 == 1 { "p/x" } else { "n/x" };
+        let packet = Packet::Publish(common::publish(
+            topic,
+            &id.to_be_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            id,
+        ));
+        tidemq_proto::mqtt::encode(&packet, Protocol::V3_1_1, &mut bytes)?;
+    }
+    publisher.send_bytes(&bytes).await;
+    let mut acked = Vec::new();
+    for _ in 1..=8 {
+        match publisher.recv().await {
+            Some(Packet::PubAck(ack)) => acked.push(ack.packet_id),
+            other => bail!("expected PUBACK, got {other:?}"),
+        }
+    }
+    ensure!(
+        acked == (1..=8).collect::<Vec<u16>>(),
+        "PUBACKs in {acked:?}"
+    );
+
+    let (mut sub, present) = persistent(node.mqtt, "ordered").await;
+    ensure!(present);
+    for id in [1u16, 3, 5, 7] {
+        let got = sub.expect_publish().await;
+        ensure!(
+            got.topic == "p/x" && got.payload[..] == id.to_be_bytes(),
+            "{got:?}"
+        );
+    }
+    Ok(())
+}

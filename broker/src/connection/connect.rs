@@ -257,6 +257,7 @@ pub(super) async fn handshake(
         alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         last_packet: Instant::now(),
         pending: FuturesOrdered::new(),
+        records: Vec::new(),
         loading: FuturesOrdered::new(),
     };
     connection.send(io, &connack);

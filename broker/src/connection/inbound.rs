@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 
 use super::{Connection, End, Io};
 use crate::auth::Action;
-use crate::delivery;
+use crate::delivery::{self, ToStore};
 use crate::durable::{DiskRef, DurableError, Origin};
 use crate::message::{Delivery, Message};
 use crate::session::SubscriptionEntry;
@@ -86,7 +86,7 @@ impl Connection {
         let allowed = self.allowed(Action::Publish, &publish.topic);
         let qos = publish.qos;
         let mut reason = ReasonCode::Success;
-        let mut write = None;
+        let mut to_store_now = ToStore::Nothing;
         if allowed {
             let message = Arc::new(Message::from_publish(
                 publish,
@@ -103,12 +103,17 @@ impl Connection {
                 }),
                 _ => None,
             };
-            let (outcome, stored) = delivery::dispatch(&self.shared, &message, origin);
+            let (outcome, to_store) =
+                delivery::route(&self.shared, &message, origin).map_err(|e| {
+                    delivery::count_storage_error(&self.shared.metrics);
+                    tracing::warn!(client = %self.session.client_id, error = %e, "cannot store a message");
+                    End::ServerError
+                })?;
             outcome.count_drops(&self.shared.metrics);
             if outcome.delivered == 0 && outcome.dropped() == 0 {
                 reason = ReasonCode::NoMatchingSubscribers;
             }
-            write = stored;
+            to_store_now = to_store;
         } else {
             self.shared
                 .metrics
@@ -134,10 +139,13 @@ impl Connection {
                 Some(Packet::PubRec(response))
             }
         };
-        match (write, response) {
-            (Some(write), response) => self.after(write.map(|r| r.map(Some)), response, Vec::new()),
-            (None, Some(response)) => self.respond(io, response),
-            (None, None) => {}
+        match (to_store_now, response) {
+            (ToStore::Record(record), response) => self.records.push((record, response)),
+            (ToStore::Write(write), response) => {
+                self.after(write.map(|r| r.map(Some)), response, Vec::new())
+            }
+            (ToStore::Nothing, Some(response)) => self.respond(io, response),
+            (ToStore::Nothing, None) => {}
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use futures_util::{FutureExt, StreamExt};
 use tracing::warn;
 
 use crate::broker::Shared;
-use crate::delivery::Stored;
+use crate::delivery::{self, PendingRecord, Stored};
 use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
@@ -141,7 +141,11 @@ pub(crate) struct Connection {
     last_packet: Instant,
     /// Responses waiting for a message-store write, in the order their
     /// packets arrived (MQTT orders PUBACKs by their PUBLISHes).
-    pending: FuturesOrdered<BoxFuture<'static, Step>>,
+    pending: FuturesOrdered<BoxFuture<'static, Vec<Step>>>,
+    /// Message records of the PUBLISH packets read in this pass, with their
+    /// responses: they go to the store as one writer job when the pass ends
+    /// (or before any other response, to keep the order).
+    records: Vec<(PendingRecord, Option<Packet>)>,
     /// A read of the stored backlog at the front of the session's queue.
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
 }
@@ -182,13 +186,13 @@ impl Connection {
                     }
                 },
                 () = self.session.notify.notified() => None,
-                Some(step) = self.pending.next(), if !self.pending.is_empty() => {
+                Some(steps) = self.pending.next(), if !self.pending.is_empty() => {
                     // Take every other step that is ready too, so that their
                     // responses leave in one write.
-                    let mut done = self.finish_step(step, io);
+                    let mut done = self.finish_steps(steps, io);
                     while done.is_ok() {
                         match self.pending.next().now_or_never() {
-                            Some(Some(step)) => done = self.finish_step(step, io),
+                            Some(Some(steps)) => done = self.finish_steps(steps, io),
                             _ => break,
                         }
                     }
@@ -224,6 +228,7 @@ impl Connection {
 
     /// Like [`Connection::respond`], then queues `then` on the session.
     fn respond_then(&mut self, io: &mut Io, response: Packet, then: Vec<Delivery>) {
+        self.flush_records();
         if self.pending.is_empty() {
             self.send(io, &response);
             self.queue_all(then);
@@ -249,16 +254,56 @@ impl Connection {
         response: Option<Packet>,
         then: Vec<Delivery>,
     ) {
+        self.flush_records();
         self.pending.push_back(
             async move {
-                Step {
+                vec![Step {
                     stored: stored.await,
                     response,
                     then,
+                }]
+            }
+            .boxed(),
+        );
+    }
+
+    /// Sends the records of this read pass to the store as one writer job,
+    /// their responses queued behind it in order.
+    fn flush_records(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let (records, responses): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.records).into_iter().unzip();
+        let written = delivery::write_records(&self.shared, records);
+        self.pending.push_back(
+            async move {
+                match written.await {
+                    Ok(stored) => stored
+                        .into_iter()
+                        .zip(responses)
+                        .map(|(stored, response)| Step {
+                            stored: Ok(Some(stored)),
+                            response,
+                            then: Vec::new(),
+                        })
+                        .collect(),
+                    Err(e) => vec![Step {
+                        stored: Err(e),
+                        response: None,
+                        then: Vec::new(),
+                    }],
                 }
             }
             .boxed(),
         );
+    }
+
+    fn finish_steps(&mut self, steps: Vec<Step>, io: &mut Io) -> Result<(), End> {
+        for step in steps {
+            self.finish_step(step, io)?;
+        }
+        Ok(())
     }
 
     fn finish_step(&mut self, step: Step, io: &mut Io) -> Result<(), End> {
@@ -327,7 +372,10 @@ impl Connection {
                         .inc();
                     self.handle(packet, io)?;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.flush_records();
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::debug!(client = %self.session.client_id, error = %e, "bad packet");
                     return Err(End::Violation(e.reason_code()));

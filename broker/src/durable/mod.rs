@@ -332,6 +332,13 @@ impl DurableStore {
     /// Appends a record to a message partition; durable on return (with
     /// the default sync policy). Returns its offset.
     pub async fn append(&self, partition: u32, record: &Record) -> Result<u64, DurableError> {
+        let bytes = self.encode_message(record)?;
+        self.append_encoded(partition, bytes).await
+    }
+
+    /// Encodes a record for a message partition, refused if larger than a
+    /// record may be.
+    pub fn encode_message(&self, record: &Record) -> Result<Vec<u8>, DurableError> {
         let bytes = record.encode()?;
         if bytes.len() > self.inner.max_record {
             return Err(DurableError::TooLarge {
@@ -339,6 +346,16 @@ impl DurableStore {
                 max: self.inner.max_record,
             });
         }
+        Ok(bytes)
+    }
+
+    /// Appends an encoded record (see [`DurableStore::encode_message`]) to
+    /// a message partition. Returns its offset.
+    pub async fn append_encoded(
+        &self,
+        partition: u32,
+        bytes: Vec<u8>,
+    ) -> Result<u64, DurableError> {
         let (reply, offset) = oneshot::channel();
         self.send(
             partition,
@@ -348,6 +365,20 @@ impl DurableStore {
             },
         )?;
         offset.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Hands encoded records to `partition`'s writer now, as one job: they
+    /// are appended together, in order, at consecutive offsets. The future
+    /// resolves to the first offset once they are written.
+    pub fn send_records(
+        &self,
+        partition: u32,
+        records: Vec<Vec<u8>>,
+    ) -> Result<impl Future<Output = Result<u64, DurableError>> + Send + 'static, DurableError>
+    {
+        let (reply, offset) = oneshot::channel();
+        self.send(partition, WriteJob::Records { records, reply })?;
+        Ok(async move { offset.await.map_err(|_| StorageError::Closed)? })
     }
 
     /// Hands `job` to `partition`'s writer.

@@ -22,6 +22,12 @@ pub(super) enum WriteJob {
         bytes: Vec<u8>,
         reply: Option<oneshot::Sender<Result<u64, DurableError>>>,
     },
+    /// Records appended together at consecutive offsets; answered with the
+    /// first.
+    Records {
+        records: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<u64, DurableError>>,
+    },
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -30,6 +36,7 @@ impl WriteJob {
     fn size(&self) -> usize {
         match self {
             WriteJob::Record { bytes, .. } => bytes.len(),
+            WriteJob::Records { records, .. } => records.iter().map(Vec::len).sum(),
             WriteJob::Flush(_) => 0,
         }
     }
@@ -77,10 +84,12 @@ pub(super) async fn partition_writer(
 
         let records: Vec<&[u8]> = queued
             .iter()
-            .filter_map(|job| match job {
-                WriteJob::Record { bytes, .. } => Some(bytes.as_slice()),
-                WriteJob::Flush(_) => None,
+            .flat_map(|job| match job {
+                WriteJob::Record { bytes, .. } => std::slice::from_ref(bytes),
+                WriteJob::Records { records, .. } => records.as_slice(),
+                WriteJob::Flush(_) => &[],
             })
+            .map(Vec::as_slice)
             .collect();
         let result = if records.is_empty() {
             None
@@ -121,6 +130,15 @@ fn answer(
             WriteJob::Record { reply: None, .. } => {
                 failed_acks += u64::from(failure.is_some());
                 next += 1;
+            }
+            WriteJob::Records { records, reply } => {
+                let _ = reply.send(match &failure {
+                    None => Ok(next),
+                    Some(reason) => Err(DurableError::Batch {
+                        reason: reason.clone(),
+                    }),
+                });
+                next += records.len() as u64;
             }
             WriteJob::Flush(done) => {
                 let _ = done.send(());
