@@ -1,7 +1,9 @@
 //! Publishing one message: in-memory deliveries are queued at once; the
 //! deliveries to persistent sessions (QoS 1 and 2) and a retained message
 //! are written to the message store first, and queued when the write is on
-//! disk. The publisher's acknowledgement waits for that write.
+//! disk. The publisher's acknowledgement waits for that write. The records
+//! of the PUBLISH packets a connection reads in one pass go to the store
+//! together ([`write_records`]): one writer job, one reply, one wake-up.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +11,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tidemq_proto::mqtt::QoS;
+use tidemq_storage_engine::StorageError;
 use tracing::warn;
 
 use crate::broker::Shared;
@@ -149,44 +152,59 @@ fn pending_record(
     })
 }
 
-/// Writes the records of one read pass of a connection, all for its
-/// partition, as one writer job; resolves, once they are on disk, to their
-/// deliveries, in order.
+/// Writes the records of one read pass of a connection as one writer job
+/// per partition (all of a connection's records go to its partition, so
+/// one in practice); resolves, once they are on disk, to their deliveries,
+/// in order.
 pub(crate) fn write_records(
     shared: &Arc<Shared>,
     records: Vec<PendingRecord>,
 ) -> BoxFuture<'static, Result<Vec<Stored>, DurableError>> {
     let Some(store) = shared.durable.clone() else {
-        return futures_util::future::ready(Ok(Vec::new())).boxed();
+        let closed = DurableError::from(StorageError::Closed);
+        return futures_util::future::ready(Err(closed)).boxed();
     };
     let started = Instant::now();
-    let partition = records.first().map_or(0, |r| r.partition);
-    let (bytes, rest): (Vec<_>, Vec<_>) = records
-        .into_iter()
-        .map(|r| {
-            debug_assert_eq!(r.partition, partition, "one connection, one partition");
-            (r.bytes, (r.deliveries, r.appending))
-        })
-        .unzip();
-    let sent = store.send_records(partition, bytes);
+    // Runs of records for one partition, each sent as one job now.
+    let mut runs = Vec::new();
+    let mut rest = Vec::with_capacity(records.len());
+    let mut records = records.into_iter().peekable();
+    while let Some(first) = records.next() {
+        let partition = first.partition;
+        let mut bytes = vec![first.bytes];
+        rest.push((first.deliveries, first.appending));
+        while let Some(next) = records.next_if(|r| r.partition == partition) {
+            bytes.push(next.bytes);
+            rest.push((next.deliveries, next.appending));
+        }
+        let count = bytes.len();
+        runs.push((partition, count, store.send_records(partition, bytes)));
+    }
     let shared = Arc::clone(shared);
     async move {
         let metrics = &shared.metrics;
-        let first = match sent {
-            Ok(reply) => reply.await,
-            Err(e) => Err(e),
+        let mut at = Vec::with_capacity(rest.len());
+        for (partition, count, sent) in runs {
+            let first = match sent {
+                Ok(reply) => reply.await,
+                Err(e) => Err(e),
+            }
+            .inspect_err(|_| metrics.storage_errors.inc())?;
+            at.extend(
+                (first..)
+                    .take(count)
+                    .map(|offset| DiskRef { partition, offset }),
+            );
         }
-        .inspect_err(|_| metrics.storage_errors.inc())?;
         let seconds = started.elapsed().as_secs_f64();
         metrics.messages_stored.inc_by(rest.len() as u64);
         Ok(rest
             .into_iter()
-            .zip(first..)
-            .map(|((mut deliveries, appending), offset)| {
+            .zip(at)
+            .map(|((mut deliveries, appending), at)| {
                 metrics.store_write_seconds.observe(seconds);
-                let at = Some(DiskRef { partition, offset });
                 for (_, _, delivery) in &mut deliveries {
-                    delivery.stored = at;
+                    delivery.stored = Some(at);
                 }
                 Stored {
                     deliveries,
