@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
@@ -12,7 +13,9 @@ use crate::durable::{self, DiskRef, DurableError, Recovered};
 use crate::session::{Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry};
 
 /// Puts back every recovered session (offline, with its subscriptions,
-/// stored backlog, QoS 2 state and expiry timer) and retained message.
+/// stored backlog, QoS 2 state and expiry timer) and retained message, and
+/// has the meta service told, in the background, that the sessions are
+/// offline (a crash may have left them marked connected).
 pub(crate) async fn restore(
     shared: &Arc<Shared>,
     recovered: Recovered,
@@ -28,6 +31,8 @@ pub(crate) async fn restore(
     }
     let mut backlog = 0;
     let mut dropped = 0u64;
+    // A crash left the meta service saying these sessions are connected.
+    let mut offline = Vec::new();
     for recovered in recovered.sessions {
         let stored = recovered.session;
         let key: Arc<str> = stored.key.as_str().into();
@@ -96,6 +101,20 @@ pub(crate) async fn restore(
         if stored.expiry_secs != u32::MAX {
             crate::connection::schedule_expiry(shared, &session, 1, stored.expiry_secs);
         }
+        if store.writes_meta() {
+            offline.push((session, stored));
+        }
+    }
+    if !offline.is_empty() {
+        // In the background: clients may reconnect meanwhile, which the
+        // write of each takes care of. Concurrent writes share requests.
+        let store = store.clone();
+        tokio::spawn(futures_util::stream::iter(offline).for_each_concurrent(
+            1024,
+            move |(session, stored)| {
+                crate::connection::write_offline(store.clone(), session, stored)
+            },
+        ));
     }
     let metrics = &shared.metrics;
     metrics.sessions.set(shared.sessions.len() as i64);

@@ -1,8 +1,11 @@
 //! Durability of the real `tidemq` binary: what the broker acknowledged to
 //! a publisher for a persistent session survives SIGKILL, QoS 2 arrives
 //! exactly once, retained messages and subscriptions survive a restart, an
-//! expired session leaves nothing on disk, and a corrupt storage tail is
-//! cut off and reported instead of stopping the node.
+//! expired session leaves nothing on disk, a corrupt storage tail is cut
+//! off and reported instead of stopping the node, PUBACKs keep their
+//! order when stored and unstored messages share a read, and the meta
+//! service's record says whether a session is connected (after a crash
+//! too).
 
 mod common;
 
@@ -576,5 +579,26 @@ async fn pubacks_keep_the_order_of_publishes_read_in_one_pass() -> anyhow::Resul
             "{got:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_connected_at_a_crash_read_offline_after_the_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start(dir.path(), &[])?;
+    let (mut sub, _) = persistent(node.mqtt, "crashed").await;
+    sub.subscribe(1, "c/#", QoS::AtLeastOnce).await;
+    let meta = MetaClient::new([node.grpc.to_string()])?;
+    wait_for_connected(&meta, "default/crashed", true).await?;
+
+    node.sigkill()?;
+    drop(sub);
+    node.restart()?;
+    let meta = MetaClient::new([node.grpc.to_string()])?;
+    wait_for_connected(&meta, "default/crashed", false).await?;
+
+    let (_sub, present) = persistent(node.mqtt, "crashed").await;
+    ensure!(present, "session present after the restart");
+    wait_for_connected(&meta, "default/crashed", true).await?;
     Ok(())
 }

@@ -153,29 +153,36 @@ impl Connection {
 /// connection again is written as connected once more, and an ended one
 /// is deleted again.
 fn mark_offline(store: DurableStore, session: Arc<Session>, stored: StoredSession) {
-    tokio::spawn(async move {
-        if let Err(e) = store.set_connected(stored, false).await {
-            debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
-            return;
+    tokio::spawn(write_offline(store, session, stored));
+}
+
+/// The write of [`mark_offline`], awaited.
+pub(crate) async fn write_offline(
+    store: DurableStore,
+    session: Arc<Session>,
+    stored: StoredSession,
+) {
+    if let Err(e) = store.set_connected(stored, false).await {
+        debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
+        return;
+    }
+    // A reconnect's write, or the end of the session (its record
+    // deleted), may have been applied before this one.
+    let (again, ended) = {
+        let state = session.lock();
+        match state.attachment {
+            Some(_) => (state.stored(&session.key), false),
+            None => (None, state.durable.is_none()),
         }
-        // A reconnect's write, or the end of the session (its record
-        // deleted), may have been applied before this one.
-        let (again, ended) = {
-            let state = session.lock();
-            match state.attachment {
-                Some(_) => (state.stored(&session.key), false),
-                None => (None, state.durable.is_none()),
-            }
-        };
-        let result = match again {
-            Some(stored) => store.set_connected(stored, true).await,
-            None if ended => store.forget_in_meta(&session.key).await,
-            None => Ok(()),
-        };
-        if let Err(e) = result {
-            warn!(client = %session.client_id, error = %e, "cannot correct a session's record in the meta service");
-        }
-    });
+    };
+    let result = match again {
+        Some(stored) => store.set_connected(stored, true).await,
+        None if ended => store.forget_in_meta(&session.key).await,
+        None => Ok(()),
+    };
+    if let Err(e) = result {
+        warn!(client = %session.client_id, error = %e, "cannot correct a session's record in the meta service");
+    }
 }
 
 /// Ends a session that is still at `generation` and has no connection:

@@ -12,7 +12,7 @@ mod connect;
 mod inbound;
 mod outbound;
 
-pub(crate) use close::schedule_expiry;
+pub(crate) use close::{schedule_expiry, write_offline};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

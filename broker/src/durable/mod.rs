@@ -471,6 +471,11 @@ impl DurableStore {
         Ok(())
     }
 
+    /// Whether session changes are also written through the meta service.
+    pub fn writes_meta(&self) -> bool {
+        matches!(self.inner.catalog, SessionCatalog::Meta { .. })
+    }
+
     /// Tells the meta service whether a persistent session has a
     /// connection (nothing to do without one: the local store does not
     /// keep it).
@@ -479,7 +484,7 @@ impl DurableStore {
         session: StoredSession,
         connected: bool,
     ) -> Result<(), DurableError> {
-        if !matches!(self.inner.catalog, SessionCatalog::Meta { .. }) {
+        if !self.writes_meta() {
             return Ok(());
         }
         let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
