@@ -356,15 +356,7 @@ impl DurableStore {
         partition: u32,
         bytes: Vec<u8>,
     ) -> Result<u64, DurableError> {
-        let (reply, offset) = oneshot::channel();
-        self.send(
-            partition,
-            WriteJob::Record {
-                bytes,
-                reply: Some(reply),
-            },
-        )?;
-        offset.await.map_err(|_| StorageError::Closed)?
+        self.send_records(partition, vec![bytes])?.await
     }
 
     /// Hands encoded records to `partition`'s writer now, as one job: they
@@ -403,7 +395,7 @@ impl DurableStore {
         };
         let sent = match record.encode() {
             Ok(bytes) => self
-                .send(at.partition, WriteJob::Record { bytes, reply: None })
+                .send(at.partition, WriteJob::Completion(bytes))
                 .map_err(DurableError::from),
             Err(e) => Err(e),
         };

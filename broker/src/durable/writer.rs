@@ -2,28 +2,22 @@
 //! appending that partition's records in batches.
 
 use prometheus::IntCounter;
-use tidemq_storage_engine::StorageEngine;
+use tidemq_storage_engine::{AppendResult, StorageEngine, StorageError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
-
-use tidemq_storage_engine::{AppendResult, StorageError};
 
 use super::DurableError;
 
 /// Work for a partition's writer.
 pub(super) enum WriteJob {
-    /// A record to append. With a `reply`, someone waits for its offset
-    /// (given once it is written, and synced with the engine's default
-    /// policy). Without, it is a completion nobody waits for (at worst the
-    /// message is delivered again after a crash, which QoS 1 and 2 allow):
-    /// it rides with the partition's next batch instead of costing an
-    /// append, or an fsync, of its own.
-    Record {
-        bytes: Vec<u8>,
-        reply: Option<oneshot::Sender<Result<u64, DurableError>>>,
-    },
+    /// A completion record nobody waits for (at worst the message is
+    /// delivered again after a crash, which QoS 1 and 2 allow): it rides
+    /// with the partition's next batch instead of costing an append, or an
+    /// fsync, of its own.
+    Completion(Vec<u8>),
     /// Records appended together at consecutive offsets; answered with the
-    /// first.
+    /// first once they are written (and synced, with the engine's default
+    /// policy).
     Records {
         records: Vec<Vec<u8>>,
         reply: oneshot::Sender<Result<u64, DurableError>>,
@@ -35,7 +29,7 @@ pub(super) enum WriteJob {
 impl WriteJob {
     fn size(&self) -> usize {
         match self {
-            WriteJob::Record { bytes, .. } => bytes.len(),
+            WriteJob::Completion(bytes) => bytes.len(),
             WriteJob::Records { records, .. } => records.iter().map(Vec::len).sum(),
             WriteJob::Flush(_) => 0,
         }
@@ -85,7 +79,7 @@ pub(super) async fn partition_writer(
         let records: Vec<&[u8]> = queued
             .iter()
             .flat_map(|job| match job {
-                WriteJob::Record { bytes, .. } => std::slice::from_ref(bytes),
+                WriteJob::Completion(bytes) => std::slice::from_ref(bytes),
                 WriteJob::Records { records, .. } => records.as_slice(),
                 WriteJob::Flush(_) => &[],
             })
@@ -116,18 +110,7 @@ fn answer(
     let mut failed_acks = 0u64;
     for job in jobs {
         match job {
-            WriteJob::Record {
-                reply: Some(reply), ..
-            } => {
-                let _ = reply.send(match &failure {
-                    None => Ok(next),
-                    Some(reason) => Err(DurableError::Batch {
-                        reason: reason.clone(),
-                    }),
-                });
-                next += 1;
-            }
-            WriteJob::Record { reply: None, .. } => {
+            WriteJob::Completion(_) => {
                 failed_acks += u64::from(failure.is_some());
                 next += 1;
             }
