@@ -73,10 +73,29 @@ pub(crate) enum ToStore {
 pub(crate) struct PendingRecord {
     partition: u32,
     bytes: Vec<u8>,
+    waiting: Waiting,
+}
+
+/// The deliveries of a record on its way to disk.
+struct Waiting {
     deliveries: Vec<(Arc<Session>, u64, Delivery)>,
     /// Keeps the partition from being trimmed until the sessions hold the
     /// offset.
     appending: AppendGuard,
+}
+
+impl Waiting {
+    /// The deliveries, now that their record is on disk at `at`.
+    fn stored(mut self, at: DiskRef, store: DurableStore) -> Stored {
+        for (_, _, delivery) in &mut self.deliveries {
+            delivery.stored = Some(at);
+        }
+        Stored {
+            deliveries: self.deliveries,
+            store,
+            _appending: Some(self.appending),
+        }
+    }
 }
 
 /// Routes `message`: queues the in-memory deliveries now, and returns what
@@ -111,12 +130,16 @@ pub(crate) fn route(
         return Ok((outcome, ToStore::Nothing));
     }
     outcome.delivered += durable.len();
-    if message.retain {
-        let write = write_alone(shared, store, Arc::clone(message), origin, durable);
-        return Ok((outcome, ToStore::Write(write)));
-    }
-    let record = pending_record(&store, message, origin, durable)?;
-    Ok((outcome, ToStore::Record(record)))
+    let record = if durable.is_empty() {
+        None
+    } else {
+        Some(pending_record(&store, message, origin, durable)?)
+    };
+    let to_store = match record {
+        Some(record) if !message.retain => ToStore::Record(record),
+        record => ToStore::Write(write_alone(shared, store, Arc::clone(message), record)),
+    };
+    Ok((outcome, to_store))
 }
 
 /// Encodes the record of `message` for its persistent recipients.
@@ -147,8 +170,10 @@ fn pending_record(
     Ok(PendingRecord {
         partition,
         bytes: store.encode_message(&record)?,
-        deliveries,
-        appending,
+        waiting: Waiting {
+            deliveries,
+            appending,
+        },
     })
 }
 
@@ -172,10 +197,10 @@ pub(crate) fn write_records(
     while let Some(first) = records.next() {
         let partition = first.partition;
         let mut bytes = vec![first.bytes];
-        rest.push((first.deliveries, first.appending));
+        rest.push(first.waiting);
         while let Some(next) = records.next_if(|r| r.partition == partition) {
             bytes.push(next.bytes);
-            rest.push((next.deliveries, next.appending));
+            rest.push(next.waiting);
         }
         let count = bytes.len();
         runs.push((partition, count, store.send_records(partition, bytes)));
@@ -201,30 +226,22 @@ pub(crate) fn write_records(
         Ok(rest
             .into_iter()
             .zip(at)
-            .map(|((mut deliveries, appending), at)| {
+            .map(|(waiting, at)| {
                 metrics.store_write_seconds.observe(seconds);
-                for (_, _, delivery) in &mut deliveries {
-                    delivery.stored = Some(at);
-                }
-                Stored {
-                    deliveries,
-                    store: store.clone(),
-                    _appending: Some(appending),
-                }
+                waiting.stored(at, store.clone())
             })
             .collect())
     }
     .boxed()
 }
 
-/// The store write of one message on its own: its record if it has
-/// persistent recipients, and the retained message if it is one.
+/// The store write of a retained message: the retained record, and the
+/// message's record if it has persistent recipients.
 fn write_alone(
     shared: &Shared,
     store: DurableStore,
     message: Arc<Message>,
-    origin: Option<Origin>,
-    mut durable: Vec<(Arc<Session>, u64, Delivery)>,
+    pending: Option<PendingRecord>,
 ) -> StoreWrite {
     let (write_seconds, stored_total, errors) = (
         shared.metrics.store_write_seconds.clone(),
@@ -233,21 +250,10 @@ fn write_alone(
     );
     let started = Instant::now();
     async move {
-        let pending = if durable.is_empty() {
-            None
-        } else {
-            Some(pending_record(
-                &store,
-                &message,
-                origin,
-                std::mem::take(&mut durable),
-            ))
-        };
         let append = async {
             let Some(pending) = pending else {
                 return Ok(None);
             };
-            let pending = pending?;
             let offset = store
                 .append_encoded(pending.partition, pending.bytes)
                 .await?;
@@ -255,34 +261,22 @@ fn write_alone(
                 partition: pending.partition,
                 offset,
             };
-            Ok(Some((at, pending.deliveries, pending.appending)))
+            Ok(Some((at, pending.waiting)))
         };
-        let retain = async {
-            if message.retain {
-                store.put_retained(&message).await
-            } else {
-                Ok(())
-            }
-        };
-        let (appended, ()) = futures_util::future::try_join(append, retain)
+        let (appended, ()) = futures_util::future::try_join(append, store.put_retained(&message))
             .await
             .inspect_err(|_| errors.inc())?;
         write_seconds.observe(started.elapsed().as_secs_f64());
-        let Some((at, mut deliveries, appending)) = appended else {
-            return Ok(Stored {
+        Ok(match appended {
+            Some((at, waiting)) => {
+                stored_total.inc();
+                waiting.stored(at, store)
+            }
+            None => Stored {
                 deliveries: Vec::new(),
                 store,
                 _appending: None,
-            });
-        };
-        stored_total.inc();
-        for (_, _, delivery) in &mut deliveries {
-            delivery.stored = Some(at);
-        }
-        Ok(Stored {
-            deliveries,
-            store,
-            _appending: Some(appending),
+            },
         })
     }
     .boxed()
