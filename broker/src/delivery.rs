@@ -310,8 +310,8 @@ pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>) {
             match write.await {
                 Ok(Some(stored)) => stored.enqueue(&shared.metrics),
                 Ok(None) => {}
+                // The write counted the failure in `tidemq_storage_errors_total`.
                 Err(e) => {
-                    count_storage_error(&shared.metrics);
                     warn!(error = %e, "cannot store a will for its persistent subscribers");
                 }
             }
