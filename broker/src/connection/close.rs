@@ -100,7 +100,7 @@ impl Connection {
             (state.generation, state.expiry_interval, will_now, offline)
         };
         if let (Some(stored), Some(store)) = (offline, shared.durable.clone()) {
-            mark_offline(store, Arc::clone(session), stored);
+            tokio::spawn(write_offline(store, Arc::clone(session), stored));
         }
         if let Some(will) = will_now.take() {
             publish_will(shared, &session.key, self.username.as_deref(), will);
@@ -146,17 +146,12 @@ impl Connection {
     }
 }
 
-/// Tells the meta service that a persistent session lost its connection.
+/// Tells the meta service that a persistent session has no connection.
 /// Writes of different callers have no order between them, so a
 /// reconnect's write, or the deletion of a session that ended meanwhile,
 /// may be applied before this one: once it is done, a session with a
 /// connection again is written as connected once more, and an ended one
 /// is deleted again.
-fn mark_offline(store: DurableStore, session: Arc<Session>, stored: StoredSession) {
-    tokio::spawn(write_offline(store, session, stored));
-}
-
-/// The write of [`mark_offline`], awaited.
 pub(crate) async fn write_offline(
     store: DurableStore,
     session: Arc<Session>,
@@ -185,8 +180,6 @@ pub(crate) async fn write_offline(
     }
 }
 
-/// Ends a session that is still at `generation` and has no connection:
-/// its pending will goes out, its subscriptions and queue are dropped.
 /// Ends `session` after `expiry` seconds unless it was resumed since
 /// (its generation moved on).
 pub(crate) fn schedule_expiry(
@@ -202,6 +195,8 @@ pub(crate) fn schedule_expiry(
     });
 }
 
+/// Ends a session that is still at `generation` and has no connection:
+/// its pending will goes out, its subscriptions and queue are dropped.
 fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
     let (pending, durable) = {
         let mut state = session.lock();
