@@ -217,28 +217,27 @@ mod tests {
         let pool = pool(1);
         let (name, nice) = background
             .run("snapshot_build", || {
-                // SAFETY: no pointers; reads the calling thread's nice value.
-                let nice = unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                    libc::getpriority(libc::PRIO_PROCESS, tid)
-                };
-                (std::thread::current().name().map(str::to_string), nice)
+                (
+                    std::thread::current().name().map(str::to_string),
+                    own_nice(),
+                )
             })
             .await
             .unwrap();
         assert_eq!(name.as_deref(), Some("meta-background"));
         assert_eq!(nice, 19);
         // The pool's own threads keep their priority.
-        let nice = pool
-            .run("read", || unsafe {
-                libc::getpriority(
-                    libc::PRIO_PROCESS,
-                    libc::syscall(libc::SYS_gettid) as libc::id_t,
-                )
-            })
-            .await
-            .unwrap();
+        let nice = pool.run("read", own_nice).await.unwrap();
         assert!(nice < 19);
+    }
+
+    /// The calling thread's nice value.
+    fn own_nice() -> i32 {
+        // SAFETY: gettid and getpriority take no pointers.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
     }
 
     #[tokio::test]
