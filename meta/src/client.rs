@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::channels::ChannelPool;
-use crate::error::{LEADER_HEADER, MetaError};
+use crate::error::{LEADER_HEADER, MetaError, require};
 use crate::session_writer::SessionWriter;
 
 /// A client of a meta cluster. Cheap to clone.
@@ -153,11 +153,7 @@ impl MetaClient {
     /// `InvalidArgument`).
     pub async fn put_session(&self, session: pb::Session) -> Result<(), MetaError> {
         // A bad session would fail the whole request it shares.
-        if session.client_key.is_empty() {
-            return Err(MetaError::InvalidArgument {
-                reason: "client_key must not be empty".into(),
-            });
-        }
+        require("client_key", &session.client_key)?;
         let writer = match self.inner.sessions.get() {
             Some(writer) => writer,
             None => {

@@ -295,3 +295,13 @@ impl MetaError {
         }
     }
 }
+
+/// Refuses an empty `value` for the required `field`.
+pub(crate) fn require(field: &str, value: &str) -> Result<(), MetaError> {
+    if value.is_empty() {
+        return Err(MetaError::InvalidArgument {
+            reason: format!("{field} must not be empty"),
+        });
+    }
+    Ok(())
+}

@@ -26,7 +26,7 @@ use tracing::info;
 
 use crate::batcher::Batcher;
 use crate::channels::ChannelPool;
-use crate::error::MetaError;
+use crate::error::{MetaError, require};
 use crate::grpc::GrpcMetrics;
 use crate::routing::GroupRouter;
 use crate::store::MetaState;
@@ -222,15 +222,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn require(field: &str, value: &str) -> Result<(), MetaError> {
-    if value.is_empty() {
-        return Err(MetaError::InvalidArgument {
-            reason: format!("{field} must not be empty"),
-        });
-    }
-    Ok(())
 }
 
 /// Marks a request one member forwards to another, so that it is not
