@@ -23,7 +23,9 @@ ensure_system_deps() {
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     # RocksDB's build runs bindgen, which needs libclang and clang's headers.
     if grep -q 'name = "librocksdb-sys"' "$root/Cargo.lock" 2>/dev/null; then
-        ensure_package "/usr/lib/llvm-14/lib/libclang*.so*" libclang1-14
+        # Probe for the file bindgen loads: llvm-14's lib folder also holds
+        # libclang-cpp.so.14 (a different library) on a fresh machine.
+        ensure_package "/usr/lib/llvm-14/lib/libclang.so.1" libclang1-14
         ensure_package "/usr/lib/llvm-14/lib/clang/*/include/stdbool.h" libclang-common-14-dev
         export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-14/lib}"
     fi

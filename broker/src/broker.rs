@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::auth::{AclRules, AuthError, PasswordFile};
+use crate::auth::{AclRules, AuthError, PasswordFile, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::durable::{DurableError, DurableStore, Recovered};
@@ -56,6 +56,25 @@ pub struct AuthState {
 }
 
 impl AuthState {
+    /// What the ACL makes of a subscription (granted when there is no ACL).
+    pub fn subscription(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> Subscription {
+        self.acl.as_ref().map_or(Subscription::Granted, |acl| {
+            acl.check_subscribe(username, client_id, filter)
+        })
+    }
+
+    /// Whether a subscriber may receive a message published to `topic`.
+    pub fn may_receive(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.check_receive(username, client_id, topic))
+    }
+
     /// Loads the files the configuration names.
     pub fn load(config: &Config) -> Result<AuthState, AuthError> {
         Ok(AuthState {

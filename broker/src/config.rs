@@ -131,6 +131,14 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Keep alive forced on clients (5.0 server keep alive); 0 keeps the client's.
     pub server_keep_alive: u16,
+    /// Longest keep alive a client may use, in seconds; 0: no limit. A 5.0
+    /// client asking for more (or for 0, no keep alive) is told this value
+    /// in CONNACK (server keep alive); a 3.1/3.1.1 client, which cannot be
+    /// told, is refused (CONNACK 0x02, identifier rejected, as Mosquitto does).
+    pub max_keep_alive: u16,
+    /// Seconds a client may leave the broker's writes unread (its socket
+    /// buffer full) before it is disconnected.
+    pub write_timeout_secs: u64,
     /// Upper bound on the session expiry a client may ask for, in seconds.
     pub max_session_expiry_secs: u32,
     /// Whether retained messages are supported.
@@ -146,6 +154,8 @@ impl Default for MqttConfig {
             max_inflight: 64,
             topic_alias_maximum: 64,
             server_keep_alive: 0,
+            max_keep_alive: 0,
+            write_timeout_secs: 30,
             max_session_expiry_secs: u32::MAX,
             retain_available: true,
         }
@@ -156,6 +166,11 @@ impl MqttConfig {
     /// The CONNECT timeout.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
     }
 }
 

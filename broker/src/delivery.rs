@@ -14,13 +14,15 @@ use tidemq_proto::mqtt::QoS;
 use tidemq_storage_engine::StorageError;
 use tracing::warn;
 
+use crate::broker::AuthState;
 use crate::broker::Shared;
+use crate::connection::RecordSink;
 use crate::durable::{
     AppendGuard, DiskRef, DurableError, DurableStore, Origin, Recipient, Record, record,
 };
 use crate::message::{Delivery, Message};
 use crate::metrics::BrokerMetrics;
-use crate::router::RouteOutcome;
+use crate::router::{RouteOutcome, RouteTarget};
 use crate::session::Session;
 
 /// The store write of a published message, resolving once it is on disk.
@@ -109,7 +111,17 @@ pub(crate) fn route(
     let queue_qos0 = shared.config.load().session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
     let mut durable = Vec::new();
-    for (session, delivery) in shared.router.targets(message, &shared.sessions) {
+    let auth = shared.auth.load();
+    for target in shared.router.targets(message, &shared.sessions) {
+        let RouteTarget {
+            session,
+            delivery,
+            acl_check,
+        } = target;
+        if acl_check && !may_receive(&auth, &session, &message.topic) {
+            outcome.dropped_not_authorized += 1;
+            continue;
+        }
         let epoch = match (&shared.durable, delivery.qos) {
             (Some(_), QoS::AtLeastOnce | QoS::ExactlyOnce) => session.lock().durable,
             _ => None,
@@ -140,6 +152,12 @@ pub(crate) fn route(
         record => ToStore::Write(write_alone(shared, store, Arc::clone(message), record)),
     };
     Ok((outcome, to_store))
+}
+
+/// Whether the ACL lets `session` receive a message on `topic`.
+pub(crate) fn may_receive(auth: &AuthState, session: &Session, topic: &str) -> bool {
+    let username = session.lock().username.clone();
+    auth.may_receive(username.as_deref(), &session.client_id, topic)
 }
 
 /// Encodes the record of `message` for its persistent recipients.
@@ -175,6 +193,22 @@ fn pending_record(
             appending,
         },
     })
+}
+
+/// The broker's [`RecordSink`]: the records of a connection's read pass go
+/// to the message store through [`write_records`].
+pub(crate) struct StoreSink(pub(crate) Arc<Shared>);
+
+impl RecordSink for StoreSink {
+    type Record = PendingRecord;
+    type Stored = Stored;
+
+    fn write(
+        &self,
+        records: Vec<PendingRecord>,
+    ) -> BoxFuture<'static, Result<Vec<Stored>, DurableError>> {
+        write_records(&self.0, records)
+    }
 }
 
 /// Writes the records of one read pass of a connection as one writer job

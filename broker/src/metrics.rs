@@ -32,6 +32,9 @@ pub struct BrokerMetrics {
     pub messages_dropped: IntCounterVec,
     /// Connections closed for a protocol violation, by reason code name.
     pub protocol_errors: IntCounterVec,
+    /// Connections the broker closed for a limit (write timeout, keep
+    /// alive), by reason.
+    pub disconnects: IntCounterVec,
     /// Duration of each CONNECT step.
     pub connect_step_seconds: HistogramVec,
     /// Whole CONNECT handling duration.
@@ -96,6 +99,13 @@ impl BrokerMetrics {
                 ),
                 &["reason"],
             )?,
+            disconnects: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_disconnects_total",
+                    "Connections the broker closed for a limit, by reason",
+                ),
+                &["reason"],
+            )?,
             connect_step_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "tidemq_connect_step_duration_seconds",
@@ -143,6 +153,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.messages_out.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
+        registry.register(Box::new(metrics.disconnects.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;

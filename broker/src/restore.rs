@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use crate::auth::Subscription;
 use crate::broker::Shared;
 use crate::durable::{self, DiskRef, DurableError, Recovered};
 use crate::session::{Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry};
@@ -69,10 +70,19 @@ pub(crate) async fn restore(
             state.generation = 1;
             state.durable = Some(stored.epoch);
             state.inbound_qos2 = recovered.inbound_qos2.into_iter().collect();
+            state.username = stored.username.clone();
+            let auth = shared.auth.load();
             for sub in &stored.subscriptions {
+                // The ACL may have changed since the subscription was made.
+                let acl = auth.subscription(stored.username.as_deref(), client_id, &sub.filter);
+                if acl == Subscription::Refused {
+                    warn!(client = client_id, filter = %sub.filter, "ACL now denies a stored subscription: dropped");
+                    continue;
+                }
                 let entry = SubscriptionEntry {
                     options: sub.options,
                     id: sub.id,
+                    acl_filtered: acl == Subscription::Filtered,
                 };
                 state.subscriptions.insert(sub.filter.clone(), entry);
                 shared.router.subscribe(&key, &sub.filter, entry);

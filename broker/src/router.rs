@@ -64,6 +64,9 @@ pub struct RouteOutcome {
     pub dropped_queue_full: usize,
     /// Offline sessions that do not queue QoS 0 messages.
     pub dropped_offline_qos0: usize,
+    /// Subscribers the ACL does not let receive the message's topic (their
+    /// subscription's filter is only partly allowed).
+    pub dropped_not_authorized: usize,
 }
 
 impl RouteOutcome {
@@ -101,6 +104,12 @@ impl RouteOutcome {
                     .with_label_values(&[reason.as_str()])
                     .inc_by(count as u64);
             }
+        }
+        if self.dropped_not_authorized > 0 {
+            metrics
+                .messages_dropped
+                .with_label_values(&["subscriber_not_authorized"])
+                .inc_by(self.dropped_not_authorized as u64);
         }
     }
 }
@@ -185,29 +194,9 @@ impl Router {
             .len()
     }
 
-    /// Queues `message` for every session with a matching subscription,
-    /// in memory. Returns what happened, for metrics and the publisher's
-    /// reason code.
-    pub fn route(
-        &self,
-        message: &Arc<Message>,
-        sessions: &SessionRegistry,
-        queue_qos0_offline: bool,
-    ) -> RouteOutcome {
-        let mut outcome = RouteOutcome::default();
-        for (session, delivery) in self.targets(message, sessions) {
-            outcome.enqueue(&session, delivery, queue_qos0_offline);
-        }
-        outcome
-    }
-
     /// The sessions `message` goes to, each with its delivery (QoS, retain
     /// flag, subscription identifiers), without queueing anything.
-    pub fn targets(
-        &self,
-        message: &Arc<Message>,
-        sessions: &SessionRegistry,
-    ) -> Vec<(Arc<Session>, Delivery)> {
+    pub fn targets(&self, message: &Arc<Message>, sessions: &SessionRegistry) -> Vec<RouteTarget> {
         // Collect targets under the read lock, look sessions up after.
         let mut targets: HashMap<Arc<str>, Target> = HashMap::new();
         {
@@ -242,7 +231,11 @@ impl Router {
                     stored: None,
                     dup: false,
                 };
-                Some((session, delivery))
+                Some(RouteTarget {
+                    session,
+                    delivery,
+                    acl_check: !target.unfiltered,
+                })
             })
             .collect()
     }
@@ -317,12 +310,26 @@ fn pick_member(
     Some((Arc::clone(client), *entry))
 }
 
+/// One session a message goes to.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// The session.
+    pub session: Arc<Session>,
+    /// What it gets.
+    pub delivery: Delivery,
+    /// Whether every matching subscription is one the ACL only partly
+    /// allows: the message's topic must be checked before it is delivered.
+    pub acl_check: bool,
+}
+
 /// One client's merged view of its matching subscriptions.
 #[derive(Debug)]
 struct Target {
     qos: QoS,
     retain_as_published: bool,
     ids: Vec<u32>,
+    /// A matching subscription is wholly allowed by the ACL.
+    unfiltered: bool,
 }
 
 impl Default for Target {
@@ -331,6 +338,7 @@ impl Default for Target {
             qos: QoS::AtMostOnce,
             retain_as_published: false,
             ids: Vec::new(),
+            unfiltered: false,
         }
     }
 }
@@ -344,8 +352,12 @@ impl Target {
         } = entry.options;
         self.qos = self.qos.max(qos);
         self.retain_as_published |= retain_as_published;
+        self.unfiltered |= !entry.acl_filtered;
         if let Some(id) = entry.id {
             self.ids.push(id);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -250,6 +250,9 @@ pub struct SubscriptionEntry {
     pub options: SubscriptionOptions,
     /// Its 5.0 subscription identifier.
     pub id: Option<u32>,
+    /// Whether the ACL denies some of the topics the filter matches: each
+    /// message is then checked before it is delivered.
+    pub acl_filtered: bool,
 }
 
 /// What the connection that currently owns a session can be told.
@@ -274,6 +277,49 @@ pub struct Attachment {
     pub detached: oneshot::Receiver<()>,
 }
 
+/// What an acknowledgement from the client did to an outbound delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// No delivery with that packet id was waiting for it.
+    NotInFlight,
+    /// It moved on a delivery that lives in memory only.
+    InMemory,
+    /// It moved on a delivery whose message is in the store at this place.
+    Stored(DiskRef),
+}
+
+impl Ack {
+    fn of(stored: Option<DiskRef>) -> Ack {
+        stored.map_or(Ack::InMemory, Ack::Stored)
+    }
+
+    /// Where the message is stored, if the delivery was known and stored.
+    pub fn stored(self) -> Option<DiskRef> {
+        match self {
+            Ack::Stored(at) => Some(at),
+            Ack::NotInFlight | Ack::InMemory => None,
+        }
+    }
+
+    /// Whether a delivery was waiting for this acknowledgement.
+    pub fn known(self) -> bool {
+        self != Ack::NotInFlight
+    }
+}
+
+/// What [`Session::attach`] found.
+#[derive(Debug)]
+pub struct Attached {
+    /// The connection that had the session until now.
+    pub previous: Option<Attachment>,
+    /// Whether an earlier connection used the session (there is state to
+    /// resume, unless the new connection starts clean).
+    pub resumable: bool,
+    /// A delayed will of the previous connection: cancelled when the
+    /// session is resumed, published when it starts clean.
+    pub pending_will: Option<PendingWill>,
+}
+
 /// A will waiting for its delay to pass.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
@@ -289,6 +335,8 @@ pub struct PendingWill {
 pub struct SessionState {
     /// Protocol of the last connection.
     pub protocol: Protocol,
+    /// User name of the last connection, for the ACL.
+    pub username: Option<String>,
     /// Subscriptions by filter (shared ones keep their `$share/...` form).
     pub subscriptions: HashMap<String, SubscriptionEntry>,
     /// Deliveries not sent yet.
@@ -311,6 +359,12 @@ pub struct SessionState {
     /// The epoch of a session kept in the message store; `None` for a
     /// session that lives only in memory.
     pub durable: Option<u64>,
+    /// Set once the session has ended: it is on its way out of the
+    /// registry and the router, and no connection may attach to it.
+    pub ended: bool,
+    /// The expiry and will-delay timers armed while the session is offline;
+    /// a connection that attaches cancels them.
+    pub timers: Vec<tokio::task::AbortHandle>,
     next_packet_id: u16,
 }
 
@@ -350,6 +404,7 @@ impl Session {
             dropped: AtomicU64::new(0),
             state: Mutex::new(SessionState {
                 protocol,
+                username: None,
                 subscriptions: HashMap::new(),
                 queue,
                 inflight: VecDeque::new(),
@@ -360,6 +415,8 @@ impl Session {
                 pending_will: None,
                 expired_stored: Vec::new(),
                 durable: None,
+                ended: false,
+                timers: Vec::new(),
                 next_packet_id: 1,
             }),
         }
@@ -394,14 +451,59 @@ impl Session {
                 // A clean start since: the message belonged to the old session.
                 return Ok(());
             }
+            let stored = delivery.stored;
             let entry = match (state.attachment.is_some(), delivery.stored) {
                 (false, Some(at)) => Queued::Stored(at),
                 _ => Queued::Ready(Box::new(delivery)),
             };
-            state.queue.push(entry)?;
+            match (state.queue.push(entry), stored) {
+                (Ok(()), _) => {}
+                // Over the byte limit in memory, a message that is on disk
+                // waits there (it was acknowledged to its publisher): it is
+                // read back when it reaches the front of the queue.
+                (Err(DropReason::QueueFull), Some(at)) => state.queue.push(Queued::Stored(at))?,
+                (Err(reason), _) => return Err(reason),
+            }
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Attaches a connection, in the same step taking the session from the
+    /// connection that had it and cancelling the offline timers. Returns the
+    /// previous attachment (to kick, then wait for) and whether the session
+    /// has state a client may resume; hands `attachment` back when the
+    /// session has ended (look it up in the registry again).
+    pub fn attach(&self, attachment: Attachment) -> Result<Attached, Attachment> {
+        let mut state = self.lock();
+        if state.ended {
+            return Err(attachment);
+        }
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
+        let previous = state.attachment.replace(attachment);
+        let resumable = state.generation > 0;
+        state.generation += 1;
+        Ok(Attached {
+            previous,
+            resumable,
+            pending_will: state.pending_will.take(),
+        })
+    }
+
+    /// Releases the attachment of connection `connection_id`, if it still
+    /// has it. Returns whether it did (`false`: taken over meanwhile).
+    pub fn release(&self, connection_id: u64) -> bool {
+        let mut state = self.lock();
+        let ours = state
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.connection_id == connection_id);
+        if ours {
+            state.attachment = None;
+        }
+        ours
     }
 
     /// Counts a dropped delivery.
@@ -489,41 +591,54 @@ impl SessionState {
         }
     }
 
-    /// Completes a QoS 1 delivery. `None` if the id was not awaiting
-    /// PUBACK; otherwise where the message is stored, if it is.
-    pub fn on_puback(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
+    /// Completes a QoS 1 delivery (PUBACK).
+    pub fn on_puback(&mut self, packet_id: u16) -> Ack {
         self.complete(packet_id, InflightState::AwaitPubAck)
     }
 
-    /// Moves a QoS 2 delivery on to PUBREL. `None` if not awaiting PUBREC;
-    /// otherwise where the message is stored, if it is.
-    pub fn on_pubrec(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
-        let inflight = self
+    /// Moves a QoS 2 delivery on to PUBREL (PUBREC).
+    pub fn on_pubrec(&mut self, packet_id: u16) -> Ack {
+        let Some(inflight) = self
             .inflight
             .iter_mut()
-            .find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubRec)?;
+            .find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitPubRec)
+        else {
+            return Ack::NotInFlight;
+        };
         inflight.state = InflightState::AwaitPubComp;
-        Some(inflight.delivery.stored)
+        Ack::of(inflight.delivery.stored)
     }
 
     /// Drops a QoS 2 delivery the client refused in PUBREC (reason >= 0x80).
-    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
+    pub fn on_pubrec_failed(&mut self, packet_id: u16) -> Ack {
         self.complete(packet_id, InflightState::AwaitPubRec)
     }
 
-    /// Completes a QoS 2 delivery. `None` if not awaiting PUBCOMP.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Option<DiskRef>> {
+    /// Completes a QoS 2 delivery (PUBCOMP).
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Ack {
         self.complete(packet_id, InflightState::AwaitPubComp)
     }
 
-    fn complete(&mut self, packet_id: u16, expected: InflightState) -> Option<Option<DiskRef>> {
-        let index = self
+    /// Frees the slot of a delivery that was never sent (QoS 1 or 2).
+    pub fn on_unsent(&mut self, packet_id: u16) -> Ack {
+        match self.on_puback(packet_id) {
+            Ack::NotInFlight => self.on_pubrec_failed(packet_id),
+            done => done,
+        }
+    }
+
+    fn complete(&mut self, packet_id: u16, expected: InflightState) -> Ack {
+        let Some(index) = self
             .inflight
             .iter()
-            .position(|i| i.packet_id == packet_id && i.state == expected)?;
-        self.inflight
-            .remove(index)
-            .map(|inflight| inflight.delivery.stored)
+            .position(|i| i.packet_id == packet_id && i.state == expected)
+        else {
+            return Ack::NotInFlight;
+        };
+        match self.inflight.remove(index) {
+            Some(inflight) => Ack::of(inflight.delivery.stored),
+            None => Ack::NotInFlight,
+        }
     }
 
     /// What the message store keeps of this session, if it is persistent.
@@ -543,6 +658,7 @@ impl SessionState {
                     id: entry.id,
                 })
                 .collect(),
+            username: self.username.clone(),
         })
     }
 
@@ -644,3 +760,6 @@ impl SessionRegistry {
         self.tenants.get(tenant).map_or(0, |keys| keys.len())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -131,3 +131,52 @@ deny all * #
     v3.expect_silence().await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_deny_rule_leaves_wildcard_subscriptions_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = "deny subscribe * test/nosubscribe\nallow all * #\n";
+    let mut config = Config::default();
+    config.auth.acl_file = Some(write(dir.path(), "acl", acl));
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
+    publisher
+        .publish(
+            "test/nosubscribe",
+            b"retained-secret",
+            QoS::AtLeastOnce,
+            true,
+            1,
+        )
+        .await;
+    publisher
+        .publish("test/open", b"retained-open", QoS::AtLeastOnce, true, 2)
+        .await;
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let mut all = Raw::connect(addr, protocol, "dashboard").await;
+        let ack = all.subscribe(1, "#", QoS::AtLeastOnce).await;
+        assert_eq!(ack.reasons, vec![ReasonCode::GrantedQoS1], "{protocol:?}");
+        // Retained messages: only the allowed one.
+        let retained = all.expect_publish().await;
+        assert_eq!(&retained.payload[..], b"retained-open");
+        all.expect_silence().await;
+        // Live messages: the denied topic is never delivered.
+        publisher
+            .publish("test/nosubscribe", b"secret", QoS::AtLeastOnce, false, 3)
+            .await;
+        publisher
+            .publish("test/open", b"open", QoS::AtLeastOnce, false, 4)
+            .await;
+        assert_eq!(&all.expect_publish().await.payload[..], b"open");
+        all.expect_silence().await;
+        // The denied topic itself is refused: 0x80 in 3.1.1, 0x87 in 5.0.
+        let refused = all.subscribe(2, "test/nosubscribe", QoS::AtLeastOnce).await;
+        let expected = match protocol {
+            Protocol::V5 => ReasonCode::NotAuthorized,
+            _ => ReasonCode::UnspecifiedError,
+        };
+        assert_eq!(refused.reasons, vec![expected], "{protocol:?}");
+    }
+    broker.shutdown().await;
+}

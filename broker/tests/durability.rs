@@ -16,38 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use common::Raw;
 use common::process::{NodeProcess, http_get};
+use common::{Raw, disconnect, persistent};
 use tidemq_meta::MetaClient;
-use tidemq_proto::mqtt::{
-    Disconnect, DisconnectProperties, Packet, Protocol, PubResponse, QoS, ReasonCode,
-};
+use tidemq_proto::mqtt::{Packet, Protocol, PubResponse, QoS};
 
 /// Small segments and a fast trim, so that space coming back is visible.
 const SMALL_SEGMENTS: [(&str, &str); 2] = [
     ("TIDEMQ_STORAGE__SEGMENT_BYTES", "8192"),
     ("TIDEMQ_STORAGE__TRIM_INTERVAL_MS", "100"),
 ];
-
-/// A persistent (clean session 0) 3.1.1 client.
-async fn persistent(addr: SocketAddr, client_id: &str) -> (Raw, bool) {
-    let (raw, ack) = Raw::connect_with(addr, Protocol::V3_1_1, client_id, |c| {
-        c.clean_start = false;
-    })
-    .await;
-    assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
-    (raw, ack.session_present)
-}
-
-async fn disconnect(mut raw: Raw) {
-    raw.send(&Packet::Disconnect(Disconnect {
-        reason: ReasonCode::Success,
-        properties: DisconnectProperties::default(),
-    }))
-    .await;
-    // Wait for the broker to close, so the session is offline for sure.
-    raw.until_closed().await;
-}
 
 /// Publishes `topic`/`seq` payloads at `qos` until the connection dies,
 /// recording every sequence number the broker acknowledged (PUBACK, or

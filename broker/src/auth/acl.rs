@@ -31,6 +31,17 @@ pub enum Action {
     Subscribe,
 }
 
+/// What the rules make of a subscription; see [`AclRules::check_subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Every topic the filter can match is allowed.
+    Granted,
+    /// Some topics are allowed, some may be denied: each message is checked.
+    Filtered,
+    /// Every topic the filter can match is denied.
+    Refused,
+}
+
 /// Parsed ACL rules plus the decision used when no rule matches.
 #[derive(Debug, Clone)]
 pub struct AclRules {
@@ -70,23 +81,15 @@ impl AclRules {
         })
     }
 
-    /// Whether the client may perform `action` on `topic`.
-    ///
-    /// For [`Action::Publish`], `topic` is a topic name and a rule applies if its filter
-    /// matches it. For [`Action::Subscribe`], `topic` is a topic filter and an `allow` rule
-    /// applies only if its filter covers every topic the requested filter can match (rule
-    /// `a/#` covers `a/+/b`; rule `a/+` does not cover `a/#`), while a `deny` rule applies as
-    /// soon as the two filters can match a common topic (rule `a/+` denies `a/#`), so a broad
-    /// subscription cannot slip past a narrower deny. A `$share/{group}/{filter}` subscription
-    /// is checked by its inner filter.
+    /// Whether the client may perform `action` on `topic`: for a publish,
+    /// whether the first rule matching the topic name allows it; for a
+    /// subscription, whether [`AclRules::check_subscribe`] grants it.
     ///
     /// `%c` and `%u` in a rule's filter are replaced by the client id and username before
     /// matching. A rule using `%u` never matches a client without a username, and one whose
     /// substituted value is empty or contains `+`, `#` or `/` never matches, so a client id
-    /// like `#` cannot widen a rule.
-    ///
-    /// The first applicable rule decides; without one the configured default does. An invalid
-    /// topic name or filter (including a malformed `$share`) is always refused.
+    /// like `#` cannot widen a rule. An invalid topic name or filter (including a malformed
+    /// `$share`) is always refused.
     pub fn check(
         &self,
         username: Option<&str>,
@@ -94,32 +97,90 @@ impl AclRules {
         action: Action,
         topic: &str,
     ) -> bool {
-        let target = match action {
-            Action::Publish => Some(topic).filter(|t| is_valid_topic_name(t)),
-            Action::Subscribe => unshare(topic).filter(|f| is_valid_filter(f)),
+        match action {
+            Action::Publish => self.check_topic(username, client_id, Action::Publish, topic),
+            Action::Subscribe => {
+                self.check_subscribe(username, client_id, topic) != Subscription::Refused
+            }
+        }
+    }
+
+    /// What the rules make of a subscription to `filter`, as Mosquitto and
+    /// EMQX users expect: each topic the filter can match is decided by the
+    /// first subscribe rule matching that topic (or the default), and the
+    /// subscription is
+    ///
+    /// - [`Subscription::Granted`] when every such topic is allowed,
+    /// - [`Subscription::Filtered`] when some are allowed and some may be
+    ///   denied (each message is then checked with [`AclRules::check_receive`]
+    ///   before it is delivered; `#` with a `deny ... a/secret/#` rule is
+    ///   granted this way),
+    /// - [`Subscription::Refused`] when the rules deny every topic it can
+    ///   match (SUBACK 0x80 in 3.1.1 and 0x87 in 5.0).
+    ///
+    /// Rules are compared filter to filter: a rule decides the whole request
+    /// when its filter covers the requested one (rule `a/#` covers `a/+/b`),
+    /// and takes part when the two overlap. A `$share/{group}/{filter}`
+    /// subscription is checked by its inner filter.
+    pub fn check_subscribe(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> Subscription {
+        let Some(target) = unshare(filter).filter(|f| is_valid_filter(f)) else {
+            tracing::debug!(client_id, filter, "ACL refused an invalid filter");
+            return Subscription::Refused;
         };
-        let Some(target) = target else {
+        let (mut allowed_some, mut denied_some) = (false, false);
+        for (rule, rule_filter) in self.applicable(username, client_id, Action::Subscribe) {
+            if covers(&rule_filter, target) {
+                tracing::trace!(
+                    client_id,
+                    filter,
+                    line = rule.line,
+                    allow = rule.allow,
+                    "ACL rule decided"
+                );
+                return match (rule.allow, allowed_some, denied_some) {
+                    (true, _, false) => Subscription::Granted,
+                    (false, false, _) => Subscription::Refused,
+                    _ => Subscription::Filtered,
+                };
+            }
+            if overlaps(&rule_filter, target) {
+                allowed_some |= rule.allow;
+                denied_some |= !rule.allow;
+            }
+        }
+        match (self.default_allow, allowed_some, denied_some) {
+            (true, _, false) => Subscription::Granted,
+            (false, false, _) => Subscription::Refused,
+            _ => Subscription::Filtered,
+        }
+    }
+
+    /// Whether a subscriber may receive a message published to `topic`:
+    /// the first subscribe rule whose filter matches the topic decides.
+    pub fn check_receive(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.check_topic(username, client_id, Action::Subscribe, topic)
+    }
+
+    /// The first rule for `action` whose filter matches the topic name
+    /// decides; without one the default does.
+    fn check_topic(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+    ) -> bool {
+        if !is_valid_topic_name(topic) {
             tracing::debug!(client_id, ?action, topic, "ACL refused an invalid topic");
             return false;
-        };
-        for rule in &self.rules {
-            if !rule.scope.includes(action) || !rule.who.matches(username, client_id) {
-                continue;
-            }
-            let filter = if rule.templated {
-                match substitute(&rule.filter, username, client_id) {
-                    Some(filter) => Cow::Owned(filter),
-                    None => continue,
-                }
-            } else {
-                Cow::Borrowed(&*rule.filter)
-            };
-            let applies = match action {
-                Action::Publish => filter_matches(&filter, target),
-                Action::Subscribe if rule.allow => covers(&filter, target),
-                Action::Subscribe => overlaps(&filter, target),
-            };
-            if applies {
+        }
+        for (rule, filter) in self.applicable(username, client_id, action) {
+            if filter_matches(&filter, topic) {
                 tracing::trace!(
                     client_id,
                     ?action,
@@ -139,6 +200,27 @@ impl AclRules {
             "ACL default applied"
         );
         self.default_allow
+    }
+
+    /// The rules for `action` that apply to this client, in order, each
+    /// with its filter after `%c`/`%u` substitution.
+    fn applicable<'a>(
+        &'a self,
+        username: Option<&'a str>,
+        client_id: &'a str,
+        action: Action,
+    ) -> impl Iterator<Item = (&'a Rule, Cow<'a, str>)> + 'a {
+        self.rules.iter().filter_map(move |rule| {
+            if !rule.scope.includes(action) || !rule.who.matches(username, client_id) {
+                return None;
+            }
+            let filter = if rule.templated {
+                Cow::Owned(substitute(&rule.filter, username, client_id)?)
+            } else {
+                Cow::Borrowed(&*rule.filter)
+            };
+            Some((rule, filter))
+        })
     }
 
     /// The number of rules.

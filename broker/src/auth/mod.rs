@@ -25,7 +25,7 @@ mod acl;
 mod filter;
 mod password;
 
-pub use acl::{AclRules, Action};
+pub use acl::{AclRules, Action, Subscription};
 pub use password::PasswordFile;
 
 use std::path::PathBuf;

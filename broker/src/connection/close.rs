@@ -15,9 +15,11 @@ use tidemq_proto::mqtt::{
 };
 use tracing::{debug, warn};
 
+use super::acks::AckQueue;
 use super::{Connection, End, Io};
 use crate::auth::Action;
 use crate::broker::Shared;
+use crate::delivery::StoreSink;
 use crate::durable::{DurableStore, StoredSession};
 use crate::message::Message;
 use crate::session::{PendingWill, Session};
@@ -34,7 +36,14 @@ impl Connection {
                     .inc();
                 Some(reason)
             }
-            End::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            End::KeepAliveTimeout => {
+                self.count_disconnect("keep_alive_timeout");
+                Some(ReasonCode::KeepAliveTimeout)
+            }
+            End::WriteTimeout => {
+                self.count_disconnect("write_timeout");
+                None
+            }
             End::TakenOver { .. } => Some(ReasonCode::SessionTakenOver),
             End::Shutdown => Some(ReasonCode::ServerShuttingDown),
             End::ServerError => Some(ReasonCode::UnspecifiedError),
@@ -49,36 +58,101 @@ impl Connection {
             });
             self.send(io, &disconnect);
         }
-        let _ = io.flush().await;
+        if end != End::WriteTimeout {
+            let _ = io.flush_within(self.write_timeout).await;
+        }
         debug!(client = %self.session.client_id, ?end, "connection closed");
-
+        self.finish_writes().await;
         let will = match end {
             End::ClientDisconnect(ReasonCode::Success) | End::Shutdown => None,
             _ => self.will.take(),
         };
-        self.detach(will);
+        self.detach(will, end);
+    }
+
+    /// Finishes the store writes of what was read before the end: the
+    /// messages reach their subscribers and the store, QoS 2 packet ids are
+    /// recorded, even though no response can be sent any more.
+    async fn finish_writes(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let sink = StoreSink(Arc::clone(&self.shared));
+        let acks = std::mem::replace(&mut self.acks, AckQueue::new(sink));
+        let (released, failed) = acks.finish().await;
+        for done in released {
+            let _ = self.settle(done);
+        }
+        if let Some(e) = failed {
+            warn!(client = %self.session.client_id, error = %e, "message store write failed after the connection ended");
+        }
+    }
+
+    /// Gives the session back after a CONNECT that failed once attached:
+    /// a session the CONNECT created is removed again.
+    pub(super) fn abandon(mut self, existed: bool) {
+        let generation = self.session.lock().generation;
+        self.detach(None, End::ServerError);
+        if !existed {
+            end_session(&self.shared, &self.session, generation);
+        }
+    }
+
+    fn count_disconnect(&self, reason: &str) {
+        self.shared
+            .metrics
+            .disconnects
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Releases the session, schedules or publishes the will, and ends or
-    /// arms the expiry of the session.
-    fn detach(&mut self, will: Option<LastWill>) {
+    /// arms the expiry of the session. A connection that was taken over
+    /// touches nothing of the session, which belongs to its new connection.
+    fn detach(&mut self, will: Option<LastWill>, end: End) {
+        if !self.session.release(self.connection_id) {
+            self.taken_over(will, end);
+        } else {
+            self.went_offline(will);
+        }
+        if let Some(detached) = self.detached.take() {
+            let _ = detached.send(());
+        }
+    }
+
+    /// The will of a connection whose session another connection took: it
+    /// goes out unless the session continues and the will is delayed (the
+    /// new connection came before the delay passed).
+    fn taken_over(&self, will: Option<LastWill>, end: End) {
+        let Some(will) = will else { return };
+        let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
+        let continues = matches!(
+            end,
+            End::TakenOver {
+                session_continues: true
+            }
+        );
+        if !(delayed && continues) {
+            publish_will(
+                &self.shared,
+                &self.session.key,
+                self.username.as_deref(),
+                will,
+            );
+        }
+    }
+
+    fn went_offline(&self, will: Option<LastWill>) {
         let shared = &self.shared;
         let session = &self.session;
-        let (generation, expiry, mut will_now, offline) = {
+        let (generation, expiry, will_now, delay, offline) = {
             let mut state = session.lock();
-            let ours = state
-                .attachment
-                .as_ref()
-                .is_some_and(|a| a.connection_id == self.connection_id);
             let mut offline = None;
-            if ours {
-                state.attachment = None;
-                // Offline, a persistent session's backlog stays on disk.
-                if state.durable.is_some() {
-                    state.queue.park();
-                    if state.expiry_interval > 0 {
-                        offline = state.stored(&session.key);
-                    }
+            // Offline, a persistent session's backlog stays on disk.
+            if state.durable.is_some() {
+                state.queue.park();
+                if state.expiry_interval > 0 {
+                    offline = state.stored(&session.key);
                 }
             }
             let delay = will
@@ -97,53 +171,59 @@ impl Connection {
                     will_now = Some(will);
                 }
             }
-            (state.generation, state.expiry_interval, will_now, offline)
+            let delay = state.pending_will.as_ref().map(|_| delay);
+            (
+                state.generation,
+                state.expiry_interval,
+                will_now,
+                delay,
+                offline,
+            )
         };
         if let (Some(stored), Some(store)) = (offline, shared.durable.clone()) {
             tokio::spawn(write_offline(store, Arc::clone(session), stored));
         }
-        if let Some(will) = will_now.take() {
+        if let Some(will) = will_now {
             publish_will(shared, &session.key, self.username.as_deref(), will);
-        }
-        if let Some(detached) = self.detached.take() {
-            let _ = detached.send(());
         }
         if expiry == 0 {
             end_session(shared, session, generation);
             return;
         }
-        let delay = session
-            .lock()
-            .pending_will
-            .as_ref()
-            .and_then(|p| p.will.properties.will_delay_interval);
         if let Some(delay) = delay {
-            let (shared, session) = (Arc::clone(shared), Arc::clone(session));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(delay.min(expiry)))).await;
-                let pending = {
-                    let mut state = session.lock();
-                    match &state.pending_will {
-                        Some(p) if p.generation == generation && state.attachment.is_none() => {
-                            state.pending_will.take()
-                        }
-                        _ => None,
-                    }
-                };
-                if let Some(pending) = pending {
-                    publish_will(
-                        &shared,
-                        &session.key,
-                        pending.username.as_deref(),
-                        pending.will,
-                    );
-                }
-            });
+            schedule_will(shared, session, generation, delay.min(expiry));
         }
         if expiry != u32::MAX {
             schedule_expiry(shared, session, generation, expiry);
         }
     }
+}
+
+/// Publishes the pending will of `session` after `delay` seconds, unless a
+/// connection attached since (which cancels the timer).
+fn schedule_will(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64, delay: u32) {
+    let (shared_, session_) = (Arc::clone(shared), Arc::clone(session));
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+        let pending = {
+            let mut state = session_.lock();
+            match &state.pending_will {
+                Some(p) if p.generation == generation && state.attachment.is_none() => {
+                    state.pending_will.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(pending) = pending {
+            publish_will(
+                &shared_,
+                &session_.key,
+                pending.username.as_deref(),
+                pending.will,
+            );
+        }
+    });
+    session.lock().timers.push(timer.abort_handle());
 }
 
 /// Tells the meta service that a persistent session has no connection.
@@ -188,20 +268,27 @@ pub(crate) fn schedule_expiry(
     generation: u64,
     expiry: u32,
 ) {
-    let (shared, session) = (Arc::clone(shared), Arc::clone(session));
-    tokio::spawn(async move {
+    let (shared_, session_) = (Arc::clone(shared), Arc::clone(session));
+    let timer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-        end_session(&shared, &session, generation);
+        end_session(&shared_, &session_, generation);
     });
+    session.lock().timers.push(timer.abort_handle());
 }
 
 /// Ends a session that is still at `generation` and has no connection:
 /// its pending will goes out, its subscriptions and queue are dropped.
+/// Marked ended first, so no connection attaches to it while it leaves the
+/// router and then the registry (one that tries looks it up again).
 fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
     let (pending, durable) = {
         let mut state = session.lock();
-        if state.generation != generation || state.attachment.is_some() {
+        if state.generation != generation || state.attachment.is_some() || state.ended {
             return;
+        }
+        state.ended = true;
+        for timer in state.timers.drain(..) {
+            timer.abort();
         }
         (state.pending_will.take(), state.durable.take())
     };

@@ -17,9 +17,11 @@ use tidemq_proto::mqtt::{
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::acks::AckQueue;
 use super::{Connection, Io, close};
 use crate::broker::Shared;
 use crate::config::Config;
+use crate::delivery::StoreSink;
 use crate::durable::DurableError;
 use crate::durable::record::unix_ms;
 use crate::session::{Attachment, Kick, MemoryQueue, Session, SessionRegistry};
@@ -76,6 +78,66 @@ pub(super) async fn handshake(
 ) -> Option<Connection> {
     let config = shared.config.load_full();
     let mut steps = Steps::new();
+    let connect = read_connect(shared, &config, io, peer).await?;
+    steps.mark("read_connect");
+    let protocol = connect.protocol;
+    let (client_id, assigned) = match validate(&config, &connect) {
+        Ok(found) => found,
+        Err(reason) => {
+            refuse(shared, io, protocol, reason).await;
+            return None;
+        }
+    };
+    steps.mark("validate");
+    if let Err(reason) = authenticate(shared, &config, &connect) {
+        refuse(shared, io, protocol, reason).await;
+        return None;
+    }
+    steps.mark("auth");
+    let (mut connection, session_present, existed) =
+        attach(shared, &config, &connect, client_id.clone()).await?;
+    steps.mark("session");
+
+    // A persistent session is on disk before CONNACK says it exists.
+    if let Err(e) = persist(
+        shared,
+        &config,
+        &connection.session,
+        connect.clean_start,
+        existed,
+    )
+    .await
+    {
+        warn!(client_id, error = %e, "cannot store the session");
+        crate::delivery::count_storage_error(&shared.metrics);
+        refuse(shared, io, protocol, ReasonCode::ServerUnavailable).await;
+        connection.abandon(existed);
+        return None;
+    }
+    steps.mark("persist");
+
+    let connack = connack(&config, &connect, &client_id, assigned, session_present);
+    connection.send(io, &connack);
+    // A resumed session first gets what was in flight, then its queue.
+    connection.resend_inflight(io);
+    if io.flush_within(config.mqtt.write_timeout()).await.is_err() {
+        connection.close(super::End::Dropped, io).await;
+        return None;
+    }
+    steps.mark("connack");
+    count(shared, "success");
+    steps.report(shared, &client_id, config.diagnostics.slow_connect_ms);
+    debug!(%peer, client_id, ?protocol, session_present, "client connected");
+    Some(connection)
+}
+
+/// Reads the CONNECT packet, within the connect timeout.
+async fn read_connect(
+    shared: &Shared,
+    config: &Config,
+    io: &mut Io,
+    peer: SocketAddr,
+) -> Option<Connect> {
     let max_in = config.mqtt.max_packet_size as usize;
     let read = tokio::time::timeout(
         config.mqtt.connect_timeout(),
@@ -110,80 +172,152 @@ pub(super) async fn handshake(
             return None;
         }
     };
-    steps.mark("read_connect");
     shared
         .metrics
         .packets_in
         .with_label_values(&["CONNECT"])
         .inc();
-    let protocol = connect.protocol;
+    Some(connect)
+}
 
-    let (client_id, assigned) = match client_identifier(&connect) {
-        Ok(found) => found,
-        Err(reason) => {
-            refuse(shared, io, protocol, reason).await;
-            return None;
+/// Checks what the broker's settings allow of the CONNECT; returns the
+/// client id to use and whether the broker assigned it.
+fn validate(config: &Config, connect: &Connect) -> Result<(String, bool), ReasonCode> {
+    if let Some(will) = &connect.will
+        && will.retain
+        && !config.mqtt.retain_available
+    {
+        return Err(ReasonCode::RetainNotSupported);
+    }
+    let max = config.mqtt.max_keep_alive;
+    if max > 0 && !connect.protocol.is_v5() && (connect.keep_alive == 0 || connect.keep_alive > max)
+    {
+        // 3.1/3.1.1 has no way to tell the client a shorter keep alive.
+        return Err(ReasonCode::ClientIdentifierNotValid);
+    }
+    client_identifier(connect)
+}
+
+/// The keep alive in force, and the 5.0 server keep alive to announce.
+fn keep_alive(config: &Config, connect: &Connect) -> (u16, Option<u16>) {
+    let mqtt = &config.mqtt;
+    if !connect.protocol.is_v5() {
+        return (connect.keep_alive, None);
+    }
+    let forced = if mqtt.server_keep_alive > 0 {
+        Some(mqtt.server_keep_alive)
+    } else {
+        None
+    };
+    let capped = forced.unwrap_or(connect.keep_alive);
+    let server = match mqtt.max_keep_alive {
+        0 => forced,
+        max if capped == 0 || capped > max => Some(max),
+        _ => forced,
+    };
+    (server.unwrap_or(connect.keep_alive), server)
+}
+
+/// The CONNACK of an accepted CONNECT.
+fn connack(
+    config: &Config,
+    connect: &Connect,
+    client_id: &str,
+    assigned: bool,
+    session_present: bool,
+) -> Packet {
+    let mut properties = ConnAckProperties::default();
+    if connect.protocol.is_v5() {
+        properties.assigned_client_identifier = assigned.then(|| client_id.to_string());
+        properties.receive_maximum = Some(config.mqtt.receive_maximum);
+        properties.maximum_packet_size = Some(config.mqtt.max_packet_size);
+        properties.topic_alias_maximum = Some(config.mqtt.topic_alias_maximum);
+        properties.retain_available = Some(config.mqtt.retain_available);
+        properties.wildcard_subscription_available = Some(true);
+        properties.subscription_identifiers_available = Some(true);
+        properties.shared_subscription_available = Some(true);
+        properties.server_keep_alive = keep_alive(config, connect).1;
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
+        let expiry = session_expiry(connect, config);
+        properties.session_expiry_interval = (asked != expiry).then_some(expiry);
+    }
+    Packet::ConnAck(ConnAck {
+        session_present,
+        reason: ReasonCode::Success,
+        properties,
+    })
+}
+
+/// Attaches the connection to its session, taking it over from a live
+/// connection in one step (the registry entry, its attachment and its
+/// generation change together), then waits until that connection has
+/// detached: never two live connections on one session. Returns the new
+/// connection, whether the session is present, and whether it existed.
+async fn attach(
+    shared: &Arc<Shared>,
+    config: &Config,
+    connect: &Connect,
+    client_id: String,
+) -> Option<(Connection, bool, bool)> {
+    let tenant = &config.listener.tenant;
+    let key = SessionRegistry::key(tenant, &client_id);
+    let connection_id = shared.sessions.next_connection_id();
+    let (kick_tx, kick) = oneshot::channel();
+    let (detached, detached_rx) = oneshot::channel();
+    let mut attachment = Attachment {
+        connection_id,
+        kick: kick_tx,
+        detached: detached_rx,
+    };
+    // A session that has just ended leaves the registry in a moment: wait
+    // for that, then start a new one.
+    let mut tries = 0u32;
+    let (session, existed, attached) = loop {
+        let (session, existed) = shared.sessions.get_or_insert_with(tenant, &key, || {
+            Session::new(
+                Arc::clone(&key),
+                client_id.clone(),
+                connect.protocol,
+                Box::new(MemoryQueue::new(
+                    config.session.max_queued_messages,
+                    config.session.max_queued_bytes,
+                )),
+            )
+        });
+        match session.attach(attachment) {
+            Ok(attached) => break (session, existed, attached),
+            Err(back) if tries < 10_000 => {
+                attachment = back;
+                tries += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(_) => {
+                warn!(client_id, "a session that ended is still registered");
+                return None;
+            }
         }
     };
-    steps.mark("validate");
-
-    if let Err(reason) = authenticate(shared, &config, &connect) {
-        refuse(shared, io, protocol, reason).await;
-        return None;
-    }
-    steps.mark("auth");
-
-    let tenant = config.listener.tenant.clone();
-    let key = SessionRegistry::key(&tenant, &client_id);
-    let (session, existed) = shared.sessions.get_or_insert_with(&tenant, &key, || {
-        Session::new(
-            Arc::clone(&key),
-            client_id.clone(),
-            protocol,
-            Box::new(MemoryQueue::new(
-                config.session.max_queued_messages,
-                config.session.max_queued_bytes,
-            )),
-        )
-    });
-    // Take the session over from a live connection, and wait until that
-    // connection has detached: never two live connections on one session.
-    let previous = session.lock().attachment.take();
-    if let Some(previous) = previous {
+    if let Some(previous) = attached.previous {
         let _ = previous.kick.send(Kick::TakenOver {
             session_continues: !connect.clean_start,
         });
         let _ = tokio::time::timeout(Duration::from_secs(5), previous.detached).await;
     }
-    steps.mark("session");
-
-    let expiry = session_expiry(&connect, &config);
-    let (kick_tx, kick) = oneshot::channel();
-    let (detached, detached_rx) = oneshot::channel();
-    let connection_id = shared.sessions.next_connection_id();
+    let session_present = existed && attached.resumable && !connect.clean_start;
     if connect.clean_start {
         shared.router.remove_session(&session);
     }
-    let (session_present, stale_will) = {
+    {
         let mut state = session.lock();
-        let present = existed && !connect.clean_start && state.generation > 0;
         if connect.clean_start || !existed {
             state.reset();
         }
-        // A delayed will of the previous connection: a resumed session
-        // cancels it, a clean start ends the old session and releases it now.
-        let pending = state.pending_will.take();
-        state.protocol = protocol;
-        state.expiry_interval = expiry;
-        state.generation += 1;
-        state.attachment = Some(Attachment {
-            connection_id,
-            kick: kick_tx,
-            detached: detached_rx,
-        });
-        (present, pending.filter(|_| connect.clean_start))
-    };
-    if let Some(pending) = stale_will {
+        state.protocol = connect.protocol;
+        state.username = connect.username.clone();
+        state.expiry_interval = session_expiry(connect, config);
+    }
+    // A clean start ends the old session: its delayed will goes out now.
+    if let Some(pending) = attached.pending_will.filter(|_| connect.clean_start) {
         close::publish_will(
             shared,
             &session.key,
@@ -192,89 +326,74 @@ pub(super) async fn handshake(
         );
     }
     shared.metrics.sessions.set(shared.sessions.len() as i64);
-    steps.mark("add_cache");
-
-    // A persistent session is on disk before CONNACK says it exists.
-    if let Err(e) = persist(shared, &config, &session, connect.clean_start, existed).await {
-        warn!(client_id, error = %e, "cannot store the session");
-        crate::delivery::count_storage_error(&shared.metrics);
-        session.lock().attachment = None;
-        refuse(shared, io, protocol, ReasonCode::ServerUnavailable).await;
-        return None;
-    }
-    steps.mark("persist");
-
-    let server_keep_alive = (protocol.is_v5() && config.mqtt.server_keep_alive > 0)
-        .then_some(config.mqtt.server_keep_alive);
-    let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
-    let mut properties = ConnAckProperties::default();
-    if protocol.is_v5() {
-        properties.assigned_client_identifier = assigned.then(|| client_id.clone());
-        properties.receive_maximum = Some(config.mqtt.receive_maximum);
-        properties.maximum_packet_size = Some(config.mqtt.max_packet_size);
-        properties.topic_alias_maximum = Some(config.mqtt.topic_alias_maximum);
-        properties.retain_available = Some(config.mqtt.retain_available);
-        properties.wildcard_subscription_available = Some(true);
-        properties.subscription_identifiers_available = Some(true);
-        properties.shared_subscription_available = Some(true);
-        properties.server_keep_alive = server_keep_alive;
-        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
-        properties.session_expiry_interval = (asked != expiry).then_some(expiry);
-    }
-    let connack = Packet::ConnAck(ConnAck {
+    Some((
+        Connection::new(
+            shared,
+            config,
+            connect,
+            session,
+            connection_id,
+            kick,
+            detached,
+        ),
         session_present,
-        reason: ReasonCode::Success,
-        properties,
-    });
-    let mut connection = Connection {
-        shared: Arc::clone(shared),
-        session: Arc::clone(&session),
-        connection_id,
-        protocol,
-        username: connect.username.clone(),
-        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
-        will: connect.will.clone(),
-        kick,
-        detached: Some(detached),
-        connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
-        max_packet_in: max_in,
-        max_packet_out: connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize),
-        window: match (protocol, connect.properties.receive_maximum) {
-            (Protocol::V5, Some(max)) => usize::from(max),
-            _ => usize::from(config.mqtt.max_inflight),
-        },
-        receive_maximum: usize::from(config.mqtt.receive_maximum),
-        alias_in: HashMap::new(),
-        alias_in_max: if protocol.is_v5() {
-            config.mqtt.topic_alias_maximum
-        } else {
-            0
-        },
-        alias_out: HashMap::new(),
-        alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-        last_packet: Instant::now(),
-        pending: FuturesOrdered::new(),
-        records: Vec::new(),
-        loading: FuturesOrdered::new(),
-    };
-    connection.send(io, &connack);
-    // A resumed session first gets what was in flight, then its queue.
-    connection.resend_inflight(io);
-    if io.flush().await.is_err() {
-        connection.close(super::End::Dropped, io).await;
-        return None;
-    }
-    steps.mark("connack");
-    count(shared, "success");
-    steps.report(shared, &client_id, config.diagnostics.slow_connect_ms);
-    debug!(%peer, client_id, ?protocol, session_present, "client connected");
-    Some(connection)
+        existed,
+    ))
 }
 
-/// The client id to use, and whether the broker assigned it.
+impl Connection {
+    fn new(
+        shared: &Arc<Shared>,
+        config: &Config,
+        connect: &Connect,
+        session: Arc<Session>,
+        connection_id: u64,
+        kick: oneshot::Receiver<Kick>,
+        detached: oneshot::Sender<()>,
+    ) -> Connection {
+        let protocol = connect.protocol;
+        let keep_alive = keep_alive(config, connect).0;
+        let now = Instant::now();
+        Connection {
+            shared: Arc::clone(shared),
+            session,
+            connection_id,
+            protocol,
+            username: connect.username.clone(),
+            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            will: connect.will.clone(),
+            kick,
+            detached: Some(detached),
+            connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
+            max_packet_in: config.mqtt.max_packet_size as usize,
+            max_packet_out: connect
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            window: match (protocol, connect.properties.receive_maximum) {
+                (Protocol::V5, Some(max)) => usize::from(max),
+                _ => usize::from(config.mqtt.max_inflight),
+            },
+            receive_maximum: usize::from(config.mqtt.receive_maximum),
+            alias_in: HashMap::new(),
+            alias_in_max: if protocol.is_v5() {
+                config.mqtt.topic_alias_maximum
+            } else {
+                0
+            },
+            alias_out: HashMap::new(),
+            alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            last_packet: now,
+            last_write: now,
+            write_timeout: config.mqtt.write_timeout(),
+            acks: AckQueue::new(StoreSink(Arc::clone(shared))),
+            // Packets that came in the CONNECT's read wait in the buffer.
+            input_held: true,
+            loading: FuturesOrdered::new(),
+        }
+    }
+}
+
 /// Writes a persistent session's state to the message store (a clean start
 /// begins a new epoch, whose messages alone it receives), or records the
 /// end of one that is no longer persistent. Nothing to do without a store.
@@ -311,6 +430,7 @@ async fn persist(
     }
 }
 
+/// The client id to use, and whether the broker assigned it.
 fn client_identifier(connect: &Connect) -> Result<(String, bool), ReasonCode> {
     if !connect.client_id.is_empty() {
         if connect.protocol == Protocol::V3_1 && connect.client_id.len() > 23 {
@@ -375,7 +495,7 @@ async fn refuse(shared: &Shared, io: &mut Io, protocol: Protocol, reason: Reason
             .packets_out
             .with_label_values(&["CONNACK"])
             .inc();
-        let _ = io.flush().await;
+        let _ = io.flush_within(Duration::from_secs(5)).await;
     }
 }
 

@@ -10,9 +10,13 @@ use tidemq_proto::mqtt::{
 
 use futures_util::FutureExt;
 
+/// What a PUBLISH waits for before its acknowledgement.
+type PublishWrite = Write<PendingRecord, Stored>;
+
+use super::acks::{Work, Write};
 use super::{Connection, End, Io};
-use crate::auth::Action;
-use crate::delivery::{self, ToStore};
+use crate::auth::{Action, Subscription};
+use crate::delivery::{self, PendingRecord, Stored, ToStore};
 use crate::durable::{DiskRef, DurableError, Origin};
 use crate::message::{Delivery, Message};
 use crate::session::SubscriptionEntry;
@@ -24,7 +28,7 @@ impl Connection {
             Packet::Publish(publish) => self.on_publish(publish, io),
             Packet::PubAck(ack) => {
                 let done = self.session.lock().on_puback(ack.packet_id);
-                self.completed(done.flatten());
+                self.completed(done.stored());
                 Ok(())
             }
             Packet::PubRec(rec) => {
@@ -37,7 +41,7 @@ impl Connection {
             }
             Packet::PubComp(comp) => {
                 let done = self.session.lock().on_pubcomp(comp.packet_id);
-                self.completed(done.flatten());
+                self.completed(done.stored());
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
@@ -49,7 +53,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PingReq => {
-                self.respond(io, Packet::PingResp);
+                self.reply(io, Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
@@ -70,84 +74,125 @@ impl Connection {
             return Err(End::Violation(ReasonCode::RetainNotSupported));
         }
         let packet_id = publish.packet_id.unwrap_or(0);
-        if publish.qos == QoS::ExactlyOnce {
-            let state = self.session.lock();
-            if state.inbound_qos2.contains(&packet_id) {
-                // A resend of a message already accepted: acknowledge again,
-                // do not route it twice.
-                drop(state);
-                self.respond(io, Packet::PubRec(PubResponse::success(packet_id)));
-                return Ok(());
-            }
-            if state.inbound_qos2.len() >= self.receive_maximum {
-                return Err(End::Violation(ReasonCode::ReceiveMaximumExceeded));
-            }
-        }
-        let allowed = self.allowed(Action::Publish, &publish.topic);
         let qos = publish.qos;
-        let mut reason = ReasonCode::Success;
-        let mut to_store_now = ToStore::Nothing;
-        if allowed {
-            let message = Arc::new(Message::from_publish(
-                publish,
-                Some(Arc::clone(&self.session.key)),
-            ));
-            self.shared.metrics.messages_in.inc();
-            // A QoS 2 message names its flow, so that a resend after a
-            // crash is recognised.
-            let origin = match (qos, self.session.lock().durable) {
-                (QoS::ExactlyOnce, Some(epoch)) => Some(Origin {
-                    key: self.session.key.to_string(),
-                    epoch,
-                    packet_id,
-                }),
-                _ => None,
-            };
-            let (outcome, to_store) =
-                delivery::route(&self.shared, &message, origin).map_err(|e| {
-                    delivery::count_storage_error(&self.shared.metrics);
-                    tracing::warn!(client = %self.session.client_id, error = %e, "cannot store a message");
-                    End::ServerError
-                })?;
-            outcome.count_drops(&self.shared.metrics);
-            if outcome.delivered == 0 && outcome.dropped() == 0 {
-                reason = ReasonCode::NoMatchingSubscribers;
-            }
-            to_store_now = to_store;
+        if qos == QoS::ExactlyOnce && self.qos2_received(packet_id) {
+            // A resend of a message already accepted (or being written):
+            // acknowledge again in its turn, do not route it twice.
+            self.reply(io, Packet::PubRec(PubResponse::success(packet_id)));
+            return Ok(());
+        }
+        if qos != QoS::AtMostOnce && self.unacknowledged() >= self.receive_maximum {
+            return Err(End::Violation(ReasonCode::ReceiveMaximumExceeded));
+        }
+        let (reason, write) = if self.allowed(Action::Publish, &publish.topic) {
+            self.route(publish, packet_id)?
         } else {
             self.shared
                 .metrics
                 .messages_dropped
                 .with_label_values(&["not_authorized"])
                 .inc();
-            reason = ReasonCode::NotAuthorized;
-        }
+            (ReasonCode::NotAuthorized, Write::None)
+        };
         let response = PubResponse {
             packet_id,
             reason,
             properties: AckProperties::default(),
         };
-        let response = match qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(Packet::PubAck(response)),
+        let (response, qos2) = match qos {
+            QoS::AtMostOnce => (None, None),
+            QoS::AtLeastOnce => (Some(Packet::PubAck(response)), None),
+            // A refused QoS 2 message ends its flow at PUBREC (5.0); in
+            // 3.1.1 the flow always completes. The packet id counts as
+            // received only once the message is written.
             QoS::ExactlyOnce => {
-                // A refused QoS 2 message ends its flow at PUBREC (5.0); in
-                // 3.1.1 the flow always completes.
-                if !reason.is_error() || !self.protocol.is_v5() {
-                    self.session.lock().inbound_qos2.insert(packet_id);
-                }
-                Some(Packet::PubRec(response))
+                let flows = !reason.is_error() || !self.protocol.is_v5();
+                (Some(Packet::PubRec(response)), flows.then_some(packet_id))
             }
         };
-        match (to_store_now, response) {
-            (ToStore::Record(record), response) => self.records.push((record, response)),
-            (ToStore::Write(write), response) => {
-                self.after(write.map(|r| r.map(Some)), response, Vec::new())
-            }
-            (ToStore::Nothing, Some(response)) => self.respond(io, response),
-            (ToStore::Nothing, None) => {}
-        }
+        self.respond(
+            io,
+            Work {
+                qos2,
+                publish: qos != QoS::AtMostOnce,
+                ..Work::after(write, response)
+            },
+        );
         Ok(())
+    }
+
+    /// Whether an inbound QoS 2 message with this packet id was received
+    /// (or is being written).
+    fn qos2_received(&self, packet_id: u16) -> bool {
+        self.acks.qos2_in_progress(packet_id)
+            || self.session.lock().inbound_qos2.contains(&packet_id)
+    }
+
+    /// QoS 1/2 messages received and not acknowledged yet, as the receive
+    /// maximum counts them: 5.0 counts every one until its PUBACK or
+    /// PUBCOMP; 3.1.1 has no receive maximum, so only unreleased QoS 2 flows
+    /// count (QoS 1 messages waiting for the store hold input back instead).
+    fn unacknowledged(&self) -> usize {
+        let unreleased = self.session.lock().inbound_qos2.len();
+        if self.protocol.is_v5() {
+            unreleased + self.acks.unacked_publishes()
+        } else {
+            unreleased
+        }
+    }
+
+    /// Routes an authorized PUBLISH: in-memory deliveries are queued now;
+    /// returns the reason code for the publisher and what the store must
+    /// write before it is acknowledged.
+    fn route(
+        &mut self,
+        publish: Publish,
+        packet_id: u16,
+    ) -> Result<(ReasonCode, PublishWrite), End> {
+        let qos = publish.qos;
+        let message = Arc::new(Message::from_publish(
+            publish,
+            Some(Arc::clone(&self.session.key)),
+        ));
+        self.shared.metrics.messages_in.inc();
+        // A QoS 2 message names its flow, so that a resend after a crash is
+        // recognised.
+        let origin = match (qos, self.session.lock().durable) {
+            (QoS::ExactlyOnce, Some(epoch)) => Some(Origin {
+                key: self.session.key.to_string(),
+                epoch,
+                packet_id,
+            }),
+            _ => None,
+        };
+        let (outcome, to_store) = delivery::route(&self.shared, &message, origin).map_err(|e| {
+            delivery::count_storage_error(&self.shared.metrics);
+            tracing::warn!(client = %self.session.client_id, error = %e, "cannot store a message");
+            End::ServerError
+        })?;
+        outcome.count_drops(&self.shared.metrics);
+        let reason = if outcome.delivered == 0 && outcome.dropped() == 0 {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
+        let write = match to_store {
+            ToStore::Nothing => Write::None,
+            ToStore::Record(record) => Write::Record(record),
+            ToStore::Write(write) => Write::Alone(write.map(|r| r.map(Some)).boxed()),
+        };
+        Ok((reason, write))
+    }
+
+    /// Sends `response` in its turn, once `write` is on disk.
+    fn respond_after(
+        &mut self,
+        io: &mut Io,
+        write: impl Future<Output = Result<(), DurableError>> + Send + 'static,
+        response: Packet,
+    ) {
+        let write = Write::Alone(write.map(|r| r.map(|()| None)).boxed());
+        self.respond(io, Work::after(write, Some(response)));
     }
 
     /// Records that a stored message was completed (PUBACK, PUBCOMP, or
@@ -179,32 +224,30 @@ impl Connection {
     }
 
     fn on_pubrec(&mut self, rec: PubResponse, io: &mut Io) {
-        let mut state = self.session.lock();
         if rec.reason.is_error() {
-            let done = state.on_pubrec_failed(rec.packet_id);
-            drop(state);
-            self.completed(done.flatten());
+            let done = self.session.lock().on_pubrec_failed(rec.packet_id);
+            self.completed(done.stored());
             return;
         }
-        let known = state.on_pubrec(rec.packet_id);
-        drop(state);
+        let known = self.session.lock().on_pubrec(rec.packet_id);
         let mut release = PubResponse::success(rec.packet_id);
-        if known.is_none() {
+        if !known.known() {
             release.reason = ReasonCode::PacketIdentifierNotFound;
         }
         let release = Packet::PubRel(release);
         // PUBREL only once the store knows PUBREC came: after a crash the
         // message must not be sent again, since the client may have
         // forgotten the packet id by then.
-        match (known.flatten(), self.durable()) {
+        match (known.stored(), self.durable()) {
             (Some(at), Some((store, epoch))) => {
                 let key = self.session.key.to_string();
                 self.respond_after(
+                    io,
                     async move { store.released(at, &key, epoch).await },
                     release,
                 );
             }
-            _ => self.respond(io, release),
+            _ => self.reply(io, release),
         }
     }
 
@@ -223,11 +266,12 @@ impl Connection {
                 let key = self.session.key.to_string();
                 let packet_id = rel.packet_id;
                 self.respond_after(
+                    io,
                     async move { store.inbound_released(&key, epoch, packet_id).await },
                     complete,
                 );
             }
-            None => self.respond(io, complete),
+            None => self.reply(io, complete),
         }
     }
 
@@ -244,13 +288,20 @@ impl Connection {
                     continue;
                 }
             };
-            if !self.allowed(Action::Subscribe, &request.filter) {
+            let acl = self.shared.auth.load().subscription(
+                self.username.as_deref(),
+                &self.session.client_id,
+                &request.filter,
+            );
+            if acl == Subscription::Refused {
+                // 3.1.1 encodes every refusal as 0x80.
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
             let entry = SubscriptionEntry {
                 options: request.options,
                 id: subscribe.properties.subscription_identifier,
+                acl_filtered: acl == Subscription::Filtered,
             };
             let existed = self
                 .shared
@@ -269,7 +320,13 @@ impl Connection {
                     RetainHandling::DoNotSend => false,
                 };
             if send_retained {
+                let auth = self.shared.auth.load();
                 for message in self.shared.router.retained_for(&request.filter, now) {
+                    if entry.acl_filtered
+                        && !delivery::may_receive(&auth, &self.session, &message.topic)
+                    {
+                        continue;
+                    }
                     retained.push(Delivery {
                         qos: message.qos.min(request.options.qos),
                         message,
@@ -293,10 +350,17 @@ impl Connection {
         // Retained messages are queued after SUBACK, so the client sees the
         // grant first; a persistent session's subscriptions are on disk
         // before SUBACK.
-        match self.persist_session() {
-            Some(write) => self.after(write.map(|r| r.map(|()| None)), Some(suback), retained),
-            None => self.respond_then(io, suback, retained),
-        }
+        let write = match self.persist_session() {
+            Some(write) => Write::Alone(write.map(|r| r.map(|()| None)).boxed()),
+            None => Write::None,
+        };
+        self.respond(
+            io,
+            Work {
+                then: retained,
+                ..Work::after(write, Some(suback))
+            },
+        );
     }
 
     /// The write of a persistent session's current state, if it is one.
@@ -332,8 +396,8 @@ impl Connection {
             properties: AckProperties::default(),
         });
         match self.persist_session() {
-            Some(write) => self.respond_after(write, unsuback),
-            None => self.respond(io, unsuback),
+            Some(write) => self.respond_after(io, write, unsuback),
+            None => self.reply(io, unsuback),
         }
     }
 

@@ -7,11 +7,13 @@
 //! to the socket goes through [`outbound`]. When the loop ends, [`close`]
 //! decides about the will and what happens to the session.
 
+mod acks;
 mod close;
 mod connect;
 mod inbound;
 mod outbound;
 
+pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};
 
 use std::collections::HashMap;
@@ -19,23 +21,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
-
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
 use tracing::warn;
 
 use crate::broker::Shared;
-use crate::delivery::{self, PendingRecord, Stored};
+use crate::delivery::{StoreSink, Stored};
 use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
+use acks::{AckQueue, Done, Work};
+
+/// Output buffered beyond this stops the connection from taking more work
+/// (reading packets, moving queued deliveries into flight) until the
+/// client has read some of it.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -81,13 +88,15 @@ impl Io {
         }
     }
 
-    /// Writes everything buffered.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.write_buf.is_empty() {
-            self.writer.write_all(&self.write_buf).await?;
-            self.write_buf.clear();
+    /// Writes everything buffered, giving up after `limit` (a client that
+    /// does not read).
+    async fn flush_within(&mut self, limit: Duration) -> std::io::Result<()> {
+        if self.write_buf.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let written = tokio::time::timeout(limit, self.writer.write_all(&self.write_buf)).await;
+        self.write_buf.clear();
+        written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
     }
 }
 
@@ -105,6 +114,8 @@ pub(crate) enum End {
     Violation(ReasonCode),
     /// Another connection took the session over.
     TakenOver { session_continues: bool },
+    /// The client left the broker's writes unread for the write timeout.
+    WriteTimeout,
     /// The broker is shutting down.
     Shutdown,
     /// The message store failed; the client may retry after reconnecting.
@@ -138,27 +149,19 @@ pub(crate) struct Connection {
     /// Outbound topic aliases the broker assigned.
     alias_out: HashMap<String, u16>,
     alias_out_max: u16,
+    /// When the last complete packet arrived (keep alive counts packets,
+    /// not bytes).
     last_packet: Instant,
-    /// Responses waiting for a message-store write, in the order their
-    /// packets arrived (MQTT orders PUBACKs by their PUBLISHes).
-    pending: FuturesOrdered<BoxFuture<'static, Vec<Step>>>,
-    /// Message records of the PUBLISH packets read in this pass, with their
-    /// responses: they go to the store as one writer job when the pass ends
-    /// (or before any other response, to keep the order).
-    records: Vec<(PendingRecord, Option<Packet>)>,
+    /// When the socket last took bytes, or had nothing to take.
+    last_write: Instant,
+    write_timeout: Duration,
+    /// Responses waiting for their store writes, in packet order.
+    acks: AckQueue<StoreSink>,
+    /// Whole packets may be waiting in the read buffer, left there while
+    /// the connection had too much work held.
+    input_held: bool,
     /// A read of the stored backlog at the front of the session's queue.
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
-}
-
-/// What a connection does once a store write completes.
-pub(crate) struct Step {
-    /// The write's outcome: deliveries to queue, or the failure.
-    stored: Result<Option<Stored>, DurableError>,
-    /// The packet to send then.
-    response: Option<Packet>,
-    /// Deliveries to queue after the response (retained messages after
-    /// SUBACK).
-    then: Vec<Delivery>,
 }
 
 /// Messages read back from the store for the session.
@@ -169,30 +172,42 @@ impl Connection {
     async fn run(mut self, io: &mut Io) {
         let mut shutdown = self.shared.shutdown.clone();
         let end = loop {
-            self.pump(io);
-            if io.flush().await.is_err() {
-                break End::Dropped;
+            if let Err(end) = self.resume_input(io) {
+                break end;
             }
-            let deadline = self
+            if io.write_buf.len() < WRITE_HIGH_WATER {
+                self.pump(io);
+            }
+            if io.write_buf.is_empty() {
+                self.last_write = Instant::now();
+            }
+            let reading = self.accepts_input(io);
+            let idle_until = self
                 .keep_alive
                 .map(|k| self.last_packet + k + k / 2)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            let stuck_at = self.last_write + self.write_timeout;
             let ended = tokio::select! {
-                read = io.reader.read_buf(&mut io.read_buf) => match read {
+                read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
-                    Ok(_) => {
-                        self.last_packet = Instant::now();
-                        self.handle_buffered(io).err()
+                    Ok(_) => self.handle_buffered(io).err(),
+                },
+                written = io.writer.write(&io.write_buf), if !io.write_buf.is_empty() => match written {
+                    Ok(0) | Err(_) => Some(End::Dropped),
+                    Ok(n) => {
+                        io.write_buf.advance(n);
+                        self.last_write = Instant::now();
+                        None
                     }
                 },
                 () = self.session.notify.notified() => None,
-                Some(steps) = self.pending.next(), if !self.pending.is_empty() => {
+                Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
                     // responses leave in one write.
-                    let mut done = self.finish_steps(steps, io);
+                    let mut done = self.released(released, io);
                     while done.is_ok() {
-                        match self.pending.next().now_or_never() {
-                            Some(Some(steps)) => done = self.finish_steps(steps, io),
+                        match self.acks.next().now_or_never() {
+                            Some(Some(released)) => done = self.released(released, io),
                             _ => break,
                         }
                     }
@@ -201,8 +216,11 @@ impl Connection {
                 Some(loaded) = self.loading.next(), if !self.loading.is_empty() => {
                     self.finish_load(loaded).err()
                 }
-                () = tokio::time::sleep_until(deadline.into()), if self.keep_alive.is_some() => {
+                () = tokio::time::sleep_until(idle_until.into()), if self.keep_alive.is_some() && reading => {
                     Some(End::KeepAliveTimeout)
+                }
+                () = tokio::time::sleep_until(stuck_at.into()), if !io.write_buf.is_empty() => {
+                    Some(End::WriteTimeout)
                 }
                 kick = &mut self.kick => match kick {
                     Ok(Kick::TakenOver { session_continues }) => Some(End::TakenOver { session_continues }),
@@ -220,109 +238,82 @@ impl Connection {
         self.close(end, io).await;
     }
 
-    /// Sends `response` now, or after the responses still waiting for a
-    /// store write.
-    fn respond(&mut self, io: &mut Io, response: Packet) {
-        self.respond_then(io, response, Vec::new());
+    /// Whether the connection takes more input now: not while too many
+    /// responses wait for the store, nor while the client leaves too much
+    /// of the output unread.
+    fn accepts_input(&self, io: &Io) -> bool {
+        self.acks.len() < self.max_held() && io.write_buf.len() < WRITE_HIGH_WATER
     }
 
-    /// Like [`Connection::respond`], then queues `then` on the session.
-    fn respond_then(&mut self, io: &mut Io, response: Packet, then: Vec<Delivery>) {
-        self.flush_records();
-        if self.pending.is_empty() {
-            self.send(io, &response);
-            self.queue_all(then);
-        } else {
-            self.after(futures_util::future::ready(Ok(None)), Some(response), then);
+    /// Responses held before input stops: the receive maximum (QoS 1/2
+    /// messages unacknowledged), and room for the other packets' answers.
+    fn max_held(&self) -> usize {
+        self.receive_maximum + 64
+    }
+
+    /// Handles the packets left in the read buffer once input is accepted
+    /// again. The time input was held counts as activity for keep alive:
+    /// the broker, not the client, was waiting.
+    fn resume_input(&mut self, io: &mut Io) -> Result<(), End> {
+        if !self.input_held || !self.accepts_input(io) {
+            return Ok(());
+        }
+        self.input_held = false;
+        self.last_packet = Instant::now();
+        self.handle_buffered(io)
+    }
+
+    /// Sends a response through the [`AckQueue`]: at once when nothing
+    /// waits before it, otherwise in its turn.
+    fn respond(&mut self, io: &mut Io, work: Work<crate::delivery::PendingRecord, Stored>) {
+        if let Some(done) = self.acks.push(work) {
+            self.apply(done, io);
         }
     }
 
-    /// Sends `response` once `write` is on disk.
-    fn respond_after(
+    /// A plain reply (PINGRESP, PUBREL, ...) in its turn.
+    fn reply(&mut self, io: &mut Io, response: Packet) {
+        self.respond(io, Work::reply(response));
+    }
+
+    fn released(
         &mut self,
-        write: impl Future<Output = Result<(), DurableError>> + Send + 'static,
-        response: Packet,
-    ) {
-        self.after(write.map(|r| r.map(|()| None)), Some(response), Vec::new());
-    }
-
-    /// Once `stored` completes, in order with the steps before it: queues
-    /// its deliveries, sends `response`, then queues `then`.
-    fn after(
-        &mut self,
-        stored: impl Future<Output = Result<Option<Stored>, DurableError>> + Send + 'static,
-        response: Option<Packet>,
-        then: Vec<Delivery>,
-    ) {
-        self.flush_records();
-        self.pending.push_back(
-            async move {
-                vec![Step {
-                    stored: stored.await,
-                    response,
-                    then,
-                }]
-            }
-            .boxed(),
-        );
-    }
-
-    /// Sends the records of this read pass to the store as one writer job,
-    /// their responses queued behind it in order.
-    fn flush_records(&mut self) {
-        if self.records.is_empty() {
-            return;
-        }
-        let (records, responses): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.records).into_iter().unzip();
-        let written = delivery::write_records(&self.shared, records);
-        self.pending.push_back(
-            async move {
-                match written.await {
-                    Ok(stored) => stored
-                        .into_iter()
-                        .zip(responses)
-                        .map(|(stored, response)| Step {
-                            stored: Ok(Some(stored)),
-                            response,
-                            then: Vec::new(),
-                        })
-                        .collect(),
-                    Err(e) => vec![Step {
-                        stored: Err(e),
-                        response: None,
-                        then: Vec::new(),
-                    }],
+        released: Result<Vec<Done<Stored>>, DurableError>,
+        io: &mut Io,
+    ) -> Result<(), End> {
+        match released {
+            Ok(done) => {
+                for done in done {
+                    self.apply(done, io);
                 }
-            }
-            .boxed(),
-        );
-    }
-
-    fn finish_steps(&mut self, steps: Vec<Step>, io: &mut Io) -> Result<(), End> {
-        for step in steps {
-            self.finish_step(step, io)?;
-        }
-        Ok(())
-    }
-
-    fn finish_step(&mut self, step: Step, io: &mut Io) -> Result<(), End> {
-        match step.stored {
-            Ok(stored) => {
-                if let Some(stored) = stored {
-                    stored.enqueue(&self.shared.metrics);
-                }
+                Ok(())
             }
             Err(e) => {
                 warn!(client = %self.session.client_id, error = %e, "message store write failed");
-                return Err(End::ServerError);
+                Err(End::ServerError)
             }
         }
-        if let Some(response) = step.response {
+    }
+
+    /// Records, sends and queues what a finished write released.
+    fn apply(&mut self, done: Done<Stored>, io: &mut Io) {
+        if let Some(response) = self.settle(done) {
             self.send(io, &response);
         }
-        self.queue_all(step.then);
-        Ok(())
+    }
+
+    /// The part of [`Connection::apply`] that needs no socket: queues the
+    /// stored deliveries, records an inbound QoS 2 packet id as received,
+    /// queues the deliveries that follow; returns the response to send.
+    fn settle(&mut self, done: Done<Stored>) -> Option<Packet> {
+        if let Some(stored) = done.stored {
+            stored.enqueue(&self.shared.metrics);
+        }
+        if let Some(packet_id) = done.qos2 {
+            self.session.lock().inbound_qos2.insert(packet_id);
+        }
+        self.queue_all(done.then);
+        done.response
     }
 
     fn finish_load(&mut self, loaded: Loaded) -> Result<(), End> {
@@ -360,11 +351,26 @@ impl Connection {
         Some((store, epoch))
     }
 
-    /// Decodes and handles every whole packet in the read buffer.
+    /// Decodes and handles the whole packets in the read buffer, until it
+    /// holds no whole packet or the connection takes no more input (the
+    /// rest waits: [`Connection::resume_input`]). Ends the read pass.
     fn handle_buffered(&mut self, io: &mut Io) -> Result<(), End> {
+        let handled = self.handle_packets(io);
+        // Whatever ended the pass, even an error or DISCONNECT, the records
+        // of the messages read in it go to the store.
+        self.acks.end_pass();
+        handled
+    }
+
+    fn handle_packets(&mut self, io: &mut Io) -> Result<(), End> {
         loop {
+            if !self.accepts_input(io) {
+                self.input_held = true;
+                return Ok(());
+            }
             match mqtt::decode(&mut io.read_buf, self.protocol, self.max_packet_in) {
                 Ok(Some(packet)) => {
+                    self.last_packet = Instant::now();
                     self.shared
                         .metrics
                         .packets_in
@@ -372,10 +378,7 @@ impl Connection {
                         .inc();
                     self.handle(packet, io)?;
                 }
-                Ok(None) => {
-                    self.flush_records();
-                    return Ok(());
-                }
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(client = %self.session.client_id, error = %e, "bad packet");
                     return Err(End::Violation(e.reason_code()));

@@ -117,6 +117,10 @@ pub enum DurableError {
     },
 }
 
+/// Spreads stored messages' offsets over the packet ids (a prime near
+/// 2^32 / φ; coprime to 65,535 = 3 · 5 · 17 · 257).
+const PACKET_ID_MULTIPLIER: u64 = 0x9E37_79B1;
+
 /// Where a stored message is: its partition and offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DiskRef {
@@ -130,10 +134,13 @@ impl DiskRef {
     /// The packet id a session sends this message with: fixed by where it
     /// is stored, so a resend after a restart carries the id the client has
     /// seen (which is what makes QoS 2 exactly-once across a crash).
+    ///
+    /// The multiplier is coprime to 65,535, so consecutive offsets of a
+    /// partition use every packet id before one repeats.
     pub fn packet_id(self) -> u16 {
         let mixed = self
             .offset
-            .wrapping_mul(0x9E37_79B9)
+            .wrapping_mul(PACKET_ID_MULTIPLIER)
             .wrapping_add(u64::from(self.partition));
         (mixed % 65_535) as u16 + 1
     }
@@ -666,5 +673,21 @@ pub fn retained_message(publish: Publish, expires_at_ms: Option<u64>) -> Message
         properties: publish.properties,
         publisher: None,
         expires_at: record::expiry_from_unix(expires_at_ms, Instant::now()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiskRef;
+
+    #[test]
+    fn consecutive_offsets_use_every_packet_id_before_one_repeats() {
+        for partition in [0, 7] {
+            let ids: std::collections::HashSet<u16> = (1_000..1_000 + 65_535)
+                .map(|offset| DiskRef { partition, offset }.packet_id())
+                .collect();
+            assert_eq!(ids.len(), 65_535, "partition {partition}");
+            assert!(!ids.contains(&0), "0 is no packet id");
+        }
     }
 }

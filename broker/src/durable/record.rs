@@ -78,6 +78,9 @@ pub struct StoredSession {
     pub protocol: Protocol,
     /// Its subscriptions.
     pub subscriptions: Vec<StoredSubscription>,
+    /// The user name of the connection that last used it, for the ACL
+    /// (absent in records written before it was kept).
+    pub username: Option<String>,
 }
 
 /// One record of the broker's log.
@@ -207,6 +210,10 @@ impl Record {
                     out.put_u8(s.options.to_byte());
                     out.put_u32(s.id.unwrap_or(0));
                 }
+                // Trailing and optional: older records end before it.
+                if let Some(username) = &session.username {
+                    put_str(out, username)?;
+                }
             }
             Record::SessionGone { key } => {
                 out.put_u8(SESSION_GONE);
@@ -295,12 +302,18 @@ impl Record {
                         id: (id != 0).then_some(id),
                     });
                 }
+                let username = if r.0.has_remaining() {
+                    Some(r.string()?)
+                } else {
+                    None
+                };
                 Record::Session(StoredSession {
                     key,
                     epoch,
                     expiry_secs,
                     protocol,
                     subscriptions,
+                    username,
                 })
             }
             SESSION_GONE => Record::SessionGone { key: r.string()? },
@@ -660,6 +673,15 @@ mod tests {
                     },
                     id: Some(5),
                 }],
+                username: Some("alice".into()),
+            }),
+            Record::Session(StoredSession {
+                key: "t/b".into(),
+                epoch: 2,
+                expiry_secs: 60,
+                protocol: Protocol::V5,
+                subscriptions: Vec::new(),
+                username: None,
             }),
             Record::SessionGone { key: "t/a".into() },
             Record::Retain {

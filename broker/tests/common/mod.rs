@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tidemq_broker::{Broker, Config};
 use tidemq_proto::mqtt::{
-    self, ConnAck, Connect, ConnectProperties, Packet, Protocol, PubResponse, Publish,
-    PublishProperties, QoS, SubAck, Subscribe, SubscribeFilter, SubscribeProperties,
-    SubscriptionOptions,
+    self, ConnAck, Connect, ConnectProperties, Disconnect, DisconnectProperties, Packet, Protocol,
+    PubResponse, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter,
+    SubscribeProperties, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -255,4 +255,25 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u
         properties: PublishProperties::default(),
         payload: bytes::Bytes::copy_from_slice(payload),
     }
+}
+
+/// A persistent (clean session 0) 3.1.1 client.
+pub async fn persistent(addr: SocketAddr, client_id: &str) -> (Raw, bool) {
+    let (raw, ack) = Raw::connect_with(addr, Protocol::V3_1_1, client_id, |c| {
+        c.clean_start = false;
+    })
+    .await;
+    assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
+    (raw, ack.session_present)
+}
+
+/// Sends a normal DISCONNECT and waits until the broker closes.
+pub async fn disconnect(mut raw: Raw) {
+    raw.send(&Packet::Disconnect(Disconnect {
+        reason: ReasonCode::Success,
+        properties: DisconnectProperties::default(),
+    }))
+    .await;
+    // Wait for the broker to close, so the session is offline for sure.
+    raw.until_closed().await;
 }

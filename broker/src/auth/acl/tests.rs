@@ -1,5 +1,6 @@
 use super::*;
 use Action::{Publish, Subscribe};
+use Subscription::{Filtered, Granted, Refused};
 
 const EXAMPLE: &str = "\
 # comment
@@ -129,30 +130,70 @@ fn substitution_cannot_be_injected() {
 }
 
 #[test]
-fn subscribe_needs_coverage_to_allow() {
+fn a_subscription_is_granted_when_an_allow_rule_covers_it() {
     let acl = rules("allow subscribe * a/#\nallow subscribe * b/+", false);
-    assert!(acl.check(None, "c", Subscribe, "a/+/b"));
-    assert!(acl.check(None, "c", Subscribe, "a"));
-    assert!(acl.check(None, "c", Subscribe, "a/#"));
-    assert!(acl.check(None, "c", Subscribe, "b/x"));
-    assert!(acl.check(None, "c", Subscribe, "b/+"));
-    assert!(!acl.check(None, "c", Subscribe, "b/#"));
-    assert!(!acl.check(None, "c", Subscribe, "b"));
-    assert!(!acl.check(None, "c", Subscribe, "#"));
-    assert!(!acl.check(None, "c", Subscribe, "+/x"));
+    for filter in ["a/+/b", "a", "a/#", "b/x", "b/+"] {
+        assert_eq!(acl.check_subscribe(None, "c", filter), Granted, "{filter}");
+    }
 }
 
 #[test]
-fn subscribe_denied_by_any_overlap() {
+fn a_subscription_some_rules_allow_is_granted_and_filtered() {
+    let acl = rules("allow subscribe * a/#\nallow subscribe * b/+", false);
+    // Only b/x-style topics are allowed: delivery checks each message.
+    for filter in ["b/#", "#", "+/x"] {
+        assert_eq!(acl.check_subscribe(None, "c", filter), Filtered, "{filter}");
+        assert!(acl.check(None, "c", Subscribe, filter), "{filter}");
+    }
+    assert!(acl.check_receive(None, "c", "b/x"));
+    assert!(!acl.check_receive(None, "c", "b/x/y"));
+    assert!(!acl.check_receive(None, "c", "c/x"));
+    // Nothing allows the topic `b` itself.
+    assert_eq!(acl.check_subscribe(None, "c", "b"), Refused);
+}
+
+#[test]
+fn one_deny_rule_does_not_break_a_wildcard_subscription() {
+    // The Paho interop suite's ACL, which made `#` fail before.
+    let acl = rules("deny subscribe * test/nosubscribe\nallow all * #", false);
+    assert_eq!(acl.check_subscribe(None, "c", "#"), Filtered);
+    assert_eq!(acl.check_subscribe(None, "c", "test/+"), Filtered);
+    assert_eq!(acl.check_subscribe(None, "c", "test/nosubscribe"), Refused);
+    assert_eq!(acl.check_subscribe(None, "c", "test/other"), Granted);
+    assert!(!acl.check_receive(None, "c", "test/nosubscribe"));
+    assert!(acl.check_receive(None, "c", "test/other"));
+    assert!(
+        !acl.check_receive(None, "c", "$SYS/x"),
+        "`#` says nothing of $SYS"
+    );
+}
+
+#[test]
+fn a_deny_rule_covering_the_filter_refuses_it() {
     let acl = rules("deny subscribe * a/secret/#\nallow subscribe * #", false);
-    assert!(!acl.check(None, "c", Subscribe, "#"));
-    assert!(!acl.check(None, "c", Subscribe, "a/#"));
-    assert!(!acl.check(None, "c", Subscribe, "a/+/x"));
-    assert!(!acl.check(None, "c", Subscribe, "+/secret"));
-    assert!(acl.check(None, "c", Subscribe, "a/public/#"));
-    assert!(!acl.check(None, "c", Subscribe, "a/+"), "matches a/secret");
-    assert!(acl.check(None, "c", Subscribe, "a/public"));
-    assert!(acl.check(None, "c", Subscribe, "b/#"));
+    for filter in ["a/secret/#", "a/secret", "a/secret/+/x"] {
+        assert_eq!(acl.check_subscribe(None, "c", filter), Refused, "{filter}");
+    }
+    for filter in ["#", "a/#", "a/+/x", "+/secret", "a/+"] {
+        assert_eq!(acl.check_subscribe(None, "c", filter), Filtered, "{filter}");
+    }
+    for filter in ["a/public/#", "a/public", "b/#"] {
+        assert_eq!(acl.check_subscribe(None, "c", filter), Granted, "{filter}");
+    }
+    assert!(!acl.check_receive(None, "c", "a/secret/k"));
+    assert!(acl.check_receive(None, "c", "a/public"));
+}
+
+#[test]
+fn an_earlier_allow_keeps_a_later_deny_from_refusing() {
+    let acl = rules("allow subscribe * a/open\ndeny subscribe * a/#", true);
+    assert_eq!(acl.check_subscribe(None, "c", "a/#"), Filtered);
+    assert!(acl.check_receive(None, "c", "a/open"));
+    assert!(!acl.check_receive(None, "c", "a/closed"));
+    assert_eq!(acl.check_subscribe(None, "c", "a/closed"), Refused);
+    // The default allows what no rule matches, but a deny overlaps `#`.
+    assert_eq!(acl.check_subscribe(None, "c", "#"), Filtered);
+    assert_eq!(acl.check_subscribe(None, "c", "b/#"), Granted);
 }
 
 #[test]
