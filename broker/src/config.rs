@@ -423,6 +423,9 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// How often space no session needs any more is given back.
     pub trim_interval_ms: u64,
+    /// Bytes of records waiting for the partition writers above which
+    /// connections stop reading until the writers catch up.
+    pub max_backlog_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -435,6 +438,7 @@ impl Default for StorageConfig {
             sync: SyncSetting::Named("always".into()),
             segment_bytes: 64 * 1024 * 1024,
             trim_interval_ms: 5_000,
+            max_backlog_bytes: 64 * 1024 * 1024,
         }
     }
 }

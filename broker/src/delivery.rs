@@ -357,3 +357,6 @@ pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>) {
 pub(crate) fn count_storage_error(metrics: &BrokerMetrics) {
     metrics.storage_errors.inc();
 }
+
+#[cfg(test)]
+mod tests;

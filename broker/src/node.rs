@@ -174,6 +174,7 @@ impl Node {
                 pin_cores: config.storage.pin_cores,
                 sync: config.storage.sync_policy()?,
                 segment_bytes: config.storage.segment_bytes,
+                max_backlog_bytes: config.storage.max_backlog_bytes,
             };
             // Session changes are written through the meta service too.
             let catalog = match MetaClient::with_deadline(

@@ -1,29 +1,24 @@
 //! What a connection read before it ended reaches persistent subscribers,
-//! and a persistent subscriber over its memory limit loses nothing that
-//! was acknowledged to the publisher: the real `tidemq` binary, with its
-//! message store, through real sockets.
+//! a persistent subscriber over its memory limit loses nothing that was
+//! acknowledged to the publisher, a backlogged store holds input back, and
+//! a CONNECT the store cannot record leaves nothing behind: the real
+//! `tidemq` binary (or a broker with a real store), through real sockets.
 
 mod common;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use bytes::BytesMut;
 use common::process::NodeProcess;
 use common::{Raw, disconnect, persistent};
-use tidemq_proto::mqtt::{self, Connect, ConnectProperties, Disconnect, Packet, Protocol, QoS};
+use tidemq_broker::durable::{DurableConfig, DurableStore, SessionCatalog};
+use tidemq_broker::{Broker, Config};
+use tidemq_proto::mqtt::{self, Disconnect, Packet, Protocol, QoS, ReasonCode};
+use tidemq_storage_engine::SyncPolicy;
 
 /// CONNECT, one QoS 1 PUBLISH per payload, DISCONNECT: one TCP write, as a
 /// short-lived publisher sends them.
 fn one_write(protocol: Protocol, client_id: &str, topic: &str, payloads: &[&[u8]]) -> BytesMut {
-    let mut packets = vec![Packet::Connect(Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.to_string(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    })];
+    let mut packets = vec![Packet::Connect(common::connect_packet(protocol, client_id))];
     for (id, payload) in payloads.iter().enumerate() {
         let id = u16::try_from(id + 1).expect("few payloads");
         packets.push(Packet::Publish(common::publish(
@@ -127,5 +122,92 @@ async fn an_online_persistent_subscriber_over_its_byte_limit_keeps_every_message
         );
     }
     sub.expect_silence().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogged_store_holds_input_back_and_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Any record makes the writers' queue full until it is taken: every
+    // publisher waits for the writers all the time.
+    let node = NodeProcess::start(dir.path(), &[("TIDEMQ_STORAGE__MAX_BACKLOG_BYTES", "1")])?;
+    let (mut sub, _) = persistent(node.mqtt, "backlogged").await;
+    sub.subscribe(1, "bl/#", QoS::AtLeastOnce).await;
+    let mut publishers = Vec::new();
+    for p in 0..4u16 {
+        let addr = node.mqtt;
+        publishers.push(tokio::spawn(async move {
+            let mut publisher = Raw::connect(addr, Protocol::V3_1_1, &format!("bl-pub-{p}")).await;
+            // One write of 50 publishes: the broker reads them as the store allows.
+            let mut bytes = BytesMut::new();
+            for i in 0..50u16 {
+                let payload = [p.to_be_bytes(), i.to_be_bytes()].concat();
+                let packet = Packet::Publish(common::publish(
+                    "bl/x",
+                    &payload,
+                    QoS::AtLeastOnce,
+                    false,
+                    i + 1,
+                ));
+                mqtt::encode(&packet, Protocol::V3_1_1, &mut bytes).expect("encodable");
+            }
+            publisher.send_bytes(&bytes).await;
+            for _ in 0..50 {
+                match publisher.recv().await {
+                    Some(Packet::PubAck(_)) => {}
+                    other => panic!("expected PUBACK, got {other:?}"),
+                }
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await?;
+    }
+    let mut next = [0u16; 4];
+    for _ in 0..200 {
+        let got = sub.expect_publish().await;
+        let p = usize::from(u16::from_be_bytes([got.payload[0], got.payload[1]]));
+        let i = u16::from_be_bytes([got.payload[2], got.payload[3]]);
+        ensure!(i == next[p], "publisher {p}: got {i}, expected {}", next[p]);
+        next[p] += 1;
+    }
+    sub.expect_silence().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connect_the_store_cannot_record_leaves_no_session_behind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let registry = prometheus::Registry::new();
+    let durable = DurableConfig {
+        dir: dir.path().to_path_buf(),
+        partitions: 1,
+        io_threads: 1,
+        pin_cores: false,
+        sync: SyncPolicy::Always,
+        segment_bytes: 1 << 20,
+        max_backlog_bytes: 1 << 20,
+    };
+    let store = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    let broker = Broker::start_with_store(config, &registry, Some(store)).await?;
+    let shared = broker.shared();
+    shared.durable.as_ref().context("a store")?.close().await?;
+    for protocol in [Protocol::V3_1_1, Protocol::V5] {
+        let (_raw, ack) = Raw::connect_with(broker.local_addr(), protocol, "unlucky", |c| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(3600);
+        })
+        .await;
+        ensure!(
+            ack.reason == ReasonCode::ServerUnavailable,
+            "{protocol:?}: {ack:?}"
+        );
+        ensure!(
+            shared.sessions.is_empty(),
+            "{protocol:?}: a session was left registered"
+        );
+    }
     Ok(())
 }

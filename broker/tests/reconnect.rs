@@ -8,23 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::Raw;
 use tidemq_broker::Config;
-use tidemq_proto::mqtt::{
-    self, Connect, ConnectProperties, Disconnect, LastWill, Packet, Protocol, QoS, ReasonCode,
-};
-
-/// A CONNECT of `client_id` with clean start and keep alive 60.
-fn connect(protocol: Protocol, client_id: &str) -> Connect {
-    Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.to_string(),
-        will: None,
-        username: None,
-        password: None,
-        properties: ConnectProperties::default(),
-    }
-}
+use tidemq_proto::mqtt::{self, Disconnect, LastWill, Packet, Protocol, QoS, ReasonCode};
 
 fn encode(packets: &[Packet], protocol: Protocol) -> BytesMut {
     let mut out = BytesMut::new();
@@ -110,7 +94,7 @@ async fn publish_and_disconnect_in_one_write_reach_the_subscriber() {
         let mut raw = Raw::tcp(addr, protocol).await;
         let bytes = encode(
             &[
-                Packet::Connect(connect(protocol, "short-lived")),
+                Packet::Connect(common::connect_packet(protocol, "short-lived")),
                 Packet::Publish(common::publish("t/once", b"hi", QoS::AtLeastOnce, false, 1)),
                 Packet::Disconnect(Disconnect::default()),
             ],
@@ -172,7 +156,8 @@ async fn max_keep_alive_caps_5_0_clients_and_refuses_3_1_1() {
         ack.properties.server_keep_alive, None,
         "30 is within the cap"
     );
-    for asked in [0u16, 61] {
+    // 3.1.1 cannot be told: more than the cap is refused, 0 accepted.
+    for asked in [61u16, 3600] {
         let (_c, ack) =
             Raw::connect_with(addr, Protocol::V3_1_1, "k3", |c| c.keep_alive = asked).await;
         assert_eq!(
@@ -181,8 +166,11 @@ async fn max_keep_alive_caps_5_0_clients_and_refuses_3_1_1() {
             "asked {asked}"
         );
     }
-    let (_c, ack) = Raw::connect_with(addr, Protocol::V3_1_1, "k3", |c| c.keep_alive = 60).await;
-    assert_eq!(ack.reason, ReasonCode::Success);
+    for asked in [0u16, 60] {
+        let (_c, ack) =
+            Raw::connect_with(addr, Protocol::V3_1_1, "k3", |c| c.keep_alive = asked).await;
+        assert_eq!(ack.reason, ReasonCode::Success, "asked {asked}");
+    }
     broker.shutdown().await;
 }
 
@@ -323,5 +311,37 @@ async fn a_dropped_oversized_packet_does_not_use_up_a_topic_alias() {
     );
     assert_eq!(got.properties.topic_alias, Some(1));
     assert_eq!(&got.payload[..], b"small");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_disconnect_reaches_a_client_that_keeps_sending() {
+    let mut config = Config::default();
+    config.mqtt.receive_maximum = 2;
+    let broker = common::start(config).await;
+    let mut raw = Raw::connect(broker.local_addr(), Protocol::V5, "flooder").await;
+    // Three unreleased QoS 2 messages against a receive maximum of 2, sent
+    // without reading, as the Paho interop suite's flow-control test does.
+    let publishes: Vec<Packet> = (1..=3u16)
+        .map(|id| Packet::Publish(common::publish("t/q2", b"x", QoS::ExactlyOnce, false, id)))
+        .collect();
+    raw.send_bytes(&encode(&publishes, Protocol::V5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client goes on sending after the broker closed: without a
+    // lingering close those packets make the kernel reset the connection,
+    // which throws away the DISCONNECT still unread.
+    for id in 1..=2u16 {
+        let pubrel = Packet::PubRel(tidemq_proto::mqtt::PubResponse::success(id));
+        let _ = raw.try_send_bytes(&encode(&[pubrel], Protocol::V5)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = raw.until_closed().await;
+    assert!(
+        matches!(
+            seen.last(),
+            Some(Packet::Disconnect(d)) if d.reason == ReasonCode::ReceiveMaximumExceeded
+        ),
+        "{seen:?}"
+    );
     broker.shutdown().await;
 }

@@ -58,8 +58,15 @@ impl Connection {
             });
             self.send(io, &disconnect);
         }
-        if end != End::WriteTimeout {
-            let _ = io.flush_within(self.write_timeout).await;
+        // A takeover or a shutdown waits for this connection: a client that
+        // does not read gets its DISCONNECT only if it fits in a moment.
+        let flush_for = match end {
+            End::WriteTimeout => Duration::ZERO,
+            End::TakenOver { .. } | End::Shutdown => self.write_timeout.min(Duration::from_secs(1)),
+            _ => self.write_timeout,
+        };
+        if !flush_for.is_zero() {
+            let _ = io.flush_within(flush_for).await;
         }
         debug!(client = %self.session.client_id, ?end, "connection closed");
         self.finish_writes().await;

@@ -190,9 +190,9 @@ fn validate(config: &Config, connect: &Connect) -> Result<(String, bool), Reason
         return Err(ReasonCode::RetainNotSupported);
     }
     let max = config.mqtt.max_keep_alive;
-    if max > 0 && !connect.protocol.is_v5() && (connect.keep_alive == 0 || connect.keep_alive > max)
-    {
-        // 3.1/3.1.1 has no way to tell the client a shorter keep alive.
+    if max > 0 && !connect.protocol.is_v5() && connect.keep_alive > max {
+        // 3.1/3.1.1 has no way to tell the client a shorter keep alive (as
+        // in Mosquitto, 0 is accepted: the client sends no PINGREQ).
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
     client_identifier(connect)

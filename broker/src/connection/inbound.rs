@@ -294,8 +294,10 @@ impl Connection {
                 &request.filter,
             );
             if acl == Subscription::Refused {
-                // 3.1.1 encodes every refusal as 0x80.
-                reasons.push(ReasonCode::NotAuthorized);
+                // 0x80 in 5.0 as in 3.1.1, not 0x87: clients written for
+                // the 3.1.1 codes (the Paho interop suite's among them)
+                // take any other failure code for a broken SUBACK.
+                reasons.push(ReasonCode::UnspecifiedError);
                 continue;
             }
             let entry = SubscriptionEntry {

@@ -58,9 +58,12 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if let Some(connection) = connect::handshake(&shared, &mut io, peer).await {
         connection.run(&mut io).await;
     }
-    let _ = io.writer.shutdown().await;
+    io.linger().await;
     shared.metrics.connections.dec();
 }
+
+/// How long a closed connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// The socket halves and their buffers.
 pub(crate) struct Io {
@@ -86,6 +89,26 @@ impl Io {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Closes the write side, then reads and drops what the client still
+    /// sends, until it closes too or for [`LINGER`] at most: a packet of the
+    /// client's arriving at a closed socket makes the kernel answer with a
+    /// reset, which destroys the DISCONNECT (or CONNACK) the client has not
+    /// read yet.
+    async fn linger(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let drain = async {
+            let mut scratch = [0u8; 4096];
+            let mut left = 1usize << 20;
+            while let Ok(n @ 1..) = self.reader.read(&mut scratch).await {
+                left = left.saturating_sub(n);
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Writes everything buffered, giving up after `limit` (a client that
@@ -157,8 +180,9 @@ pub(crate) struct Connection {
     write_timeout: Duration,
     /// Responses waiting for their store writes, in packet order.
     acks: AckQueue<StoreSink>,
-    /// Whole packets may be waiting in the read buffer, left there while
-    /// the connection had too much work held.
+    /// Input was held back (the connection had too much work held): whole
+    /// packets may be waiting in the read buffer, and the keep alive
+    /// restarts when input resumes.
     input_held: bool,
     /// A read of the stored backlog at the front of the session's queue.
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
@@ -182,6 +206,8 @@ impl Connection {
                 self.last_write = Instant::now();
             }
             let reading = self.accepts_input(io);
+            // Resumed by resume_input, which also restarts the keep alive.
+            self.input_held |= !reading;
             let idle_until = self
                 .keep_alive
                 .map(|k| self.last_packet + k + k / 2)
@@ -201,6 +227,7 @@ impl Connection {
                     }
                 },
                 () = self.session.notify.notified() => None,
+                () = Self::store_drained(self.shared.durable.as_ref()), if self.store_backlogged() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
                     // responses leave in one write.
@@ -240,9 +267,27 @@ impl Connection {
 
     /// Whether the connection takes more input now: not while too many
     /// responses wait for the store, nor while the client leaves too much
-    /// of the output unread.
+    /// of the output unread, nor while the store's writers are backlogged.
     fn accepts_input(&self, io: &Io) -> bool {
-        self.acks.len() < self.max_held() && io.write_buf.len() < WRITE_HIGH_WATER
+        self.acks.len() < self.max_held()
+            && io.write_buf.len() < WRITE_HIGH_WATER
+            && !self.store_backlogged()
+    }
+
+    /// Whether the message store's writers have more queued than they may.
+    fn store_backlogged(&self) -> bool {
+        self.shared
+            .durable
+            .as_ref()
+            .is_some_and(DurableStore::backlog_full)
+    }
+
+    /// Resolves once the message store takes more records (never without one).
+    async fn store_drained(store: Option<&DurableStore>) {
+        match store {
+            Some(store) => store.backlog_drained().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Responses held before input stops: the receive maximum (QoS 1/2

@@ -36,6 +36,7 @@
 //! [`DurableStore::trim`], which removes whole segments below the oldest
 //! offset any session still holds.
 
+mod backlog;
 pub mod record;
 mod replay;
 mod writer;
@@ -46,12 +47,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 use tidemq_meta::{MetaClient, MetaError};
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::mqtt::Publish;
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
 use tokio::sync::{mpsc, oneshot};
+
+use backlog::Backlog;
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
@@ -161,6 +164,9 @@ pub struct DurableConfig {
     pub sync: SyncPolicy,
     /// Segment file size.
     pub segment_bytes: u64,
+    /// Bytes queued for the partition writers above which connections
+    /// stop reading.
+    pub max_backlog_bytes: usize,
 }
 
 /// One persistent session as the logs left it.
@@ -203,6 +209,8 @@ struct Inner {
     appending: Vec<AtomicUsize>,
     /// Records waiting for their partition's writer, by partition.
     writers: Vec<mpsc::UnboundedSender<WriteJob>>,
+    /// What those queues hold, against `storage.max_backlog_bytes`.
+    backlog: Arc<Backlog>,
     /// Largest record the engine takes.
     max_record: usize,
     /// Completions that could not be recorded.
@@ -268,6 +276,12 @@ impl DurableStore {
             "Message completions the message store failed to record",
         )?;
         registry.register(Box::new(ack_errors.clone()))?;
+        let queued = IntGauge::new(
+            "tidemq_store_queued_bytes",
+            "Bytes waiting for the message store's partition writers",
+        )?;
+        registry.register(Box::new(queued.clone()))?;
+        let backlog = Arc::new(Backlog::new(config.max_backlog_bytes, queued));
         let writers = (0..partitions)
             .map(|partition| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -276,6 +290,7 @@ impl DurableStore {
                     u64::from(partition),
                     rx,
                     ack_errors.clone(),
+                    Arc::clone(&backlog),
                 ));
                 tx
             })
@@ -287,6 +302,7 @@ impl DurableStore {
                 partitions,
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
                 writers,
+                backlog,
                 max_record,
                 ack_errors,
             }),
@@ -382,12 +398,26 @@ impl DurableStore {
 
     /// Hands `job` to `partition`'s writer.
     fn send(&self, partition: u32, job: WriteJob) -> Result<(), StorageError> {
+        let size = job.size();
         self.inner
             .writers
             .get(partition as usize)
             .ok_or(StorageError::UnknownPartition(u64::from(partition)))?
             .send(job)
-            .map_err(|_| StorageError::Closed)
+            .map_err(|_| StorageError::Closed)?;
+        self.inner.backlog.add(size);
+        Ok(())
+    }
+
+    /// Whether the partition writers have more queued than
+    /// `storage.max_backlog_bytes`: connections take no more input.
+    pub fn backlog_full(&self) -> bool {
+        self.inner.backlog.is_full()
+    }
+
+    /// Resolves once the writers' queue is back within its limit.
+    pub async fn backlog_drained(&self) {
+        self.inner.backlog.drained().await;
     }
 
     /// Records, without waiting, that a session completed a message: the

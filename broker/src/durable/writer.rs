@@ -6,7 +6,10 @@ use tidemq_storage_engine::{AppendResult, StorageEngine, StorageError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use std::sync::Arc;
+
 use super::DurableError;
+use super::backlog::Backlog;
 
 /// Work for a partition's writer.
 pub(super) enum WriteJob {
@@ -27,7 +30,7 @@ pub(super) enum WriteJob {
 }
 
 impl WriteJob {
-    fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         match self {
             WriteJob::Completion(bytes) => bytes.len(),
             WriteJob::Records { records, .. } => records.iter().map(Vec::len).sum(),
@@ -51,13 +54,17 @@ pub(super) async fn partition_writer(
     partition: u64,
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,
     ack_errors: IntCounter,
+    backlog: Arc<Backlog>,
 ) {
     let mut queued: Vec<WriteJob> = Vec::with_capacity(WRITE_BATCH);
     let mut carry: Option<WriteJob> = None;
     loop {
-        if let Some(job) = carry.take() {
+        // A job carried over from the last batch was counted out already.
+        let carried = carry.take().map_or(0, |job| {
+            let size = job.size();
             queued.push(job);
-        }
+            size
+        });
         if queued.is_empty() && jobs.recv_many(&mut queued, WRITE_BATCH).await == 0 {
             return;
         }
@@ -72,6 +79,7 @@ pub(super) async fn partition_writer(
                 Err(_) => break,
             }
         }
+        backlog.take(bytes - carried);
         if queued.len() > 1 && bytes > WRITE_BATCH_BYTES {
             carry = queued.pop();
         }

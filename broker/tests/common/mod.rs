@@ -60,16 +60,7 @@ impl Raw {
         edit: impl FnOnce(&mut Connect),
     ) -> (Raw, ConnAck) {
         let mut raw = Raw::tcp(addr, protocol).await;
-        let mut connect = Connect {
-            protocol,
-            clean_start: true,
-            keep_alive: 60,
-            client_id: client_id.to_string(),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties::default(),
-        };
+        let mut connect = connect_packet(protocol, client_id);
         edit(&mut connect);
         raw.send(&Packet::Connect(connect)).await;
         match raw.recv().await {
@@ -95,6 +86,11 @@ impl Raw {
     /// Sends raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write to broker");
+    }
+
+    /// Sends raw bytes to a broker that may have closed the connection.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// The next packet; `None` when the broker closed the connection.
@@ -241,6 +237,20 @@ impl Raw {
         if let Some(packet) = self.recv_within(Duration::from_millis(300)).await {
             panic!("expected nothing, got {packet:?}");
         }
+    }
+}
+
+/// A CONNECT of `client_id` with clean start, keep alive 60 and nothing else.
+pub fn connect_packet(protocol: Protocol, client_id: &str) -> Connect {
+    Connect {
+        protocol,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.to_string(),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
     }
 }
 

@@ -1,0 +1,151 @@
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tidemq_proto::mqtt::{Protocol, PublishProperties, QoS};
+use tidemq_storage_engine::SyncPolicy;
+
+use super::*;
+use crate::auth::AclRules;
+use crate::broker::AuthState;
+use crate::config::Config;
+use crate::durable::{DurableConfig, SessionCatalog};
+use crate::router::Router;
+use crate::session::{MemoryQueue, SessionRegistry, SubscriptionEntry};
+
+/// Broker state around a real message store in `dir`, with `acl` rules.
+async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
+    let registry = prometheus::Registry::new();
+    let config = DurableConfig {
+        dir: dir.to_path_buf(),
+        partitions: 4,
+        io_threads: 1,
+        pin_cores: false,
+        sync: SyncPolicy::Never,
+        segment_bytes: 1 << 20,
+        max_backlog_bytes: 1 << 20,
+    };
+    let (store, _) = DurableStore::open(&config, SessionCatalog::Local, &registry)
+        .await
+        .expect("store opens");
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    Arc::new(Shared {
+        config: ArcSwap::from_pointee(Config::default()),
+        auth: ArcSwap::from_pointee(AuthState {
+            passwords: None,
+            acl: acl.map(|rules| AclRules::parse(rules, false).expect("rules parse")),
+        }),
+        sessions: SessionRegistry::default(),
+        router: Router::default(),
+        metrics: BrokerMetrics::register(&registry).expect("metrics"),
+        durable: Some(store),
+        shutdown,
+    })
+}
+
+fn message(topic: &str, publisher: &str) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"m"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: PublishProperties::default(),
+        publisher: Some(publisher.into()),
+        expires_at: None,
+    })
+}
+
+/// A persistent session subscribed to `filter`.
+fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Arc<Session> {
+    let key = SessionRegistry::key("default", id);
+    let (session, _) = shared.sessions.get_or_insert_with("default", &key, || {
+        Session::new(
+            Arc::clone(&key),
+            id.into(),
+            Protocol::V5,
+            Box::new(MemoryQueue::new(100, 1 << 20)),
+        )
+    });
+    session.lock().durable = Some(1);
+    let entry = SubscriptionEntry {
+        options: tidemq_proto::mqtt::SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        },
+        id: None,
+        acl_filtered,
+    };
+    shared.router.subscribe(&key, filter, entry);
+    session
+}
+
+fn record(shared: &Shared, topic: &str, publisher: &str) -> PendingRecord {
+    match route(shared, &message(topic, publisher), None).expect("routes") {
+        (_, ToStore::Record(record)) => record,
+        _ => panic!("a persistent subscriber needs a record"),
+    }
+}
+
+#[tokio::test]
+async fn records_of_one_pass_are_written_in_runs_per_partition_and_stamped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = shared(dir.path(), None).await;
+    let session = subscriber(&shared, "sub", "t/#", false);
+    let store = shared.durable.clone().expect("store");
+    let (a, b) = ("default/pub-a", "default/pub-b");
+    assert_ne!(
+        store.partition_for(a),
+        store.partition_for(b),
+        "test needs two partitions"
+    );
+    let records = vec![
+        record(&shared, "t/1", a),
+        record(&shared, "t/2", a),
+        record(&shared, "t/3", b),
+        record(&shared, "t/4", a),
+    ];
+    let stored = write_records(&shared, records).await.expect("written");
+    assert_eq!(stored.len(), 4);
+    let places: Vec<DiskRef> = stored
+        .iter()
+        .map(|s| s.deliveries[0].2.stored.expect("stamped"))
+        .collect();
+    assert_eq!(
+        places[1].offset,
+        places[0].offset + 1,
+        "one run: consecutive offsets"
+    );
+    assert_eq!(places[1].partition, places[3].partition);
+    assert!(
+        places[3].offset > places[1].offset,
+        "a later run comes after"
+    );
+    assert_eq!(places[2].partition, store.partition_for(b));
+    for stored in stored {
+        stored.enqueue(&shared.metrics);
+    }
+    assert_eq!(session.lock().queue.len(), 4);
+    assert_eq!(shared.metrics.messages_stored.get(), 4);
+}
+
+#[tokio::test]
+async fn a_filtered_subscription_gets_only_what_the_acl_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = "deny subscribe * t/secret\nallow all * #";
+    let shared = shared(dir.path(), Some(rules)).await;
+    let session = subscriber(&shared, "sub", "t/#", true);
+    let (outcome, to_store) =
+        route(&shared, &message("t/secret", "default/p"), None).expect("routes");
+    assert_eq!(outcome.dropped_not_authorized, 1);
+    assert_eq!(outcome.delivered, 0);
+    assert!(
+        matches!(to_store, ToStore::Nothing),
+        "nothing to store for nobody"
+    );
+    let (outcome, to_store) =
+        route(&shared, &message("t/open", "default/p"), None).expect("routes");
+    assert_eq!(outcome.delivered, 1);
+    assert!(matches!(to_store, ToStore::Record(_)));
+    assert!(may_receive(&shared.auth.load(), &session, "t/open"));
+    assert!(!may_receive(&shared.auth.load(), &session, "t/secret"));
+}
