@@ -329,10 +329,13 @@ async fn a_disconnect_reaches_a_client_that_keeps_sending() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The client goes on sending after the broker closed: without a
     // lingering close those packets make the kernel reset the connection,
-    // which throws away the DISCONNECT still unread.
+    // so the client's next send fails (the Paho client dies of the broken
+    // pipe) before it has read the DISCONNECT.
     for id in 1..=2u16 {
         let pubrel = Packet::PubRel(tidemq_proto::mqtt::PubResponse::success(id));
-        let _ = raw.try_send_bytes(&encode(&[pubrel], Protocol::V5)).await;
+        raw.try_send_bytes(&encode(&[pubrel], Protocol::V5))
+            .await
+            .expect("the broker still takes bytes while it closes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = raw.until_closed().await;
