@@ -1,5 +1,7 @@
 //! Prometheus metrics of the broker.
 
+use tidemq_proto::mqtt::Packet;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     exponential_buckets,
@@ -21,9 +23,9 @@ pub struct BrokerMetrics {
     /// Retained messages held.
     pub retained: IntGauge,
     /// Packets received, by type.
-    pub packets_in: IntCounterVec,
+    pub packets_in: PacketCounters,
     /// Packets sent, by type.
-    pub packets_out: IntCounterVec,
+    pub packets_out: PacketCounters,
     /// PUBLISH messages accepted from clients.
     pub messages_in: IntCounter,
     /// PUBLISH messages sent to clients.
@@ -66,17 +68,17 @@ impl BrokerMetrics {
             sessions: IntGauge::new("tidemq_sessions", "Sessions held, connected or not")?,
             subscriptions: IntGauge::new("tidemq_subscriptions", "Subscription entries")?,
             retained: IntGauge::new("tidemq_retained_messages", "Retained messages held")?,
-            packets_in: IntCounterVec::new(
+            packets_in: PacketCounters::new(IntCounterVec::new(
                 Opts::new(
                     "tidemq_packets_received_total",
                     "MQTT packets received by type",
                 ),
                 &["type"],
-            )?,
-            packets_out: IntCounterVec::new(
+            )?),
+            packets_out: PacketCounters::new(IntCounterVec::new(
                 Opts::new("tidemq_packets_sent_total", "MQTT packets sent by type"),
                 &["type"],
-            )?,
+            )?),
             messages_in: IntCounter::new(
                 "tidemq_messages_received_total",
                 "PUBLISH messages accepted from clients",
@@ -147,8 +149,8 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.sessions.clone()))?;
         registry.register(Box::new(metrics.subscriptions.clone()))?;
         registry.register(Box::new(metrics.retained.clone()))?;
-        registry.register(Box::new(metrics.packets_in.clone()))?;
-        registry.register(Box::new(metrics.packets_out.clone()))?;
+        registry.register(Box::new(metrics.packets_in.vec.clone()))?;
+        registry.register(Box::new(metrics.packets_out.vec.clone()))?;
         registry.register(Box::new(metrics.messages_in.clone()))?;
         registry.register(Box::new(metrics.messages_out.clone()))?;
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
@@ -161,5 +163,89 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.storage_errors.clone()))?;
         registry.register(Box::new(metrics.stored_backlog.clone()))?;
         Ok(metrics)
+    }
+}
+
+/// Packets by type: the counter of each type looked up once, not per
+/// packet (a label lookup hashes the label value every time).
+#[derive(Clone)]
+pub struct PacketCounters {
+    vec: IntCounterVec,
+    by_type: [IntCounter; 15],
+}
+
+impl PacketCounters {
+    fn new(vec: IntCounterVec) -> Self {
+        let by_type = TYPES.map(|name| vec.with_label_values(&[name]));
+        Self { vec, by_type }
+    }
+
+    /// Counts one packet.
+    pub fn count(&self, packet: &Packet) {
+        self.by_type[type_index(packet)].inc();
+    }
+
+    /// The counter of one packet type, by its name (`"CONNACK"`).
+    pub fn of(&self, name: &str) -> Option<&IntCounter> {
+        let index = TYPES.iter().position(|t| *t == name)?;
+        self.by_type.get(index)
+    }
+}
+
+/// Packet type names, in the order of [`type_index`].
+const TYPES: [&str; 15] = [
+    "CONNECT",
+    "CONNACK",
+    "PUBLISH",
+    "PUBACK",
+    "PUBREC",
+    "PUBREL",
+    "PUBCOMP",
+    "SUBSCRIBE",
+    "SUBACK",
+    "UNSUBSCRIBE",
+    "UNSUBACK",
+    "PINGREQ",
+    "PINGRESP",
+    "DISCONNECT",
+    "AUTH",
+];
+
+fn type_index(packet: &Packet) -> usize {
+    match packet {
+        Packet::Connect(_) => 0,
+        Packet::ConnAck(_) => 1,
+        Packet::Publish(_) => 2,
+        Packet::PubAck(_) => 3,
+        Packet::PubRec(_) => 4,
+        Packet::PubRel(_) => 5,
+        Packet::PubComp(_) => 6,
+        Packet::Subscribe(_) => 7,
+        Packet::SubAck(_) => 8,
+        Packet::Unsubscribe(_) => 9,
+        Packet::UnsubAck(_) => 10,
+        Packet::PingReq => 11,
+        Packet::PingResp => 12,
+        Packet::Disconnect(_) => 13,
+        Packet::Auth(_) => 14,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemq_proto::mqtt::Packet;
+
+    use super::{BrokerMetrics, TYPES};
+
+    #[test]
+    fn each_packet_type_counts_under_its_own_name() {
+        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        metrics.packets_in.count(&Packet::PingReq);
+        metrics.packets_in.count(&Packet::PingReq);
+        for name in TYPES {
+            let expected = if name == Packet::PingReq.name() { 2 } else { 0 };
+            let counted = metrics.packets_in.vec.with_label_values(&[name]).get();
+            assert_eq!(counted, expected, "{name}");
+        }
     }
 }

@@ -172,11 +172,9 @@ async fn read_connect(
             return None;
         }
     };
-    shared
-        .metrics
-        .packets_in
-        .with_label_values(&["CONNECT"])
-        .inc();
+    if let Some(counter) = shared.metrics.packets_in.of("CONNECT") {
+        counter.inc();
+    }
     Some(connect)
 }
 
@@ -384,7 +382,7 @@ impl Connection {
             alias_out: HashMap::new(),
             alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
             last_packet: now,
-            last_write: now,
+            write_blocked_since: None,
             write_timeout: config.mqtt.write_timeout(),
             acks: AckQueue::new(StoreSink(Arc::clone(shared))),
             // Packets that came in the CONNECT's read wait in the buffer.
@@ -490,11 +488,7 @@ async fn refuse(shared: &Shared, io: &mut Io, protocol: Protocol, reason: Reason
         properties: ConnAckProperties::default(),
     });
     if mqtt::encode(&connack, protocol, &mut io.write_buf).is_ok() {
-        shared
-            .metrics
-            .packets_out
-            .with_label_values(&["CONNACK"])
-            .inc();
+        shared.metrics.packets_out.count(&connack);
         let _ = io.flush_within(Duration::from_secs(5)).await;
     }
 }

@@ -111,6 +111,19 @@ impl Io {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
+    /// Writes what the socket takes without waiting.
+    fn try_flush(&mut self) -> std::io::Result<()> {
+        while !self.write_buf.is_empty() {
+            match self.writer.try_write(&self.write_buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.write_buf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Writes everything buffered, giving up after `limit` (a client that
     /// does not read).
     async fn flush_within(&mut self, limit: Duration) -> std::io::Result<()> {
@@ -175,8 +188,9 @@ pub(crate) struct Connection {
     /// When the last complete packet arrived (keep alive counts packets,
     /// not bytes).
     last_packet: Instant,
-    /// When the socket last took bytes, or had nothing to take.
-    last_write: Instant,
+    /// Since when output has been waiting for the socket (`None`: nothing
+    /// waits); the write timeout runs from here.
+    write_blocked_since: Option<Instant>,
     write_timeout: Duration,
     /// Responses waiting for their store writes, in packet order.
     acks: AckQueue<StoreSink>,
@@ -202,17 +216,23 @@ impl Connection {
             if io.write_buf.len() < WRITE_HIGH_WATER {
                 self.pump(io);
             }
-            if io.write_buf.is_empty() {
-                self.last_write = Instant::now();
+            // The socket usually takes everything at once: no need to wait in
+            // the select (or arm the write deadline) for that.
+            let unwritten = io.write_buf.len();
+            if let Err(e) = io.try_flush() {
+                tracing::debug!(client = %self.session.client_id, error = %e, "write failed");
+                break End::Dropped;
             }
+            self.note_write_progress(unwritten, io);
             let reading = self.accepts_input(io);
             // Resumed by resume_input, which also restarts the keep alive.
             self.input_held |= !reading;
-            let idle_until = self
-                .keep_alive
-                .map(|k| self.last_packet + k + k / 2)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-            let stuck_at = self.last_write + self.write_timeout;
+            // Without keep alive (or output waiting) the timer branch is off;
+            // its deadline is then never looked at.
+            let idle_until =
+                self.last_packet + self.keep_alive.map_or(Duration::ZERO, |k| k + k / 2);
+            let stuck_at =
+                self.write_blocked_since.unwrap_or(self.last_packet) + self.write_timeout;
             let ended = tokio::select! {
                 read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
@@ -221,8 +241,9 @@ impl Connection {
                 written = io.writer.write(&io.write_buf), if !io.write_buf.is_empty() => match written {
                     Ok(0) | Err(_) => Some(End::Dropped),
                     Ok(n) => {
+                        let unwritten = io.write_buf.len();
                         io.write_buf.advance(n);
-                        self.last_write = Instant::now();
+                        self.note_write_progress(unwritten, io);
                         None
                     }
                 },
@@ -263,6 +284,17 @@ impl Connection {
             }
         };
         self.close(end, io).await;
+    }
+
+    /// Keeps the write deadline: it runs from when the socket last took
+    /// bytes while more were waiting, and only while some are (the clock is
+    /// read only then).
+    fn note_write_progress(&mut self, unwritten_before: usize, io: &Io) {
+        if io.write_buf.is_empty() {
+            self.write_blocked_since = None;
+        } else if self.write_blocked_since.is_none() || io.write_buf.len() < unwritten_before {
+            self.write_blocked_since = Some(Instant::now());
+        }
     }
 
     /// Whether the connection takes more input now: not while too many
@@ -408,6 +440,9 @@ impl Connection {
     }
 
     fn handle_packets(&mut self, io: &mut Io) -> Result<(), End> {
+        // One clock read per pass: every whole packet of it counts as
+        // arrived when the pass began.
+        let mut now = None;
         loop {
             if !self.accepts_input(io) {
                 self.input_held = true;
@@ -415,12 +450,8 @@ impl Connection {
             }
             match mqtt::decode(&mut io.read_buf, self.protocol, self.max_packet_in) {
                 Ok(Some(packet)) => {
-                    self.last_packet = Instant::now();
-                    self.shared
-                        .metrics
-                        .packets_in
-                        .with_label_values(&[packet.name()])
-                        .inc();
+                    self.last_packet = *now.get_or_insert_with(Instant::now);
+                    self.shared.metrics.packets_in.count(&packet);
                     self.handle(packet, io)?;
                 }
                 Ok(None) => return Ok(()),

@@ -16,12 +16,7 @@ impl Connection {
     /// Encodes `packet` into the write buffer.
     pub(super) fn send(&mut self, io: &mut Io, packet: &Packet) {
         match mqtt::encode(packet, self.protocol, &mut io.write_buf) {
-            Ok(()) => self
-                .shared
-                .metrics
-                .packets_out
-                .with_label_values(&[packet.name()])
-                .inc(),
+            Ok(()) => self.shared.metrics.packets_out.count(packet),
             Err(e) => {
                 warn!(client = %self.session.client_id, packet = packet.name(), error = %e, "cannot encode")
             }

@@ -41,7 +41,13 @@ impl Backlog {
     /// Counts bytes a writer took; wakes the waiting connections when the
     /// backlog drops to its limit.
     pub(crate) fn take(&self, bytes: usize) {
-        let before = self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        // Never below zero (a wrapped count would read as full forever).
+        let before = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(bytes))
+            })
+            .unwrap_or_else(|b| b);
         let now = before.saturating_sub(bytes);
         self.gauge.set(i64::try_from(now).unwrap_or(i64::MAX));
         if before > self.limit && now <= self.limit {
@@ -99,5 +105,15 @@ mod tests {
             .expect("woken once drained")
             .expect("no panic");
         assert_eq!(backlog.gauge.get(), 51);
+    }
+
+    #[test]
+    fn taking_more_than_was_added_does_not_wrap_to_full() {
+        let backlog = backlog(100);
+        backlog.add(10);
+        backlog.take(30);
+        assert!(!backlog.is_full());
+        backlog.add(50);
+        assert!(!backlog.is_full(), "the count restarted from zero");
     }
 }

@@ -398,15 +398,18 @@ impl DurableStore {
 
     /// Hands `job` to `partition`'s writer.
     fn send(&self, partition: u32, job: WriteJob) -> Result<(), StorageError> {
-        let size = job.size();
-        self.inner
+        let writer = self
+            .inner
             .writers
             .get(partition as usize)
-            .ok_or(StorageError::UnknownPartition(u64::from(partition)))?
-            .send(job)
-            .map_err(|_| StorageError::Closed)?;
+            .ok_or(StorageError::UnknownPartition(u64::from(partition)))?;
+        // Counted before it is sent: the writer may take it at once.
+        let size = job.size();
         self.inner.backlog.add(size);
-        Ok(())
+        writer.send(job).map_err(|_| {
+            self.inner.backlog.take(size);
+            StorageError::Closed
+        })
     }
 
     /// Whether the partition writers have more queued than
