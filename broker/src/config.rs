@@ -202,7 +202,7 @@ impl Default for SessionConfig {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// File of `username:argon2-hash` lines; when set, clients that send a
@@ -212,6 +212,22 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
     /// What the ACL decides when no rule matches.
     pub acl_default_allow: bool,
+    /// Whether a session belongs to the user name that created it: a
+    /// CONNECT by another user with its client id is refused (5.0 0x87,
+    /// 3.1.1 0x05) instead of taking it over. Sessions of anonymous
+    /// clients belong to nobody.
+    pub sessions_belong_to_their_user: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_file: None,
+            acl_file: None,
+            acl_default_allow: false,
+            sessions_belong_to_their_user: true,
+        }
+    }
 }
 
 /// `[diagnostics]`.

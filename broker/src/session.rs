@@ -307,6 +307,28 @@ impl Ack {
     }
 }
 
+/// Who may attach to a session.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// Any connection.
+    Anyone,
+    /// Only a connection with the user name that used the session before
+    /// (a session of an anonymous client belongs to nobody).
+    Owned {
+        /// The user name of the connection asking.
+        username: Option<&'a str>,
+    },
+}
+
+/// Why [`Session::attach`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The session has ended.
+    Ended,
+    /// It belongs to another user.
+    NotOwner,
+}
+
 /// What [`Session::attach`] found.
 #[derive(Debug)]
 pub struct Attached {
@@ -473,11 +495,23 @@ impl Session {
     /// connection that had it and cancelling the offline timers. Returns the
     /// previous attachment (to kick, then wait for) and whether the session
     /// has state a client may resume; hands `attachment` back when the
-    /// session has ended (look it up in the registry again).
-    pub fn attach(&self, attachment: Attachment) -> Result<Attached, Attachment> {
+    /// session has ended (look it up in the registry again) or, with
+    /// [`Claim::Owned`], belongs to another user.
+    pub fn attach(
+        &self,
+        attachment: Attachment,
+        claim: Claim<'_>,
+    ) -> Result<Attached, (Attachment, Refusal)> {
         let mut state = self.lock();
         if state.ended {
-            return Err(attachment);
+            return Err((attachment, Refusal::Ended));
+        }
+        if let Claim::Owned { username } = claim
+            && state.generation > 0
+            && state.username.is_some()
+            && state.username.as_deref() != username
+        {
+            return Err((attachment, Refusal::NotOwner));
         }
         for timer in state.timers.drain(..) {
             timer.abort();

@@ -181,3 +181,81 @@ async fn one_deny_rule_leaves_wildcard_subscriptions_working() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_session_belongs_to_the_user_that_created_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = format!("alice:{}\nbob:{}\n", hash("a-pass"), hash("b-pass"));
+    let mut config = Config::default();
+    config.auth.password_file = Some(write(dir.path(), "passwords", &passwords));
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let login = |user: &'static str, pass: &'static str| {
+        move |c: &mut tidemq_proto::mqtt::Connect| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(3600);
+            c.username = Some(user.into());
+            c.password = Some(Bytes::from_static(pass.as_bytes()));
+        }
+    };
+    let (mut alice, ack) =
+        Raw::connect_with(addr, Protocol::V5, "device-1", login("alice", "a-pass")).await;
+    assert_eq!(ack.reason, ReasonCode::Success);
+    alice.subscribe(1, "alice/inbox", QoS::AtLeastOnce).await;
+    // Bob knows the client id: he is refused, and alice stays connected.
+    for protocol in [Protocol::V5, Protocol::V3_1_1] {
+        let (_bob, ack) =
+            Raw::connect_with(addr, protocol, "device-1", login("bob", "b-pass")).await;
+        assert_eq!(ack.reason, ReasonCode::NotAuthorized, "{protocol:?}");
+    }
+    let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
+    publisher
+        .publish("alice/inbox", b"for alice", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(&alice.expect_publish().await.payload[..], b"for alice");
+    // Alice herself takes her session over as before.
+    let (_again, ack) =
+        Raw::connect_with(addr, Protocol::V5, "device-1", login("alice", "a-pass")).await;
+    assert!(ack.session_present);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resumed_session_drops_what_the_acl_now_denies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.auth.acl_file = Some(write(dir.path(), "acl", "allow all * #\n"));
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let persistent = |c: &mut tidemq_proto::mqtt::Connect| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(3600);
+    };
+    let (mut sub, _) = Raw::connect_with(addr, Protocol::V5, "resumer", persistent).await;
+    sub.subscribe(1, "news/#", QoS::AtLeastOnce).await;
+    sub.subscribe(2, "secret/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    // The rules change while the session is offline.
+    let rules = "deny subscribe * secret/#\nallow all * #";
+    let acl = tidemq_broker::auth::AclRules::parse(rules, false).expect("rules");
+    broker
+        .shared()
+        .auth
+        .store(std::sync::Arc::new(tidemq_broker::broker::AuthState {
+            passwords: None,
+            acl: Some(acl),
+        }));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (mut sub, ack) = Raw::connect_with(addr, Protocol::V5, "resumer", persistent).await;
+    assert!(ack.session_present);
+    let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
+    publisher
+        .publish("secret/x", b"no", QoS::AtLeastOnce, false, 1)
+        .await;
+    publisher
+        .publish("news/x", b"yes", QoS::AtLeastOnce, false, 2)
+        .await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"yes");
+    sub.expect_silence().await;
+    broker.shutdown().await;
+}

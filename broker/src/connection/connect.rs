@@ -19,12 +19,15 @@ use tracing::{debug, warn};
 
 use super::acks::AckQueue;
 use super::{Connection, Io, close};
+use crate::auth::Subscription;
 use crate::broker::Shared;
 use crate::config::Config;
 use crate::delivery::StoreSink;
 use crate::durable::DurableError;
 use crate::durable::record::unix_ms;
-use crate::session::{Attachment, Kick, MemoryQueue, Session, SessionRegistry};
+use crate::session::{
+    Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionRegistry, SubscriptionEntry,
+};
 
 /// Step timings of one handshake.
 struct Steps {
@@ -94,8 +97,14 @@ pub(super) async fn handshake(
         return None;
     }
     steps.mark("auth");
-    let (mut connection, session_present, existed) =
-        attach(shared, &config, &connect, client_id.clone()).await?;
+    let attached = attach(shared, &config, &connect, client_id.clone()).await;
+    let (mut connection, session_present, existed) = match attached {
+        Ok(attached) => attached,
+        Err(reason) => {
+            refuse(shared, io, protocol, reason).await;
+            return None;
+        }
+    };
     steps.mark("session");
 
     // A persistent session is on disk before CONNACK says it exists.
@@ -256,7 +265,7 @@ async fn attach(
     config: &Config,
     connect: &Connect,
     client_id: String,
-) -> Option<(Connection, bool, bool)> {
+) -> Result<(Connection, bool, bool), ReasonCode> {
     let tenant = &config.listener.tenant;
     let key = SessionRegistry::key(tenant, &client_id);
     let connection_id = shared.sessions.next_connection_id();
@@ -266,6 +275,13 @@ async fn attach(
         connection_id,
         kick: kick_tx,
         detached: detached_rx,
+    };
+    let claim = if config.auth.sessions_belong_to_their_user {
+        Claim::Owned {
+            username: connect.username.as_deref(),
+        }
+    } else {
+        Claim::Anyone
     };
     // A session that has just ended leaves the registry in a moment: wait
     // for that, then start a new one.
@@ -282,16 +298,20 @@ async fn attach(
                 )),
             )
         });
-        match session.attach(attachment) {
+        match session.attach(attachment, claim) {
             Ok(attached) => break (session, existed, attached),
-            Err(back) if tries < 10_000 => {
+            Err((_, Refusal::NotOwner)) => {
+                debug!(client_id, "the session belongs to another user");
+                return Err(ReasonCode::NotAuthorized);
+            }
+            Err((back, Refusal::Ended)) if tries < 10_000 => {
                 attachment = back;
                 tries += 1;
                 tokio::task::yield_now().await;
             }
-            Err(_) => {
+            Err((_, Refusal::Ended)) => {
                 warn!(client_id, "a session that ended is still registered");
-                return None;
+                return Err(ReasonCode::ServerUnavailable);
             }
         }
     };
@@ -314,6 +334,9 @@ async fn attach(
         state.username = connect.username.clone();
         state.expiry_interval = session_expiry(connect, config);
     }
+    if session_present {
+        recheck_subscriptions(shared, &session, connect.username.as_deref());
+    }
     // A clean start ends the old session: its delayed will goes out now.
     if let Some(pending) = attached.pending_will.filter(|_| connect.clean_start) {
         close::publish_will(
@@ -324,7 +347,7 @@ async fn attach(
         );
     }
     shared.metrics.sessions.set(shared.sessions.len() as i64);
-    Some((
+    Ok((
         Connection::new(
             shared,
             config,
@@ -337,6 +360,40 @@ async fn attach(
         session_present,
         existed,
     ))
+}
+
+/// Checks a resumed session's subscriptions against the ACL in force now
+/// (it may have changed since they were granted): one it denies entirely is
+/// dropped and logged, and each one's per-message check is set anew.
+fn recheck_subscriptions(shared: &Shared, session: &Session, username: Option<&str>) {
+    let auth = shared.auth.load();
+    if auth.acl.is_none() {
+        return;
+    }
+    let subscriptions: Vec<(String, SubscriptionEntry)> = session
+        .lock()
+        .subscriptions
+        .iter()
+        .map(|(filter, entry)| (filter.clone(), *entry))
+        .collect();
+    // The router's lock is never taken under the session's.
+    for (filter, mut entry) in subscriptions {
+        match auth.subscription(username, &session.client_id, &filter) {
+            Subscription::Refused => {
+                warn!(client = %session.client_id, %filter, "the ACL now denies a subscription: dropped");
+                session.lock().subscriptions.remove(&filter);
+                shared.router.unsubscribe(&session.key, &filter);
+            }
+            decision => {
+                let filtered = decision == Subscription::Filtered;
+                if entry.acl_filtered != filtered {
+                    entry.acl_filtered = filtered;
+                    session.lock().subscriptions.insert(filter.clone(), entry);
+                    shared.router.subscribe(&session.key, &filter, entry);
+                }
+            }
+        }
+    }
 }
 
 impl Connection {

@@ -142,7 +142,9 @@ fn a_stored_delivery_over_the_byte_limit_waits_on_disk() {
     let session = session(100, 20);
     session.lock().durable = Some(1);
     let (attachment, _kicked) = attachment(1);
-    session.attach(attachment).expect("not ended");
+    session
+        .attach(attachment, Claim::Anyone)
+        .expect("not ended");
     session
         .enqueue_stored(delivery(&[0; 15], QoS::AtLeastOnce, Some(at(1))), 1)
         .expect("fits");
@@ -284,11 +286,11 @@ fn qos2_acknowledgements_move_through_their_states() {
 fn attach_takes_the_session_over_in_one_step() {
     let session = session(10, 1000);
     let (first, _kicked) = attachment(1);
-    let attached = session.attach(first).expect("not ended");
+    let attached = session.attach(first, Claim::Anyone).expect("not ended");
     assert!(attached.previous.is_none());
     assert!(!attached.resumable, "a new session has nothing to resume");
     let (second, _kicked2) = attachment(2);
-    let attached = session.attach(second).expect("not ended");
+    let attached = session.attach(second, Claim::Anyone).expect("not ended");
     assert_eq!(attached.previous.map(|a| a.connection_id), Some(1));
     assert!(attached.resumable);
     // The old connection's release no longer touches the session.
@@ -303,7 +305,8 @@ fn an_ended_session_takes_no_connection() {
     let session = session(10, 1000);
     session.lock().ended = true;
     let (attachment, _kicked) = attachment(1);
-    assert!(session.attach(attachment).is_err());
+    let refused = session.attach(attachment, Claim::Anyone).err();
+    assert_eq!(refused.map(|(_, why)| why), Some(Refusal::Ended));
 }
 
 #[test]
@@ -317,7 +320,9 @@ fn attach_cancels_the_offline_timers() {
         let timer = tokio::spawn(tokio::time::sleep(Duration::from_secs(3600)));
         session.lock().timers.push(timer.abort_handle());
         let (attachment, _kicked) = attachment(1);
-        session.attach(attachment).expect("not ended");
+        session
+            .attach(attachment, Claim::Anyone)
+            .expect("not ended");
         assert!(timer.await.expect_err("aborted").is_cancelled());
         assert!(session.lock().timers.is_empty());
     });
@@ -335,4 +340,38 @@ fn the_registry_removes_only_the_session_it_was_given() {
     let (second, _) = registry.get_or_insert_with("default", &key, || session(1, 1));
     assert!(!registry.remove("default", &first), "a newer session stays");
     assert!(Arc::ptr_eq(&registry.get(&key).expect("kept"), &second));
+}
+
+#[test]
+fn a_session_belongs_to_the_user_that_used_it() {
+    let session = session(10, 1000);
+    let alice = Claim::Owned {
+        username: Some("alice"),
+    };
+    let bob = Claim::Owned {
+        username: Some("bob"),
+    };
+    let (first, _kicked) = attachment(1);
+    session
+        .attach(first, alice)
+        .expect("a new session is anyone's");
+    session.lock().username = Some("alice".into());
+    let (second, _kicked2) = attachment(2);
+    let refused = session.attach(second, bob).err();
+    assert_eq!(refused.map(|(_, why)| why), Some(Refusal::NotOwner));
+    assert_eq!(
+        session.lock().attachment.as_ref().map(|a| a.connection_id),
+        Some(1),
+        "alice keeps her connection"
+    );
+    let (third, _kicked3) = attachment(3);
+    session
+        .attach(third, Claim::Anyone)
+        .expect("the check is off");
+    let (fourth, _kicked4) = attachment(4);
+    session.attach(fourth, alice).expect("alice again");
+    // An anonymous client's session belongs to nobody.
+    session.lock().username = None;
+    let (fifth, _kicked5) = attachment(5);
+    session.attach(fifth, bob).expect("anyone may take it");
 }
