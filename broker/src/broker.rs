@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::auth::{AclRules, AuthError, PasswordFile, Subscription};
+use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::durable::{DurableError, DurableStore, Recovered};
@@ -100,6 +100,8 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     /// Credentials and ACL; swapped whole.
     pub auth: ArcSwap<AuthState>,
+    /// Password checks off the workers, and the record of failed logins.
+    pub login: Login,
     /// Sessions by `{tenant}/{client_id}`.
     pub sessions: SessionRegistry,
     /// Subscriptions and retained messages.
@@ -152,9 +154,15 @@ impl Broker {
         let (stop, shutdown) = watch::channel(false);
         let trim_interval = Duration::from_millis(config.storage.trim_interval_ms);
         let (durable, recovered) = store.unzip();
+        let login = Login::new(
+            config.auth.verify_threads,
+            Duration::from_millis(config.auth.failure_delay_ms),
+            Duration::from_millis(config.auth.failure_delay_max_ms),
+        );
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             auth: ArcSwap::from_pointee(auth),
+            login,
             sessions: SessionRegistry::default(),
             router: Router::default(),
             metrics,

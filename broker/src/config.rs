@@ -217,6 +217,15 @@ pub struct AuthConfig {
     /// 3.1.1 0x05) instead of taking it over. Sessions of anonymous
     /// clients belong to nobody.
     pub sessions_belong_to_their_user: bool,
+    /// Password verifications (argon2) run at once, on threads of their
+    /// own, never on the broker's workers.
+    pub verify_threads: usize,
+    /// Wait before the next login attempt from an address, or for a user
+    /// name, after a failed one, in milliseconds; doubles with each further
+    /// failure (forgotten after a quiet minute or a success).
+    pub failure_delay_ms: u64,
+    /// The longest such wait, in milliseconds.
+    pub failure_delay_max_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -226,6 +235,9 @@ impl Default for AuthConfig {
             acl_file: None,
             acl_default_allow: false,
             sessions_belong_to_their_user: true,
+            verify_threads: 2,
+            failure_delay_ms: 200,
+            failure_delay_max_ms: 10_000,
         }
     }
 }

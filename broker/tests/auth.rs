@@ -259,3 +259,49 @@ async fn a_resumed_session_drops_what_the_acl_now_denies() {
     sub.expect_silence().await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn repeated_bad_passwords_slow_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.auth.password_file = Some(write(
+        dir.path(),
+        "passwords",
+        &format!("alice:{}\n", hash("right")),
+    ));
+    config.auth.failure_delay_ms = 400;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let attempt = |password: &'static str| async move {
+        let started = std::time::Instant::now();
+        let (_c, ack) = Raw::connect_with(addr, Protocol::V5, "guesser", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(password.as_bytes()));
+        })
+        .await;
+        (ack.reason, started.elapsed())
+    };
+    let (reason, _) = attempt("wrong-1").await;
+    assert_eq!(reason, ReasonCode::BadUserNameOrPassword);
+    // The next attempt from this address, for this user, waits first: the
+    // right password too.
+    let (reason, took) = attempt("wrong-2").await;
+    assert_eq!(reason, ReasonCode::BadUserNameOrPassword);
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "waited {took:?}"
+    );
+    let (reason, took) = attempt("right").await;
+    assert_eq!(reason, ReasonCode::Success);
+    assert!(
+        took >= std::time::Duration::from_millis(800),
+        "doubled: waited {took:?}"
+    );
+    // A success clears the record.
+    let (_, took) = attempt("right").await;
+    assert!(
+        took < std::time::Duration::from_millis(400),
+        "waited {took:?}"
+    );
+    broker.shutdown().await;
+}

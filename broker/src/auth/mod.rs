@@ -23,9 +23,11 @@
 
 mod acl;
 mod filter;
+mod login;
 mod password;
 
 pub use acl::{AclRules, Action, Subscription};
+pub use login::Login;
 pub use password::PasswordFile;
 
 use std::path::PathBuf;

@@ -92,7 +92,7 @@ pub(super) async fn handshake(
         }
     };
     steps.mark("validate");
-    if let Err(reason) = authenticate(shared, &config, &connect) {
+    if let Err(reason) = authenticate(shared, &config, &connect, peer).await {
         refuse(shared, io, protocol, reason).await;
         return None;
     }
@@ -507,14 +507,27 @@ fn generate_client_id() -> String {
 }
 
 /// Checks credentials against the password file and the anonymous policy.
-fn authenticate(shared: &Shared, config: &Config, connect: &Connect) -> Result<(), ReasonCode> {
-    let auth = shared.auth.load();
+/// Password checks run off the tokio workers and slow down after failures
+/// ([`crate::auth::Login`]).
+async fn authenticate(
+    shared: &Shared,
+    config: &Config,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> Result<(), ReasonCode> {
+    let auth = shared.auth.load_full();
     match (&connect.username, &auth.passwords) {
         (None, _) if config.listener.allow_anonymous => Ok(()),
         (None, _) => Err(ReasonCode::NotAuthorized),
-        (Some(user), Some(passwords)) => {
-            let password = connect.password.as_deref().unwrap_or_default();
-            if passwords.verify(user, password) {
+        (Some(user), Some(_)) => {
+            let password = connect.password.clone().unwrap_or_default();
+            let name = user.clone();
+            let check = move || {
+                auth.passwords
+                    .as_ref()
+                    .is_some_and(|passwords| passwords.verify(&name, &password))
+            };
+            if shared.login.verify(peer.ip(), user, check).await {
                 Ok(())
             } else {
                 Err(ReasonCode::BadUserNameOrPassword)
