@@ -158,6 +158,7 @@ impl Broker {
             config.auth.verify_threads,
             Duration::from_millis(config.auth.failure_delay_ms),
             Duration::from_millis(config.auth.failure_delay_max_ms),
+            metrics.logins_delayed.clone(),
         );
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),

@@ -37,6 +37,8 @@ pub struct BrokerMetrics {
     /// Connections the broker closed for a limit (write timeout, keep
     /// alive), by reason.
     pub disconnects: IntCounterVec,
+    /// Login attempts made to wait after earlier failures.
+    pub logins_delayed: IntCounter,
     /// Duration of each CONNECT step.
     pub connect_step_seconds: HistogramVec,
     /// Whole CONNECT handling duration.
@@ -101,6 +103,10 @@ impl BrokerMetrics {
                 ),
                 &["reason"],
             )?,
+            logins_delayed: IntCounter::new(
+                "tidemq_logins_delayed_total",
+                "Login attempts made to wait after failed ones from the same address or user name",
+            )?,
             disconnects: IntCounterVec::new(
                 Opts::new(
                     "tidemq_disconnects_total",
@@ -156,6 +162,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.messages_dropped.clone()))?;
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
+        registry.register(Box::new(metrics.logins_delayed.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use prometheus::IntCounter;
 use tokio::sync::Semaphore;
 
 /// Failures older than this are forgotten.
@@ -29,6 +30,7 @@ const MAX_TRACKED: usize = 100_000;
 /// Password checks and the record of recent failures.
 pub struct Login {
     permits: Arc<Semaphore>,
+    delayed: IntCounter,
     delay: Duration,
     max_delay: Duration,
     by_addr: DashMap<IpAddr, Failures>,
@@ -44,10 +46,12 @@ struct Failures {
 
 impl Login {
     /// At most `threads` verifications at once; the first delay after a
-    /// failure is `delay`, doubling up to `max_delay`.
-    pub fn new(threads: usize, delay: Duration, max_delay: Duration) -> Self {
+    /// failure is `delay`, doubling up to `max_delay`; every attempt made to
+    /// wait is counted in `delayed`.
+    pub fn new(threads: usize, delay: Duration, max_delay: Duration, delayed: IntCounter) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(threads.max(1))),
+            delayed,
             delay,
             max_delay,
             by_addr: DashMap::new(),
@@ -79,6 +83,7 @@ impl Login {
     ) -> bool {
         let delay = self.delay_for(addr, username);
         if !delay.is_zero() {
+            self.delayed.inc();
             tokio::time::sleep(delay).await;
         }
         let ok = match self.permits.acquire().await {
@@ -137,7 +142,13 @@ mod tests {
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
     fn login() -> Login {
-        Login::new(2, Duration::from_millis(100), Duration::from_millis(350))
+        let delayed = prometheus::IntCounter::new("delayed", "test").expect("counter");
+        Login::new(
+            2,
+            Duration::from_millis(100),
+            Duration::from_millis(350),
+            delayed,
+        )
     }
 
     #[test]

@@ -35,7 +35,12 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
             passwords: None,
             acl: acl.map(|rules| AclRules::parse(rules, false).expect("rules parse")),
         }),
-        login: crate::auth::Login::new(1, std::time::Duration::ZERO, std::time::Duration::ZERO),
+        login: crate::auth::Login::new(
+            1,
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+            prometheus::IntCounter::new("delayed", "test").expect("counter"),
+        ),
         sessions: SessionRegistry::default(),
         router: Router::default(),
         metrics: BrokerMetrics::register(&registry).expect("metrics"),
