@@ -139,6 +139,9 @@ pub struct MqttConfig {
     /// Seconds a client may leave the broker's writes unread (its socket
     /// buffer full) before it is disconnected.
     pub write_timeout_secs: u64,
+    /// Topic filters one SUBSCRIBE may carry; the rest are refused (5.0
+    /// 0x97, 3.1.1 0x80).
+    pub max_subscribe_filters: usize,
     /// Upper bound on the session expiry a client may ask for, in seconds.
     pub max_session_expiry_secs: u32,
     /// Whether retained messages are supported.
@@ -156,6 +159,7 @@ impl Default for MqttConfig {
             server_keep_alive: 0,
             max_keep_alive: 0,
             write_timeout_secs: 30,
+            max_subscribe_filters: 256,
             max_session_expiry_secs: u32::MAX,
             retain_available: true,
         }
@@ -188,6 +192,9 @@ pub struct SessionConfig {
     /// Messages a persistent session may have stored (they are on disk;
     /// memory holds about 32 bytes for each one an offline session has).
     pub max_stored_messages: usize,
+    /// Subscriptions one session may hold; a SUBSCRIBE adding more is
+    /// refused for those filters (5.0 0x97, 3.1.1 0x80).
+    pub max_subscriptions: usize,
 }
 
 impl Default for SessionConfig {
@@ -197,6 +204,7 @@ impl Default for SessionConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_offline: false,
             max_stored_messages: 1_000_000,
+            max_subscriptions: 10_000,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct BrokerMetrics {
     pub disconnects: IntCounterVec,
     /// Login attempts made to wait after earlier failures.
     pub logins_delayed: IntCounter,
+    /// Subscriptions refused, by reason.
+    pub subscribe_refused: IntCounterVec,
     /// Duration of each CONNECT step.
     pub connect_step_seconds: HistogramVec,
     /// Whole CONNECT handling duration.
@@ -103,6 +105,13 @@ impl BrokerMetrics {
                 ),
                 &["reason"],
             )?,
+            subscribe_refused: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_subscribe_refused_total",
+                    "Subscriptions refused, by reason",
+                ),
+                &["reason"],
+            )?,
             logins_delayed: IntCounter::new(
                 "tidemq_logins_delayed_total",
                 "Login attempts made to wait after failed ones from the same address or user name",
@@ -163,6 +172,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.protocol_errors.clone()))?;
         registry.register(Box::new(metrics.disconnects.clone()))?;
         registry.register(Box::new(metrics.logins_delayed.clone()))?;
+        registry.register(Box::new(metrics.subscribe_refused.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;

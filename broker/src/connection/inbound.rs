@@ -1,11 +1,9 @@
 //! Handling of the packets a connected client sends.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tidemq_proto::mqtt::{
-    AckProperties, Disconnect, Packet, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, UnsubAck, Unsubscribe, parse_shared_filter,
+    AckProperties, Disconnect, Packet, PubResponse, Publish, QoS, ReasonCode,
 };
 
 use futures_util::FutureExt;
@@ -15,11 +13,10 @@ type PublishWrite = Write<PendingRecord, Stored>;
 
 use super::acks::{Work, Write};
 use super::{Connection, End, Io};
-use crate::auth::{Action, Subscription};
+use crate::auth::Action;
 use crate::delivery::{self, PendingRecord, Stored, ToStore};
 use crate::durable::{DiskRef, DurableError, Origin};
-use crate::message::{Delivery, Message};
-use crate::session::SubscriptionEntry;
+use crate::message::Message;
 
 impl Connection {
     /// Handles one packet; `Err` ends the connection.
@@ -185,7 +182,7 @@ impl Connection {
     }
 
     /// Sends `response` in its turn, once `write` is on disk.
-    fn respond_after(
+    pub(super) fn respond_after(
         &mut self,
         io: &mut Io,
         write: impl Future<Output = Result<(), DurableError>> + Send + 'static,
@@ -272,134 +269,6 @@ impl Connection {
                 );
             }
             None => self.reply(io, complete),
-        }
-    }
-
-    fn on_subscribe(&mut self, subscribe: Subscribe, io: &mut Io) {
-        let now = Instant::now();
-        let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut retained = Vec::new();
-        for request in &subscribe.filters {
-            let inner = match parse_shared_filter(&request.filter) {
-                Ok(Some(shared)) => Some(shared.filter),
-                Ok(None) => None,
-                Err(_) => {
-                    reasons.push(ReasonCode::TopicFilterInvalid);
-                    continue;
-                }
-            };
-            let acl = self.shared.auth.load().subscription(
-                self.username.as_deref(),
-                &self.session.client_id,
-                &request.filter,
-            );
-            if acl == Subscription::Refused {
-                // 0x80 in 5.0 as in 3.1.1, not 0x87: clients written for
-                // the 3.1.1 codes (the Paho interop suite's among them)
-                // take any other failure code for a broken SUBACK.
-                reasons.push(ReasonCode::UnspecifiedError);
-                continue;
-            }
-            let entry = SubscriptionEntry {
-                options: request.options,
-                id: subscribe.properties.subscription_identifier,
-                acl_filtered: acl == Subscription::Filtered,
-            };
-            let existed = self
-                .shared
-                .router
-                .subscribe(&self.session.key, &request.filter, entry);
-            self.session
-                .lock()
-                .subscriptions
-                .insert(request.filter.clone(), entry);
-            reasons.push(ReasonCode::granted(request.options.qos));
-            // Retained messages are never sent for a shared subscription.
-            let send_retained = inner.is_none()
-                && match request.options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendIfNew => !existed,
-                    RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
-                let auth = self.shared.auth.load();
-                for message in self.shared.router.retained_for(&request.filter, now) {
-                    if entry.acl_filtered
-                        && !delivery::may_receive(&auth, &self.session, &message.topic)
-                    {
-                        continue;
-                    }
-                    retained.push(Delivery {
-                        qos: message.qos.min(request.options.qos),
-                        message,
-                        retain: true,
-                        subscription_ids: entry.id.into_iter().collect(),
-                        stored: None,
-                        dup: false,
-                    });
-                }
-            }
-        }
-        self.shared
-            .metrics
-            .subscriptions
-            .set(self.shared.router.subscription_count() as i64);
-        let suback = Packet::SubAck(SubAck {
-            packet_id: subscribe.packet_id,
-            reasons,
-            properties: AckProperties::default(),
-        });
-        // Retained messages are queued after SUBACK, so the client sees the
-        // grant first; a persistent session's subscriptions are on disk
-        // before SUBACK.
-        let write = match self.persist_session() {
-            Some(write) => Write::Alone(write.map(|r| r.map(|()| None)).boxed()),
-            None => Write::None,
-        };
-        self.respond(
-            io,
-            Work {
-                then: retained,
-                ..Work::after(write, Some(suback))
-            },
-        );
-    }
-
-    /// The write of a persistent session's current state, if it is one.
-    pub(super) fn persist_session(
-        &self,
-    ) -> Option<impl Future<Output = Result<(), DurableError>> + Send + 'static> {
-        let store = self.shared.durable.clone()?;
-        let stored = self.session.lock().stored(&self.session.key)?;
-        Some(async move { store.put_session(stored).await })
-    }
-
-    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, io: &mut Io) {
-        let reasons = unsubscribe
-            .filters
-            .iter()
-            .map(|filter| {
-                let in_session = self.session.lock().subscriptions.remove(filter).is_some();
-                let in_router = self.shared.router.unsubscribe(&self.session.key, filter);
-                if in_session || in_router {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::NoSubscriptionExisted
-                }
-            })
-            .collect();
-        self.shared
-            .metrics
-            .subscriptions
-            .set(self.shared.router.subscription_count() as i64);
-        let unsuback = Packet::UnsubAck(UnsubAck {
-            packet_id: unsubscribe.packet_id,
-            reasons,
-            properties: AckProperties::default(),
-        });
-        match self.persist_session() {
-            Some(write) => self.respond_after(io, write, unsuback),
-            None => self.reply(io, unsuback),
         }
     }
 

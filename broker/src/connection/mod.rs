@@ -12,6 +12,7 @@ mod close;
 mod connect;
 mod inbound;
 mod outbound;
+mod subscribe;
 
 pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};

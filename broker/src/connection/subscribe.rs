@@ -1,0 +1,239 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the ACL, the limits on what one packet and one
+//! session may hold, and the retained messages a subscription brings.
+//!
+//! One SUBSCRIBE must not cost more memory than the session may hold: a
+//! filter repeated in one packet brings its retained messages once, the
+//! retained messages of a packet stop at the session's free queue space,
+//! a packet's filters beyond `mqtt.max_subscribe_filters` and a session's
+//! subscriptions beyond `session.max_subscriptions` are refused (5.0 0x97
+//! quota exceeded, 3.1.1 0x80), each counted in
+//! `tidemq_subscribe_refused_total{reason}`.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use tidemq_proto::mqtt::{
+    AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter,
+    UnsubAck, Unsubscribe, parse_shared_filter,
+};
+
+use super::acks::{Work, Write};
+use super::{Connection, Io};
+use crate::auth::Subscription;
+use crate::delivery;
+use crate::durable::DurableError;
+use crate::message::Delivery;
+use crate::session::SubscriptionEntry;
+
+/// A subscription just made: its entry and whether it replaced one.
+struct Made {
+    entry: SubscriptionEntry,
+    existed: bool,
+}
+
+impl Connection {
+    pub(super) fn on_subscribe(&mut self, subscribe: Subscribe, io: &mut Io) {
+        let config = self.shared.config.load();
+        let max_filters = config.mqtt.max_subscribe_filters;
+        let mut room = config
+            .session
+            .max_queued_messages
+            .saturating_sub(self.session.lock().queue.len());
+        drop(config);
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        let mut retained_sent = HashSet::new();
+        let id = subscribe.properties.subscription_identifier;
+        for (index, request) in subscribe.filters.iter().enumerate() {
+            if index >= max_filters {
+                self.count_refused("too_many_filters");
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            match self.subscribe_one(request, id) {
+                Ok(made) => {
+                    reasons.push(ReasonCode::granted(request.options.qos));
+                    // A filter repeated in one packet brings its retained
+                    // messages once.
+                    if self.wants_retained(request, made.existed)
+                        && retained_sent.insert(request.filter.as_str())
+                    {
+                        self.retained(request, made.entry, &mut room, &mut retained);
+                    }
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        self.shared
+            .metrics
+            .subscriptions
+            .set(self.shared.router.subscription_count() as i64);
+        let suback = Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        // Retained messages are queued after SUBACK, so the client sees the
+        // grant first; a persistent session's subscriptions are on disk
+        // before SUBACK.
+        let write = match self.persist_session() {
+            Some(write) => Write::Alone(write.map(|r| r.map(|()| None)).boxed()),
+            None => Write::None,
+        };
+        self.respond(
+            io,
+            Work {
+                then: retained,
+                ..Work::after(write, Some(suback))
+            },
+        );
+    }
+
+    /// Checks and makes one subscription of a SUBSCRIBE; the reason code
+    /// when it is refused.
+    fn subscribe_one(
+        &mut self,
+        request: &SubscribeFilter,
+        id: Option<u32>,
+    ) -> Result<Made, ReasonCode> {
+        if parse_shared_filter(&request.filter).is_err() {
+            return Err(ReasonCode::TopicFilterInvalid);
+        }
+        let acl = self.shared.auth.load().subscription(
+            self.username.as_deref(),
+            &self.session.client_id,
+            &request.filter,
+        );
+        if acl == Subscription::Refused {
+            // 0x80 in 5.0 as in 3.1.1, not 0x87: clients written for the
+            // 3.1.1 codes (the Paho interop suite's among them) take any
+            // other failure code for a broken SUBACK.
+            self.count_refused("not_authorized");
+            return Err(ReasonCode::UnspecifiedError);
+        }
+        let entry = SubscriptionEntry {
+            options: request.options,
+            id,
+            acl_filtered: acl == Subscription::Filtered,
+        };
+        {
+            let max = self.shared.config.load().session.max_subscriptions;
+            let mut state = self.session.lock();
+            if state.subscriptions.len() >= max
+                && !state.subscriptions.contains_key(&request.filter)
+            {
+                drop(state);
+                self.count_refused("too_many_subscriptions");
+                return Err(ReasonCode::QuotaExceeded);
+            }
+            state.subscriptions.insert(request.filter.clone(), entry);
+        }
+        let existed = self
+            .shared
+            .router
+            .subscribe(&self.session.key, &request.filter, entry);
+        Ok(Made { entry, existed })
+    }
+
+    /// Whether a subscription brings the retained messages it matches
+    /// (never for a shared subscription).
+    fn wants_retained(&self, request: &SubscribeFilter, existed: bool) -> bool {
+        let shared = matches!(parse_shared_filter(&request.filter), Ok(Some(_)));
+        !shared
+            && match request.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            }
+    }
+
+    /// Adds the retained messages `request` matches to `out`, while there is
+    /// `room` in the session's queue; the rest are dropped and counted.
+    fn retained(
+        &self,
+        request: &SubscribeFilter,
+        entry: SubscriptionEntry,
+        room: &mut usize,
+        out: &mut Vec<Delivery>,
+    ) {
+        let auth = self.shared.auth.load();
+        let mut dropped = 0u64;
+        for message in self
+            .shared
+            .router
+            .retained_for(&request.filter, Instant::now())
+        {
+            if entry.acl_filtered && !delivery::may_receive(&auth, &self.session, &message.topic) {
+                continue;
+            }
+            if *room == 0 {
+                dropped += 1;
+                continue;
+            }
+            *room -= 1;
+            out.push(Delivery {
+                qos: message.qos.min(request.options.qos),
+                message,
+                retain: true,
+                subscription_ids: entry.id.into_iter().collect(),
+                stored: None,
+                dup: false,
+            });
+        }
+        if dropped > 0 {
+            self.session.count_drop();
+            self.shared
+                .metrics
+                .messages_dropped
+                .with_label_values(&["queue_full"])
+                .inc_by(dropped);
+        }
+    }
+
+    fn count_refused(&self, reason: &str) {
+        self.shared
+            .metrics
+            .subscribe_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// The write of a persistent session's current state, if it is one.
+    pub(super) fn persist_session(
+        &self,
+    ) -> Option<impl Future<Output = Result<(), DurableError>> + Send + 'static> {
+        let store = self.shared.durable.clone()?;
+        let stored = self.session.lock().stored(&self.session.key)?;
+        Some(async move { store.put_session(stored).await })
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, io: &mut Io) {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                let in_session = self.session.lock().subscriptions.remove(filter).is_some();
+                let in_router = self.shared.router.unsubscribe(&self.session.key, filter);
+                if in_session || in_router {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.shared
+            .metrics
+            .subscriptions
+            .set(self.shared.router.subscription_count() as i64);
+        let unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons,
+            properties: AckProperties::default(),
+        });
+        match self.persist_session() {
+            Some(write) => self.respond_after(io, write, unsuback),
+            None => self.reply(io, unsuback),
+        }
+    }
+}
