@@ -2,15 +2,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::connection;
@@ -150,7 +151,11 @@ impl Broker {
         let local_addr = listener
             .local_addr()
             .map_err(|source| BrokerError::Bind { addr, source })?;
-        let slots = Arc::new(Semaphore::new(config.listener.max_connections));
+        let admission = Admission::new(
+            config.listener.max_connections,
+            config.listener.max_connections_per_address,
+            config.listener.max_connect_rate,
+        );
         let (stop, shutdown) = watch::channel(false);
         let trim_interval = Duration::from_millis(config.storage.trim_interval_ms);
         let (durable, recovered) = store.unzip();
@@ -178,7 +183,7 @@ impl Broker {
             ));
         }
         info!(%local_addr, "MQTT listener started");
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, slots));
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, admission));
         Ok(Broker {
             shared,
             local_addr,
@@ -213,23 +218,28 @@ impl Broker {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, slots: Arc<Semaphore>) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut admission: Admission) {
     let mut connections = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, peer)) => match admission.admit(peer.ip(), Instant::now()) {
+                    Ok(admitted) => {
                         let shared = Arc::clone(&shared);
                         connections.spawn(async move {
                             connection::serve(shared, stream, peer).await;
-                            drop(permit);
+                            drop(admitted);
                         });
                     }
-                    Err(_) => {
+                    Err(limit) => {
                         shared.metrics.connections_refused.inc();
-                        warn!(%peer, "refusing connection: max_connections reached");
+                        shared
+                            .metrics
+                            .connections_limited
+                            .with_label_values(&[limit.as_str()])
+                            .inc();
+                        tracing::debug!(%peer, limit = limit.as_str(), "refusing a connection");
                     }
                 },
                 Err(e) => {

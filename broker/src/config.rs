@@ -92,6 +92,11 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Connections accepted at once; further ones are refused.
     pub max_connections: usize,
+    /// Connections open at once from one client address; 0: no limit.
+    pub max_connections_per_address: usize,
+    /// New connections accepted per second (with a second's worth of
+    /// burst); 0: no limit.
+    pub max_connect_rate: u32,
     /// Accept clients that send no user name.
     pub allow_anonymous: bool,
     /// Allow anonymous clients on a non-loopback address. Off by default so
@@ -106,6 +111,8 @@ impl Default for ListenerConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_connections: 100_000,
+            max_connections_per_address: 10_000,
+            max_connect_rate: 20_000,
             allow_anonymous: true,
             allow_anonymous_on_public_address: false,
             tenant: "default".into(),

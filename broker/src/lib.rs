@@ -11,6 +11,7 @@
 //! | [`node`] | [`Node::start`]: the runtimes, the meta service, the broker and the HTTP endpoint of one node |
 //! | `http` | `GET /metrics` and `GET /health` |
 //! | [`broker`] | [`Broker::start`]: shared state, the listener, shutdown |
+//! | [`admission`] | which accepted connections are served: count, per-address and rate limits |
 //! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
 //! | [`session`] | sessions, their queues and inflight windows, the flat-keyed registry |
 //! | [`durable`] | persistent sessions, their messages and retained messages in the storage engine |
@@ -56,6 +57,7 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod config;

@@ -41,6 +41,8 @@ pub struct BrokerMetrics {
     pub logins_delayed: IntCounter,
     /// Subscriptions refused, by reason.
     pub subscribe_refused: IntCounterVec,
+    /// Connections closed at once for a listener limit, by limit.
+    pub connections_limited: IntCounterVec,
     /// Duration of each CONNECT step.
     pub connect_step_seconds: HistogramVec,
     /// Whole CONNECT handling duration.
@@ -102,6 +104,13 @@ impl BrokerMetrics {
                 Opts::new(
                     "tidemq_protocol_errors_total",
                     "Connections closed for a protocol violation, by reason",
+                ),
+                &["reason"],
+            )?,
+            connections_limited: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_connections_limited_total",
+                    "Connections closed at once for a listener limit, by limit",
                 ),
                 &["reason"],
             )?,
@@ -173,6 +182,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.disconnects.clone()))?;
         registry.register(Box::new(metrics.logins_delayed.clone()))?;
         registry.register(Box::new(metrics.subscribe_refused.clone()))?;
+        registry.register(Box::new(metrics.connections_limited.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;

@@ -184,3 +184,35 @@ async fn shutdown_sends_server_shutting_down() {
     );
     assert!(v3.until_closed().await.is_empty());
 }
+
+#[tokio::test]
+async fn connections_per_address_and_the_connect_rate_are_limited() {
+    let mut config = Config::default();
+    config.listener.max_connections_per_address = 2;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let _a = Raw::connect(addr, Protocol::V3_1_1, "a").await;
+    let _b = Raw::connect(addr, Protocol::V3_1_1, "b").await;
+    let mut third = Raw::tcp(addr, Protocol::V3_1_1).await;
+    assert!(third.until_closed().await.is_empty(), "closed at accept");
+    let limited = broker.shared().metrics.connections_limited.clone();
+    assert_eq!(limited.with_label_values(&["per_address"]).get(), 1);
+    broker.shutdown().await;
+
+    let mut config = Config::default();
+    config.listener.max_connect_rate = 3;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(Raw::connect(addr, Protocol::V3_1_1, &format!("r{i}")).await);
+    }
+    let mut fourth = Raw::tcp(addr, Protocol::V3_1_1).await;
+    assert!(
+        fourth.until_closed().await.is_empty(),
+        "over the rate: closed at accept"
+    );
+    let limited = broker.shared().metrics.connections_limited.clone();
+    assert_eq!(limited.with_label_values(&["rate"]).get(), 1);
+    broker.shutdown().await;
+}

@@ -1,0 +1,168 @@
+//! Which accepted TCP connections the listener serves: at most
+//! `listener.max_connections` at once, at most
+//! `listener.max_connections_per_address` from one client address, and new
+//! ones at most `listener.max_connect_rate` a second (a token bucket with a
+//! second's worth of burst). A connection over a limit is closed at once,
+//! before anything is read from it, and counted in
+//! `tidemq_connections_refused_total` and
+//! `tidemq_connections_limited_total{reason}`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// `listener.max_connections` are open.
+    Connections,
+    /// Its address has `listener.max_connections_per_address` open.
+    PerAddress,
+    /// New connections came faster than `listener.max_connect_rate`.
+    Rate,
+}
+
+impl Limited {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limited::Connections => "max_connections",
+            Limited::PerAddress => "per_address",
+            Limited::Rate => "rate",
+        }
+    }
+}
+
+/// The listener's limits; owned by its accept loop.
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    per_address: Arc<DashMap<IpAddr, usize>>,
+    max_per_address: usize,
+    bucket: TokenBucket,
+}
+
+/// Held by a connection while it is open; gives its places back when dropped.
+pub struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    per_address: Arc<DashMap<IpAddr, usize>>,
+    addr: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.per_address.remove_if_mut(&self.addr, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
+    }
+}
+
+impl Admission {
+    /// Limits of `max_connections` at once, `max_per_address` per address
+    /// and `rate` new connections a second (0: no limit, for the last two).
+    pub fn new(max_connections: usize, max_per_address: usize, rate: u32) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            per_address: Arc::new(DashMap::new()),
+            max_per_address,
+            bucket: TokenBucket::new(rate, Instant::now()),
+        }
+    }
+
+    /// Admits a connection from `addr`, or says which limit it hit.
+    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Result<Admitted, Limited> {
+        if !self.bucket.take(now) {
+            return Err(Limited::Rate);
+        }
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| Limited::Connections)?;
+        let mut open = self.per_address.entry(addr).or_insert(0);
+        if self.max_per_address > 0 && *open >= self.max_per_address {
+            return Err(Limited::PerAddress);
+        }
+        *open += 1;
+        drop(open);
+        Ok(Admitted {
+            _slot: slot,
+            per_address: Arc::clone(&self.per_address),
+            addr,
+        })
+    }
+}
+
+/// `rate` tokens a second, at most `rate` saved up; rate 0 never runs dry.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    use super::{Admission, Limited};
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+    #[test]
+    fn each_limit_refuses_and_gives_places_back() {
+        let now = Instant::now();
+        let mut admission = Admission::new(3, 2, 0);
+        let a1 = admission.admit(A, now).expect("room");
+        let _a2 = admission.admit(A, now).expect("room");
+        assert_eq!(admission.admit(A, now).err(), Some(Limited::PerAddress));
+        let _b1 = admission.admit(B, now).expect("another address");
+        assert_eq!(admission.admit(B, now).err(), Some(Limited::Connections));
+        drop(a1);
+        assert!(
+            admission.admit(A, now).is_ok(),
+            "a closed connection gives its places back"
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_seconds_burst_then_refills() {
+        let start = Instant::now();
+        let mut admission = Admission::new(1000, 0, 10);
+        let admitted: Vec<_> = (0..12)
+            .filter_map(|_| admission.admit(A, start).ok())
+            .collect();
+        assert_eq!(admitted.len(), 10);
+        assert_eq!(admission.admit(A, start).err(), Some(Limited::Rate));
+        let later = start + Duration::from_millis(250);
+        let refilled = (0..5).filter(|_| admission.admit(A, later).is_ok()).count();
+        assert_eq!(refilled, 2, "10 a second: 2.5 tokens after 250 ms");
+    }
+}
