@@ -149,6 +149,9 @@ pub struct MqttConfig {
     /// Topic filters one SUBSCRIBE may carry; the rest are refused (5.0
     /// 0x97, 3.1.1 0x80).
     pub max_subscribe_filters: usize,
+    /// User properties one PUBLISH may carry (5.0); a message with more is
+    /// not routed and its PUBACK/PUBREC says 0x97 (quota exceeded).
+    pub max_user_properties: usize,
     /// Upper bound on the session expiry a client may ask for, in seconds.
     pub max_session_expiry_secs: u32,
     /// Whether retained messages are supported.
@@ -167,6 +170,7 @@ impl Default for MqttConfig {
             max_keep_alive: 0,
             write_timeout_secs: 30,
             max_subscribe_filters: 256,
+            max_user_properties: 64,
             max_session_expiry_secs: u32::MAX,
             retain_available: true,
         }

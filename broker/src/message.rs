@@ -63,9 +63,22 @@ impl Message {
         })
     }
 
-    /// Approximate memory held by the message, for queue limits.
+    /// Approximate memory held by the message, for queue limits: topic,
+    /// payload and every property a subscriber gets a copy of.
     pub fn size(&self) -> usize {
-        self.topic.len() + self.payload.len()
+        let p = &self.properties;
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(key, value)| key.len() + value.len() + 2 * std::mem::size_of::<String>())
+            .sum();
+        self.topic.len()
+            + self.payload.len()
+            + text(&p.response_topic)
+            + text(&p.content_type)
+            + p.correlation_data.as_ref().map_or(0, |d| d.len())
+            + user
     }
 }
 

@@ -1,7 +1,9 @@
-//! What one SUBSCRIBE and one session may hold: a repeated filter brings its
+//! What one packet and one session may hold: a repeated filter brings its
 //! retained messages once, retained messages stop at the session's free
-//! queue space, and filters beyond the per-packet and per-session limits are
-//! refused with 0x97 (5.0) or 0x80 (3.1.1).
+//! queue space, filters beyond the per-packet and per-session limits are
+//! refused with 0x97 (5.0) or 0x80 (3.1.1), a PUBLISH with too many user
+//! properties is refused with 0x97, and properties count against a
+//! session's byte limit.
 
 mod common;
 
@@ -105,6 +107,69 @@ async fn filters_beyond_the_packet_and_session_limits_are_refused() {
     assert_eq!(
         refused.with_label_values(&["too_many_subscriptions"]).get(),
         1
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_publish_with_too_many_user_properties_is_refused_and_not_routed() {
+    let mut config = Config::default();
+    config.mqtt.max_user_properties = 10;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    let mut sub = Raw::connect(addr, Protocol::V5, "sub").await;
+    sub.subscribe(1, "props", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
+    let mut flood = common::publish("props", b"x", QoS::AtLeastOnce, false, 1);
+    flood.properties.user_properties = (0..11).map(|i| (format!("k{i}"), String::new())).collect();
+    publisher.send(&Packet::Publish(flood)).await;
+    match publisher.recv().await {
+        Some(Packet::PubAck(ack)) => assert_eq!(ack.reason, ReasonCode::QuotaExceeded),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    sub.expect_silence().await;
+    let mut fine = common::publish("props", b"y", QoS::AtLeastOnce, false, 2);
+    fine.properties.user_properties = (0..10).map(|i| (format!("k{i}"), String::new())).collect();
+    publisher.send(&Packet::Publish(fine)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::PubAck(a)) if !a.reason.is_error()));
+    assert_eq!(
+        sub.expect_publish().await.properties.user_properties.len(),
+        10
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn properties_count_against_the_queue_byte_limit() {
+    let mut config = Config::default();
+    config.session.max_queued_bytes = 4096;
+    let broker = common::start(config).await;
+    let addr = broker.local_addr();
+    // An offline persistent session that queues QoS 1 messages in memory.
+    let (mut sub, _) = Raw::connect_with(addr, Protocol::V5, "slow", |c| {
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+    })
+    .await;
+    sub.subscribe(1, "heavy", QoS::AtLeastOnce).await;
+    common::disconnect(sub).await;
+    let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
+    // A 1-byte payload with ~1 KiB of user properties: the fifth does not fit.
+    for id in 1..=5u16 {
+        let mut heavy = common::publish("heavy", b"x", QoS::AtLeastOnce, false, id);
+        heavy.properties.user_properties = vec![("k".into(), "v".repeat(1000))];
+        publisher.send(&Packet::Publish(heavy)).await;
+        publisher.recv().await;
+    }
+    let dropped = broker
+        .shared()
+        .metrics
+        .messages_dropped
+        .with_label_values(&["queue_full"])
+        .get();
+    assert!(
+        dropped >= 1,
+        "1-byte payloads with 1 KiB properties filled 4 KiB: {dropped} dropped"
     );
     broker.shutdown().await;
 }

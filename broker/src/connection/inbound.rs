@@ -81,7 +81,16 @@ impl Connection {
         if qos != QoS::AtMostOnce && self.unacknowledged() >= self.receive_maximum {
             return Err(End::Violation(ReasonCode::ReceiveMaximumExceeded));
         }
-        let (reason, write) = if self.allowed(Action::Publish, &publish.topic) {
+        let max_properties = self.shared.config.load().mqtt.max_user_properties;
+        let (reason, write) = if publish.properties.user_properties.len() > max_properties {
+            // Every subscriber would get a copy of them.
+            self.shared
+                .metrics
+                .messages_dropped
+                .with_label_values(&["too_many_user_properties"])
+                .inc();
+            (ReasonCode::QuotaExceeded, Write::None)
+        } else if self.allowed(Action::Publish, &publish.topic) {
             self.route(publish, packet_id)?
         } else {
             self.shared
