@@ -9,7 +9,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::admission::Admission;
 use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
@@ -227,10 +227,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut admission: 
                 Ok((stream, peer)) => match admission.admit(peer.ip(), Instant::now()) {
                     Ok(admitted) => {
                         let shared = Arc::clone(&shared);
-                        connections.spawn(async move {
-                            connection::serve(shared, stream, peer).await;
-                            drop(admitted);
-                        });
+                        // Every event of the connection carries its address
+                        // and, once CONNECT is read, its client id.
+                        let span = tracing::info_span!(
+                            "connection",
+                            %peer,
+                            client_id = tracing::field::Empty
+                        );
+                        connections.spawn(
+                            async move {
+                                connection::serve(shared, stream, peer).await;
+                                drop(admitted);
+                            }
+                            .instrument(span),
+                        );
                     }
                     Err(limit) => {
                         shared.metrics.connections_refused.inc();

@@ -68,7 +68,7 @@ impl Connection {
         if !flush_for.is_zero() {
             let _ = io.flush_within(flush_for).await;
         }
-        debug!(client = %self.session.client_id, ?end, "connection closed");
+        debug!(?end, "connection closed");
         self.finish_writes().await;
         let will = match end {
             End::ClientDisconnect(ReasonCode::Success) | End::Shutdown => None,
@@ -91,7 +91,7 @@ impl Connection {
             let _ = self.settle(done);
         }
         if let Some(e) = failed {
-            warn!(client = %self.session.client_id, error = %e, "message store write failed after the connection ended");
+            warn!(error = %e, "message store write failed after the connection ended");
         }
     }
 

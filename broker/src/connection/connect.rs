@@ -81,7 +81,7 @@ pub(super) async fn handshake(
 ) -> Option<Connection> {
     let config = shared.config.load_full();
     let mut steps = Steps::new();
-    let connect = read_connect(shared, &config, io, peer).await?;
+    let connect = read_connect(shared, &config, io).await?;
     steps.mark("read_connect");
     let protocol = connect.protocol;
     let (client_id, assigned) = match validate(&config, &connect) {
@@ -91,6 +91,7 @@ pub(super) async fn handshake(
             return None;
         }
     };
+    tracing::Span::current().record("client_id", client_id.as_str());
     steps.mark("validate");
     if let Err(reason) = authenticate(shared, &config, &connect, peer).await {
         refuse(shared, io, protocol, reason).await;
@@ -136,17 +137,12 @@ pub(super) async fn handshake(
     steps.mark("connack");
     count(shared, "success");
     steps.report(shared, &client_id, config.diagnostics.slow_connect_ms);
-    debug!(%peer, client_id, ?protocol, session_present, "client connected");
+    debug!(?protocol, session_present, "client connected");
     Some(connection)
 }
 
 /// Reads the CONNECT packet, within the connect timeout.
-async fn read_connect(
-    shared: &Shared,
-    config: &Config,
-    io: &mut Io,
-    peer: SocketAddr,
-) -> Option<Connect> {
+async fn read_connect(shared: &Shared, config: &Config, io: &mut Io) -> Option<Connect> {
     let max_in = config.mqtt.max_packet_size as usize;
     let read = tokio::time::timeout(
         config.mqtt.connect_timeout(),
@@ -155,14 +151,14 @@ async fn read_connect(
     .await;
     let connect = match read {
         Err(_) => {
-            debug!(%peer, "no CONNECT in time");
+            debug!("no CONNECT in time");
             count(shared, "connect_timeout");
             return None;
         }
         Ok(Ok(None)) => return None,
         Ok(Ok(Some(Packet::Connect(connect)))) => connect,
         Ok(Ok(Some(other))) => {
-            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            debug!(packet = other.name(), "first packet is not CONNECT");
             count(shared, "protocol_error");
             return None;
         }
@@ -176,7 +172,7 @@ async fn read_connect(
             return None;
         }
         Ok(Err(e)) => {
-            debug!(%peer, error = %e, "malformed CONNECT");
+            debug!(error = %e, "malformed CONNECT");
             count(shared, "malformed");
             return None;
         }

@@ -7,6 +7,7 @@ use tidemq_proto::mqtt::{
 };
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 /// What a PUBLISH waits for before its acknowledgement.
 type PublishWrite = Write<PendingRecord, Stored>;
@@ -173,7 +174,7 @@ impl Connection {
         };
         let (outcome, to_store) = delivery::route(&self.shared, &message, origin).map_err(|e| {
             delivery::count_storage_error(&self.shared.metrics);
-            tracing::warn!(client = %self.session.client_id, error = %e, "cannot store a message");
+            tracing::warn!(error = %e, "cannot store a message");
             End::ServerError
         })?;
         outcome.count_drops(&self.shared.metrics);
@@ -294,12 +295,15 @@ impl Connection {
                 && let Some(write) = self.persist_session()
             {
                 let metrics = self.shared.metrics.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = write.await {
-                        delivery::count_storage_error(&metrics);
-                        tracing::warn!(error = %e, "cannot store a session's new expiry");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = write.await {
+                            delivery::count_storage_error(&metrics);
+                            tracing::warn!(error = %e, "cannot store a session's new expiry");
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
             }
         }
         End::ClientDisconnect(disconnect.reason)

@@ -221,7 +221,7 @@ impl Connection {
             // the select (or arm the write deadline) for that.
             let unwritten = io.write_buf.len();
             if let Err(e) = io.try_flush() {
-                tracing::debug!(client = %self.session.client_id, error = %e, "write failed");
+                tracing::debug!(error = %e, "write failed");
                 break End::Dropped;
             }
             self.note_write_progress(unwritten, io);
@@ -367,7 +367,7 @@ impl Connection {
                 Ok(())
             }
             Err(e) => {
-                warn!(client = %self.session.client_id, error = %e, "message store write failed");
+                warn!(error = %e, "message store write failed");
                 Err(End::ServerError)
             }
         }
@@ -401,7 +401,7 @@ impl Connection {
                 Ok(())
             }
             Err(e) => {
-                warn!(client = %self.session.client_id, error = %e, "cannot read stored messages");
+                warn!(error = %e, "cannot read stored messages");
                 Err(End::ServerError)
             }
         }
@@ -457,7 +457,7 @@ impl Connection {
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    tracing::debug!(client = %self.session.client_id, error = %e, "bad packet");
+                    tracing::debug!(error = %e, "bad packet");
                     return Err(End::Violation(e.reason_code()));
                 }
             }

@@ -18,7 +18,7 @@ impl Connection {
         match mqtt::encode(packet, self.protocol, &mut io.write_buf) {
             Ok(()) => self.shared.metrics.packets_out.count(packet),
             Err(e) => {
-                warn!(client = %self.session.client_id, packet = packet.name(), error = %e, "cannot encode")
+                warn!(packet = packet.name(), error = %e, "cannot encode")
             }
         }
     }
