@@ -1,0 +1,133 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_are_loopback_and_anonymous() {
+    let c = Config::load(None, env(&[])).unwrap();
+    assert_eq!(c.listener.bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
+    assert!(c.listener.allow_anonymous);
+    c.check_exposure().unwrap();
+}
+
+#[test]
+fn file_then_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        "[mqtt]\nmax_packet_size = 4096\n[listener]\nbind = \"127.0.0.1:1999\"\n",
+    )
+    .unwrap();
+    let c = Config::load(
+        Some(&path),
+        env(&[("TIDEMQ_MQTT__MAX_PACKET_SIZE", "8192"), ("OTHER", "x")]),
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_packet_size, 8192);
+    assert_eq!(c.listener.bind.port(), 1999);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors() {
+    let err = Config::load(None, env(&[("TIDEMQ_MQTT__NO_SUCH_KEY", "1")])).unwrap_err();
+    assert!(
+        err.to_string().contains("TIDEMQ_MQTT__NO_SUCH_KEY"),
+        "{err}"
+    );
+    let err = Config::load(None, env(&[("TIDEMQ_MQTT__MAX_PACKET_SIZE", "big")])).unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { .. }));
+}
+
+#[test]
+fn storage_sync_policies() {
+    use tidemq_storage_engine::SyncPolicy;
+    let sync = |value: &str| {
+        Config::load(None, env(&[("TIDEMQ_STORAGE__SYNC", value)])).map(|c| c.storage.sync_policy())
+    };
+    assert!(matches!(sync("always"), Ok(Ok(SyncPolicy::Always))));
+    assert!(matches!(sync("never"), Ok(Ok(SyncPolicy::Never))));
+    assert!(
+        matches!(sync("100"), Ok(Ok(SyncPolicy::Interval(d))) if d == Duration::from_millis(100))
+    );
+    for bad in ["sometimes", "0", "-5", "\"100\""] {
+        assert!(
+            matches!(sync(bad), Err(ConfigError::Invalid { .. })),
+            "{bad} is refused"
+        );
+    }
+    let err = Config::load(None, env(&[("TIDEMQ_STORAGE__PARTITIONS", "0")])).unwrap_err();
+    assert!(err.to_string().contains("storage.partitions"), "{err}");
+}
+
+#[test]
+fn example_file_lists_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tidemq.toml");
+    let c = Config::load(Some(&path), env(&[])).unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn node_sections_from_environment() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("TIDEMQ_DATA_DIR", "/tmp/tidemq-x"),
+            ("TIDEMQ_META__GRPC_ADDR", "127.0.0.1:1229"),
+            (
+                "TIDEMQ_META__PEERS",
+                r#"["1=127.0.0.1:1229", "2=127.0.0.1:1230"]"#,
+            ),
+            ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[300, 600]"),
+            ("TIDEMQ_HTTP__BIND", "127.0.0.1:0"),
+            ("TIDEMQ_RUNTIME__BROKER_WORKERS", "4"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/tidemq-x"));
+    assert_eq!(c.http.bind.port(), 0);
+    assert_eq!(c.runtime.broker_workers, 4);
+    let meta = c.meta.to_meta_config(&c.data_dir.join("meta")).unwrap();
+    assert_eq!(meta.grpc_addr.port(), 1229);
+    assert_eq!(meta.initial_members[1], (2, "127.0.0.1:1230".to_string()));
+    assert_eq!(meta.election_timeout.1, Duration::from_millis(600));
+    assert_eq!(meta.data_dir, PathBuf::from("/tmp/tidemq-x/meta"));
+}
+
+#[test]
+fn bad_meta_sections_are_errors() {
+    for (key, value) in [
+        ("TIDEMQ_META__NODE_ID", "0"),
+        ("TIDEMQ_META__PEERS", r#"["2=127.0.0.1:1230"]"#),
+        ("TIDEMQ_META__PEERS", r#"["one=127.0.0.1:1230"]"#),
+        ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[2000, 1000]"),
+        ("TIDEMQ_META__ELECTION_TIMEOUT_MS", "[50, 1000]"),
+        ("TIDEMQ_RUNTIME__META_RAFT_WORKERS", "0"),
+    ] {
+        let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+        assert!(
+            err.to_string().contains("meta") || err.to_string().contains("runtime"),
+            "{key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn anonymous_public_listener_is_refused() {
+    let c = Config::load(None, env(&[("TIDEMQ_LISTENER__BIND", "0.0.0.0:1883")])).unwrap();
+    assert!(c.check_exposure().is_err());
+    let c = Config::load(
+        None,
+        env(&[
+            ("TIDEMQ_LISTENER__BIND", "0.0.0.0:1883"),
+            ("TIDEMQ_LISTENER__ALLOW_ANONYMOUS_ON_PUBLIC_ADDRESS", "true"),
+        ]),
+    )
+    .unwrap();
+    c.check_exposure().unwrap();
+}
