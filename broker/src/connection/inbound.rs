@@ -85,20 +85,12 @@ impl Connection {
         let max_properties = self.shared.config.load().mqtt.max_user_properties;
         let (reason, write) = if publish.properties.user_properties.len() > max_properties {
             // Every subscriber would get a copy of them.
-            self.shared
-                .metrics
-                .messages_dropped
-                .with_label_values(&["too_many_user_properties"])
-                .inc();
+            self.count_dropped("too_many_user_properties");
             (ReasonCode::QuotaExceeded, Write::None)
         } else if self.allowed(Action::Publish, &publish.topic) {
             self.route(publish, packet_id)?
         } else {
-            self.shared
-                .metrics
-                .messages_dropped
-                .with_label_values(&["not_authorized"])
-                .inc();
+            self.count_dropped("not_authorized");
             (ReasonCode::NotAuthorized, Write::None)
         };
         let response = PubResponse {
@@ -126,6 +118,15 @@ impl Connection {
             },
         );
         Ok(())
+    }
+
+    /// Counts a PUBLISH that was not routed.
+    fn count_dropped(&self, reason: &str) {
+        self.shared
+            .metrics
+            .messages_dropped
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Whether an inbound QoS 2 message with this packet id was received

@@ -65,10 +65,7 @@ impl Connection {
                 Err(reason) => reasons.push(reason),
             }
         }
-        self.shared
-            .metrics
-            .subscriptions
-            .set(self.shared.router.subscription_count() as i64);
+        self.count_subscriptions();
         let suback = Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons,
@@ -191,6 +188,12 @@ impl Connection {
         }
     }
 
+    /// Sets the subscription gauge from the router.
+    fn count_subscriptions(&self) {
+        let count = self.shared.router.subscription_count();
+        self.shared.metrics.subscriptions.set(count as i64);
+    }
+
     fn count_refused(&self, reason: &str) {
         self.shared
             .metrics
@@ -222,10 +225,7 @@ impl Connection {
                 }
             })
             .collect();
-        self.shared
-            .metrics
-            .subscriptions
-            .set(self.shared.router.subscription_count() as i64);
+        self.count_subscriptions();
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons,
