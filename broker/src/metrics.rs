@@ -1,6 +1,6 @@
 //! Prometheus metrics of the broker.
 
-use tidemq_proto::mqtt::Packet;
+use tidemq_proto::mqtt::{PACKET_TYPE_NAMES, Packet};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -198,81 +198,58 @@ impl BrokerMetrics {
 #[derive(Clone)]
 pub struct PacketCounters {
     vec: IntCounterVec,
+    /// By packet type number, from 1 (CONNECT) at index 0.
     by_type: [IntCounter; 15],
 }
 
 impl PacketCounters {
     fn new(vec: IntCounterVec) -> Self {
-        let by_type = TYPES.map(|name| vec.with_label_values(&[name]));
+        let by_type = std::array::from_fn(|i| vec.with_label_values(&[PACKET_TYPE_NAMES[i + 1]]));
         Self { vec, by_type }
     }
 
     /// Counts one packet.
     pub fn count(&self, packet: &Packet) {
-        self.by_type[type_index(packet)].inc();
+        let index = usize::from(packet.type_number()).wrapping_sub(1);
+        if let Some(counter) = self.by_type.get(index) {
+            counter.inc();
+        }
     }
 
     /// The counter of one packet type, by its name (`"CONNACK"`).
     pub fn of(&self, name: &str) -> Option<&IntCounter> {
-        let index = TYPES.iter().position(|t| *t == name)?;
+        let index = PACKET_TYPE_NAMES[1..].iter().position(|t| *t == name)?;
         self.by_type.get(index)
-    }
-}
-
-/// Packet type names, in the order of [`type_index`].
-const TYPES: [&str; 15] = [
-    "CONNECT",
-    "CONNACK",
-    "PUBLISH",
-    "PUBACK",
-    "PUBREC",
-    "PUBREL",
-    "PUBCOMP",
-    "SUBSCRIBE",
-    "SUBACK",
-    "UNSUBSCRIBE",
-    "UNSUBACK",
-    "PINGREQ",
-    "PINGRESP",
-    "DISCONNECT",
-    "AUTH",
-];
-
-fn type_index(packet: &Packet) -> usize {
-    match packet {
-        Packet::Connect(_) => 0,
-        Packet::ConnAck(_) => 1,
-        Packet::Publish(_) => 2,
-        Packet::PubAck(_) => 3,
-        Packet::PubRec(_) => 4,
-        Packet::PubRel(_) => 5,
-        Packet::PubComp(_) => 6,
-        Packet::Subscribe(_) => 7,
-        Packet::SubAck(_) => 8,
-        Packet::Unsubscribe(_) => 9,
-        Packet::UnsubAck(_) => 10,
-        Packet::PingReq => 11,
-        Packet::PingResp => 12,
-        Packet::Disconnect(_) => 13,
-        Packet::Auth(_) => 14,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tidemq_proto::mqtt::Packet;
+    use tidemq_proto::mqtt::{PACKET_TYPE_NAMES, Packet};
 
-    use super::{BrokerMetrics, TYPES};
+    use super::BrokerMetrics;
 
     #[test]
     fn each_packet_type_counts_under_its_own_name() {
-        let metrics = BrokerMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        let registry = prometheus::Registry::new();
+        let metrics = BrokerMetrics::register(&registry).expect("metrics");
         metrics.packets_in.count(&Packet::PingReq);
         metrics.packets_in.count(&Packet::PingReq);
-        for name in TYPES {
-            let expected = if name == Packet::PingReq.name() { 2 } else { 0 };
+        for name in &PACKET_TYPE_NAMES[1..] {
+            let expected = if *name == Packet::PingReq.name() {
+                2
+            } else {
+                0
+            };
             let counted = metrics.packets_in.vec.with_label_values(&[name]).get();
             assert_eq!(counted, expected, "{name}");
         }
+        let reserved = registry
+            .gather()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .flat_map(|metric| metric.get_label())
+            .any(|label| label.value() == PACKET_TYPE_NAMES[0]);
+        assert!(!reserved, "no series for the reserved type");
     }
 }

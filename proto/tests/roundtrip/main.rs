@@ -1,6 +1,7 @@
 //! Property tests: any packet a protocol can express encodes to exactly
-//! `encoded_len` bytes and decodes back to itself (a PUBLISH encodes the
-//! same through `encode_publish`).
+//! `encoded_len` bytes, with its own type number and name in the first
+//! byte, and decodes back to itself (a PUBLISH encodes the same through
+//! `encode_publish`).
 
 mod fields;
 mod packets;
@@ -17,6 +18,9 @@ fn assert_round_trip(packet: &Packet, p: Protocol) -> Result<(), TestCaseError> 
     let mut buf = BytesMut::new();
     encode(packet, p, &mut buf).map_err(|e| TestCaseError::fail(format!("encode: {e}")))?;
     prop_assert_eq!(encoded_len(packet, p).ok(), Some(buf.len()));
+    // The type number and name are those of the first byte's high nibble.
+    prop_assert_eq!(packet.type_number(), buf[0] >> 4);
+    prop_assert_eq!(packet.name(), PACKET_TYPE_NAMES[usize::from(buf[0] >> 4)]);
     if let Packet::Publish(publish) = packet {
         // The borrowed-PUBLISH encoder writes the same bytes, appended.
         let mut appended = BytesMut::from(&b"xy"[..]);

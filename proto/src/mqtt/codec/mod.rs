@@ -189,27 +189,39 @@ fn body_len(packet: &Packet, protocol: Protocol) -> Result<usize, EncodeError> {
     Ok(remaining)
 }
 
+impl Packet {
+    /// The packet's type number (MQTT section 2.1.2): the high nibble of
+    /// its first byte, 1 (CONNECT) to 15 (AUTH).
+    pub fn type_number(&self) -> u8 {
+        match self {
+            Packet::Connect(_) => kind::CONNECT,
+            Packet::ConnAck(_) => kind::CONNACK,
+            Packet::Publish(_) => kind::PUBLISH,
+            Packet::PubAck(_) => kind::PUBACK,
+            Packet::PubRec(_) => kind::PUBREC,
+            Packet::PubRel(_) => kind::PUBREL,
+            Packet::PubComp(_) => kind::PUBCOMP,
+            Packet::Subscribe(_) => kind::SUBSCRIBE,
+            Packet::SubAck(_) => kind::SUBACK,
+            Packet::Unsubscribe(_) => kind::UNSUBSCRIBE,
+            Packet::UnsubAck(_) => kind::UNSUBACK,
+            Packet::PingReq => kind::PINGREQ,
+            Packet::PingResp => kind::PINGRESP,
+            Packet::Disconnect(_) => kind::DISCONNECT,
+            Packet::Auth(_) => kind::AUTH,
+        }
+    }
+}
+
 /// The packet type and flags byte.
 fn first_byte(packet: &Packet, protocol: Protocol) -> Result<u8, EncodeError> {
-    let (packet_type, flags) = match packet {
-        Packet::Connect(_) => (kind::CONNECT, 0),
-        Packet::ConnAck(_) => (kind::CONNACK, 0),
-        Packet::Publish(p) => (kind::PUBLISH, publish::flags(p)),
-        Packet::PubAck(_) => (kind::PUBACK, 0),
-        Packet::PubRec(_) => (kind::PUBREC, 0),
-        Packet::PubRel(_) => (kind::PUBREL, FLAGS_0010),
-        Packet::PubComp(_) => (kind::PUBCOMP, 0),
-        Packet::Subscribe(_) => (kind::SUBSCRIBE, FLAGS_0010),
-        Packet::SubAck(_) => (kind::SUBACK, 0),
-        Packet::Unsubscribe(_) => (kind::UNSUBSCRIBE, FLAGS_0010),
-        Packet::UnsubAck(_) => (kind::UNSUBACK, 0),
-        Packet::PingReq => (kind::PINGREQ, 0),
-        Packet::PingResp => (kind::PINGRESP, 0),
-        Packet::Disconnect(_) => (kind::DISCONNECT, 0),
+    let flags = match packet {
+        Packet::Publish(p) => publish::flags(p),
+        Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => FLAGS_0010,
         Packet::Auth(_) if !protocol.is_v5() => return Err(EncodeError::NotInProtocol("AUTH")),
-        Packet::Auth(_) => (kind::AUTH, 0),
+        _ => 0,
     };
-    Ok(packet_type << 4 | flags)
+    Ok(packet.type_number() << 4 | flags)
 }
 
 /// Writes everything after the fixed header.
