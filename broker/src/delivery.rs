@@ -111,14 +111,21 @@ pub(crate) fn route(
     let queue_qos0 = shared.config.load().session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
     let mut durable = Vec::new();
-    let auth = shared.auth.load();
+    // Loaded only for a subscription the ACL partly allows.
+    let mut auth = None;
     for target in shared.router.targets(message, &shared.sessions) {
         let RouteTarget {
             session,
             delivery,
             acl_check,
         } = target;
-        if acl_check && !may_receive(&auth, &session, &message.topic) {
+        if acl_check
+            && !may_receive(
+                auth.get_or_insert_with(|| shared.auth.load()),
+                &session,
+                &message.topic,
+            )
+        {
             outcome.dropped_not_authorized += 1;
             continue;
         }
@@ -156,8 +163,9 @@ pub(crate) fn route(
 
 /// Whether the ACL lets `session` receive a message on `topic`.
 pub(crate) fn may_receive(auth: &AuthState, session: &Session, topic: &str) -> bool {
-    let username = session.lock().username.clone();
-    auth.may_receive(username.as_deref(), &session.client_id, topic)
+    // The ACL takes no lock of its own, so it may run under the session's.
+    let state = session.lock();
+    auth.may_receive(state.username.as_deref(), &session.client_id, topic)
 }
 
 /// Encodes the record of `message` for its persistent recipients.

@@ -26,6 +26,7 @@ pub(crate) async fn restore(
         return Ok(());
     };
     let config = shared.config.load_full();
+    let auth = shared.auth.load_full();
     for (publish, expires_at_ms) in recovered.retained {
         let message = durable::retained_message(publish, expires_at_ms);
         shared.router.retain(&Arc::new(message));
@@ -71,7 +72,6 @@ pub(crate) async fn restore(
             state.durable = Some(stored.epoch);
             state.inbound_qos2 = recovered.inbound_qos2.into_iter().collect();
             state.username = stored.username.clone();
-            let auth = shared.auth.load();
             for sub in &stored.subscriptions {
                 // The ACL may have changed since the subscription was made.
                 let acl = auth.subscription(stored.username.as_deref(), client_id, &sub.filter);

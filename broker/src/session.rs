@@ -513,9 +513,7 @@ impl Session {
         {
             return Err((attachment, Refusal::NotOwner));
         }
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
+        state.cancel_timers();
         let previous = state.attachment.replace(attachment);
         let resumable = state.generation > 0;
         state.generation += 1;
@@ -542,7 +540,12 @@ impl Session {
 
     /// Counts a dropped delivery.
     pub fn count_drop(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.count_drops(1);
+    }
+
+    /// Counts `n` dropped deliveries.
+    pub fn count_drops(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -701,6 +704,13 @@ impl SessionState {
         self.queue.for_each_stored(each);
         for at in self.inflight.iter().filter_map(|i| i.delivery.stored) {
             each(at);
+        }
+    }
+
+    /// Cancels the offline timers (expiry, will delay).
+    pub fn cancel_timers(&mut self) {
+        for timer in self.timers.drain(..) {
+            timer.abort();
         }
     }
 

@@ -294,9 +294,7 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
             return;
         }
         state.ended = true;
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
+        state.cancel_timers();
         (state.pending_will.take(), state.durable.take())
     };
     if let (Some(_), Some(store)) = (durable, shared.durable.clone()) {

@@ -9,15 +9,15 @@ use tidemq_proto::mqtt::{
 use futures_util::FutureExt;
 use tracing::Instrument;
 
-/// What a PUBLISH waits for before its acknowledgement.
-type PublishWrite = Write<PendingRecord, Stored>;
-
 use super::acks::{Work, Write};
 use super::{Connection, End, Io};
 use crate::auth::Action;
 use crate::delivery::{self, PendingRecord, Stored, ToStore};
 use crate::durable::{DiskRef, DurableError, Origin};
 use crate::message::Message;
+
+/// What a PUBLISH waits for before its acknowledgement.
+type PublishWrite = Write<PendingRecord, Stored>;
 
 impl Connection {
     /// Handles one packet; `Err` ends the connection.

@@ -409,17 +409,25 @@ impl Connection {
 
     /// Queues in-memory deliveries (retained messages) on the session.
     fn queue_all(&mut self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
         let queue_qos0 = self.shared.config.load().session.queue_qos0_offline;
         for delivery in deliveries {
             if self.session.enqueue(delivery, queue_qos0).is_err() {
-                self.session.count_drop();
-                self.shared
-                    .metrics
-                    .messages_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
+                self.count_queue_full(1);
             }
         }
+    }
+
+    /// Counts `n` deliveries the session's queue had no room for.
+    fn count_queue_full(&self, n: u64) {
+        self.session.count_drops(n);
+        self.shared
+            .metrics
+            .messages_dropped
+            .with_label_values(&["queue_full"])
+            .inc_by(n);
     }
 
     /// The session's store and epoch, if it is persistent.

@@ -179,12 +179,7 @@ impl Connection {
             });
         }
         if dropped > 0 {
-            self.session.count_drop();
-            self.shared
-                .metrics
-                .messages_dropped
-                .with_label_values(&["queue_full"])
-                .inc_by(dropped);
+            self.count_queue_full(dropped);
         }
     }
 

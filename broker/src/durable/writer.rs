@@ -1,12 +1,12 @@
 //! The writer tasks of the message store: one per message partition,
 //! appending that partition's records in batches.
 
+use std::sync::Arc;
+
 use prometheus::IntCounter;
 use tidemq_storage_engine::{AppendResult, StorageEngine, StorageError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
-
-use std::sync::Arc;
 
 use super::DurableError;
 use super::backlog::Backlog;
