@@ -57,16 +57,27 @@
 //!
 //! All integers are little-endian; `len` counts the whole frame and the CRC32C
 //! covers `len` and everything after the CRC. At open every segment is
-//! scanned: a torn or corrupt tail is truncated at the last valid record, and a
-//! segment with nothing readable in it is renamed `*.log.corrupt`; both are
+//! scanned: a torn or corrupt tail is truncated at the last valid record; the
+//! bytes cut after a corrupt record that is not a crash's torn tail (a bad
+//! frame inside a sealed segment, say) are first copied to
+//! `*.log.tail-{position}.corrupt`, valid records after it included; and a
+//! segment with nothing readable in it is renamed `*.log.corrupt`. All are
 //! logged, counted in metrics and listed in [`StorageEngine::recovery_report`].
 //!
 //! ## Failure model
 //!
-//! A failed write or `fdatasync` poisons the file and its partition: the
-//! appends of that round get the I/O error and every later append gets
-//! [`StorageError::Poisoned`], so nothing acknowledged is ever silently lost.
-//! Reopening the engine re-validates the files and clears the poison.
+//! A failed write or `fdatasync` (a full disk, an I/O error) poisons the file
+//! and its partition: the appends of that round get the I/O error and every
+//! append queued behind it gets [`StorageError::Poisoned`], so the log never
+//! acknowledges a record that follows a hole. Once the appends in flight are
+//! answered, the next append repairs the partition (at most once per
+//! [`EngineBuilder::heal_retry`], default 1 s): damaged segments are cut back
+//! to their last acknowledged record and synced, and appends resume. While
+//! the disk stays full the repair fails and appends keep failing fast; when
+//! space is freed the partition recovers by itself, with nothing that was
+//! acknowledged lost. Reads work throughout. New segment files are made
+//! durable in their directory (`fsync` of the partition directory) before
+//! they take records.
 
 #![deny(missing_docs)]
 

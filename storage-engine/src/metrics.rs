@@ -77,7 +77,9 @@ pub(crate) struct EngineMetrics {
     pub truncated_segments: IntCounter,
     pub truncated_bytes: IntCounter,
     pub quarantined_segments: IntCounter,
+    pub tails_set_aside: IntCounter,
     pub deleted_segments: IntCounter,
+    pub healed_partitions: IntCounter,
     pub partitions: IntGauge,
 }
 
@@ -116,9 +118,17 @@ impl EngineMetrics {
                 "tidemq_storage_quarantined_segments_total",
                 "Unreadable segments moved aside at open",
             )?,
+            tails_set_aside: counter(
+                "tidemq_storage_tails_set_aside_total",
+                "Runs of bytes after a corrupt record (not a torn tail) set aside in a file at open",
+            )?,
             deleted_segments: counter(
                 "tidemq_storage_deleted_segments_total",
                 "Segments removed by retention or partition deletion",
+            )?,
+            healed_partitions: counter(
+                "tidemq_storage_healed_partitions_total",
+                "Partitions repaired after a failed write or sync, taking appends again",
             )?,
             partitions: IntGauge::new("tidemq_storage_partitions", "Open partitions")?,
         };
@@ -130,7 +140,9 @@ impl EngineMetrics {
             &metrics.truncated_segments,
             &metrics.truncated_bytes,
             &metrics.quarantined_segments,
+            &metrics.tails_set_aside,
             &metrics.deleted_segments,
+            &metrics.healed_partitions,
         ] {
             registry.register(Box::new(c.clone()))?;
         }

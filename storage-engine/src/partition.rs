@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Result, StorageError};
 use crate::executor::FileHandle;
@@ -61,8 +61,30 @@ pub(crate) struct PartitionState {
     /// Every offset below this is acknowledged (durable under `SyncPolicy::Always`).
     pub committed_offset: u64,
     pub last_timestamp_ms: i64,
-    pub poisoned: Option<String>,
+    pub poisoned: Option<Poison>,
+    /// Appends sent to the I/O thread and not answered yet.
+    pub inflight: usize,
+    /// A [`HealPlan`] is being carried out.
+    pub healing: bool,
     pub deleted: bool,
+}
+
+/// Why and since when a partition takes no appends.
+#[derive(Debug, Clone)]
+pub(crate) struct Poison {
+    pub cause: String,
+    /// When the failure happened, or when the last heal failed.
+    pub since: Instant,
+}
+
+/// The repair of a poisoned partition: every segment holding bytes that
+/// were never acknowledged is cut back to its acknowledged prefix.
+#[derive(Debug)]
+pub(crate) struct HealPlan {
+    /// Each damaged segment's base offset, file and acknowledged size.
+    pub cuts: Vec<(u64, FileHandle, u64)>,
+    /// The segment appends go to, reopened once it is repaired.
+    pub active: FileHandle,
 }
 
 impl Partition {
@@ -83,6 +105,8 @@ impl Partition {
                 committed_offset: next_offset,
                 last_timestamp_ms,
                 poisoned: None,
+                inflight: 0,
+                healing: false,
                 deleted: false,
             }),
         }
@@ -101,13 +125,68 @@ impl PartitionState {
         if self.deleted {
             return Err(StorageError::UnknownPartition(id));
         }
-        if let Some(cause) = &self.poisoned {
+        if let Some(poison) = &self.poisoned {
             return Err(StorageError::Poisoned {
                 partition: id,
-                cause: cause.clone(),
+                cause: poison.cause.clone(),
             });
         }
         Ok(())
+    }
+
+    /// Marks the partition poisoned by a failed write or sync, unless it
+    /// already is.
+    pub fn poison(&mut self, error: &StorageError) {
+        self.poisoned.get_or_insert_with(|| Poison {
+            cause: error.to_string(),
+            since: Instant::now(),
+        });
+    }
+
+    /// Whether the partition is poisoned and may be repaired now: no
+    /// append is still on its way to the I/O thread, no other repair runs,
+    /// and the last failure is at least `retry_after` old. Marks the repair
+    /// as started and returns what to cut.
+    pub fn plan_heal(&mut self, retry_after: Duration) -> Option<HealPlan> {
+        let poison = self.poisoned.as_ref()?;
+        if self.inflight > 0 || self.healing || poison.since.elapsed() < retry_after {
+            return None;
+        }
+        let active = self.segments.values().next_back()?.file.clone();
+        let cuts = self
+            .segments
+            .values()
+            .filter(|s| s.size > s.committed_size)
+            .map(|s| (s.base_offset, s.file.clone(), s.committed_size))
+            .collect();
+        self.healing = true;
+        Some(HealPlan { cuts, active })
+    }
+
+    /// Records the outcome of a [`HealPlan`]: on success every cut segment
+    /// ends at its last acknowledged record and the partition takes appends
+    /// again, from the offset after the active segment's last acknowledged
+    /// record; on failure it stays poisoned and is retried later.
+    pub fn finish_heal(&mut self, plan: &HealPlan, healed: &Result<()>) {
+        self.healing = false;
+        if let Err(e) = healed {
+            self.poisoned = Some(Poison {
+                cause: e.to_string(),
+                since: Instant::now(),
+            });
+            return;
+        }
+        for (base, _, committed_size) in &plan.cuts {
+            if let Some(segment) = self.segments.get_mut(base) {
+                segment.size = *committed_size;
+                segment.next_offset = segment.committed_next_offset;
+                segment.index.truncate_from(segment.next_offset);
+            }
+        }
+        if let Some(active) = self.segments.values().next_back() {
+            self.next_offset = active.next_offset;
+        }
+        self.poisoned = None;
     }
 
     /// Whether a batch of `batch_bytes` must go to a new segment.
@@ -175,6 +254,7 @@ impl PartitionState {
         self.committed_offset = self.committed_offset.max(end_offset);
         if let Some(segment) = self.segments.get_mut(&segment_base) {
             segment.committed_size = segment.committed_size.max(end_position);
+            segment.committed_next_offset = segment.committed_next_offset.max(end_offset);
         }
     }
 

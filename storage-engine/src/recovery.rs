@@ -3,9 +3,13 @@
 //! Runs on the partition's I/O thread with plain blocking file calls, before
 //! any append is accepted. Every frame is checked (length bounds, CRC32C, and
 //! offsets that continue the segment's run). The first bad frame ends the
-//! segment: the bytes from there on are cut off and reported. A segment with
-//! nothing valid in it, or one that cannot be read, is renamed to
-//! `*.log.corrupt` and reported; the rest of the log stays usable.
+//! segment: the bytes from there on are cut off and reported. What is cut
+//! is set aside in a file of its own (`*.log.tail-{position}.corrupt`) unless
+//! it is only a crash's leftovers (a frame torn at the end of the last
+//! segment, or zeros): a bad frame in the middle of a segment may be followed
+//! by valid records, and those are kept for inspection, not deleted. A
+//! segment with nothing valid in it, or one that cannot be read, is renamed
+//! to `*.log.corrupt` and reported; the rest of the log stays usable.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -32,6 +36,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Unreadable segments moved aside, with their new names.
     pub quarantined: Vec<PathBuf>,
+    /// Files holding the bytes cut off after a bad frame that was not a
+    /// crash's torn tail (they may hold valid records).
+    pub tails_set_aside: Vec<PathBuf>,
 }
 
 impl RecoveryReport {
@@ -42,6 +49,7 @@ impl RecoveryReport {
         self.truncated_segments += other.truncated_segments;
         self.truncated_bytes += other.truncated_bytes;
         self.quarantined.extend(other.quarantined);
+        self.tails_set_aside.extend(other.tails_set_aside);
     }
 }
 
@@ -121,6 +129,10 @@ pub(crate) fn recover_partition(
                 reason = scan.stop_reason.unwrap_or("torn frame"),
                 "truncating segment tail"
             );
+            let torn = is_last && matches!(scan.stop_reason, None | Some(TORN_HEADER | TORN));
+            if !torn && let Some(aside) = set_aside_tail(&path, scan.valid_len)? {
+                report.tails_set_aside.push(aside);
+            }
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(scan.valid_len)?;
             file.sync_all()?;
@@ -143,6 +155,10 @@ pub(crate) fn recover_partition(
     }
     Ok((segments, report))
 }
+
+/// Why a scan stopped at a frame cut short by the end of the file.
+const TORN_HEADER: &str = "torn frame header";
+const TORN: &str = "torn frame";
 
 struct Scan {
     file_len: u64,
@@ -172,7 +188,7 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
             break;
         }
         if file_len - scan.valid_len < FRAME_HEADER_LEN as u64 {
-            scan.stop_reason = Some("torn frame header");
+            scan.stop_reason = Some(TORN_HEADER);
             break;
         }
         buf.resize(FRAME_HEADER_LEN, 0);
@@ -186,7 +202,7 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
             Decoded::Frame { len, .. } => len, // a payload-less frame
         };
         if (file_len - scan.valid_len) < len as u64 {
-            scan.stop_reason = Some("torn frame");
+            scan.stop_reason = Some(TORN);
             break;
         }
         buf.resize(len, 0);
@@ -220,6 +236,31 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
     Ok(scan)
 }
 
+/// Copies the bytes of `path` from `from` to its end into a file of their
+/// own, synced, unless they are all zeros. Returns that file.
+fn set_aside_tail(path: &Path, from: u64) -> io::Result<Option<PathBuf>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    if tail.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let target = path.with_extension(format!("log.tail-{from}.corrupt"));
+    let mut aside = File::create(&target)?;
+    io::Write::write_all(&mut aside, &tail)?;
+    aside.sync_all()?;
+    warn!(
+        path = %path.display(),
+        position = from,
+        bytes = tail.len(),
+        moved_to = %target.display(),
+        "setting aside the bytes after a corrupt record"
+    );
+    Ok(Some(target))
+}
+
 /// Renames an unreadable segment out of the log and returns its new path.
 fn quarantine(path: &Path, reason: &str) -> io::Result<PathBuf> {
     let mut target = path.with_extension("log.corrupt");
@@ -248,6 +289,7 @@ pub(crate) fn log_report(dir: &Path, report: &RecoveryReport) {
         truncated_segments = report.truncated_segments,
         truncated_bytes = report.truncated_bytes,
         quarantined = report.quarantined.len(),
+        tails_set_aside = report.tails_set_aside.len(),
         "storage recovered"
     );
 }

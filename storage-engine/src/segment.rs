@@ -70,6 +70,14 @@ impl SparseIndex {
         after.checked_sub(1).map(|i| self.entries[i])
     }
 
+    /// Forgets the entries of offsets at or after `offset` (records cut off
+    /// the segment's end); the next record observed gets an entry.
+    pub fn truncate_from(&mut self, offset: u64) {
+        let keep = self.entries.partition_point(|e| e.offset < offset);
+        self.entries.truncate(keep);
+        self.bytes_since_entry = u64::MAX;
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -87,6 +95,8 @@ pub(crate) struct Segment {
     pub committed_size: u64,
     /// One past the last offset handed to the I/O thread.
     pub next_offset: u64,
+    /// One past the last offset acknowledged by the I/O thread.
+    pub committed_next_offset: u64,
     /// Largest record timestamp in the segment (`i64::MIN` while empty).
     pub max_timestamp_ms: i64,
     pub index: SparseIndex,
@@ -101,6 +111,7 @@ impl Segment {
             size: 0,
             committed_size: 0,
             next_offset: base_offset,
+            committed_next_offset: base_offset,
             max_timestamp_ms: i64::MIN,
             index: SparseIndex::default(),
         }

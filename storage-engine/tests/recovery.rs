@@ -89,6 +89,61 @@ async fn flipped_byte_ends_the_valid_log() -> anyhow::Result<()> {
     f.write_all(&[byte[0] ^ 0x40])?;
     drop(f);
     let engine = assert_recovered(tmp.path(), 15, len - framed_len(15)).await?;
+    // Not a torn write: what followed the bad record is kept aside.
+    let aside = &engine.recovery_report().tails_set_aside;
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::metadata(&aside[0])?.len(), len - framed_len(15));
+    engine.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn corruption_inside_a_sealed_segment_sets_the_rest_aside() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    fixture(tmp.path(), 1500).await?;
+    let files = segment_files(tmp.path(), 1);
+    assert!(files.len() >= 3);
+    let sealed = &files[0];
+    let sealed_bytes = std::fs::read(sealed)?;
+    let next_base: u64 = files[1]
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| anyhow::anyhow!("name"))?
+        .parse()?;
+    // Flip a payload byte of record 10; records 11.. of the segment are valid.
+    let at = framed_len(10) + FRAME_HEADER_LEN as u64 + 1;
+    let mut f = OpenOptions::new().write(true).open(sealed)?;
+    f.seek(SeekFrom::Start(at))?;
+    f.write_all(&[sealed_bytes[at as usize] ^ 0x01])?;
+    drop(f);
+
+    let engine = small_engine(tmp.path()).open().await?;
+    let report = engine.recovery_report().clone();
+    assert_eq!(report.truncated_segments, 1, "{report:?}");
+    assert_eq!(report.tails_set_aside.len(), 1, "{report:?}");
+    // The bytes from the bad record on, valid records included, are kept
+    // byte for byte; the segment itself ends before it.
+    let aside = std::fs::read(&report.tails_set_aside[0])?;
+    let mut original_tail = sealed_bytes[framed_len(10) as usize..].to_vec();
+    original_tail[FRAME_HEADER_LEN + 1] ^= 0x01;
+    assert_eq!(aside, original_tail);
+    assert_eq!(std::fs::metadata(sealed)?.len(), framed_len(10));
+    let metric = engine
+        .registry()
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "tidemq_storage_tails_set_aside_total")
+        .map(|f| f.get_metric()[0].get_counter().get_value());
+    assert_eq!(metric, Some(1.0));
+    // The log around the hole is served: records 0..10, then the next segment.
+    let all = engine.read(1, 0, 1 << 20).await?;
+    let offsets: Vec<u64> = all.iter().map(|r| r.offset).take(11).collect();
+    let mut expected: Vec<u64> = (0..10).collect();
+    expected.push(next_base);
+    assert_eq!(offsets, expected);
+    let skipped = engine.read(1, 10, 100).await?;
+    assert_eq!(skipped[0].offset, next_base);
+    assert_eq!(engine.partition_info(1)?.next_offset, 1500);
     engine.close().await?;
     Ok(())
 }

@@ -269,7 +269,10 @@ fn answer(file: &OpenFile, result: io::Result<()>, replies: Vec<(u64, Reply)>, p
     match (result, poisoned) {
         (Err(e), _) => {
             for (_, reply) in replies {
-                let source = io::Error::new(e.kind(), e.to_string());
+                let source = e.raw_os_error().map_or_else(
+                    || io::Error::new(e.kind(), e.to_string()),
+                    io::Error::from_raw_os_error,
+                );
                 let _ = reply.send(Err(StorageError::io("append", &*file.handle.path, source)));
             }
         }
@@ -480,6 +483,11 @@ impl Worker {
             .await
             .map_err(|e| StorageError::io("stat", &path, e))?
             .len();
+        if len == 0 {
+            // Likely just created: its directory entry must be durable
+            // before records in it are acknowledged.
+            sync_parent(&path).await?;
+        }
         let open = Rc::new(OpenFile {
             file,
             handle: handle.clone(),
@@ -597,6 +605,21 @@ impl Worker {
         self.files.clear();
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// `fsync`s the directory holding `path`, so an entry created in it
+/// survives a crash.
+async fn sync_parent(path: &std::path::Path) -> Result<()> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let synced = async {
+        let dir = OpenOptions::new().read(true).open(dir).await?;
+        dir.sync_all().await
+    };
+    synced
+        .await
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
 }
 
 /// Answers a command that arrived after shutdown with [`StorageError::Closed`].

@@ -31,3 +31,53 @@ pub fn segment_files(dir: &Path, partition: u64) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// A filesystem of its own with little space (a size-limited tmpfs), for
+/// tests of a full disk. Unmounted when dropped.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` on a new temporary directory. `None` when
+    /// not running as root (mounting needs it; CI runs as root), so a
+    /// developer's unprivileged `cargo test` skips the test and says so.
+    pub fn mount(bytes: u64) -> anyhow::Result<Option<Self>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a small filesystem needs root");
+            return Ok(None);
+        }
+        let dir = tempfile::tempdir()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tidemq-test"])
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "mount tmpfs failed: {status}");
+        Ok(Some(Self { dir }))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with a file of zeros until a write fails;
+    /// returns the file, whose removal gives the space back.
+    pub fn fill(&self) -> anyhow::Result<std::path::PathBuf> {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        Ok(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -16,6 +16,9 @@ use crate::metrics::EngineMetrics;
 use crate::partition::{Partition, Retention};
 use crate::recovery::{self, RecoveryReport, ScanLimits};
 use crate::segment::{Segment, segment_path};
+use heal::Inflight;
+
+mod heal;
 
 /// Name of the directory holding one sub-directory per partition.
 const PARTITIONS_DIR: &str = "partitions";
@@ -30,6 +33,7 @@ pub struct EngineBuilder {
     max_record_bytes: usize,
     retention: Retention,
     retention_check_interval: Duration,
+    heal_retry: Duration,
     registry: Option<Registry>,
 }
 
@@ -88,6 +92,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How long a partition poisoned by a failed write or sync waits before
+    /// the next append tries to repair it (default 1 s). Until then appends
+    /// fail at once with [`StorageError::Poisoned`].
+    pub fn heal_retry(mut self, after: Duration) -> Self {
+        self.heal_retry = after;
+        self
+    }
+
     /// Register metrics in this registry instead of a private one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -139,6 +151,7 @@ impl EngineBuilder {
                         size: s.size,
                         committed_size: s.size,
                         next_offset: s.next_offset,
+                        committed_next_offset: s.next_offset,
                         max_timestamp_ms: s.max_timestamp_ms,
                         index: s.index,
                     });
@@ -174,6 +187,9 @@ impl EngineBuilder {
         metrics
             .quarantined_segments
             .inc_by(report.quarantined.len() as u64);
+        metrics
+            .tails_set_aside
+            .inc_by(report.tails_set_aside.len() as u64);
         metrics.partitions.set(partitions.len() as i64);
 
         let inner = Arc::new(Inner {
@@ -184,6 +200,7 @@ impl EngineBuilder {
             index_interval: self.index_interval_bytes,
             max_record_bytes: self.max_record_bytes,
             default_retention: self.retention,
+            heal_retry: self.heal_retry,
             metrics,
             registry,
             report,
@@ -254,6 +271,7 @@ struct Inner {
     index_interval: u64,
     max_record_bytes: usize,
     default_retention: Retention,
+    heal_retry: Duration,
     metrics: EngineMetrics,
     registry: Registry,
     report: RecoveryReport,
@@ -279,6 +297,7 @@ impl StorageEngine {
             max_record_bytes: 8 * 1024 * 1024,
             retention: Retention::default(),
             retention_check_interval: Duration::from_secs(60),
+            heal_retry: Duration::from_secs(1),
             registry: None,
         }
     }
@@ -402,10 +421,12 @@ impl StorageEngine {
             payload_bytes += size;
         }
         let part = self.partition(partition)?;
+        self.heal_if_poisoned(&part).await?;
         let batch_bytes = (payload_bytes + records.len() * FRAME_HEADER_LEN) as u64;
 
         // Two queue slots: a possible segment roll, then the write itself.
         let mut permits = self.inner.executor.reserve(partition, 2).await?;
+        let mut inflight = Inflight::new(&part);
         let (reply_rx, first_offset, segment_base, end_position, timestamp_ms, rolled) = {
             let mut state = part.lock();
             state.check_open(partition)?;
@@ -428,6 +449,7 @@ impl StorageEngine {
                 data: plan.data,
                 reply,
             });
+            inflight.sent(&mut state);
             let (first, base, end) = (plan.first_offset, plan.segment_base, plan.end_position);
             (reply_rx, first, base, end, plan.timestamp_ms, rolled)
         };
@@ -435,11 +457,12 @@ impl StorageEngine {
         let written = recv(reply_rx).await;
         {
             let mut state = part.lock();
+            inflight.answered(&mut state);
             if let Err(e) = written {
                 // A write the I/O thread never ran because the engine shut
                 // down is not a failed write: it must not poison the file.
                 if !matches!(e, StorageError::Closed) {
-                    state.poisoned.get_or_insert_with(|| e.to_string());
+                    state.poison(&e);
                 }
                 return Err(e);
             }
