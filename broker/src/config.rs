@@ -473,6 +473,10 @@ pub struct StorageConfig {
     /// Bytes of records waiting for the partition writers above which
     /// connections stop reading until the writers catch up.
     pub max_backlog_bytes: usize,
+    /// Free space the message store leaves on its disk: below it, messages
+    /// that must be stored are refused (5.0: PUBACK/PUBREC 0x97) until space
+    /// is freed.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -486,6 +490,7 @@ impl Default for StorageConfig {
             segment_bytes: 64 * 1024 * 1024,
             trim_interval_ms: 5_000,
             max_backlog_bytes: 64 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -175,6 +175,7 @@ impl Node {
                 sync: config.storage.sync_policy()?,
                 segment_bytes: config.storage.segment_bytes,
                 max_backlog_bytes: config.storage.max_backlog_bytes,
+                min_free_bytes: config.storage.min_free_bytes,
             };
             // Session changes are written through the meta service too.
             let catalog = match MetaClient::with_deadline(

@@ -34,6 +34,17 @@ pub enum StorageError {
         cause: String,
     },
 
+    /// The filesystem holds less free space than the engine keeps free
+    /// ([`EngineBuilder::min_free_bytes`](crate::EngineBuilder::min_free_bytes)):
+    /// nothing was written, and appends go on once space is freed.
+    #[error("the disk has {free} bytes free, below the {min_free} bytes kept free")]
+    DiskFull {
+        /// Free bytes, as last sampled less what was appended since.
+        free: u64,
+        /// The floor.
+        min_free: u64,
+    },
+
     /// The partition was never created, or has been deleted.
     #[error("unknown partition {0}")]
     UnknownPartition(u64),

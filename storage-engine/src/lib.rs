@@ -75,7 +75,11 @@
 //! to their last acknowledged record and synced, and appends resume. While
 //! the disk stays full the repair fails and appends keep failing fast; when
 //! space is freed the partition recovers by itself, with nothing that was
-//! acknowledged lost. Reads work throughout. New segment files are made
+//! acknowledged lost. Reads work throughout. To keep room for what must
+//! still be written on a full disk (other stores beside the log, a repair, the
+//! next start), [`EngineBuilder::min_free_bytes`] sets a floor of free space
+//! below which appends fail with [`StorageError::DiskFull`] without writing
+//! anything, until space is freed. New segment files are made
 //! durable in their directory (`fsync` of the partition directory) before
 //! they take records.
 
@@ -89,6 +93,7 @@ mod metrics;
 mod partition;
 mod recovery;
 mod segment;
+mod space;
 
 pub use engine::{AppendResult, EngineBuilder, PartitionInfo, StorageEngine};
 pub use error::{Result, StorageError};

@@ -80,6 +80,8 @@ pub(crate) struct EngineMetrics {
     pub tails_set_aside: IntCounter,
     pub deleted_segments: IntCounter,
     pub healed_partitions: IntCounter,
+    pub refused_appends: IntCounter,
+    pub free_bytes: IntGauge,
     pub partitions: IntGauge,
 }
 
@@ -130,6 +132,14 @@ impl EngineMetrics {
                 "tidemq_storage_healed_partitions_total",
                 "Partitions repaired after a failed write or sync, taking appends again",
             )?,
+            refused_appends: counter(
+                "tidemq_storage_disk_full_refusals_total",
+                "Appends refused because the disk had less free space than min_free_bytes",
+            )?,
+            free_bytes: IntGauge::new(
+                "tidemq_storage_free_bytes",
+                "Free bytes on the data directory's filesystem, as last sampled",
+            )?,
             partitions: IntGauge::new("tidemq_storage_partitions", "Open partitions")?,
         };
         registry.register(Box::new(metrics.append_seconds.clone()))?;
@@ -143,10 +153,12 @@ impl EngineMetrics {
             &metrics.tails_set_aside,
             &metrics.deleted_segments,
             &metrics.healed_partitions,
+            &metrics.refused_appends,
         ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(metrics.partitions.clone()))?;
+        registry.register(Box::new(metrics.free_bytes.clone()))?;
         Ok(metrics)
     }
 }

@@ -366,6 +366,23 @@ impl PartitionState {
         removed
     }
 
+    /// Whether every record is below `offset` and acknowledged, none is on
+    /// its way, and the segment being written holds some: it can be
+    /// replaced by an empty one and removed.
+    pub fn all_below(&self, offset: u64) -> bool {
+        offset >= self.next_offset
+            && self.committed_offset == self.next_offset
+            && self.inflight == 0
+            && self.poisoned.is_none()
+            && !self.healing
+            && !self.deleted
+            && self
+                .segments
+                .values()
+                .next_back()
+                .is_some_and(|s| !s.is_empty())
+    }
+
     /// Bytes held on disk.
     pub fn size(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()

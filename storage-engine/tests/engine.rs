@@ -221,11 +221,14 @@ async fn trim_removes_only_segments_wholly_below_the_offset() -> anyhow::Result<
     let records = engine.read(6, 1500, 100).await?;
     assert_eq!(records[0].offset, 1500);
     assert_eq!(records[0].payload, payload(6, 1500));
-    // Trimming past the end keeps the segment being written.
+    // Trimming past the end replaces the segment being written by an
+    // empty one: nothing is left on disk, and offsets go on.
     engine.trim_before(6, u64::MAX).await?;
     let last = engine.partition_info(6)?;
     assert_eq!(last.segments, 1);
-    assert_eq!(last.next_offset, 3000);
+    assert_eq!((last.log_start, last.next_offset), (3000, 3000));
+    assert_eq!(last.size_bytes, 0);
+    assert_eq!(segment_files(tmp.path(), 6).len(), 1);
     engine.append(6, &[payload(6, 3000)]).await?;
     engine.close().await?;
     // Reopened, the trimmed log starts where it was trimmed.

@@ -129,3 +129,64 @@ async fn an_engine_opens_on_a_full_disk() -> anyhow::Result<()> {
     engine.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_stop_at_the_free_space_floor_and_resume_above_it() -> anyhow::Result<()> {
+    let Some(disk) = SmallDisk::mount(4 * 1024 * 1024)? else {
+        return Ok(());
+    };
+    let dir = disk.path().join("store");
+    let floor = 1024 * 1024;
+    let engine = small_engine(&dir)
+        .min_free_bytes(floor)
+        .space_check_interval(Duration::from_millis(10))
+        .open()
+        .await?;
+    engine.create_partition(0).await?;
+    // Leave about 1.5 MiB free: half a MiB above the floor.
+    let filler = disk.fill()?;
+    let len = std::fs::metadata(&filler)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)?
+        .set_len(len - 3 * floor / 2)?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (mut acked, error) = append_until_full(&engine, 0).await?;
+    assert!(
+        matches!(error, StorageError::DiskFull { min_free, .. } if min_free == floor),
+        "stopped at the floor, got {error}"
+    );
+    let written: usize = acked.iter().map(|&o| payload(0, o).len()).sum();
+    assert!(
+        (256 * 1024..1024 * 1024).contains(&written),
+        "about half a MiB went in before the floor: {written}"
+    );
+    // Nothing failed on disk: no poison, just the same refusal, fast.
+    let again = engine.append(0, &[b"x"]).await;
+    assert!(
+        matches!(again, Err(StorageError::DiskFull { .. })),
+        "{again:?}"
+    );
+
+    std::fs::remove_file(&filler)?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let next = acked.len() as u64;
+    for offset in next..next + 100 {
+        assert_eq!(
+            engine.append(0, &[payload(0, offset)]).await?.first_offset,
+            offset
+        );
+        acked.push(offset);
+    }
+    assert_eq!(read_all(&engine).await?.len(), acked.len());
+    let refused = engine
+        .registry()
+        .gather()
+        .into_iter()
+        .find(|m| m.name() == "tidemq_storage_disk_full_refusals_total")
+        .map_or(0.0, |m| m.get_metric()[0].get_counter().get_value());
+    assert!(refused >= 2.0, "refusals are counted: {refused}");
+    engine.close().await?;
+    Ok(())
+}

@@ -119,6 +119,7 @@ async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
         sync: SyncPolicy::Always,
         segment_bytes: 1 << 20,
         max_backlog_bytes: 64 << 20,
+        min_free_bytes: 0,
     };
     let (store, recovered) = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
     let mut queued: Vec<usize> = recovered.sessions.iter().map(|s| s.queue.len()).collect();

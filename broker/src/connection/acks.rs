@@ -11,7 +11,11 @@
 //! belong to that batch is pushed, so that order is kept.
 //!
 //! What a finished write releases comes back as [`Done`] from
-//! [`AckQueue::next`], strictly in push order. When a connection ends, the
+//! [`AckQueue::next`], strictly in push order. A failed write ends the
+//! connection, unless every response it held says how to refuse instead
+//! ([`Work::refusal`]: PUBACK/PUBREC 0x97 in 5.0, nothing for QoS 0): then
+//! those refusals are released in its place and the connection goes on,
+//! never having acknowledged what was not written. When a connection ends, the
 //! queue [`finish`](AckQueue::finish)es on its own, so nothing already read
 //! from the socket is lost: the records are sent, the writes complete, and
 //! their deliveries are queued for their subscribers.
@@ -68,6 +72,9 @@ pub(crate) struct Work<R, S> {
     /// Whether this is a QoS 1/2 PUBLISH still unacknowledged until it is
     /// done (it counts against the receive maximum meanwhile).
     pub publish: bool,
+    /// What to answer instead if the write fails (`Some(None)`: nothing);
+    /// `None` ends the connection.
+    pub refusal: Option<Option<Packet>>,
 }
 
 impl<R, S> Work<R, S> {
@@ -79,6 +86,7 @@ impl<R, S> Work<R, S> {
             then: Vec::new(),
             qos2: None,
             publish: false,
+            refusal: None,
         }
     }
 
@@ -101,6 +109,8 @@ pub(crate) struct Done<S> {
     pub then: Vec<Delivery>,
     /// See [`Work::publish`].
     pub publish: bool,
+    /// The write failed and `response` is the refusal: nothing was stored.
+    pub refused: bool,
 }
 
 fn done<R, S>(stored: Option<S>, work: Work<R, S>) -> Done<S> {
@@ -110,7 +120,32 @@ fn done<R, S>(stored: Option<S>, work: Work<R, S>) -> Done<S> {
         response: work.response,
         then: work.then,
         publish: work.publish,
+        refused: false,
     }
+}
+
+/// The responses of works whose write failed with `error`: their refusals
+/// when every one has one, otherwise the error (the connection ends).
+fn refused<R, S>(
+    works: Vec<Work<R, S>>,
+    error: DurableError,
+) -> Result<Vec<Done<S>>, DurableError> {
+    if works.iter().any(|w| w.refusal.is_none()) {
+        return Err(error);
+    }
+    Ok(works
+        .into_iter()
+        .map(|work| Done {
+            stored: None,
+            // Kept so the queue stops holding the id; cleared before the
+            // caller sees it (the message was not received).
+            qos2: work.qos2,
+            response: work.refusal.flatten(),
+            then: Vec::new(),
+            publish: work.publish,
+            refused: true,
+        })
+        .collect())
 }
 
 /// The work of a queue writing through sink `K`.
@@ -166,8 +201,15 @@ impl<K: RecordSink> AckQueue<K> {
             Write::Alone(write) => {
                 self.end_pass();
                 self.hold(&work);
-                self.steps
-                    .push_back(async move { Ok(vec![done(write.await?, work)]) }.boxed());
+                self.steps.push_back(
+                    async move {
+                        match write.await {
+                            Ok(stored) => Ok(vec![done(stored, work)]),
+                            Err(e) => refused(vec![work], e),
+                        }
+                    }
+                    .boxed(),
+                );
                 None
             }
         }
@@ -183,12 +225,14 @@ impl<K: RecordSink> AckQueue<K> {
         let written = self.sink.write(records);
         self.steps.push_back(
             async move {
-                let stored = written.await?;
-                Ok(stored
-                    .into_iter()
-                    .zip(works)
-                    .map(|(stored, work)| done(Some(stored), work))
-                    .collect())
+                match written.await {
+                    Ok(stored) => Ok(stored
+                        .into_iter()
+                        .zip(works)
+                        .map(|(stored, work)| done(Some(stored), work))
+                        .collect()),
+                    Err(e) => refused(works, e),
+                }
             }
             .boxed(),
         );
@@ -198,10 +242,11 @@ impl<K: RecordSink> AckQueue<K> {
     /// waiting for a write. An error means a write failed: the connection
     /// must end, and nothing after it is released. Cancel safe.
     pub(crate) async fn next(&mut self) -> Option<Result<Vec<Done<K::Stored>>, DurableError>> {
-        let released = self.steps.next().await?;
-        if let Ok(done) = &released {
+        let mut released = self.steps.next().await?;
+        if let Ok(done) = &mut released {
             for d in done {
                 self.release(d);
+                forget_refused(d);
             }
         }
         Some(released)
@@ -245,7 +290,10 @@ impl<K: RecordSink> AckQueue<K> {
             let mut released = Vec::new();
             while let Some(step) = steps.next().await {
                 match step {
-                    Ok(done) => released.extend(done),
+                    Ok(done) => released.extend(done.into_iter().map(|mut d| {
+                        forget_refused(&mut d);
+                        d
+                    })),
                     Err(e) => return (released, Some(e)),
                 }
             }
@@ -265,6 +313,14 @@ impl<K: RecordSink> AckQueue<K> {
         if let Some(id) = done.qos2 {
             self.qos2.retain(|held| *held != id);
         }
+    }
+}
+
+/// A refused QoS 2 message was not received: its packet id is not
+/// recorded.
+fn forget_refused<S>(done: &mut Done<S>) {
+    if done.refused {
+        done.qos2 = None;
     }
 }
 

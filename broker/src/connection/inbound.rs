@@ -114,14 +114,34 @@ impl Connection {
             Work {
                 qos2,
                 publish: qos != QoS::AtMostOnce,
+                refusal: self.refusal(qos, packet_id),
                 ..Work::after(write, response)
             },
         );
         Ok(())
     }
 
+    /// What the publisher is told if its message cannot be stored (a full
+    /// disk): a 5.0 client gets PUBACK/PUBREC 0x97 (quota exceeded) and
+    /// stays connected; a 3.1.1 client cannot be told, so its connection
+    /// ends before anything is acknowledged (`None`). A QoS 0 message has no
+    /// answer either way.
+    fn refusal(&self, qos: QoS, packet_id: u16) -> Option<Option<Packet>> {
+        let response = PubResponse {
+            packet_id,
+            reason: ReasonCode::QuotaExceeded,
+            properties: AckProperties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => Some(None),
+            _ if !self.protocol.is_v5() => None,
+            QoS::AtLeastOnce => Some(Some(Packet::PubAck(response))),
+            QoS::ExactlyOnce => Some(Some(Packet::PubRec(response))),
+        }
+    }
+
     /// Counts a PUBLISH that was not routed.
-    fn count_dropped(&self, reason: &str) {
+    pub(super) fn count_dropped(&self, reason: &str) {
         self.shared
             .metrics
             .messages_dropped

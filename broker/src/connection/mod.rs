@@ -384,6 +384,9 @@ impl Connection {
     /// stored deliveries, records an inbound QoS 2 packet id as received,
     /// queues the deliveries that follow; returns the response to send.
     fn settle(&mut self, done: Done<Stored>) -> Option<Packet> {
+        if done.refused {
+            self.count_dropped("not_stored");
+        }
         if let Some(stored) = done.stored {
             stored.enqueue(&self.shared.metrics);
         }

@@ -167,6 +167,9 @@ pub struct DurableConfig {
     /// Bytes queued for the partition writers above which connections
     /// stop reading.
     pub max_backlog_bytes: usize,
+    /// Free space left on the store's filesystem; below it appends fail
+    /// (`StorageError::DiskFull`) until space is freed.
+    pub min_free_bytes: u64,
 }
 
 /// One persistent session as the logs left it.
@@ -252,6 +255,7 @@ impl DurableStore {
             .segment_bytes(config.segment_bytes)
             // A record (a message and its recipients) may fill a segment.
             .max_record_bytes(max_record)
+            .min_free_bytes(config.min_free_bytes)
             .registry(registry.clone())
             .open()
             .await?;

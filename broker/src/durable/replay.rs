@@ -168,20 +168,24 @@ impl DurableStore {
                 .await?;
         }
 
-        self.compact(SESSIONS, session_records, sessions.len(), || {
-            sessions.values().cloned().map(Record::Session).collect()
-        })
-        .await?;
-        self.compact(RETAINED, retained_records, retained.len(), || {
-            retained
-                .values()
-                .map(|(publish, expires_at_ms)| Record::Retain {
-                    publish: publish.clone(),
-                    expires_at_ms: *expires_at_ms,
-                })
-                .collect()
-        })
-        .await?;
+        let compacted = self
+            .compact(SESSIONS, session_records, sessions.len(), || {
+                sessions.values().cloned().map(Record::Session).collect()
+            })
+            .await;
+        skip_failed_compaction(SESSIONS, compacted)?;
+        let compacted = self
+            .compact(RETAINED, retained_records, retained.len(), || {
+                retained
+                    .values()
+                    .map(|(publish, expires_at_ms)| Record::Retain {
+                        publish: publish.clone(),
+                        expires_at_ms: *expires_at_ms,
+                    })
+                    .collect()
+            })
+            .await;
+        skip_failed_compaction(RETAINED, compacted)?;
 
         recovered.retained = retained.into_values().collect();
         recovered.sessions = sessions
@@ -232,5 +236,21 @@ impl DurableStore {
         let removed = self.inner.engine.trim_before(partition, start).await?;
         info!(partition, records, live, removed, "compacted");
         Ok(())
+    }
+}
+
+/// A compaction that could not write its copy (a full disk) is skipped: the
+/// records it meant to replace are all still there, so nothing is lost, and
+/// the node starts anyway. A record that does not encode is a bug and fails.
+fn skip_failed_compaction(
+    partition: u64,
+    compacted: Result<(), DurableError>,
+) -> Result<(), DurableError> {
+    match compacted {
+        Err(DurableError::Storage(e)) => {
+            warn!(partition, error = %e, "cannot compact: the store keeps the records as they are");
+            Ok(())
+        }
+        other => other,
     }
 }

@@ -1,8 +1,10 @@
 //! Helpers for broker integration tests: a broker on an ephemeral loopback
 //! port, a raw MQTT client speaking bytes through the codec, rumqttc client
-//! options, and ([`process`]) the `tidemq` binary as a child process.
+//! options, ([`process`]) the `tidemq` binary as a child process, and
+//! ([`disk`]) a small filesystem of a test's own.
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -191,8 +191,20 @@ fn open_db(db_dir: &Path, snapshot_dir: &Path, wanted: Vec<String>) -> Result<DB
     // rather than in one burst at the end, which would stall the Raft log's
     // synced writes behind it.
     opts.set_bytes_per_sync(1 << 20);
+    // Replaying the WAL at open must not write SST files: a node whose disk
+    // is full still starts (and serves reads) instead of failing to open.
+    // (The crate has no setter for it.)
+    let opts = opts
+        .get_options_from_string("avoid_flush_during_recovery=true")
+        .map_err(StoreError::rocks("options"))?;
 
+    // The default column family is named so that it gets the 16 MiB
+    // memtable of the others (the crate would open it with RocksDB's
+    // defaults): RocksDB preallocates each new WAL file at 1.1 times the
+    // largest memtable (fallocate), and at the 64 MiB default that took
+    // 70 MiB of a nearly full disk at once.
     let mut names: BTreeSet<String> = wanted.into_iter().collect();
+    names.insert(rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_string());
     if db_dir.join("CURRENT").exists() {
         let existing = DB::list_cf(&opts, db_dir).map_err(StoreError::rocks("list_cf"))?;
         names.extend(existing);

@@ -16,6 +16,7 @@ use crate::metrics::EngineMetrics;
 use crate::partition::{Partition, Retention};
 use crate::recovery::{self, RecoveryReport, ScanLimits};
 use crate::segment::{Segment, segment_path};
+use crate::space::{self, FreeSpace};
 use heal::Inflight;
 
 mod heal;
@@ -34,6 +35,8 @@ pub struct EngineBuilder {
     retention: Retention,
     retention_check_interval: Duration,
     heal_retry: Duration,
+    min_free_bytes: u64,
+    space_check_interval: Duration,
     registry: Option<Registry>,
 }
 
@@ -100,6 +103,20 @@ impl EngineBuilder {
         self
     }
 
+    /// Free space the engine leaves on the data directory's filesystem:
+    /// below it appends fail with [`StorageError::DiskFull`] (default 0:
+    /// write until the disk is full).
+    pub fn min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    /// How often the free space is sampled (default 100 ms).
+    pub fn space_check_interval(mut self, interval: Duration) -> Self {
+        self.space_check_interval = interval;
+        self
+    }
+
     /// Register metrics in this registry instead of a private one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -133,6 +150,17 @@ impl EngineBuilder {
             .run_blocking(0, move || list_partitions(&listed))
             .await?
             .map_err(|e| StorageError::io("list partitions", &root, e))?;
+        let sampled = root.clone();
+        let free = executor
+            .run_blocking(0, move || space::free_bytes(&sampled))
+            .await?
+            .map_err(|e| StorageError::io("statvfs", &root, e))?;
+        let space = FreeSpace::new(
+            self.min_free_bytes,
+            free,
+            metrics.free_bytes.clone(),
+            metrics.refused_appends.clone(),
+        );
 
         let recoveries = ids.iter().map(|&id| {
             let dir = root.join(id.to_string());
@@ -201,11 +229,18 @@ impl EngineBuilder {
             max_record_bytes: self.max_record_bytes,
             default_retention: self.retention,
             heal_retry: self.heal_retry,
+            space,
             metrics,
             registry,
             report,
         });
         spawn_retention_thread(Arc::downgrade(&inner), self.retention_check_interval)?;
+        space::spawn_sampler(
+            Arc::downgrade(&inner),
+            |inner: &Inner| &inner.space,
+            root,
+            self.space_check_interval,
+        )?;
         Ok(StorageEngine { inner })
     }
 }
@@ -272,6 +307,7 @@ struct Inner {
     max_record_bytes: usize,
     default_retention: Retention,
     heal_retry: Duration,
+    space: FreeSpace,
     metrics: EngineMetrics,
     registry: Registry,
     report: RecoveryReport,
@@ -298,6 +334,8 @@ impl StorageEngine {
             retention: Retention::default(),
             retention_check_interval: Duration::from_secs(60),
             heal_retry: Duration::from_secs(1),
+            min_free_bytes: 0,
+            space_check_interval: Duration::from_millis(100),
             registry: None,
         }
     }
@@ -421,8 +459,9 @@ impl StorageEngine {
             payload_bytes += size;
         }
         let part = self.partition(partition)?;
-        self.heal_if_poisoned(&part).await?;
         let batch_bytes = (payload_bytes + records.len() * FRAME_HEADER_LEN) as u64;
+        self.inner.space.reserve(batch_bytes)?;
+        self.heal_if_poisoned(&part).await?;
 
         // Two queue slots: a possible segment roll, then the write itself.
         let mut permits = self.inner.executor.reserve(partition, 2).await?;
@@ -608,11 +647,27 @@ impl StorageEngine {
     /// Removes the sealed segments of `partition` that hold only offsets
     /// below `offset`: a consumer that no longer needs those records hands
     /// their space back. Whole segments go, so some records below `offset`
-    /// may stay; the segment being written always stays. Returns the number
-    /// of segments removed.
+    /// may stay. When `offset` is past every record and no append is under
+    /// way, the segment being written goes too, replaced by an empty one
+    /// (so a partition whose records all fit one segment still gives its
+    /// space back); otherwise it stays. Returns the number of segments
+    /// removed.
     pub async fn trim_before(&self, partition: u64, offset: u64) -> Result<usize> {
         let part = self.partition(partition)?;
-        let removed = part.lock().take_below(offset);
+        let mut permits = self.inner.executor.reserve(partition, 1).await?;
+        let removed = {
+            let mut state = part.lock();
+            if state.all_below(offset)
+                && let Some(permit) = permits.next()
+            {
+                let path = segment_path(&part.dir, state.next_offset);
+                let file = self.inner.executor.handle(partition, path);
+                state.roll(file.clone());
+                permit.send(Command::Open { file, reply: None });
+            }
+            state.take_below(offset)
+        };
+        drop(permits);
         let count = removed.len();
         if count > 0 {
             info!(

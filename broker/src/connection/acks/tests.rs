@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use tidemq_proto::mqtt::{Packet, PubResponse};
+use tidemq_proto::mqtt::{Packet, PubResponse, ReasonCode};
 use tidemq_storage_engine::StorageError;
 use tokio::sync::oneshot;
 
@@ -236,4 +236,50 @@ async fn finish_completes_every_write_without_a_connection() {
         done.iter().filter_map(|d| d.stored).collect::<Vec<_>>(),
         vec![1, 2]
     );
+}
+
+#[test]
+fn a_failed_write_whose_works_can_refuse_releases_the_refusals() {
+    let sink = Sink::default();
+    let mut queue = AckQueue::new(sink.clone());
+    let refusal = |packet_id| {
+        Packet::PubAck(PubResponse {
+            reason: ReasonCode::QuotaExceeded,
+            ..PubResponse::success(packet_id)
+        })
+    };
+    queue.push(Work {
+        refusal: Some(Some(refusal(1))),
+        ..record(1, 1)
+    });
+    queue.push(Work {
+        qos2: Some(2),
+        refusal: Some(Some(refusal(2))),
+        ..record(2, 2)
+    });
+    queue.push(Work::reply(Packet::PingResp));
+    queue.end_pass();
+    sink.complete(0, Err(failed()));
+    let done = ready(&mut queue);
+    assert_eq!(ids(&done), vec![1, 2, 0], "refusals, then what followed");
+    assert!(done[..2].iter().all(|d| d.refused && d.stored.is_none()));
+    assert_eq!(done[1].qos2, None, "a refused QoS 2 id is not recorded");
+    assert!(!queue.qos2_in_progress(2), "nor held");
+    assert_eq!(queue.unacked_publishes(), 0);
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn one_work_without_a_refusal_makes_the_failure_end_the_connection() {
+    let sink = Sink::default();
+    let mut queue = AckQueue::new(sink.clone());
+    queue.push(Work {
+        refusal: Some(None),
+        ..record(1, 1)
+    });
+    queue.push(record(2, 2));
+    queue.end_pass();
+    sink.complete(0, Err(failed()));
+    let first = queue.next().now_or_never().flatten().expect("resolved");
+    assert!(first.is_err());
 }
