@@ -152,7 +152,9 @@ pub struct MqttConfig {
     /// User properties one PUBLISH may carry (5.0); a message with more is
     /// not routed and its PUBACK/PUBREC says 0x97 (quota exceeded).
     pub max_user_properties: usize,
-    /// Upper bound on the session expiry a client may ask for, in seconds.
+    /// Upper bound on the session expiry a client may ask for, in seconds
+    /// (also what a 3.1.1 clean-session-0 client gets). An offline session
+    /// holds its stored messages on disk until it expires.
     pub max_session_expiry_secs: u32,
     /// Whether retained messages are supported.
     pub retain_available: bool,
@@ -171,7 +173,7 @@ impl Default for MqttConfig {
             write_timeout_secs: 30,
             max_subscribe_filters: 256,
             max_user_properties: 64,
-            max_session_expiry_secs: u32::MAX,
+            max_session_expiry_secs: 7 * 24 * 3600,
             retain_available: true,
         }
     }
@@ -206,6 +208,17 @@ pub struct SessionConfig {
     /// Subscriptions one session may hold; a SUBSCRIBE adding more is
     /// refused for those filters (5.0 0x97, 3.1.1 0x80).
     pub max_subscriptions: usize,
+    /// Stored messages older than this (seconds) are dropped from the
+    /// sessions still waiting for them, so that their space can be given
+    /// back; 0 keeps them until their sessions take them or expire.
+    pub max_message_age_secs: u64,
+}
+
+impl SessionConfig {
+    /// `max_message_age_secs` as a duration; `None` when it is 0 (no limit).
+    pub fn max_message_age(&self) -> Option<Duration> {
+        (self.max_message_age_secs > 0).then(|| Duration::from_secs(self.max_message_age_secs))
+    }
 }
 
 impl Default for SessionConfig {
@@ -216,6 +229,7 @@ impl Default for SessionConfig {
             queue_qos0_offline: false,
             max_stored_messages: 1_000_000,
             max_subscriptions: 10_000,
+            max_message_age_secs: 7 * 24 * 3600,
         }
     }
 }

@@ -176,6 +176,7 @@ impl Node {
                 segment_bytes: config.storage.segment_bytes,
                 max_backlog_bytes: config.storage.max_backlog_bytes,
                 min_free_bytes: config.storage.min_free_bytes,
+                max_message_age: config.session.max_message_age(),
             };
             // Session changes are written through the meta service too.
             let catalog = match MetaClient::with_deadline(

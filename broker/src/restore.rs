@@ -10,8 +10,10 @@ use tracing::{info, warn};
 
 use crate::auth::Subscription;
 use crate::broker::Shared;
-use crate::durable::{self, DiskRef, DurableError, Recovered};
-use crate::session::{Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry};
+use crate::durable::{self, DiskRef, DurableError, DurableStore, Recovered};
+use crate::session::{
+    DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry,
+};
 
 /// Puts back every recovered session (offline, with its subscriptions,
 /// stored backlog, QoS 2 state and expiry timer) and retained message, and
@@ -152,6 +154,47 @@ pub(crate) async fn restore(
     Ok(())
 }
 
+/// Drops, from every session's queue, the stored messages older than
+/// `session.max_message_age_secs`, so the trim that follows can give their
+/// space back even while a session that will never come back holds them.
+async fn drop_old_messages(shared: &Shared, store: &DurableStore) {
+    let Some(age) = shared.config.load().session.max_message_age() else {
+        return;
+    };
+    let cutoffs = match store.offsets_younger_than(age).await {
+        Ok(cutoffs) => cutoffs,
+        Err(e) => {
+            warn!(error = %e, "cannot find the messages older than session.max_message_age_secs");
+            return;
+        }
+    };
+    let too_old = |at: DiskRef| {
+        cutoffs
+            .get(at.partition as usize)
+            .is_some_and(|&cutoff| at.offset < cutoff)
+    };
+    let mut dropped = 0;
+    shared.sessions.for_each(|session| {
+        let n = session.lock().queue.drop_stored(&too_old);
+        if n > 0 {
+            session.count_drops(n as u64);
+            dropped += n;
+        }
+    });
+    if dropped > 0 {
+        info!(
+            messages = dropped,
+            max_age_secs = age.as_secs(),
+            "dropped stored messages past their maximum age"
+        );
+        shared
+            .metrics
+            .messages_dropped
+            .with_label_values(&[DropReason::TooOld.as_str()])
+            .inc_by(dropped as u64);
+    }
+}
+
 /// Every `every`, gives back the segments below the oldest message any
 /// session still needs, until the broker shuts down.
 pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
@@ -167,6 +210,7 @@ pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
+        drop_old_messages(&shared, &store).await;
         let mut held = 0i64;
         let trimmed = store
             .trim(|each| {

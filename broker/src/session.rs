@@ -32,6 +32,8 @@ pub enum DropReason {
     Expired,
     /// The message is larger than the client's maximum packet size.
     TooLarge,
+    /// A stored message waited longer than `session.max_message_age_secs`.
+    TooOld,
 }
 
 impl DropReason {
@@ -42,6 +44,7 @@ impl DropReason {
             DropReason::OfflineQoS0 => "offline_qos0",
             DropReason::Expired => "expired",
             DropReason::TooLarge => "too_large",
+            DropReason::TooOld => "too_old",
         }
     }
 }
@@ -92,6 +95,8 @@ pub trait MessageQueue: Send {
     fn park(&mut self);
     /// Calls `each` with every disk reference queued.
     fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef));
+    /// Drops the stored entries `too_old` says are; returns how many.
+    fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize;
 }
 
 /// The in-memory [`MessageQueue`].
@@ -218,6 +223,20 @@ impl MessageQueue for MemoryQueue {
         for at in self.items.iter().filter_map(stored_ref) {
             each(at);
         }
+    }
+
+    fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize {
+        let before = self.items.len();
+        let mut freed = 0;
+        self.items.retain(|entry| {
+            let drop = stored_ref(entry).is_some_and(too_old);
+            if drop {
+                freed += entry_bytes(entry);
+            }
+            !drop
+        });
+        self.bytes -= freed;
+        before - self.items.len()
     }
 }
 

@@ -188,6 +188,7 @@ async fn a_connect_the_store_cannot_record_leaves_no_session_behind() -> anyhow:
         segment_bytes: 1 << 20,
         max_backlog_bytes: 1 << 20,
         min_free_bytes: 0,
+        max_message_age: None,
     };
     let store = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
     let mut config = Config::default();

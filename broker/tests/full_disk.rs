@@ -1,7 +1,9 @@
 //! A node whose disk fills up: it refuses what needs the disk with a reason
 //! code (never acknowledging what was not written), keeps serving what does
 //! not, starts again while full, and takes messages again by itself once
-//! space is freed. The real `tidemq` binary on a small loop-mounted ext4.
+//! space is freed; and a session that never comes back does not keep the
+//! space of everything stored after its oldest message. The real `tidemq`
+//! binary, on a small loop-mounted ext4 where the disk must fill.
 
 mod common;
 
@@ -175,5 +177,61 @@ async fn a_full_disk_refuses_stored_messages_serves_the_rest_and_recovers() -> a
     }
     let p = sub.expect_publish().await;
     assert_eq!(index_of(&p.payload)?, next);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_session_does_not_pin_the_disk() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = NodeProcess::start(
+        dir.path(),
+        &[
+            ("TIDEMQ_STORAGE__SEGMENT_BYTES", "65536"),
+            ("TIDEMQ_STORAGE__TRIM_INTERVAL_MS", "200"),
+            ("TIDEMQ_SESSION__MAX_MESSAGE_AGE_SECS", "1"),
+        ],
+    )?;
+    // A 3.1.1 persistent session that takes one message and never returns.
+    let (mut gone, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "gone", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    gone.subscribe(1, "age/old", QoS::AtLeastOnce).await;
+    disconnect(gone).await;
+    let (mut active, _) = keeper(&node).await;
+    active.subscribe(1, "age/new", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "pub").await;
+    publisher
+        .publish("age/old", b"unread", QoS::AtLeastOnce, false, 1)
+        .await;
+
+    // Much more is stored and taken after it, past the age limit.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..2_000u32 {
+        let id = u16::try_from(i % 60_000 + 1)?;
+        publisher
+            .publish("age/new", &[b'n'; 1024], QoS::AtLeastOnce, false, id)
+            .await;
+        active.expect_publish().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("tidemq_storage_deleted_segments_total")? < 20.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "segments after the old message were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        node.metric("tidemq_messages_dropped_total{reason=\"too_old\"}")?,
+        1.0
+    );
+    // The session comes back to nothing.
+    let (mut gone, present) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "gone", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    assert!(present.session_present);
+    gone.expect_silence().await;
     Ok(())
 }

@@ -120,6 +120,7 @@ async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
         segment_bytes: 1 << 20,
         max_backlog_bytes: 64 << 20,
         min_free_bytes: 0,
+        max_message_age: None,
     };
     let (store, recovered) = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
     let mut queued: Vec<usize> = recovered.sessions.iter().map(|s| s.queue.len()).collect();

@@ -25,6 +25,7 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
         segment_bytes: 1 << 20,
         max_backlog_bytes: 1 << 20,
         min_free_bytes: 0,
+        max_message_age: None,
     };
     let (store, _) = DurableStore::open(&config, SessionCatalog::Local, &registry)
         .await

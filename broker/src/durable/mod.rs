@@ -170,6 +170,9 @@ pub struct DurableConfig {
     /// Free space left on the store's filesystem; below it appends fail
     /// (`StorageError::DiskFull`) until space is freed.
     pub min_free_bytes: u64,
+    /// Messages older than this are not queued again at replay
+    /// (`session.max_message_age_secs`); `None` keeps them all.
+    pub max_message_age: Option<Duration>,
 }
 
 /// One persistent session as the logs left it.
@@ -216,6 +219,8 @@ struct Inner {
     backlog: Arc<Backlog>,
     /// Largest record the engine takes.
     max_record: usize,
+    /// See [`DurableConfig::max_message_age`].
+    max_message_age: Option<Duration>,
     /// Completions that could not be recorded.
     ack_errors: IntCounter,
 }
@@ -308,6 +313,7 @@ impl DurableStore {
                 writers,
                 backlog,
                 max_record,
+                max_message_age: config.max_message_age,
                 ack_errors,
             }),
         };
@@ -629,6 +635,23 @@ impl DurableStore {
             out.push((at, delivery));
         }
         Ok(out)
+    }
+
+    /// For each message partition, the first offset of a message younger
+    /// than `age`: every queued message below it is older.
+    pub async fn offsets_younger_than(&self, age: Duration) -> Result<Vec<u64>, DurableError> {
+        let engine = &self.inner.engine;
+        let since = i64::try_from(record::unix_ms().saturating_sub(age.as_millis() as u64))
+            .unwrap_or(i64::MAX);
+        let mut cutoffs = Vec::with_capacity(self.inner.partitions as usize);
+        for partition in 0..u64::from(self.inner.partitions) {
+            let cutoff = match engine.offset_for_time(partition, since).await? {
+                Some(offset) => offset,
+                None => engine.partition_info(partition)?.next_offset,
+            };
+            cutoffs.push(cutoff);
+        }
+        Ok(cutoffs)
     }
 
     /// Gives back the space of records no session needs: `live` yields every

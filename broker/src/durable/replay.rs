@@ -93,6 +93,10 @@ impl DurableStore {
             released: bool,
         }
         let epoch_of = |key: &str| sessions.get(key).map(|s| s.epoch);
+        // Older messages are no longer queued (session.max_message_age_secs).
+        let oldest_ms = self.inner.max_message_age.map_or(i64::MIN, |age| {
+            i64::try_from(now_ms.saturating_sub(age.as_millis() as u64)).unwrap_or(i64::MAX)
+        });
         let mut queues: HashMap<String, BTreeMap<DiskRef, Pending>> = HashMap::new();
         let mut inbound: HashMap<String, HashSet<u16>> = HashMap::new();
         for partition in 0..self.inner.partitions {
@@ -123,6 +127,9 @@ impl DurableStore {
                                 timestamp_ms,
                                 released: false,
                             };
+                            if timestamp_ms < oldest_ms {
+                                recipients.clear();
+                            }
                             for key in recipients {
                                 match queues.get_mut(key) {
                                     Some(queue) => {

@@ -160,6 +160,19 @@ impl NodeProcess {
     }
 }
 
+impl NodeProcess {
+    /// The value of the metric sample `sample` (name and labels, as
+    /// exported: `tidemq_x_total{reason="y"}`), or 0 when not exported.
+    pub fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let (_, body) = http_get(self.http, "/metrics")?;
+        Ok(body
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
