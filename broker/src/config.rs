@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod meta;
+pub use meta::MetaServiceConfig;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -325,141 +328,65 @@ impl RuntimeConfig {
     }
 }
 
-/// `[meta]`: the meta service run inside the node. The keys mean what the
-/// `tidemq-meta` flags of the same names mean.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetaServiceConfig {
-    /// This node's id in every Raft group (unique in the cluster, not 0).
-    pub node_id: u64,
-    /// Address the gRPC server (`MetaService`, `RaftService`) binds.
-    pub grpc_addr: SocketAddr,
-    /// Address other nodes reach this one at; the bound address when unset.
-    pub advertise_addr: Option<String>,
-    /// Data Raft groups besides the metadata group 0.
-    pub data_groups: u32,
-    /// Members of a new cluster as `"ID=HOST:PORT"`, this node included.
-    /// Empty: a single-node cluster, bootstrapped on first start.
-    pub peers: Vec<String>,
-    /// gRPC addresses of a running cluster to join on first start.
-    pub join: Vec<String>,
-    /// Raft heartbeat interval, in milliseconds.
-    pub heartbeat_ms: u64,
-    /// Raft election timeout range `[min, max]`, in milliseconds.
-    pub election_timeout_ms: [u64; 2],
-    /// Log entries since the last snapshot that trigger a new one.
-    pub snapshot_after: u64,
-    /// Log entries kept behind a snapshot.
-    pub snapshot_keep_logs: u64,
-    /// gRPC requests slower than this are logged at WARN, in milliseconds.
-    pub slow_request_ms: u64,
-    /// Requests coalesced into one Raft entry, at most.
-    pub batch_max_requests: usize,
-    /// Approximate bytes of one coalesced Raft entry, at most.
-    pub batch_max_bytes: usize,
-    /// Coalesced entries of one group in flight at once.
-    pub batch_max_inflight: usize,
-}
-
-impl Default for MetaServiceConfig {
-    fn default() -> Self {
-        // The meta crate's own defaults, so that `tidemq` and `tidemq-meta`
-        // agree; the example file test notices when they change.
-        let grpc_addr = SocketAddr::from(([127, 0, 0, 1], 1228));
-        let meta = tidemq_meta::MetaConfig::new(1, grpc_addr, PathBuf::new());
-        Self {
-            node_id: meta.node_id,
-            grpc_addr,
-            advertise_addr: None,
-            data_groups: meta.data_raft_group_num,
-            peers: Vec::new(),
-            join: Vec::new(),
-            heartbeat_ms: millis(meta.heartbeat),
-            election_timeout_ms: [
-                millis(meta.election_timeout.0),
-                millis(meta.election_timeout.1),
-            ],
-            snapshot_after: meta.snapshot_after_entries,
-            snapshot_keep_logs: meta.snapshot_keep_logs,
-            slow_request_ms: millis(meta.slow_request),
-            batch_max_requests: meta.batch.max_requests,
-            batch_max_bytes: meta.batch.max_bytes,
-            batch_max_inflight: meta.batch.max_inflight,
-        }
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl MetaServiceConfig {
-    /// The members listed in `peers`, parsed.
-    pub fn members(&self) -> Result<Vec<(u64, String)>, ConfigError> {
-        self.peers
-            .iter()
-            .map(|peer| {
-                parse_peer(peer).map_err(|message| ConfigError::Invalid {
-                    origin: None,
-                    message: format!("meta.peers: {message}"),
-                })
-            })
-            .collect()
-    }
-
-    /// The meta service's own configuration, with its data under `dir`.
-    pub fn to_meta_config(&self, dir: &Path) -> Result<tidemq_meta::MetaConfig, ConfigError> {
-        let mut config = tidemq_meta::MetaConfig::new(self.node_id, self.grpc_addr, dir);
-        config.advertise_addr = self.advertise_addr.clone();
-        config.data_raft_group_num = self.data_groups;
-        config.initial_members = self.members()?;
-        config.join = self.join.clone();
-        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
-        config.election_timeout = (
-            Duration::from_millis(self.election_timeout_ms[0]),
-            Duration::from_millis(self.election_timeout_ms[1]),
-        );
-        config.snapshot_after_entries = self.snapshot_after;
-        config.snapshot_keep_logs = self.snapshot_keep_logs;
-        config.slow_request = Duration::from_millis(self.slow_request_ms);
-        config.batch = tidemq_meta::BatchLimits {
-            max_requests: self.batch_max_requests,
-            max_bytes: self.batch_max_bytes,
-            max_inflight: self.batch_max_inflight,
-        };
-        Ok(config)
-    }
-}
-
-/// `"ID=HOST:PORT"`, as in `tidemq-meta --peer`.
-fn parse_peer(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected \"ID=HOST:PORT\", got {text:?}"))?;
-    let id = id
-        .trim()
-        .parse()
-        .map_err(|e| format!("bad node id in {text:?}: {e}"))?;
-    let addr = addr.trim();
-    if addr.is_empty() {
-        return Err(format!("no address in {text:?}"));
-    }
-    Ok((id, addr.to_string()))
-}
-
 /// `[http]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of the HTTP endpoint serving `GET /metrics` and `GET /health`.
     pub bind: SocketAddr,
+    /// File holding a token (16 or more printable characters) every request
+    /// must carry as `authorization: Bearer ...`; unset: none is asked for.
+    pub token_file: Option<PathBuf>,
+    /// Serve a non-loopback `bind` without a token.
+    pub allow_unauthenticated_on_public_address: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token_file: None,
+            allow_unauthenticated_on_public_address: false,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The token read from `token_file`, if one is set.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid {
+                origin: Some(path.display().to_string()),
+                message: "http.token_file: the token must be 16 or more printable characters"
+                    .into(),
+            });
+        }
+        Ok(Some(token.to_string()))
+    }
+
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.bind.ip().is_loopback()
+            || self.token_file.is_some()
+            || self.allow_unauthenticated_on_public_address
+        {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            origin: None,
+            message: format!(
+                "refusing to serve /metrics and /health unauthenticated on non-loopback address \
+                 {}: set http.token_file, or set http.allow_unauthenticated_on_public_address = true",
+                self.bind
+            ),
+        })
     }
 }
 
@@ -671,7 +598,8 @@ impl Config {
                 ),
             });
         }
-        Ok(())
+        self.meta.check_exposure()?;
+        self.http.check_exposure()
     }
 }
 

@@ -11,6 +11,10 @@
 //! ```
 //!
 //! `meta_leader` says whether this node leads the metadata group (0).
+//!
+//! With `http.token_file` set, every request must carry the token as
+//! `authorization: Bearer {token}`; others get `401` (counted in
+//! `tidemq_http_unauthorized_total`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -42,6 +46,43 @@ pub(crate) struct Endpoints {
     pub grpc: SocketAddr,
     /// The Raft instance of every meta group.
     pub rafts: Arc<Vec<Raft<TypeConfig>>>,
+    /// `authorization` a request must carry (`Bearer {token}`), if any.
+    pub token: Option<String>,
+    /// Requests refused for want of it.
+    pub unauthorized: prometheus::IntCounter,
+}
+
+impl Endpoints {
+    /// Whether `headers` carry the token, when one is required (compared in
+    /// time independent of where they differ).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let expected = format!("Bearer {token}");
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map_or(&[][..], |v| v.as_bytes());
+        let same = presented.len() == expected.len()
+            && presented
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            self.unauthorized.inc();
+        }
+        same
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this endpoint requires the token of http.token_file\n",
+    )
+        .into_response()
 }
 
 /// A running HTTP server.
@@ -105,7 +146,10 @@ impl HttpServer {
     }
 }
 
-async fn metrics(State(endpoints): State<Arc<Endpoints>>) -> Response {
+async fn metrics(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> Response {
+    if !endpoints.authorized(&headers) {
+        return unauthorized();
+    }
     let families = endpoints.registry.gather();
     let encoder = TextEncoder::new();
     let mut body = Vec::with_capacity(64 * 1024);
@@ -119,7 +163,10 @@ async fn metrics(State(endpoints): State<Arc<Endpoints>>) -> Response {
     }
 }
 
-async fn health(State(endpoints): State<Arc<Endpoints>>) -> Response {
+async fn health(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> Response {
+    if !endpoints.authorized(&headers) {
+        return unauthorized();
+    }
     let mut without_leader = Vec::new();
     let mut led = 0;
     let mut meta_leader = false;

@@ -69,6 +69,9 @@ pub enum NodeError {
     /// The broker did not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A metric could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
     /// The HTTP endpoint could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -123,6 +126,8 @@ impl Node {
         config.check_exposure()?;
         let meta_dir = config.data_dir.join("meta");
         let meta_config = config.meta.to_meta_config(&meta_dir)?;
+        let secret = meta_config.secret.clone();
+        let http_token = config.http.token()?;
         std::fs::create_dir_all(&meta_dir).map_err(|source| NodeError::DataDir {
             path: meta_dir.clone(),
             source,
@@ -135,6 +140,15 @@ impl Node {
             grpc: build_runtime("meta-grpc", r.meta_grpc_workers).map_err(NodeError::Runtime)?,
         };
         let registry = Registry::new();
+        let http_unauthorized = prometheus::IntCounter::new(
+            "tidemq_http_unauthorized_total",
+            "HTTP requests refused for want of the token of http.token_file",
+        )
+        .and_then(|counter| {
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        })
+        .map_err(NodeError::Metrics)?;
         let monitor = RuntimeMonitor::start(
             &registry,
             r.monitor_interval(),
@@ -179,9 +193,10 @@ impl Node {
                 max_message_age: config.session.max_message_age(),
             };
             // Session changes are written through the meta service too.
-            let catalog = match MetaClient::with_deadline(
+            let catalog = match MetaClient::with_secret(
                 [meta.local_addr().to_string()],
                 Duration::from_secs(30),
+                secret,
             ) {
                 Ok(client) => SessionCatalog::Meta { client, node_id },
                 Err(e) => {
@@ -232,6 +247,8 @@ impl Node {
             mqtt: broker.local_addr(),
             grpc: meta.local_addr(),
             rafts: std::sync::Arc::clone(meta.rafts()),
+            token: http_token,
+            unauthorized: http_unauthorized,
         };
         let http = match HttpServer::start(runtimes.grpc.handle(), http_bind, endpoints) {
             Ok(http) => http,

@@ -175,3 +175,68 @@ fn node_starts_and_stops_in_process() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_guard_the_meta_service_and_the_http_endpoint() -> anyhow::Result<()> {
+    use common::process::http_get_with;
+    use tidemq_meta::{ClusterSecret, MetaError};
+    let dir = tempfile::tempdir()?;
+    let (secret_file, token_file) = (dir.path().join("secret"), dir.path().join("token"));
+    let (secret, token) = ("cluster-secret-0123456789", "scrape-token-0123456789");
+    std::fs::write(&secret_file, format!("{secret}\n"))?;
+    std::fs::write(&token_file, token)?;
+    let node = NodeProcess::start(
+        &dir.path().join("data"),
+        &[
+            FAST_RAFT,
+            (
+                "TIDEMQ_META__CLUSTER_SECRET_FILE",
+                secret_file.to_str().context("path")?,
+            ),
+            (
+                "TIDEMQ_HTTP__TOKEN_FILE",
+                token_file.to_str().context("path")?,
+            ),
+        ],
+    )?;
+    // The node's own calls carry the secret: a persistent session, which is
+    // written through the meta service, connects.
+    let (raw, _) = common::persistent(node.mqtt, "durable").await;
+    common::disconnect(raw).await;
+
+    let grpc = node.grpc.to_string();
+    let stranger = MetaClient::with_deadline([grpc.as_str()], Duration::from_secs(1))?;
+    let refused = stranger.list_nodes().await;
+    ensure!(
+        matches!(refused, Err(MetaError::Unauthenticated { .. })),
+        "{refused:?}"
+    );
+    let member = MetaClient::with_secret([grpc.as_str()], WAIT, Some(ClusterSecret::new(secret)?))?;
+    ensure!(member.get_session("default/durable").await?.is_some());
+
+    for path in ["/health", "/metrics"] {
+        let (status, _) = http_get_with(node.http, path, None)?;
+        ensure!(status == 401, "{path} without the token: {status}");
+        let (status, _) = http_get_with(node.http, path, Some("scrape-token-012345678X"))?;
+        ensure!(status == 401, "{path} with a wrong token: {status}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = http_get_with(node.http, "/health", Some(token))?;
+        if status == 200 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "/health: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = http_get_with(node.http, "/metrics", Some(token))?;
+    ensure!(
+        metrics.contains("tidemq_http_unauthorized_total 4"),
+        "counted"
+    );
+    ensure!(
+        !metrics.contains("tidemq_meta_unauthenticated_total 0\n"),
+        "counted"
+    );
+    Ok(())
+}

@@ -3,15 +3,21 @@
 //! One HTTP/2 connection serialises its streams' frames, so a busy client
 //! spreads its calls over a few channels per address, picked round-robin by
 //! an atomic counter. Channels connect lazily and reconnect by themselves.
+//! Every call through them carries the cluster secret, when there is one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{AttachSecret, ClusterSecret};
 use crate::error::MetaError;
+
+/// A channel whose calls carry the cluster secret.
+pub type AuthChannel = InterceptedService<Channel, AttachSecret>;
 
 /// Channels per address.
 const CHANNELS_PER_ADDR: usize = 4;
@@ -20,6 +26,7 @@ const CHANNELS_PER_ADDR: usize = 4;
 #[derive(Clone, Default)]
 pub struct ChannelPool {
     inner: Arc<DashMap<String, Arc<Slot>>>,
+    secret: AttachSecret,
 }
 
 struct Slot {
@@ -28,8 +35,21 @@ struct Slot {
 }
 
 impl ChannelPool {
+    /// A pool whose calls carry `secret`.
+    pub fn new(secret: Option<ClusterSecret>) -> Self {
+        Self {
+            inner: Arc::default(),
+            secret: AttachSecret(secret),
+        }
+    }
+
     /// A channel to `addr` (`host:port`), created on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, MetaError> {
+    pub fn get(&self, addr: &str) -> Result<AuthChannel, MetaError> {
+        let channel = self.channel(addr)?;
+        Ok(InterceptedService::new(channel, self.secret.clone()))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, MetaError> {
         if let Some(slot) = self.inner.get(addr) {
             return Ok(slot.pick());
         }

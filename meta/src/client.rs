@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::meta_service_client::MetaServiceClient;
-use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
-use crate::channels::ChannelPool;
+use crate::auth::ClusterSecret;
+use crate::channels::{AuthChannel, ChannelPool};
 use crate::error::{LEADER_HEADER, MetaError, require};
+use crate::grpc::MAX_LIST_PAGE;
 use crate::session_writer::SessionWriter;
 
 /// A client of a meta cluster. Cheap to clone.
@@ -52,6 +53,16 @@ impl MetaClient {
         addrs: impl IntoIterator<Item = impl Into<String>>,
         deadline: Duration,
     ) -> Result<MetaClient, MetaError> {
+        Self::with_secret(addrs, deadline, None)
+    }
+
+    /// Like [`MetaClient::with_deadline`], every call carrying `secret`
+    /// (a cluster that requires one refuses calls without it).
+    pub fn with_secret(
+        addrs: impl IntoIterator<Item = impl Into<String>>,
+        deadline: Duration,
+        secret: Option<ClusterSecret>,
+    ) -> Result<MetaClient, MetaError> {
         let addrs: Vec<String> = addrs.into_iter().map(Into::into).collect();
         if addrs.is_empty() {
             return Err(MetaError::InvalidArgument {
@@ -63,7 +74,7 @@ impl MetaClient {
                 addrs,
                 next: AtomicUsize::new(0),
                 leader: Mutex::new(None),
-                channels: ChannelPool::default(),
+                channels: ChannelPool::new(secret),
                 deadline,
                 config: ArcSwap::from_pointee(HashMap::new()),
                 sessions: OnceLock::new(),
@@ -97,7 +108,7 @@ impl MetaClient {
     /// unavailable nodes until the deadline.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, MetaError>
     where
-        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        F: Fn(MetaServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.inner.deadline;
@@ -209,16 +220,47 @@ impl MetaClient {
         .map(|r| r.existed)
     }
 
-    /// Sessions whose key starts with `prefix` (at most `limit`, 0: all).
+    /// Sessions whose key starts with `prefix` (at most `limit`, 0: all),
+    /// in key order, fetched a page at a time.
     pub async fn list_sessions(
         &self,
         prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<pb::Session>, MetaError> {
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        let mut out: Vec<pb::Session> = Vec::new();
+        while out.len() < limit {
+            let want = (limit - out.len()).min(MAX_LIST_PAGE);
+            let after = out.last().map_or("", |s| s.client_key.as_str());
+            let page = self
+                .list_sessions_page(prefix, after, u32::try_from(want).unwrap_or(u32::MAX))
+                .await?;
+            let last = page.len() < want;
+            out.extend(page);
+            if last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of [`MetaClient::list_sessions`]: at most `limit` (0: a
+    /// full page of [`MAX_LIST_PAGE`]) sessions after the key `after`.
+    pub async fn list_sessions_page(
+        &self,
+        prefix: &str,
+        after: &str,
         limit: u32,
     ) -> Result<Vec<pb::Session>, MetaError> {
         let request = pb::ListSessionsRequest {
             prefix: prefix.to_string(),
             limit,
             group: None,
+            start_after: after.to_string(),
         };
         let stream = self
             .call(|mut c| {

@@ -225,6 +225,13 @@ pub enum MetaError {
     /// ([`crate::MetaClient::put_session`]) failed with this error.
     #[error(transparent)]
     Coalesced(std::sync::Arc<MetaError>),
+    /// The node at `addr` requires the cluster secret, and the call did not
+    /// carry it (or carried another).
+    #[error("{addr} refused the call: the cluster secret is missing or wrong")]
+    Unauthenticated {
+        /// The address called.
+        addr: String,
+    },
     /// Joining a running cluster failed.
     #[error("cannot join the cluster at {addrs:?}: {reason}")]
     Join {
@@ -277,6 +284,7 @@ impl MetaError {
                 tonic::Status::unavailable(self.to_string())
             }
             MetaError::Rpc { status, .. } => (**status).clone(),
+            MetaError::Unauthenticated { .. } => tonic::Status::unauthenticated(self.to_string()),
             MetaError::Coalesced(e) => e.to_status(),
             _ => tonic::Status::internal(self.to_string()),
         }
@@ -287,6 +295,9 @@ impl MetaError {
         match status.code() {
             tonic::Code::InvalidArgument => MetaError::InvalidArgument {
                 reason: status.message().to_string(),
+            },
+            tonic::Code::Unauthenticated => MetaError::Unauthenticated {
+                addr: addr.to_string(),
             },
             _ => MetaError::Rpc {
                 addr: addr.to_string(),

@@ -148,6 +148,7 @@
 //! `runtime_global_queue_depth`, `runtime_alive_tasks`, `runtime_workers`
 //! per runtime.
 
+pub mod auth;
 mod batcher;
 mod channels;
 mod client;
@@ -164,6 +165,7 @@ pub mod types;
 
 pub use openraft;
 
+pub use crate::auth::ClusterSecret;
 pub use crate::batcher::BatchLimits;
 pub use crate::client::MetaClient;
 pub use crate::error::{MetaError, StoreError};

@@ -13,9 +13,11 @@ use tidemq_proto::grpc::v1::raft_service_server::RaftServiceServer;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::auth::{ClusterSecret, RequireSecret};
 use crate::batcher::{BatchLimits, BatchMetrics, Batcher};
 use crate::channels::ChannelPool;
 use crate::error::MetaError;
@@ -64,6 +66,9 @@ pub struct MetaConfig {
     pub batch: BatchLimits,
     /// gRPC requests slower than this are logged at WARN.
     pub slow_request: Duration,
+    /// The secret every gRPC call must carry (see [`crate::auth`]); `None`
+    /// trusts whoever reaches the port.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl MetaConfig {
@@ -84,6 +89,7 @@ impl MetaConfig {
             snapshot_keep_logs: 1000,
             batch: BatchLimits::default(),
             slow_request: Duration::from_millis(200),
+            secret: None,
         }
     }
 
@@ -131,8 +137,25 @@ pub struct MetaNodeHandle {
     server: JoinHandle<()>,
 }
 
+/// Largest request a `MetaService` call may carry.
+const MAX_META_MESSAGE: usize = 4 * 1024 * 1024;
+/// Largest Raft message (`AppendEntries` batches, `InstallSnapshot` chunks).
+const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// The gRPC server's limits: calls in progress per connection, a deadline
+/// for each call, and HTTP/2 keep-alive so dead peers are noticed.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(1024)
+        .timeout(Duration::from_secs(60))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(1024)
+}
+
 /// What the Raft runtime hands back once every group is running.
 struct Groups {
+    channels: ChannelPool,
     rafts: Vec<Raft<TypeConfig>>,
     states: Vec<crate::store::MetaState>,
     batchers: Vec<Batcher>,
@@ -192,6 +215,7 @@ impl MetaNodeHandle {
                 .map_err(|_| MetaError::Closed)??
         };
         let Groups {
+            channels,
             rafts,
             states,
             batchers,
@@ -202,13 +226,23 @@ impl MetaNodeHandle {
         let rafts = Arc::new(rafts);
         let grpc_metrics =
             GrpcMetrics::register(registry, config.slow_request).map_err(MetaError::Metrics)?;
-        let meta = MetaServer::new(Arc::clone(&rafts), states, batchers, grpc_metrics);
+        let require = RequireSecret {
+            secret: config.secret.clone(),
+            refused: grpc_metrics.unauthenticated.clone(),
+        };
+        let meta = MetaServer::new(Arc::clone(&rafts), states, batchers, grpc_metrics, channels);
         let raft = RaftServer::new(Arc::clone(&rafts));
         let (stop, mut stopped) = watch::channel(false);
         let server = runtimes.grpc.spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(RaftServiceServer::new(raft))
-                .add_service(MetaServiceServer::new(meta))
+            let result = grpc_server()
+                .add_service(InterceptedService::new(
+                    RaftServiceServer::new(raft).max_decoding_message_size(MAX_RAFT_MESSAGE),
+                    require.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    MetaServiceServer::new(meta).max_decoding_message_size(MAX_META_MESSAGE),
+                    require,
+                ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })
@@ -296,10 +330,11 @@ async fn start_groups(
         })?,
     );
     let stores = crate::store::open(&config.data_dir, groups, registry).await?;
-    let channels = ChannelPool::default();
+    let channels = ChannelPool::new(config.secret.clone());
     let batch_metrics = BatchMetricsVec::register(registry)?;
     let gauges = RaftGauges::register(registry)?;
     let mut out = Groups {
+        channels: channels.clone(),
         rafts: Vec::with_capacity(groups as usize),
         states: Vec::with_capacity(groups as usize),
         batchers: Vec::with_capacity(groups as usize),
@@ -336,7 +371,11 @@ async fn join(
     config: &MetaConfig,
     advertise: &str,
 ) -> Result<(), MetaError> {
-    let client = crate::MetaClient::with_deadline(config.join.clone(), Duration::from_secs(120))?;
+    let client = crate::MetaClient::with_secret(
+        config.join.clone(),
+        Duration::from_secs(120),
+        config.secret.clone(),
+    )?;
     for (group, raft) in rafts.iter().enumerate() {
         let is_voter = raft
             .metrics()

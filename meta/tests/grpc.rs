@@ -78,6 +78,7 @@ async fn every_rpc_round_trips() -> anyhow::Result<()> {
                 prefix: "acme/".into(),
                 limit: 0,
                 group: Some(group),
+                start_after: String::new(),
             })
             .await?
             .into_inner();
@@ -95,6 +96,7 @@ async fn every_rpc_round_trips() -> anyhow::Result<()> {
                 prefix: String::new(),
                 limit: 0,
                 group: Some(group),
+                start_after: String::new(),
             })
             .await
             .expect_err("not a data group");

@@ -131,3 +131,47 @@ fn anonymous_public_listener_is_refused() {
     .unwrap();
     c.check_exposure().unwrap();
 }
+
+#[test]
+fn unauthenticated_public_meta_and_http_are_refused() {
+    for (bind, allow) in [
+        (
+            "TIDEMQ_META__GRPC_ADDR",
+            "TIDEMQ_META__ALLOW_UNAUTHENTICATED_ON_PUBLIC_ADDRESS",
+        ),
+        (
+            "TIDEMQ_HTTP__BIND",
+            "TIDEMQ_HTTP__ALLOW_UNAUTHENTICATED_ON_PUBLIC_ADDRESS",
+        ),
+    ] {
+        let c = Config::load(None, env(&[(bind, "0.0.0.0:1234")])).unwrap();
+        let refused = c.check_exposure().expect_err(bind);
+        assert!(refused.to_string().contains("0.0.0.0:1234"), "{refused}");
+        let c = Config::load(None, env(&[(bind, "0.0.0.0:1234"), (allow, "true")])).unwrap();
+        c.check_exposure().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+    let path = file.to_string_lossy().to_string();
+    let c = Config::load(
+        None,
+        env(&[
+            ("TIDEMQ_META__GRPC_ADDR", "0.0.0.0:1234"),
+            ("TIDEMQ_META__CLUSTER_SECRET_FILE", &path),
+            ("TIDEMQ_HTTP__BIND", "0.0.0.0:9999"),
+            ("TIDEMQ_HTTP__TOKEN_FILE", &path),
+        ]),
+    )
+    .unwrap();
+    c.check_exposure().unwrap();
+    assert!(c.meta.secret().unwrap().is_some());
+    assert_eq!(
+        c.http.token().unwrap().as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    // A secret too short to be one is an error, not a silent fallback.
+    std::fs::write(&file, "short").unwrap();
+    assert!(c.meta.secret().is_err());
+    assert!(c.http.token().is_err());
+}

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use prometheus::Registry;
 use tidemq_meta::runtime::{RuntimeMonitor, build_runtime};
-use tidemq_meta::{MetaConfig, MetaNodeHandle, MetaRuntimes, NodeId};
+use tidemq_meta::{ClusterSecret, MetaConfig, MetaNodeHandle, MetaRuntimes, NodeId};
 
 #[derive(Debug, Parser)]
 #[command(name = "tidemq-meta", version, about = "A TideMQ meta service node")]
@@ -63,6 +63,14 @@ struct Args {
     /// gRPC requests slower than this are logged at WARN (milliseconds).
     #[arg(long, default_value_t = 200)]
     slow_request_ms: u64,
+    /// File holding the cluster secret (16 or more printable characters):
+    /// every gRPC call to this node must carry it, and its own calls do.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a cluster secret (anyone who
+    /// reaches it can change the cluster's membership).
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 fn parse_peer(text: &str) -> Result<(NodeId, String), String> {
@@ -112,6 +120,19 @@ fn main() -> anyhow::Result<()> {
     config.snapshot_after_entries = args.snapshot_after;
     config.snapshot_keep_logs = args.snapshot_keep_logs;
     config.slow_request = Duration::from_millis(args.slow_request_ms);
+    if let Some(path) = &args.secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cluster secret {}", path.display()))?;
+        config.secret = Some(ClusterSecret::new(&text)?);
+    }
+    if config.secret.is_none() && !args.grpc_addr.ip().is_loopback() && !args.allow_unauthenticated
+    {
+        bail!(
+            "--grpc-addr {} is not a loopback address: give --secret-file, or \
+             --allow-unauthenticated if only trusted hosts can reach it",
+            args.grpc_addr
+        );
+    }
 
     let registry = Registry::new();
     let raft = build_runtime("meta-raft", args.raft_workers)?;

@@ -20,12 +20,11 @@ use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::meta_service_client::MetaServiceClient;
 use tidemq_proto::grpc::v1::meta_service_server::MetaService;
 use tokio_stream::Stream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::batcher::Batcher;
-use crate::channels::ChannelPool;
+use crate::channels::{AuthChannel, ChannelPool};
 use crate::error::{MetaError, require};
 use crate::grpc::GrpcMetrics;
 use crate::routing::GroupRouter;
@@ -52,6 +51,16 @@ struct Inner {
     peers: ChannelPool,
 }
 
+/// Most sessions one `ListSessions` call answers.
+pub const MAX_LIST_PAGE: usize = 1000;
+
+/// One `ListSessions` page: keys with `prefix`, after `after`, at most `limit`.
+struct Page<'a> {
+    prefix: &'a str,
+    after: Option<&'a str>,
+    limit: usize,
+}
+
 impl MetaServer {
     /// A server over these groups (all three vectors are indexed by group).
     pub fn new(
@@ -59,6 +68,7 @@ impl MetaServer {
         states: Vec<MetaState>,
         batchers: Vec<Batcher>,
         metrics: GrpcMetrics,
+        peers: ChannelPool,
     ) -> Self {
         let router = GroupRouter::new(rafts.len() as u32);
         Self {
@@ -68,7 +78,7 @@ impl MetaServer {
                 batchers,
                 router,
                 metrics,
-                peers: ChannelPool::default(),
+                peers,
             }),
         }
     }
@@ -115,7 +125,7 @@ impl MetaServer {
     }
 
     /// A client of the member at `addr`, for a request this node forwards.
-    fn peer(&self, addr: &str) -> Result<MetaServiceClient<Channel>, MetaError> {
+    fn peer(&self, addr: &str) -> Result<MetaServiceClient<AuthChannel>, MetaError> {
         Ok(MetaServiceClient::new(self.inner.peers.get(addr)?))
     }
 
@@ -152,15 +162,15 @@ impl MetaServer {
     async fn list_in_group(
         &self,
         group: u32,
-        prefix: &str,
-        limit: Option<usize>,
+        page: &Page<'_>,
         may_forward: bool,
     ) -> Result<Vec<pb::Session>, MetaError> {
         if may_forward && let Some(leader) = self.leader_elsewhere(group) {
             let request = forwarded(pb::ListSessionsRequest {
-                prefix: prefix.to_string(),
-                limit: limit.map_or(0, |l| u32::try_from(l).unwrap_or(u32::MAX)),
+                prefix: page.prefix.to_string(),
+                limit: u32::try_from(page.limit).unwrap_or(u32::MAX),
                 group: Some(group),
+                start_after: page.after.unwrap_or_default().to_string(),
             });
             let stream = self
                 .peer(&leader)?
@@ -172,7 +182,7 @@ impl MetaServer {
         }
         let state = self.read(group).await?;
         let found = state
-            .list_sessions(prefix, None, limit.unwrap_or(usize::MAX))
+            .list_sessions(page.prefix, page.after, page.limit)
             .await?;
         Ok(found.into_iter().map(session_to_pb).collect())
     }
@@ -357,18 +367,22 @@ impl MetaService for MetaServer {
                 }
                 None => self.inner.router.data_groups(),
             };
-            let mut limit = (request.limit > 0).then_some(request.limit as usize);
+            let page = Page {
+                prefix: &request.prefix,
+                after: (!request.start_after.is_empty()).then_some(request.start_after.as_str()),
+                limit: match request.limit as usize {
+                    0 => MAX_LIST_PAGE,
+                    n => n.min(MAX_LIST_PAGE),
+                },
+            };
+            // Each group's first page after the cursor; their union, in key
+            // order, cut to the page, is the page of the whole key space.
             let mut all = Vec::new();
             for group in groups {
-                if limit == Some(0) {
-                    break;
-                }
-                let found = self
-                    .list_in_group(group, &request.prefix, limit, may_forward)
-                    .await?;
-                limit = limit.map(|l| l.saturating_sub(found.len()));
-                all.extend(found);
+                all.extend(self.list_in_group(group, &page, may_forward).await?);
             }
+            all.sort_unstable_by(|a, b| a.client_key.cmp(&b.client_key));
+            all.truncate(page.limit);
             let stream = tokio_stream::iter(all.into_iter().map(Ok));
             Ok(Box::pin(stream) as SessionStream)
         })

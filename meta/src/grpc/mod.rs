@@ -5,16 +5,20 @@ mod raft_service;
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, exponential_buckets};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, exponential_buckets,
+};
 use tonic::Status;
 use tracing::warn;
 
-pub use meta_service::{MAX_SESSIONS_PER_REQUEST, MetaServer};
+pub use meta_service::{MAX_LIST_PAGE, MAX_SESSIONS_PER_REQUEST, MetaServer};
 pub use raft_service::RaftServer;
 
 /// `grpc_requests` and `grpc_request_duration_ms` by service, method and status.
 #[derive(Clone)]
 pub struct GrpcMetrics {
+    /// Calls refused for want of the cluster secret.
+    pub(crate) unauthenticated: IntCounter,
     requests: IntCounterVec,
     duration_ms: HistogramVec,
     slow: Duration,
@@ -36,7 +40,13 @@ impl GrpcMetrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration_ms.clone()))?;
+        let unauthenticated = IntCounter::new(
+            "tidemq_meta_unauthenticated_total",
+            "gRPC calls refused because they did not carry the cluster secret",
+        )?;
+        registry.register(Box::new(unauthenticated.clone()))?;
         Ok(Self {
+            unauthenticated,
             requests,
             duration_ms,
             slow,
