@@ -5,7 +5,10 @@
 //!   lost, and the killed node, restarted after the others purged the log it
 //!   missed, catches up by snapshot. A fourth node then joins the running
 //!   cluster and serves writes.
+//!   The three run with a cluster secret: every call between them, and
+//!   every client call, carries it.
 //! - One node restarted (after SIGTERM and after SIGKILL) keeps its data.
+//! - A node refuses to serve a non-loopback address without a secret.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -17,10 +20,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use tidemq_meta::MetaClient;
+use tidemq_meta::{ClusterSecret, MetaClient};
 use tidemq_proto::grpc::v1 as pb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidemq-meta");
+
+/// The secret of the three-node cluster.
+const SECRET: &str = "three-node-cluster-secret";
+
+/// A client carrying the cluster secret.
+fn secured(addrs: &[String], deadline: Duration) -> anyhow::Result<MetaClient> {
+    Ok(MetaClient::with_secret(
+        addrs.to_vec(),
+        deadline,
+        Some(ClusterSecret::new(SECRET)?),
+    )?)
+}
 
 /// One `tidemq-meta` process. Killed (SIGKILL) when dropped.
 struct Node {
@@ -195,7 +210,7 @@ struct Load {
 
 impl Load {
     fn start(addrs: &[String], writers: usize) -> anyhow::Result<Load> {
-        let client = MetaClient::with_deadline(addrs.to_vec(), Duration::from_secs(10))?;
+        let client = secured(addrs, Duration::from_secs(10))?;
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(AtomicU64::new(0));
@@ -255,11 +270,21 @@ async fn three_processes_fail_over_catch_up_by_snapshot_and_admit_a_fourth() -> 
         "--snapshot-keep-logs=10".to_string(),
     ];
     common.extend(peers);
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET)?;
+    common.push(format!("--secret-file={}", secret_file.display()));
     let mut nodes = Vec::new();
     for (i, addr) in addrs[..3].iter().enumerate() {
         nodes.push(Node::start(i as u64 + 1, addr, dir.path(), &common)?);
     }
-    let client = MetaClient::with_deadline(addrs[..3].to_vec(), Duration::from_secs(20))?;
+    let client = secured(&addrs[..3], Duration::from_secs(20))?;
+    ensure!(
+        MetaClient::with_deadline(addrs[..1].to_vec(), Duration::ZERO)?
+            .list_nodes()
+            .await
+            .is_err(),
+        "a client without the secret is refused"
+    );
     let leaders = agreed_leaders(
         &client,
         &nodes.iter().collect::<Vec<_>>(),
@@ -371,6 +396,7 @@ async fn three_processes_fail_over_catch_up_by_snapshot_and_admit_a_fourth() -> 
     let joining = vec![
         "--data-groups=2".to_string(),
         format!("--join={}", addrs[0]),
+        format!("--secret-file={}", secret_file.display()),
     ];
     let fourth = Node::start(4, &addrs[3], dir.path(), &joining)?;
     // Its own view of the membership trails the leaders' by a replication
@@ -391,7 +417,7 @@ async fn three_processes_fail_over_catch_up_by_snapshot_and_admit_a_fourth() -> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Writes through the new node are followed to the leaders.
-    let via_fourth = MetaClient::with_deadline([fourth.addr.clone()], Duration::from_secs(10))?;
+    let via_fourth = secured(std::slice::from_ref(&fourth.addr), Duration::from_secs(10))?;
     assert_eq!(
         via_fourth
             .create_sessions(vec![session("joined/a")])
@@ -448,5 +474,18 @@ async fn a_single_node_restarts_with_its_data() -> anyhow::Result<()> {
             .iter()
             .all(|g| g.state == "Leader" && g.voters == [1])
     );
+    Ok(())
+}
+
+#[test]
+fn a_public_address_needs_a_secret() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args(["--grpc-addr=0.0.0.0:0"])
+        .arg(format!("--data-dir={}", dir.path().display()))
+        .output()?;
+    ensure!(!out.status.success(), "started unauthenticated on 0.0.0.0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("--secret-file"), "{stderr}");
     Ok(())
 }
