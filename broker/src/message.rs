@@ -67,7 +67,7 @@ impl Message {
     /// payload and every property a subscriber gets a copy of.
     pub fn size(&self) -> usize {
         let p = &self.properties;
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let text = |s: &Option<Arc<str>>| s.as_ref().map_or(0, |s| s.len());
         let user: usize = p
             .user_properties
             .iter()
@@ -115,5 +115,69 @@ impl Delivery {
             properties,
             payload: self.message.payload.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use tidemq_proto::mqtt::{Publish, PublishProperties, QoS};
+
+    use super::{Delivery, Message};
+
+    #[test]
+    fn every_recipient_shares_the_properties_of_one_message() {
+        let user: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("k{i}"), "v".repeat(100)))
+            .collect();
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(1),
+            properties: PublishProperties {
+                response_topic: Some("r".repeat(10_000).into()),
+                user_properties: user.into(),
+                ..PublishProperties::default()
+            },
+            payload: Bytes::from_static(b"x"),
+        };
+        let message = Arc::new(Message::from_publish(publish, None));
+        assert!(message.size() > 100_000, "every property byte counts");
+        let delivery = Delivery {
+            message: Arc::clone(&message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![3],
+            stored: None,
+            dup: false,
+        };
+        let now = Instant::now();
+        let (a, b) = (
+            delivery.to_publish(Some(1), false, now),
+            delivery.to_publish(Some(2), false, now),
+        );
+        assert!(Arc::ptr_eq(
+            &a.properties.user_properties,
+            &message.properties.user_properties
+        ));
+        assert!(Arc::ptr_eq(
+            &a.properties.user_properties,
+            &b.properties.user_properties
+        ));
+        let (ra, rm) = (
+            a.properties.response_topic,
+            message.properties.response_topic.clone(),
+        );
+        assert!(Arc::ptr_eq(&ra.expect("kept"), &rm.expect("kept")));
+        assert_eq!(
+            b.properties.subscription_identifiers,
+            vec![3],
+            "per recipient"
+        );
     }
 }

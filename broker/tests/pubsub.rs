@@ -301,7 +301,8 @@ async fn request_response_and_user_properties_are_forwarded_untouched() {
         ("a".into(), "1".into()),
         ("a".into(), "2".into()),
         ("b".into(), "x".into()),
-    ];
+    ]
+    .into();
     p.send(&Packet::Publish(request.clone())).await;
     assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
     let got = s.expect_publish().await;

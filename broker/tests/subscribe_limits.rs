@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::Raw;
 use tidemq_broker::Config;
 use tidemq_proto::mqtt::{
@@ -121,7 +123,8 @@ async fn a_publish_with_too_many_user_properties_is_refused_and_not_routed() {
     sub.subscribe(1, "props", QoS::AtLeastOnce).await;
     let mut publisher = Raw::connect(addr, Protocol::V5, "pub").await;
     let mut flood = common::publish("props", b"x", QoS::AtLeastOnce, false, 1);
-    flood.properties.user_properties = (0..11).map(|i| (format!("k{i}"), String::new())).collect();
+    flood.properties.user_properties =
+        Arc::new((0..11).map(|i| (format!("k{i}"), String::new())).collect());
     publisher.send(&Packet::Publish(flood)).await;
     match publisher.recv().await {
         Some(Packet::PubAck(ack)) => assert_eq!(ack.reason, ReasonCode::QuotaExceeded),
@@ -129,7 +132,8 @@ async fn a_publish_with_too_many_user_properties_is_refused_and_not_routed() {
     }
     sub.expect_silence().await;
     let mut fine = common::publish("props", b"y", QoS::AtLeastOnce, false, 2);
-    fine.properties.user_properties = (0..10).map(|i| (format!("k{i}"), String::new())).collect();
+    fine.properties.user_properties =
+        Arc::new((0..10).map(|i| (format!("k{i}"), String::new())).collect());
     publisher.send(&Packet::Publish(fine)).await;
     assert!(matches!(publisher.recv().await, Some(Packet::PubAck(a)) if !a.reason.is_error()));
     assert_eq!(
@@ -157,7 +161,7 @@ async fn properties_count_against_the_queue_byte_limit() {
     // A 1-byte payload with ~1 KiB of user properties: the fifth does not fit.
     for id in 1..=5u16 {
         let mut heavy = common::publish("heavy", b"x", QoS::AtLeastOnce, false, id);
-        heavy.properties.user_properties = vec![("k".into(), "v".repeat(1000))];
+        heavy.properties.user_properties = vec![("k".into(), "v".repeat(1000))].into();
         publisher.send(&Packet::Publish(heavy)).await;
         publisher.recv().await;
     }

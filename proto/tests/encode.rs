@@ -70,7 +70,7 @@ fn oversized_packets_and_fields_do_not_encode() {
     assert!(buf.is_empty());
     let long_user_property = Packet::Publish(Publish {
         properties: PublishProperties {
-            user_properties: vec![("k".into(), "v".repeat(70_000))],
+            user_properties: vec![("k".into(), "v".repeat(70_000))].into(),
             ..Default::default()
         },
         ..publish(Bytes::new())

@@ -167,7 +167,7 @@ fn publish_drops_5_0_properties() {
     let mut packet = publish(QoS::AtMostOnce, None, false, false, b"x");
     if let Packet::Publish(p) = &mut packet {
         p.properties.message_expiry_interval = Some(5);
-        p.properties.user_properties.push(("k".into(), "v".into()));
+        p.properties.user_properties = vec![("k".into(), "v".into())].into();
     }
     assert_eq!(
         encode_vec(&packet, V4),

@@ -212,7 +212,7 @@ fn publish_qos1_with_every_property() {
             topic_alias: Some(1),
             response_topic: Some("r/1".into()),
             correlation_data: Some(Bytes::from_static(&[7])),
-            user_properties: vec![("k".into(), "v".into())],
+            user_properties: vec![("k".into(), "v".into())].into(),
             subscription_identifiers: vec![5, 128],
             content_type: Some("text/plain".into()),
         },

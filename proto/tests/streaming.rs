@@ -19,7 +19,7 @@ fn sample_publish() -> Packet {
         topic: "a/b".into(),
         packet_id: Some(9),
         properties: PublishProperties {
-            user_properties: vec![("k".into(), "v".into())],
+            user_properties: vec![("k".into(), "v".into())].into(),
             ..Default::default()
         },
         payload: Bytes::from(vec![7u8; 200]), // a two-byte remaining length

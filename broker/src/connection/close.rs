@@ -353,10 +353,10 @@ pub(super) fn publish_will(
         properties: PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
-            response_topic: p.response_topic,
+            response_topic: p.response_topic.map(Into::into),
             correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            content_type: p.content_type,
+            user_properties: p.user_properties.into(),
+            content_type: p.content_type.map(Into::into),
             ..PublishProperties::default()
         },
         publisher: Some(Arc::clone(key)),

@@ -608,7 +608,7 @@ mod tests {
             packet_id: (qos != QoS::AtMostOnce).then_some(1),
             properties: PublishProperties {
                 content_type: Some("text/plain".into()),
-                user_properties: vec![("k".into(), "v".into())],
+                user_properties: vec![("k".into(), "v".into())].into(),
                 ..PublishProperties::default()
             },
             payload: Bytes::from_static(b"hello"),

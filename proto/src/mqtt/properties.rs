@@ -2,6 +2,13 @@
 //!
 //! Absent properties are `None` (or empty). When encoding for 3.1/3.1.1 no
 //! properties are written.
+//!
+//! A PUBLISH's properties travel to every subscriber of its message, so
+//! the ones that can be large are shared, not copied: cloning
+//! [`PublishProperties`] costs a few reference counts however many user
+//! properties, or however long a response topic, the publisher sent.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -89,7 +96,7 @@ pub struct ConnAckProperties {
     pub authentication_data: Option<Bytes>,
 }
 
-/// Properties of PUBLISH.
+/// Properties of PUBLISH. Clones share the text and the user properties.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishProperties {
     /// 0x01: 1 when the payload is UTF-8.
@@ -99,16 +106,16 @@ pub struct PublishProperties {
     /// 0x23: topic alias.
     pub topic_alias: Option<u16>,
     /// 0x08.
-    pub response_topic: Option<String>,
+    pub response_topic: Option<Arc<str>>,
     /// 0x09.
     pub correlation_data: Option<Bytes>,
-    /// 0x26.
-    pub user_properties: Vec<UserProperty>,
+    /// 0x26 (shared: build with `vec![..].into()`).
+    pub user_properties: Arc<Vec<UserProperty>>,
     /// 0x0B: identifiers of the subscriptions that matched (server to client
     /// only; may repeat).
     pub subscription_identifiers: Vec<u32>,
     /// 0x03.
-    pub content_type: Option<String>,
+    pub content_type: Option<Arc<str>>,
 }
 
 /// Properties of PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK.

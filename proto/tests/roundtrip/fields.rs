@@ -192,11 +192,11 @@ pub fn publish_properties() -> impl Strategy<Value = PublishProperties> {
                 payload_format_indicator: pfi,
                 message_expiry_interval: mei,
                 topic_alias: ta,
-                response_topic: rt,
+                response_topic: rt.map(Into::into),
                 correlation_data: cd,
-                user_properties: up,
+                user_properties: up.into(),
                 subscription_identifiers: si,
-                content_type: ct,
+                content_type: ct.map(Into::into),
             },
         )
 }

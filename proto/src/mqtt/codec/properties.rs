@@ -1,6 +1,8 @@
 //! Which properties each MQTT 5.0 packet carries (MQTT 5.0 section 2.2.2.2),
 //! as [`PropertySet`] implementations of the public property structs.
 
+use std::sync::Arc;
+
 use super::property::{
     PropertySet, id, put_binary, put_bool, put_string, put_subscription_id, put_u8, put_u16,
     put_u32, put_user, read_bool, read_nonzero_u16, read_nonzero_u32, read_subscription_id,
@@ -54,7 +56,7 @@ impl PropertySet for ConnectProperties {
         put_string(
             s,
             id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
+            self.authentication_method.as_deref(),
         )?;
         put_binary(
             s,
@@ -89,8 +91,8 @@ impl PropertySet for WillProperties {
             self.payload_format_indicator,
         );
         put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        put_string(s, id::CONTENT_TYPE, self.content_type.as_ref())?;
-        put_string(s, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
+        put_string(s, id::CONTENT_TYPE, self.content_type.as_deref())?;
+        put_string(s, id::RESPONSE_TOPIC, self.response_topic.as_deref())?;
         put_binary(s, id::CORRELATION_DATA, self.correlation_data.as_ref())?;
         put_user(s, &self.user_properties)
     }
@@ -138,10 +140,10 @@ impl PropertySet for ConnAckProperties {
         put_string(
             s,
             id::ASSIGNED_CLIENT_IDENTIFIER,
-            self.assigned_client_identifier.as_ref(),
+            self.assigned_client_identifier.as_deref(),
         )?;
         put_u16(s, id::TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        put_string(s, id::REASON_STRING, self.reason_string.as_ref())?;
+        put_string(s, id::REASON_STRING, self.reason_string.as_deref())?;
         put_user(s, &self.user_properties)?;
         put_bool(
             s,
@@ -162,13 +164,13 @@ impl PropertySet for ConnAckProperties {
         put_string(
             s,
             id::RESPONSE_INFORMATION,
-            self.response_information.as_ref(),
+            self.response_information.as_deref(),
         )?;
-        put_string(s, id::SERVER_REFERENCE, self.server_reference.as_ref())?;
+        put_string(s, id::SERVER_REFERENCE, self.server_reference.as_deref())?;
         put_string(
             s,
             id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
+            self.authentication_method.as_deref(),
         )?;
         put_binary(
             s,
@@ -190,13 +192,14 @@ impl PropertySet for PublishProperties {
             }
             id::MESSAGE_EXPIRY_INTERVAL => self.message_expiry_interval = Some(r.u32()?),
             id::TOPIC_ALIAS => self.topic_alias = Some(read_nonzero_u16(r)?),
-            id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?),
+            id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?.into()),
             id::CORRELATION_DATA => self.correlation_data = Some(r.binary()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            // Not shared yet while decoding: no copy.
+            id::USER_PROPERTY => Arc::make_mut(&mut self.user_properties).push(read_user(r)?),
             id::SUBSCRIPTION_IDENTIFIER => {
                 self.subscription_identifiers.push(read_subscription_id(r)?);
             }
-            id::CONTENT_TYPE => self.content_type = Some(r.string()?),
+            id::CONTENT_TYPE => self.content_type = Some(r.string()?.into()),
             _ => return Ok(false),
         }
         Ok(true)
@@ -210,13 +213,13 @@ impl PropertySet for PublishProperties {
         );
         put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         put_u16(s, id::TOPIC_ALIAS, self.topic_alias);
-        put_string(s, id::RESPONSE_TOPIC, self.response_topic.as_ref())?;
+        put_string(s, id::RESPONSE_TOPIC, self.response_topic.as_deref())?;
         put_binary(s, id::CORRELATION_DATA, self.correlation_data.as_ref())?;
         put_user(s, &self.user_properties)?;
         for sub_id in &self.subscription_identifiers {
             put_subscription_id(s, *sub_id)?;
         }
-        put_string(s, id::CONTENT_TYPE, self.content_type.as_ref())
+        put_string(s, id::CONTENT_TYPE, self.content_type.as_deref())
     }
 }
 
@@ -231,7 +234,7 @@ impl PropertySet for AckProperties {
     }
 
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
-        put_string(s, id::REASON_STRING, self.reason_string.as_ref())?;
+        put_string(s, id::REASON_STRING, self.reason_string.as_deref())?;
         put_user(s, &self.user_properties)
     }
 }
@@ -284,9 +287,9 @@ impl PropertySet for DisconnectProperties {
 
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         put_u32(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_string(s, id::REASON_STRING, self.reason_string.as_ref())?;
+        put_string(s, id::REASON_STRING, self.reason_string.as_deref())?;
         put_user(s, &self.user_properties)?;
-        put_string(s, id::SERVER_REFERENCE, self.server_reference.as_ref())
+        put_string(s, id::SERVER_REFERENCE, self.server_reference.as_deref())
     }
 }
 
@@ -306,14 +309,14 @@ impl PropertySet for AuthProperties {
         put_string(
             s,
             id::AUTHENTICATION_METHOD,
-            self.authentication_method.as_ref(),
+            self.authentication_method.as_deref(),
         )?;
         put_binary(
             s,
             id::AUTHENTICATION_DATA,
             self.authentication_data.as_ref(),
         )?;
-        put_string(s, id::REASON_STRING, self.reason_string.as_ref())?;
+        put_string(s, id::REASON_STRING, self.reason_string.as_deref())?;
         put_user(s, &self.user_properties)
     }
 }

@@ -188,7 +188,7 @@ pub(crate) fn put_subscription_id<S: Sink>(sink: &mut S, value: u32) -> Result<(
 pub(crate) fn put_string<S: Sink>(
     sink: &mut S,
     id: u8,
-    value: Option<&String>,
+    value: Option<&str>,
 ) -> Result<(), EncodeError> {
     match value {
         Some(v) => {
