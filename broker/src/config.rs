@@ -159,6 +159,12 @@ pub struct MqttConfig {
     /// (also what a 3.1.1 clean-session-0 client gets). An offline session
     /// holds its stored messages on disk until it expires.
     pub max_session_expiry_secs: u32,
+    /// Topics with a retained message, at most.
+    pub max_retained_messages: usize,
+    /// Bytes the retained messages hold (topic, payload, properties), at
+    /// most. A retained PUBLISH past either limit is not routed (5.0:
+    /// PUBACK/PUBREC 0x97).
+    pub max_retained_bytes: usize,
     /// Whether retained messages are supported.
     pub retain_available: bool,
 }
@@ -177,12 +183,22 @@ impl Default for MqttConfig {
             max_subscribe_filters: 256,
             max_user_properties: 64,
             max_session_expiry_secs: 7 * 24 * 3600,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
             retain_available: true,
         }
     }
 }
 
 impl MqttConfig {
+    /// The bounds on retained messages.
+    pub fn retain_limits(&self) -> crate::router::RetainLimits {
+        crate::router::RetainLimits {
+            max_messages: self.max_retained_messages,
+            max_bytes: self.max_retained_bytes,
+        }
+    }
+
     /// The CONNECT timeout.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
@@ -215,6 +231,12 @@ pub struct SessionConfig {
     /// sessions still waiting for them, so that their space can be given
     /// back; 0 keeps them until their sessions take them or expire.
     pub max_message_age_secs: u64,
+    /// Sessions the node holds at once, connected or not; a CONNECT that
+    /// would start one more is refused (5.0: 0x97, 3.1.1: 0x03).
+    pub max_sessions: usize,
+    /// Stored messages all sessions together may wait for (counted at each
+    /// trim); at it, new messages are not stored for any of them.
+    pub max_stored_messages_total: usize,
 }
 
 impl SessionConfig {
@@ -233,6 +255,8 @@ impl Default for SessionConfig {
             max_stored_messages: 1_000_000,
             max_subscriptions: 10_000,
             max_message_age_secs: 7 * 24 * 3600,
+            max_sessions: 1_000_000,
+            max_stored_messages_total: 10_000_000,
         }
     }
 }

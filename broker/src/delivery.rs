@@ -22,7 +22,7 @@ use crate::durable::{
 };
 use crate::message::{Delivery, Message};
 use crate::metrics::BrokerMetrics;
-use crate::router::{RouteOutcome, RouteTarget};
+use crate::router::{RetainRefused, RouteOutcome, RouteTarget};
 use crate::session::Session;
 
 /// The store write of a published message, resolving once it is on disk.
@@ -108,11 +108,31 @@ pub(crate) fn route(
     message: &Arc<Message>,
     origin: Option<Origin>,
 ) -> Result<(RouteOutcome, ToStore), DurableError> {
-    let queue_qos0 = shared.config.load().session.queue_qos0_offline;
+    let config = shared.config.load();
+    let queue_qos0 = config.session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
+    // Retained first: a message the broker cannot retain is not routed.
+    if message.retain {
+        match shared.router.retain(message, config.mqtt.retain_limits()) {
+            Ok(count) => shared.metrics.retained.set(count as i64),
+            Err(RetainRefused) => {
+                shared
+                    .metrics
+                    .messages_dropped
+                    .with_label_values(&["retained_limit"])
+                    .inc();
+                outcome.retain_refused = true;
+                return Ok((outcome, ToStore::Nothing));
+            }
+        }
+    }
     let mut durable = Vec::new();
     // Loaded only for a subscription the ACL partly allows.
     let mut auth = None;
+    let stored_full = shared
+        .durable
+        .as_ref()
+        .is_some_and(DurableStore::stored_full);
     for target in shared.router.targets(message, &shared.sessions) {
         let RouteTarget {
             session,
@@ -134,13 +154,13 @@ pub(crate) fn route(
             _ => None,
         };
         match epoch {
+            Some(_) if stored_full => {
+                session.count_drop();
+                outcome.dropped_stored_limit += 1;
+            }
             Some(epoch) => durable.push((session, epoch, delivery)),
             None => outcome.enqueue(&session, delivery, queue_qos0),
         }
-    }
-    if message.retain {
-        let count = shared.router.retain(message);
-        shared.metrics.retained.set(count as i64);
     }
     let Some(store) = shared.durable.clone() else {
         return Ok((outcome, ToStore::Nothing));

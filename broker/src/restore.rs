@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::auth::Subscription;
 use crate::broker::Shared;
 use crate::durable::{self, DiskRef, DurableError, DurableStore, Recovered};
+use crate::router::RetainLimits;
 use crate::session::{
     DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry,
 };
@@ -31,7 +32,8 @@ pub(crate) async fn restore(
     let auth = shared.auth.load_full();
     for (publish, expires_at_ms) in recovered.retained {
         let message = durable::retained_message(publish, expires_at_ms);
-        shared.router.retain(&Arc::new(message));
+        // Stored before the limits were checked again: kept whatever they are.
+        let _ = shared.router.retain(&Arc::new(message), RetainLimits::NONE);
     }
     let mut backlog = 0;
     let mut dropped = 0u64;
@@ -223,6 +225,17 @@ pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
             })
             .await;
         shared.metrics.stored_backlog.set(held);
+        let limit = shared.config.load().session.max_stored_messages_total;
+        let full = usize::try_from(held).unwrap_or(usize::MAX) >= limit;
+        if full != store.stored_full() {
+            warn!(
+                stored = held,
+                limit,
+                full,
+                "stored messages of all sessions against session.max_stored_messages_total"
+            );
+        }
+        store.set_stored_full(full);
         if let Err(e) = trimmed {
             crate::delivery::count_storage_error(&shared.metrics);
             warn!(error = %e, "cannot trim the message store");

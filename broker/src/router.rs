@@ -52,8 +52,36 @@ fn split_filter(filter: &str) -> (Option<&str>, &str) {
 #[derive(Default)]
 pub struct Router {
     subscriptions: RwLock<SubscriptionTree<SubKey, SubValue>>,
-    retained: RwLock<RetainTree<Arc<Message>>>,
+    retained: RwLock<Retained>,
 }
+
+/// The retained messages, with the bytes they hold.
+#[derive(Default)]
+struct Retained {
+    tree: RetainTree<Arc<Message>>,
+    bytes: usize,
+}
+
+/// How many retained messages, and how many bytes of them, a broker keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainLimits {
+    /// Topics with a retained message.
+    pub max_messages: usize,
+    /// Their topics, payloads and properties ([`Message::size`]).
+    pub max_bytes: usize,
+}
+
+impl RetainLimits {
+    /// No limit (messages restored from the store were accepted already).
+    pub const NONE: RetainLimits = RetainLimits {
+        max_messages: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// A retained message that would take the broker past its [`RetainLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainRefused;
 
 /// What routing one message did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +95,12 @@ pub struct RouteOutcome {
     /// Subscribers the ACL does not let receive the message's topic (their
     /// subscription's filter is only partly allowed).
     pub dropped_not_authorized: usize,
+    /// Persistent sessions not given the message because every session
+    /// together holds `session.max_stored_messages_total`.
+    pub dropped_stored_limit: usize,
+    /// The message was to be retained and the retained messages are at
+    /// their limit: it was not routed at all.
+    pub retain_refused: bool,
 }
 
 impl RouteOutcome {
@@ -89,7 +123,7 @@ impl RouteOutcome {
 
     /// Sessions that refused the message.
     pub fn dropped(&self) -> usize {
-        self.dropped_queue_full + self.dropped_offline_qos0
+        self.dropped_queue_full + self.dropped_offline_qos0 + self.dropped_stored_limit
     }
 
     /// Adds the drops to the broker's `messages_dropped` counter.
@@ -105,11 +139,16 @@ impl RouteOutcome {
                     .inc_by(count as u64);
             }
         }
-        if self.dropped_not_authorized > 0 {
-            metrics
-                .messages_dropped
-                .with_label_values(&["subscriber_not_authorized"])
-                .inc_by(self.dropped_not_authorized as u64);
+        for (label, count) in [
+            ("subscriber_not_authorized", self.dropped_not_authorized),
+            ("stored_limit", self.dropped_stored_limit),
+        ] {
+            if count > 0 {
+                metrics
+                    .messages_dropped
+                    .with_label_values(&[label])
+                    .inc_by(count as u64);
+            }
         }
     }
 }
@@ -241,18 +280,41 @@ impl Router {
     }
 
     /// Stores, replaces or (with an empty payload) clears the retained
-    /// message of a topic. Returns the number of retained messages.
-    pub fn retain(&self, message: &Arc<Message>) -> usize {
+    /// message of a topic, unless that would take the retained messages
+    /// past `limits` (clearing, and a replacement no larger than what it
+    /// replaces, always pass). Returns the number of retained messages.
+    pub fn retain(
+        &self,
+        message: &Arc<Message>,
+        limits: RetainLimits,
+    ) -> Result<usize, RetainRefused> {
         let mut retained = self
             .retained
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let old = retained.tree.get(&message.topic).map(|m| m.size());
         if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(&message.topic, Arc::clone(message));
+            retained.tree.remove(&message.topic);
+            retained.bytes -= old.unwrap_or(0);
+            return Ok(retained.tree.len());
         }
-        retained.len()
+        let bytes = retained.bytes - old.unwrap_or(0) + message.size();
+        let count = retained.tree.len() + usize::from(old.is_none());
+        let grows = old.is_none_or(|old| message.size() > old);
+        if grows && (count > limits.max_messages || bytes > limits.max_bytes) {
+            return Err(RetainRefused);
+        }
+        retained.tree.insert(&message.topic, Arc::clone(message));
+        retained.bytes = bytes;
+        Ok(retained.tree.len())
+    }
+
+    /// Bytes the retained messages hold ([`Message::size`] of each).
+    pub fn retained_bytes(&self) -> usize {
+        self.retained
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
     }
 
     /// The unexpired retained messages matching `filter` (for a shared
@@ -261,7 +323,7 @@ impl Router {
         let (_, inner) = split_filter(filter);
         let retained = self.retained.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
-        retained.for_each_match(inner, |_, message| {
+        retained.tree.for_each_match(inner, |_, message| {
             if !message.is_expired(now) {
                 out.push(Arc::clone(message));
             }
@@ -274,6 +336,7 @@ impl Router {
         self.retained
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .tree
             .len()
     }
 

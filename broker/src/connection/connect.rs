@@ -279,6 +279,12 @@ async fn attach(
     } else {
         Claim::Anyone
     };
+    // A new session past the node's limit is refused (5.0: 0x97, 3.1.1:
+    // 0x03); an existing one may always be resumed.
+    if shared.sessions.len() >= config.session.max_sessions && shared.sessions.get(&key).is_none() {
+        debug!(client_id, "the node holds its maximum of sessions");
+        return Err(ReasonCode::QuotaExceeded);
+    }
     // A session that has just ended leaves the registry in a moment: wait
     // for that, then start a new one.
     let mut tries = 0u32;
@@ -580,6 +586,8 @@ pub(crate) fn reason_label(reason: ReasonCode) -> &'static str {
         ReasonCode::TopicFilterInvalid => "topic_filter_invalid",
         ReasonCode::KeepAliveTimeout => "keep_alive_timeout",
         ReasonCode::RetainNotSupported => "retain_not_supported",
+        ReasonCode::QuotaExceeded => "quota_exceeded",
+        ReasonCode::ServerUnavailable => "server_unavailable",
         _ => "other",
     }
 }

@@ -199,7 +199,9 @@ impl Connection {
             End::ServerError
         })?;
         outcome.count_drops(&self.shared.metrics);
-        let reason = if outcome.delivered == 0 && outcome.dropped() == 0 {
+        let reason = if outcome.retain_refused {
+            ReasonCode::QuotaExceeded
+        } else if outcome.delivered == 0 && outcome.dropped() == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success

@@ -221,6 +221,8 @@ struct Inner {
     max_record: usize,
     /// See [`DurableConfig::max_message_age`].
     max_message_age: Option<Duration>,
+    /// Sessions together hold `session.max_stored_messages_total`.
+    stored_full: std::sync::atomic::AtomicBool,
     /// Completions that could not be recorded.
     ack_errors: IntCounter,
 }
@@ -314,6 +316,7 @@ impl DurableStore {
                 backlog,
                 max_record,
                 max_message_age: config.max_message_age,
+                stored_full: std::sync::atomic::AtomicBool::new(false),
                 ack_errors,
             }),
         };
@@ -420,6 +423,18 @@ impl DurableStore {
             self.inner.backlog.take(size);
             StorageError::Closed
         })
+    }
+
+    /// Records whether the sessions together hold as many stored messages
+    /// as they may (`session.max_stored_messages_total`, as of the last
+    /// count); while they do, new messages are not stored for them.
+    pub fn set_stored_full(&self, full: bool) {
+        self.inner.stored_full.store(full, Ordering::Relaxed);
+    }
+
+    /// See [`DurableStore::set_stored_full`].
+    pub fn stored_full(&self) -> bool {
+        self.inner.stored_full.load(Ordering::Relaxed)
     }
 
     /// Whether the partition writers have more queued than

@@ -158,8 +158,15 @@ fn a_message_is_checked_only_when_every_matching_subscription_is_filtered() {
 #[test]
 fn retained_messages_are_set_matched_and_cleared() {
     let router = Router::default();
-    assert_eq!(router.retain(&message("r/1", QoS::AtMostOnce, None)), 1);
-    assert_eq!(router.retain(&message("r/2", QoS::AtMostOnce, None)), 2);
+    let none = RetainLimits::NONE;
+    assert_eq!(
+        router.retain(&message("r/1", QoS::AtMostOnce, None), none),
+        Ok(1)
+    );
+    assert_eq!(
+        router.retain(&message("r/2", QoS::AtMostOnce, None), none),
+        Ok(2)
+    );
     assert_eq!(router.retained_for("r/+", Instant::now()).len(), 2);
     assert_eq!(router.retained_for("$share/g/r/1", Instant::now()).len(), 1);
     let clear = Arc::new(Message {
@@ -177,6 +184,55 @@ fn retained_messages_are_set_matched_and_cleared() {
             None,
         )
     });
-    assert_eq!(router.retain(&clear), 1);
+    assert_eq!(router.retain(&clear, none), Ok(1));
     assert_eq!(router.retained_count(), 1);
+}
+
+#[test]
+fn retained_messages_stop_at_their_count_and_bytes() {
+    let router = Router::default();
+    let one = message("r/1", QoS::AtMostOnce, None);
+    let size = one.size();
+    let limits = RetainLimits {
+        max_messages: 2,
+        max_bytes: 3 * size,
+    };
+    assert_eq!(router.retain(&one, limits), Ok(1));
+    assert_eq!(
+        router.retain(&message("r/2", QoS::AtMostOnce, None), limits),
+        Ok(2)
+    );
+    assert_eq!(
+        router.retain(&message("r/3", QoS::AtMostOnce, None), limits),
+        Err(RetainRefused),
+        "a third topic"
+    );
+    // Replacing an existing topic with a message no larger always passes.
+    assert_eq!(
+        router.retain(&message("r/2", QoS::AtMostOnce, None), limits),
+        Ok(2)
+    );
+    assert_eq!(router.retained_bytes(), 2 * size);
+    let big = Arc::new(Message {
+        payload: Bytes::from(vec![b'x'; 2 * size]),
+        ..Message::from_publish(
+            tidemq_proto::mqtt::Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: "r/1".into(),
+                packet_id: None,
+                properties: PublishProperties::default(),
+                payload: Bytes::new(),
+            },
+            None,
+        )
+    });
+    assert_eq!(
+        router.retain(&big, limits),
+        Err(RetainRefused),
+        "too many bytes"
+    );
+    assert_eq!(router.retained_bytes(), 2 * size, "nothing changed");
+    assert_eq!(router.retained_for("r/#", Instant::now()).len(), 2);
 }
