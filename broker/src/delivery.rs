@@ -70,27 +70,36 @@ pub(crate) enum ToStore {
     Write(StoreWrite),
 }
 
-/// A message record encoded for the store, and its deliveries to queue once
-/// it is on disk.
+/// A message's records encoded for the store (the message and its first
+/// recipients, then more recipient lists when there are many), and its
+/// deliveries to queue once they are on disk.
 pub(crate) struct PendingRecord {
     partition: u32,
-    bytes: Vec<u8>,
+    records: Vec<Vec<u8>>,
     waiting: Waiting,
 }
 
-/// The deliveries of a record on its way to disk.
+/// The deliveries of a message on its way to disk.
 struct Waiting {
     deliveries: Vec<(Arc<Session>, u64, Delivery)>,
+    /// How many of the deliveries each record names, in order.
+    per_record: Vec<usize>,
     /// Keeps the partition from being trimmed until the sessions hold the
     /// offset.
     appending: AppendGuard,
 }
 
 impl Waiting {
-    /// The deliveries, now that their record is on disk at `at`.
-    fn stored(mut self, at: DiskRef, store: DurableStore) -> Stored {
-        for (_, _, delivery) in &mut self.deliveries {
-            delivery.stored = Some(at);
+    /// The deliveries, now that their records are on disk from `first` on:
+    /// each points at the record that names its session.
+    fn stored(mut self, partition: u32, first: u64, store: DurableStore) -> Stored {
+        let offsets = self
+            .per_record
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| std::iter::repeat_n(first + i as u64, n));
+        for ((_, _, delivery), offset) in self.deliveries.iter_mut().zip(offsets) {
+            delivery.stored = Some(DiskRef { partition, offset });
         }
         Stored {
             deliveries: self.deliveries,
@@ -198,26 +207,35 @@ fn pending_record(
     let publisher = message.publisher.as_deref().unwrap_or_default();
     let partition = store.partition_for(publisher);
     let appending = store.begin_append(partition);
-    let record = Record::Publish {
+    let recipients = deliveries
+        .iter()
+        .map(|(session, epoch, delivery)| Recipient {
+            key: session.key.to_string(),
+            epoch: *epoch,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            subscription_ids: delivery.subscription_ids.clone(),
+        })
+        .collect();
+    let chunks = record::recipient_chunks(recipients);
+    let per_record = chunks.iter().map(Vec::len).collect();
+    let mut records = Vec::with_capacity(chunks.len());
+    let mut chunks = chunks.into_iter();
+    records.push(store.encode_message(&Record::Publish {
         publish: record::message_publish(message),
         expires_at_ms: record::expiry_to_unix(message, Instant::now()),
         origin,
-        recipients: deliveries
-            .iter()
-            .map(|(session, epoch, delivery)| Recipient {
-                key: session.key.to_string(),
-                epoch: *epoch,
-                qos: delivery.qos,
-                retain: delivery.retain,
-                subscription_ids: delivery.subscription_ids.clone(),
-            })
-            .collect(),
-    };
+        recipients: chunks.next().unwrap_or_default(),
+    })?);
+    for (back, recipients) in (1u32..).zip(chunks) {
+        records.push(store.encode_message(&Record::Recipients { back, recipients })?);
+    }
     Ok(PendingRecord {
         partition,
-        bytes: store.encode_message(&record)?,
+        records,
         waiting: Waiting {
             deliveries,
+            per_record,
             appending,
         },
     })
@@ -258,39 +276,46 @@ pub(crate) fn write_records(
     let mut records = records.into_iter().peekable();
     while let Some(first) = records.next() {
         let partition = first.partition;
-        let mut bytes = vec![first.bytes];
-        rest.push(first.waiting);
+        let mut run: Vec<PendingRecord> = vec![first];
         while let Some(next) = records.next_if(|r| r.partition == partition) {
-            bytes.push(next.bytes);
-            rest.push(next.waiting);
+            run.push(next);
         }
-        let count = bytes.len();
-        runs.push((partition, count, store.send_records(partition, bytes)));
+        // Each message's records take consecutive offsets from the job's first.
+        let mut bytes = Vec::with_capacity(run.len());
+        let mut skip = 0u64;
+        for pending in run {
+            let count = pending.records.len() as u64;
+            bytes.extend(pending.records);
+            rest.push((partition, skip, pending.waiting));
+            skip += count;
+        }
+        runs.push(store.send_records(partition, bytes));
     }
     let shared = Arc::clone(shared);
     async move {
         let metrics = &shared.metrics;
-        let mut at = Vec::with_capacity(rest.len());
-        for (partition, count, sent) in runs {
+        let mut firsts = Vec::with_capacity(runs.len());
+        for sent in runs {
             let first = match sent {
                 Ok(reply) => reply.await,
                 Err(e) => Err(e),
             }
             .inspect_err(|_| metrics.storage_errors.inc())?;
-            at.extend(
-                (first..)
-                    .take(count)
-                    .map(|offset| DiskRef { partition, offset }),
-            );
+            firsts.push(first);
         }
         let seconds = started.elapsed().as_secs_f64();
         metrics.messages_stored.inc_by(rest.len() as u64);
+        // `rest` is in run order: a new run starts where `skip` is 0.
+        let mut run = firsts.into_iter();
+        let mut first = 0;
         Ok(rest
             .into_iter()
-            .zip(at)
-            .map(|(waiting, at)| {
+            .map(|(partition, skip, waiting)| {
+                if skip == 0 {
+                    first = run.next().unwrap_or(first);
+                }
                 metrics.store_write_seconds.observe(seconds);
-                waiting.stored(at, store.clone())
+                waiting.stored(partition, first + skip, store.clone())
             })
             .collect())
     }
@@ -316,23 +341,19 @@ fn write_alone(
             let Some(pending) = pending else {
                 return Ok(None);
             };
-            let offset = store
-                .append_encoded(pending.partition, pending.bytes)
+            let first = store
+                .send_records(pending.partition, pending.records)?
                 .await?;
-            let at = DiskRef {
-                partition: pending.partition,
-                offset,
-            };
-            Ok(Some((at, pending.waiting)))
+            Ok(Some((pending.partition, first, pending.waiting)))
         };
         let (appended, ()) = futures_util::future::try_join(append, store.put_retained(&message))
             .await
             .inspect_err(|_| errors.inc())?;
         write_seconds.observe(started.elapsed().as_secs_f64());
         Ok(match appended {
-            Some((at, waiting)) => {
+            Some((partition, first, waiting)) => {
                 stored_total.inc();
-                waiting.stored(at, store)
+                waiting.stored(partition, first, store)
             }
             None => Stored {
                 deliveries: Vec::new(),

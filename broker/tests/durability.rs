@@ -220,7 +220,9 @@ async fn retained_messages_and_subscriptions_survive_a_graceful_restart() -> any
         .await?
         .context("the session is in the meta service")?;
     // A 3.1.1 persistent session gets the node's maximum expiry.
-    let max_expiry = tidemq_broker::Config::default().mqtt.max_session_expiry_secs;
+    let max_expiry = tidemq_broker::Config::default()
+        .mqtt
+        .max_session_expiry_secs;
     ensure!(record.node_id == 1 && record.expiry_secs == max_expiry);
     ensure!(
         record.payload.windows(3).any(|w| w == b"g/#"),

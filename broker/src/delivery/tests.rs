@@ -13,10 +13,9 @@ use crate::durable::{DurableConfig, SessionCatalog};
 use crate::router::Router;
 use crate::session::{MemoryQueue, SessionRegistry, SubscriptionEntry};
 
-/// Broker state around a real message store in `dir`, with `acl` rules.
-async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
-    let registry = prometheus::Registry::new();
-    let config = DurableConfig {
+/// A real message store in `dir`: four partitions, 1 MiB segments.
+fn store_config(dir: &std::path::Path) -> DurableConfig {
+    DurableConfig {
         dir: dir.to_path_buf(),
         partitions: 4,
         io_threads: 1,
@@ -26,8 +25,13 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
         max_backlog_bytes: 1 << 20,
         min_free_bytes: 0,
         max_message_age: None,
-    };
-    let (store, _) = DurableStore::open(&config, SessionCatalog::Local, &registry)
+    }
+}
+
+/// Broker state around a real message store in `dir`, with `acl` rules.
+async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
+    let registry = prometheus::Registry::new();
+    let (store, _) = DurableStore::open(&store_config(dir), SessionCatalog::Local, &registry)
         .await
         .expect("store opens");
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
@@ -156,4 +160,63 @@ async fn a_filtered_subscription_gets_only_what_the_acl_allows() {
     assert!(matches!(to_store, ToStore::Record(_)));
     assert!(may_receive(&shared.auth.load(), &session, "t/open"));
     assert!(!may_receive(&shared.auth.load(), &session, "t/secret"));
+}
+
+#[tokio::test]
+async fn a_message_for_more_sessions_than_a_segment_holds_reaches_them_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = shared(dir.path(), None).await;
+    let store = shared.durable.clone().expect("store");
+    // 12,000 recipients of ~130 bytes each: 1.5 MB of recipients, more
+    // than one segment (1 MiB here) could hold in one record.
+    let ids: Vec<String> = (0..12_000).map(|i| format!("{i:0>100}")).collect();
+    let sessions: Vec<Arc<Session>> = ids
+        .iter()
+        .map(|id| subscriber(&shared, id, "fan/#", false))
+        .collect();
+    for session in &sessions {
+        let stored = session.lock().stored(&session.key).expect("persistent");
+        store.put_session(stored).await.expect("session recorded");
+    }
+    let pending = record(&shared, "fan/x", "default/pub");
+    assert!(
+        pending.records.len() >= 6,
+        "{} records",
+        pending.records.len()
+    );
+    let stored = write_records(&shared, vec![pending])
+        .await
+        .expect("written");
+    for stored in stored {
+        stored.enqueue(&shared.metrics);
+    }
+    let mut places = Vec::new();
+    for (session, id) in sessions.iter().zip(&ids).step_by(1_999) {
+        let mut refs = Vec::new();
+        session.lock().for_each_stored(&mut |at| refs.push(at));
+        assert_eq!(refs.len(), 1, "{id}");
+        places.push(refs[0]);
+        let loaded = store.load(&session.key, &refs).await.expect("loads");
+        let delivery = loaded[0].1.as_ref().expect("the message is found");
+        assert_eq!(delivery.message.topic, "fan/x");
+        assert_eq!(delivery.message.payload.as_ref(), b"m");
+    }
+    assert!(places.windows(2).any(|w| w[0] != w[1]), "several records");
+    store.close().await.expect("closes");
+
+    // After a restart every session still has the message to receive.
+    let registry = prometheus::Registry::new();
+    let (store, recovered) =
+        DurableStore::open(&store_config(dir.path()), SessionCatalog::Local, &registry)
+            .await
+            .expect("reopens");
+    assert_eq!(recovered.sessions.len(), 12_000);
+    assert!(recovered.sessions.iter().all(|s| s.queue.len() == 1));
+    let sample = &recovered.sessions[0];
+    let loaded = store
+        .load(&sample.session.key, &[sample.queue[0].0])
+        .await
+        .expect("loads");
+    assert!(loaded[0].1.is_some());
+    store.close().await.expect("closes");
 }

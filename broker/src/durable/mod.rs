@@ -5,7 +5,8 @@
 //!
 //! - **Message partitions** `0..N`: one PUBLISH record per message that a
 //!   persistent session must receive at QoS 1 or 2, naming every such
-//!   recipient; then, in the same partition, one `Ack` per recipient that
+//!   recipient (past ~256 KiB of recipients, the rest in `Recipients`
+//!   records appended with it, so that no record outgrows a segment); then, in the same partition, one `Ack` per recipient that
 //!   completed it and one `Released` per QoS 2 recipient that answered
 //!   PUBREC. A publisher's messages all go to the partition of its session
 //!   key, so they keep their order. One writer task per partition appends
@@ -618,27 +619,30 @@ impl DurableStore {
         let mut out = Vec::with_capacity(refs.len());
         let now = Instant::now();
         for &at in refs {
-            let records = match self
-                .inner
-                .engine
-                .read(u64::from(at.partition), at.offset, 1)
-                .await
-            {
-                Ok(records) => records,
-                Err(StorageError::OffsetOutOfRange { .. }) => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-            let delivery = records
-                .into_iter()
-                .find(|r| r.offset == at.offset)
-                .and_then(|r| match Record::decode(r.payload) {
-                    Ok(record) => Some(record),
-                    Err(e) => {
-                        warn!(partition = at.partition, offset = at.offset, error = %e, "stored message does not decode");
-                        None
+            // The record naming the session; for a message with many
+            // recipients, the message itself is some records before it.
+            let delivery = match self.read_record(at.partition, at.offset).await? {
+                Some(Record::Publish {
+                    publish,
+                    expires_at_ms,
+                    recipients,
+                    ..
+                }) => delivery_for(publish, expires_at_ms, recipients, key, at, now),
+                Some(Record::Recipients { back, recipients }) => {
+                    match self
+                        .read_record(at.partition, at.offset.saturating_sub(u64::from(back)))
+                        .await?
+                    {
+                        Some(Record::Publish {
+                            publish,
+                            expires_at_ms,
+                            ..
+                        }) => delivery_for(publish, expires_at_ms, recipients, key, at, now),
+                        _ => None,
                     }
-                })
-                .and_then(|record| delivery_for(record, key, at, now));
+                }
+                _ => None,
+            };
             if delivery.is_none() {
                 warn!(
                     session = key,
@@ -667,6 +671,35 @@ impl DurableStore {
             cutoffs.push(cutoff);
         }
         Ok(cutoffs)
+    }
+
+    /// The record at `offset` of a message partition; `None` when it is
+    /// gone (trimmed) or does not decode (logged).
+    async fn read_record(
+        &self,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<Record>, DurableError> {
+        let records = match self
+            .inner
+            .engine
+            .read(u64::from(partition), offset, 1)
+            .await
+        {
+            Ok(records) => records,
+            Err(StorageError::OffsetOutOfRange { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(record) = records.into_iter().find(|r| r.offset == offset) else {
+            return Ok(None);
+        };
+        match Record::decode(record.payload) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                warn!(partition, offset, error = %e, "stored message does not decode");
+                Ok(None)
+            }
+        }
     }
 
     /// Gives back the space of records no session needs: `live` yields every
@@ -707,17 +740,16 @@ impl DurableStore {
     }
 }
 
-/// The delivery of a stored PUBLISH record to the session `key`.
-fn delivery_for(record: Record, key: &str, at: DiskRef, now: Instant) -> Option<Delivery> {
-    let Record::Publish {
-        publish,
-        expires_at_ms,
-        recipients,
-        ..
-    } = record
-    else {
-        return None;
-    };
+/// The delivery of a stored message to the session `key`, if `recipients`
+/// names it.
+fn delivery_for(
+    publish: Publish,
+    expires_at_ms: Option<u64>,
+    recipients: Vec<Recipient>,
+    key: &str,
+    at: DiskRef,
+    now: Instant,
+) -> Option<Delivery> {
     let recipient = recipients.into_iter().find(|r| r.key == key)?;
     let message = Message {
         topic: publish.topic,

@@ -87,11 +87,6 @@ impl DurableStore {
         retained.retain(|_, (_, expires)| expires.is_none_or(|at| at > now_ms));
 
         // Messages: what each live session still has to receive.
-        #[derive(Clone, Copy)]
-        struct Pending {
-            timestamp_ms: i64,
-            released: bool,
-        }
         let epoch_of = |key: &str| sessions.get(key).map(|s| s.epoch);
         // Older messages are no longer queued (session.max_message_age_secs).
         let oldest_ms = self.inner.max_message_age.map_or(i64::MIN, |age| {
@@ -123,25 +118,13 @@ impl DurableStore {
                                     }
                                 }
                             }
-                            let pending = Pending {
-                                timestamp_ms,
-                                released: false,
-                            };
-                            if timestamp_ms < oldest_ms {
-                                recipients.clear();
+                            if timestamp_ms >= oldest_ms {
+                                queue_for(&mut queues, recipients, at, timestamp_ms);
                             }
-                            for key in recipients {
-                                match queues.get_mut(key) {
-                                    Some(queue) => {
-                                        queue.insert(at, pending);
-                                    }
-                                    None => {
-                                        queues.insert(
-                                            key.to_string(),
-                                            BTreeMap::from([(at, pending)]),
-                                        );
-                                    }
-                                }
+                        }
+                        Ok(ReplayView::Recipients { .. }) => {
+                            if timestamp_ms >= oldest_ms {
+                                queue_for(&mut queues, recipients, at, timestamp_ms);
                             }
                         }
                         Ok(ReplayView::Ack { key, offset, .. }) => {
@@ -259,5 +242,35 @@ fn skip_failed_compaction(
             Ok(())
         }
         other => other,
+    }
+}
+
+/// A message a session still has to receive, as replay finds it.
+#[derive(Clone, Copy)]
+struct Pending {
+    timestamp_ms: i64,
+    released: bool,
+}
+
+/// Queues the message at `at` for each of `keys`.
+fn queue_for(
+    queues: &mut HashMap<String, BTreeMap<DiskRef, Pending>>,
+    keys: Vec<&str>,
+    at: DiskRef,
+    timestamp_ms: i64,
+) {
+    let pending = Pending {
+        timestamp_ms,
+        released: false,
+    };
+    for key in keys {
+        match queues.get_mut(key) {
+            Some(queue) => {
+                queue.insert(at, pending);
+            }
+            None => {
+                queues.insert(key.to_string(), BTreeMap::from([(at, pending)]));
+            }
+        }
     }
 }

@@ -5,6 +5,13 @@
 //! PUBLISH packet (topic, payload, QoS, retain and every property), encoded
 //! and decoded by the protocol codec, so nothing about a message is lost
 //! and no second message format exists.
+//!
+//! A message for many persistent sessions lists them in several records so
+//! that no record outgrows a segment: the `Publish` record names the first
+//! recipients, and each `Recipients` record that follows it in the same
+//! append names more, pointing back at the `Publish` by how many records
+//! before it that is. One append lands in one segment, so a message and
+//! all its recipient lists are trimmed together.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +28,10 @@ const INBOUND_RELEASED: u8 = 4;
 const SESSION: u8 = 5;
 const SESSION_GONE: u8 = 6;
 const RETAIN: u8 = 7;
+const RECIPIENTS: u8 = 8;
+
+/// About the bytes of recipients one record lists at most.
+pub const RECIPIENT_BYTES_PER_RECORD: usize = 256 * 1024;
 
 /// Largest message record decoded (the broker's packet limit is lower).
 const MAX_PACKET: usize = 256 * 1024 * 1024;
@@ -98,6 +109,14 @@ pub enum Record {
         /// Who must receive it.
         recipients: Vec<Recipient>,
     },
+    /// More recipients of the message `back` records before this one
+    /// (same partition, same append).
+    Recipients {
+        /// How many offsets back the `Publish` record is.
+        back: u32,
+        /// Who must receive it.
+        recipients: Vec<Recipient>,
+    },
     /// The message at `offset` (same partition) was completed by a session.
     Ack {
         /// Session key.
@@ -165,18 +184,13 @@ impl Record {
                     }
                     None => out.put_u8(0),
                 }
-                out.put_u32(len_u32(recipients.len())?);
-                for r in recipients {
-                    put_str(out, &r.key)?;
-                    out.put_u64(r.epoch);
-                    out.put_u8(r.qos as u8);
-                    out.put_u8(u8::from(r.retain));
-                    out.put_u32(len_u32(r.subscription_ids.len())?);
-                    for id in &r.subscription_ids {
-                        out.put_u32(*id);
-                    }
-                }
+                put_recipients(out, recipients)?;
                 put_publish(out, publish)?;
+            }
+            Record::Recipients { back, recipients } => {
+                out.put_u8(RECIPIENTS);
+                out.put_u32(*back);
+                put_recipients(out, recipients)?;
             }
             Record::Ack { key, epoch, offset } | Record::Released { key, epoch, offset } => {
                 out.put_u8(if matches!(self, Record::Ack { .. }) {
@@ -240,12 +254,9 @@ impl Record {
                 publish: p,
                 recipients,
                 ..
-            } => {
-                64 + publish(p)
-                    + recipients
-                        .iter()
-                        .map(|r| 20 + r.key.len() + 4 * r.subscription_ids.len())
-                        .sum::<usize>()
+            } => 64 + publish(p) + recipients.iter().map(Recipient::encoded_len).sum::<usize>(),
+            Record::Recipients { recipients, .. } => {
+                16 + recipients.iter().map(Recipient::encoded_len).sum::<usize>()
             }
             Record::Retain { publish: p, .. } => 16 + publish(p),
             _ => 64,
@@ -267,6 +278,10 @@ impl Record {
                     recipients,
                 }
             }
+            RECIPIENTS => Record::Recipients {
+                back: r.u32()?,
+                recipients: r.recipients()?,
+            },
             tag @ (ACK | RELEASED) => {
                 let (key, epoch, offset) = (r.string()?, r.u64()?, r.u64()?);
                 if tag == ACK {
@@ -341,15 +356,13 @@ impl Record {
                     0 => None,
                     _ => Some((r.str()?, r.u64()?, r.u16()?)),
                 };
-                for _ in 0..r.u32()? {
-                    let key = r.str()?;
-                    let epoch = r.u64()?;
-                    let _qos_and_retain = r.take(2)?;
-                    let ids = r.u32()? as usize;
-                    r.take(ids.checked_mul(4).ok_or(corrupt("subscription ids"))?)?;
-                    recipient(key, epoch);
-                }
+                r.recipients(&mut recipient)?;
                 ReplayView::Publish { origin }
+            }
+            RECIPIENTS => {
+                let back = r.u32()?;
+                r.recipients(&mut recipient)?;
+                ReplayView::Recipients { back }
             }
             ACK => ReplayView::Ack {
                 key: r.str()?,
@@ -378,6 +391,11 @@ pub enum ReplayView<'a> {
     Publish {
         /// `(publisher key, epoch, packet id)`.
         origin: Option<(&'a str, u64, u16)>,
+    },
+    /// More recipients of the message `back` offsets before.
+    Recipients {
+        /// How many offsets back the message's `Publish` record is.
+        back: u32,
     },
     /// A session completed the message at `offset`.
     Ack {
@@ -449,6 +467,60 @@ impl<'a> SliceReader<'a> {
         let len = usize::from(self.u16()?);
         std::str::from_utf8(self.take(len)?).map_err(|_| corrupt("string is not UTF-8"))
     }
+
+    /// Skips over a recipient list, giving each `(session key, epoch)`.
+    fn recipients(&mut self, each: &mut impl FnMut(&'a str, u64)) -> Result<(), DurableError> {
+        for _ in 0..self.u32()? {
+            let key = self.str()?;
+            let epoch = self.u64()?;
+            let _qos_and_retain = self.take(2)?;
+            let ids = self.u32()? as usize;
+            self.take(ids.checked_mul(4).ok_or(corrupt("subscription ids"))?)?;
+            each(key, epoch);
+        }
+        Ok(())
+    }
+}
+
+impl Recipient {
+    /// Its bytes in a record.
+    pub fn encoded_len(&self) -> usize {
+        16 + self.key.len() + 4 * self.subscription_ids.len()
+    }
+}
+
+/// Splits `recipients` into lists of about [`RECIPIENT_BYTES_PER_RECORD`]
+/// each (at least one recipient per list), in order.
+pub fn recipient_chunks(recipients: Vec<Recipient>) -> Vec<Vec<Recipient>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for recipient in recipients {
+        let len = recipient.encoded_len();
+        if bytes + len > RECIPIENT_BYTES_PER_RECORD && bytes > 0 {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(recipient);
+        }
+    }
+    chunks
+}
+
+fn put_recipients(out: &mut BytesMut, recipients: &[Recipient]) -> Result<(), DurableError> {
+    out.put_u32(len_u32(recipients.len())?);
+    for r in recipients {
+        put_str(out, &r.key)?;
+        out.put_u64(r.epoch);
+        out.put_u8(r.qos as u8);
+        out.put_u8(u8::from(r.retain));
+        out.put_u32(len_u32(r.subscription_ids.len())?);
+        for id in &r.subscription_ids {
+            out.put_u32(*id);
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -594,187 +666,4 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests {
-    use tidemq_proto::mqtt::{PublishProperties, RetainHandling};
-
-    use super::*;
-
-    fn publish(qos: QoS) -> Publish {
-        Publish {
-            dup: false,
-            qos,
-            retain: true,
-            topic: "a/b".into(),
-            packet_id: (qos != QoS::AtMostOnce).then_some(1),
-            properties: PublishProperties {
-                content_type: Some("text/plain".into()),
-                user_properties: vec![("k".into(), "v".into())].into(),
-                ..PublishProperties::default()
-            },
-            payload: Bytes::from_static(b"hello"),
-        }
-    }
-
-    #[test]
-    fn every_record_round_trips() {
-        let records = vec![
-            Record::Publish {
-                publish: publish(QoS::ExactlyOnce),
-                expires_at_ms: Some(123_456),
-                origin: Some(Origin {
-                    key: "t/pub".into(),
-                    epoch: 3,
-                    packet_id: 77,
-                }),
-                recipients: vec![
-                    Recipient {
-                        key: "t/a".into(),
-                        epoch: 1,
-                        qos: QoS::AtLeastOnce,
-                        retain: false,
-                        subscription_ids: vec![4, 9],
-                    },
-                    Recipient {
-                        key: "t/b".into(),
-                        epoch: 2,
-                        qos: QoS::ExactlyOnce,
-                        retain: true,
-                        subscription_ids: vec![],
-                    },
-                ],
-            },
-            Record::Ack {
-                key: "t/a".into(),
-                epoch: 1,
-                offset: 42,
-            },
-            Record::Released {
-                key: "t/b".into(),
-                epoch: 2,
-                offset: 42,
-            },
-            Record::InboundReleased {
-                key: "t/pub".into(),
-                epoch: 3,
-                packet_id: 77,
-            },
-            Record::Session(StoredSession {
-                key: "t/a".into(),
-                epoch: 1,
-                expiry_secs: u32::MAX,
-                protocol: Protocol::V3_1_1,
-                subscriptions: vec![StoredSubscription {
-                    filter: "$share/g/x/#".into(),
-                    options: SubscriptionOptions {
-                        qos: QoS::ExactlyOnce,
-                        no_local: true,
-                        retain_as_published: true,
-                        retain_handling: RetainHandling::DoNotSend,
-                    },
-                    id: Some(5),
-                }],
-                username: Some("alice".into()),
-            }),
-            Record::Session(StoredSession {
-                key: "t/b".into(),
-                epoch: 2,
-                expiry_secs: 60,
-                protocol: Protocol::V5,
-                subscriptions: Vec::new(),
-                username: None,
-            }),
-            Record::SessionGone { key: "t/a".into() },
-            Record::Retain {
-                publish: publish(QoS::AtMostOnce),
-                expires_at_ms: None,
-            },
-        ];
-        for record in records {
-            let bytes = Bytes::from(record.encode().expect("encodes"));
-            let decoded = Record::decode(bytes.clone()).expect("decodes");
-            assert_eq!(decoded, record);
-            let mut seen = Vec::new();
-            let view =
-                Record::replay_view(&bytes, |key, epoch| seen.push((key.to_string(), epoch)))
-                    .expect("replay view");
-            let expected = match &record {
-                Record::Publish {
-                    origin, recipients, ..
-                } => {
-                    let keys: Vec<_> = recipients
-                        .iter()
-                        .map(|r| (r.key.clone(), r.epoch))
-                        .collect();
-                    assert_eq!(seen, keys);
-                    ReplayView::Publish {
-                        origin: origin
-                            .as_ref()
-                            .map(|o| (o.key.as_str(), o.epoch, o.packet_id)),
-                    }
-                }
-                Record::Ack { key, epoch, offset } => ReplayView::Ack {
-                    key,
-                    epoch: *epoch,
-                    offset: *offset,
-                },
-                Record::Released { key, epoch, offset } => ReplayView::Released {
-                    key,
-                    epoch: *epoch,
-                    offset: *offset,
-                },
-                Record::InboundReleased {
-                    key,
-                    epoch,
-                    packet_id,
-                } => ReplayView::InboundReleased {
-                    key,
-                    epoch: *epoch,
-                    packet_id: *packet_id,
-                },
-                _ => ReplayView::Other,
-            };
-            assert_eq!(view, expected);
-            // Cut short, the parts recovery reads are refused, never misread.
-            if !matches!(expected, ReplayView::Other) {
-                let header_len = match &record {
-                    // The message itself is not read.
-                    Record::Publish { publish, .. } => {
-                        bytes.len()
-                            - mqtt::encoded_len(&Packet::Publish(publish.clone()), Protocol::V5)
-                                .expect("encodable")
-                    }
-                    _ => bytes.len(),
-                };
-                for len in 0..header_len.min(bytes.len()) {
-                    let cut = &bytes[..len];
-                    let cut_view = Record::replay_view(cut, |_, _| {});
-                    assert!(cut_view.is_err() || len >= header_len, "cut at {len}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn damaged_records_are_errors_not_panics() {
-        let record = Record::Publish {
-            publish: publish(QoS::AtLeastOnce),
-            expires_at_ms: None,
-            origin: None,
-            recipients: vec![Recipient {
-                key: "t/a".into(),
-                epoch: 1,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                subscription_ids: vec![1],
-            }],
-        };
-        let bytes = record.encode().expect("encodes");
-        for len in 0..bytes.len() {
-            assert!(
-                Record::decode(Bytes::copy_from_slice(&bytes[..len])).is_err(),
-                "cut at {len}"
-            );
-        }
-        assert!(Record::decode(Bytes::from_static(&[99])).is_err());
-    }
-}
+mod tests;
