@@ -4,26 +4,10 @@ mod common;
 
 use std::io::Write;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use bytes::Bytes;
-use common::Raw;
+use common::{Raw, cheap_hash as hash};
 use tidemq_broker::Config;
 use tidemq_proto::mqtt::{Protocol, QoS, ReasonCode};
-
-/// A cheap argon2id hash, so tests stay fast.
-fn hash(password: &str) -> String {
-    let salt = SaltString::encode_b64(b"tidemq-test-salt").expect("salt");
-    let argon = Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(1024, 1, 1, None).expect("params"),
-    );
-    argon
-        .hash_password(password.as_bytes(), &salt)
-        .expect("hash")
-        .to_string()
-}
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);

@@ -95,6 +95,11 @@ impl Raw {
         self.stream.write_all(bytes).await
     }
 
+    /// Closes the sending half: the broker reads the end of the stream.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
     /// The next packet; `None` when the broker closed the connection.
     /// Panics if nothing arrives within [`WAIT`].
     pub async fn recv(&mut self) -> Option<Packet> {
@@ -180,10 +185,14 @@ impl Raw {
         retain: bool,
         packet_id: u16,
     ) -> Option<PubResponse> {
-        self.send(&Packet::Publish(publish(
-            topic, payload, qos, retain, packet_id,
-        )))
-        .await;
+        self.publish_packet(publish(topic, payload, qos, retain, packet_id))
+            .await
+    }
+
+    /// Sends `p` and completes its flow as [`Raw::publish`] does.
+    pub async fn publish_packet(&mut self, p: Publish) -> Option<PubResponse> {
+        let (qos, packet_id) = (p.qos, p.packet_id.unwrap_or(0));
+        self.send(&Packet::Publish(p)).await;
         match qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce => match self.recv().await {
@@ -288,4 +297,21 @@ pub async fn disconnect(mut raw: Raw) {
     .await;
     // Wait for the broker to close, so the session is offline for sure.
     raw.until_closed().await;
+}
+
+/// A cheap argon2id hash of `password` for a password file, so tests stay
+/// fast (the broker verifies any argon2 parameters).
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    let salt = SaltString::encode_b64(b"tidemq-test-salt").expect("salt");
+    let argon = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(1024, 1, 1, None).expect("params"),
+    );
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
 }
