@@ -438,3 +438,41 @@ fn auth() {
     });
     assert_codec(V5, &bytes, packet);
 }
+
+#[test]
+fn a_flood_of_user_properties_is_checked_but_not_all_kept() {
+    let flood: Vec<UserProperty> = (0..1000)
+        .map(|i| (format!("k{i}"), String::new()))
+        .collect();
+    let packet = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "t".into(),
+        packet_id: Some(1),
+        properties: PublishProperties {
+            user_properties: flood.clone().into(),
+            ..Default::default()
+        },
+        payload: Bytes::from_static(b"x"),
+    });
+    let mut bytes = bytes::BytesMut::new();
+    encode(&packet, Protocol::V5, &mut bytes).unwrap();
+    let mut limited = bytes.clone();
+    match decode_limited(&mut limited, Protocol::V5, 1 << 20, 11).unwrap() {
+        Some(Packet::Publish(p)) => assert_eq!(p.properties.user_properties[..], flood[..11]),
+        other => panic!("{other:?}"),
+    }
+    assert!(limited.is_empty(), "the whole packet was read");
+    // A bad property past the limit is still malformed.
+    let mut bad = bytes.clone();
+    let at = bad.len() - 2; // the last property's empty value, then the payload
+    let last_key_end = at - 2;
+    bad[last_key_end - 1] = 0xFF; // not UTF-8
+    assert!(decode_limited(&mut bad, Protocol::V5, 1 << 20, 11).is_err());
+    assert_eq!(
+        decode_one(&bytes, Protocol::V5).unwrap(),
+        Some(packet),
+        "no limit: all kept"
+    );
+}

@@ -423,6 +423,7 @@ impl Connection {
             detached: Some(detached),
             connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
             max_packet_in: config.mqtt.max_packet_size as usize,
+            max_user_properties_in: config.mqtt.max_user_properties,
             max_packet_out: connect
                 .properties
                 .maximum_packet_size

@@ -174,6 +174,8 @@ pub(crate) struct Connection {
     connect_expiry: u32,
     /// Largest packet accepted from the client.
     max_packet_in: usize,
+    /// `mqtt.max_user_properties` when the client connected.
+    max_user_properties_in: usize,
     /// Largest packet the client accepts.
     max_packet_out: usize,
     /// Outbound QoS 1/2 messages allowed in flight.
@@ -460,7 +462,14 @@ impl Connection {
                 self.input_held = true;
                 return Ok(());
             }
-            match mqtt::decode(&mut io.read_buf, self.protocol, self.max_packet_in) {
+            // One user property over the limit is enough to refuse a PUBLISH.
+            let max_user_properties = self.max_user_properties_in.saturating_add(1);
+            match mqtt::decode_limited(
+                &mut io.read_buf,
+                self.protocol,
+                self.max_packet_in,
+                max_user_properties,
+            ) {
                 Ok(Some(packet)) => {
                     self.last_packet = *now.get_or_insert_with(Instant::now);
                     self.shared.metrics.packets_in.count(&packet);

@@ -65,6 +65,21 @@ pub fn decode(
     protocol: Protocol,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    decode_limited(buf, protocol, max_packet_size, usize::MAX)
+}
+
+/// [`decode`], keeping at most `max_user_properties` user properties of
+/// each property block: the rest are checked like any property (a bad one
+/// is still malformed) but not kept. A receiver that accepts at most `n`
+/// passes `n + 1` and refuses a packet that comes back with more than `n`,
+/// without the cost of holding a flood of them (a 1 MB PUBLISH can carry
+/// 200,000).
+pub fn decode_limited(
+    buf: &mut BytesMut,
+    protocol: Protocol,
+    max_packet_size: usize,
+    max_user_properties: usize,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -89,7 +104,7 @@ pub fn decode(
         return Ok(None);
     }
     let mut frame = buf.split_to(size).freeze();
-    let mut r = Reader::new(frame.split_off(header_len));
+    let mut r = Reader::with_limit(frame.split_off(header_len), max_user_properties);
     let packet = match packet_type {
         kind::CONNECT => connect::decode(&mut r)?,
         kind::CONNACK => connack::decode(&mut r, protocol)?,

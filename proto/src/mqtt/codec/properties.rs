@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::property::{
-    PropertySet, id, put_binary, put_bool, put_string, put_subscription_id, put_u8, put_u16,
-    put_u32, put_user, read_bool, read_nonzero_u16, read_nonzero_u32, read_subscription_id,
-    read_user, read_zero_or_one,
+    PropertySet, id, push_user, put_binary, put_bool, put_string, put_subscription_id, put_u8,
+    put_u16, put_u32, put_user, read_bool, read_nonzero_u16, read_nonzero_u32,
+    read_subscription_id, read_zero_or_one,
 };
 use super::read::Reader;
 use super::write::Sink;
@@ -29,7 +29,7 @@ impl PropertySet for ConnectProperties {
             id::REQUEST_PROBLEM_INFORMATION => {
                 self.request_problem_information = Some(read_bool(r)?);
             }
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             id::AUTHENTICATION_METHOD => self.authentication_method = Some(r.string()?),
             id::AUTHENTICATION_DATA => self.authentication_data = Some(r.binary()?),
             _ => return Ok(false),
@@ -77,7 +77,7 @@ impl PropertySet for WillProperties {
             id::CONTENT_TYPE => self.content_type = Some(r.string()?),
             id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?),
             id::CORRELATION_DATA => self.correlation_data = Some(r.binary()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -111,7 +111,7 @@ impl PropertySet for ConnAckProperties {
             }
             id::TOPIC_ALIAS_MAXIMUM => self.topic_alias_maximum = Some(r.u16()?),
             id::REASON_STRING => self.reason_string = Some(r.string()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             id::WILDCARD_SUBSCRIPTION_AVAILABLE => {
                 self.wildcard_subscription_available = Some(read_bool(r)?);
             }
@@ -195,7 +195,7 @@ impl PropertySet for PublishProperties {
             id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?.into()),
             id::CORRELATION_DATA => self.correlation_data = Some(r.binary()?),
             // Not shared yet while decoding: no copy.
-            id::USER_PROPERTY => Arc::make_mut(&mut self.user_properties).push(read_user(r)?),
+            id::USER_PROPERTY => push_user(Arc::make_mut(&mut self.user_properties), r)?,
             id::SUBSCRIPTION_IDENTIFIER => {
                 self.subscription_identifiers.push(read_subscription_id(r)?);
             }
@@ -227,7 +227,7 @@ impl PropertySet for AckProperties {
     fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<bool, DecodeError> {
         match id {
             id::REASON_STRING => self.reason_string = Some(r.string()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -245,7 +245,7 @@ impl PropertySet for SubscribeProperties {
             id::SUBSCRIPTION_IDENTIFIER => {
                 self.subscription_identifier = Some(read_subscription_id(r)?);
             }
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -262,7 +262,7 @@ impl PropertySet for SubscribeProperties {
 impl PropertySet for UnsubscribeProperties {
     fn read_one(&mut self, id: u8, r: &mut Reader) -> Result<bool, DecodeError> {
         match id {
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -278,7 +278,7 @@ impl PropertySet for DisconnectProperties {
         match id {
             id::SESSION_EXPIRY_INTERVAL => self.session_expiry_interval = Some(r.u32()?),
             id::REASON_STRING => self.reason_string = Some(r.string()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             id::SERVER_REFERENCE => self.server_reference = Some(r.string()?),
             _ => return Ok(false),
         }
@@ -299,7 +299,7 @@ impl PropertySet for AuthProperties {
             id::AUTHENTICATION_METHOD => self.authentication_method = Some(r.string()?),
             id::AUTHENTICATION_DATA => self.authentication_data = Some(r.binary()?),
             id::REASON_STRING => self.reason_string = Some(r.string()?),
-            id::USER_PROPERTY => self.user_properties.push(read_user(r)?),
+            id::USER_PROPERTY => push_user(&mut self.user_properties, r)?,
             _ => return Ok(false),
         }
         Ok(true)

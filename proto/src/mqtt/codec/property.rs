@@ -68,7 +68,7 @@ pub(crate) fn decode<P: PropertySet>(r: &mut Reader) -> Result<P, DecodeError> {
     if len > r.remaining() {
         return Err(DecodeError::Malformed("property length exceeds the packet"));
     }
-    let mut block = Reader::new(r.take(len)?);
+    let mut block = r.sub(len)?;
     let mut props = P::default();
     // Every defined identifier is below 64, so one bit each records "seen".
     let mut seen = 0u64;
@@ -145,6 +145,16 @@ pub(crate) fn read_subscription_id(r: &mut Reader) -> Result<u32, DecodeError> {
 /// A user property: a string pair.
 pub(crate) fn read_user(r: &mut Reader) -> Result<UserProperty, DecodeError> {
     Ok((r.string()?, r.string()?))
+}
+
+/// Reads a user property into `list`, unless the list holds the reader's
+/// maximum already: then it is checked and dropped.
+pub(crate) fn push_user(list: &mut Vec<UserProperty>, r: &mut Reader) -> Result<(), DecodeError> {
+    let pair = read_user(r)?;
+    if list.len() < r.max_user_properties() {
+        list.push(pair);
+    }
+    Ok(())
 }
 
 // Writers for optional values: absent properties write nothing.

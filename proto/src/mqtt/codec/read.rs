@@ -14,12 +14,36 @@ pub(crate) const MAX_VARINT: usize = 268_435_455;
 /// buffer, so payloads are zero-copy.
 pub(crate) struct Reader {
     buf: Bytes,
+    /// User properties kept per property block; more are read (and
+    /// checked) but dropped.
+    max_user_properties: usize,
 }
 
 impl Reader {
     /// Reads `buf` from its start.
+    #[cfg(test)]
     pub(crate) fn new(buf: Bytes) -> Self {
-        Self { buf }
+        Self::with_limit(buf, usize::MAX)
+    }
+
+    /// Reads `buf`, keeping at most `max_user_properties` user properties
+    /// per property block.
+    pub(crate) fn with_limit(buf: Bytes, max_user_properties: usize) -> Self {
+        Self {
+            buf,
+            max_user_properties,
+        }
+    }
+
+    /// The next `len` bytes as a reader of their own, with the same limits.
+    pub(crate) fn sub(&mut self, len: usize) -> Result<Reader, DecodeError> {
+        let limit = self.max_user_properties;
+        Ok(Self::with_limit(self.take(len)?, limit))
+    }
+
+    /// See [`Reader::with_limit`].
+    pub(crate) fn max_user_properties(&self) -> usize {
+        self.max_user_properties
     }
 
     /// Bytes not read yet.
