@@ -8,18 +8,18 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`node`] | [`Node::start`]: the runtimes, the meta service, the broker and the HTTP endpoint of one node |
+//! | `node` | [`Node::start`]: the runtimes, the meta service, the broker and the HTTP endpoint of one node |
 //! | `http` | `GET /metrics` and `GET /health` |
-//! | [`broker`] | [`Broker::start`]: shared state, the listener, shutdown |
-//! | [`admission`] | which accepted connections are served: count, per-address and rate limits |
+//! | `broker` | [`Broker::start`]: shared state, the listener, shutdown |
+//! | `admission` | which accepted connections are served: count, per-address and rate limits |
 //! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
-//! | [`session`] | sessions, their queues and inflight windows, the flat-keyed registry |
-//! | [`durable`] | persistent sessions, their messages and retained messages in the storage engine |
-//! | [`router`] | subscription matching, shared subscriptions, retained messages |
-//! | [`topic_tree`] | the tries behind the router |
-//! | [`auth`] | password file (argon2) and ACL rules |
-//! | [`config`] | TOML + `TIDEMQ_` environment configuration of the whole node |
-//! | [`metrics`] | Prometheus metrics |
+//! | `session` | sessions, their queues and inflight windows, the flat-keyed registry |
+//! | `durable` | persistent sessions, their messages and retained messages in the storage engine |
+//! | `router` | subscription matching, shared subscriptions, retained messages |
+//! | `topic_tree` | the tries behind the router |
+//! | `auth` | password file (argon2) and ACL rules |
+//! | `config` | TOML + `TIDEMQ_` environment configuration of the whole node |
+//! | `metrics` | Prometheus metrics |
 //!
 //! ## Concurrency
 //!
@@ -57,22 +57,24 @@
 //! # }
 //! ```
 
-pub mod admission;
-pub mod auth;
-pub mod broker;
-pub mod config;
+mod admission;
+mod auth;
+mod broker;
+mod config;
 mod connection;
 mod delivery;
-pub mod durable;
+mod durable;
 mod http;
-pub mod message;
-pub mod metrics;
-pub mod node;
+mod message;
+mod metrics;
+mod node;
 mod restore;
-pub mod router;
-pub mod session;
-pub mod topic_tree;
+mod router;
+mod session;
+mod topic_tree;
 
-pub use broker::{Broker, BrokerError};
-pub use config::Config;
+pub use auth::{AclRules, AuthError, PasswordFile};
+pub use broker::{AuthState, Broker, BrokerError};
+pub use config::{Config, ConfigError};
+pub use durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 pub use node::{Node, NodeError};

@@ -13,7 +13,8 @@ use crate::broker::Shared;
 use crate::durable::{self, DiskRef, DurableError, DurableStore, Recovered};
 use crate::router::RetainLimits;
 use crate::session::{
-    DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SubscriptionEntry,
+    DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SessionKey,
+    SubscriptionEntry,
 };
 
 /// Puts back every recovered session (offline, with its subscriptions,
@@ -41,8 +42,7 @@ pub(crate) async fn restore(
     let mut offline = Vec::new();
     for recovered in recovered.sessions {
         let stored = recovered.session;
-        let key: Arc<str> = stored.key.as_str().into();
-        let Some((tenant, client_id)) = stored.key.split_once('/') else {
+        let Some(key) = SessionKey::parse(&stored.key) else {
             warn!(key = %stored.key, "skipping a stored session with a malformed key");
             continue;
         };
@@ -60,13 +60,13 @@ pub(crate) async fn restore(
             store.load(&stored.key, &released).await?
         };
         let session = Session::new(
-            Arc::clone(&key),
-            client_id.to_string(),
+            key.clone(),
+            key.client_id().to_string(),
             stored.protocol,
-            Box::new(MemoryQueue::new(
+            MemoryQueue::new(
                 config.session.max_stored_messages,
                 config.session.max_queued_bytes,
-            )),
+            ),
         );
         {
             let mut state = session.lock();
@@ -78,6 +78,7 @@ pub(crate) async fn restore(
             state.username = stored.username.clone();
             for sub in &stored.subscriptions {
                 // The ACL may have changed since the subscription was made.
+                let client_id = key.client_id();
                 let acl = auth.subscription(stored.username.as_deref(), client_id, &sub.filter);
                 if acl == Subscription::Refused {
                     warn!(client = client_id, filter = %sub.filter, "ACL now denies a stored subscription: dropped");
@@ -111,7 +112,7 @@ pub(crate) async fn restore(
                 }
             }
         }
-        let (session, _) = shared.sessions.get_or_insert_with(tenant, &key, || session);
+        let (session, _) = shared.sessions.get_or_insert_with(&key, || session);
         if stored.expiry_secs != u32::MAX {
             crate::connection::schedule_expiry(shared, &session, 1, stored.expiry_secs);
         }

@@ -17,13 +17,13 @@ use std::time::Instant;
 use tidemq_proto::mqtt::{QoS, SubscriptionOptions};
 
 use crate::message::{Delivery, Message};
-use crate::session::{DropReason, Session, SessionRegistry, SubscriptionEntry};
+use crate::session::{DropReason, Session, SessionKey, SessionRegistry, SubscriptionEntry};
 use crate::topic_tree::{RetainTree, SubscriptionTree};
 
 /// The key of a subscription tree entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SubKey {
-    Client(Arc<str>),
+    Client(SessionKey),
     Shared(Arc<str>),
 }
 
@@ -36,7 +36,7 @@ enum SubValue {
 /// Members of one share group on one filter.
 #[derive(Debug, Default)]
 struct SharedGroup {
-    members: Vec<(Arc<str>, SubscriptionEntry)>,
+    members: Vec<(SessionKey, SubscriptionEntry)>,
     next: AtomicUsize,
 }
 
@@ -156,14 +156,14 @@ impl RouteOutcome {
 impl Router {
     /// Adds or replaces `client`'s subscription to `filter`. Returns whether
     /// it already existed.
-    pub fn subscribe(&self, client: &Arc<str>, filter: &str, entry: SubscriptionEntry) -> bool {
+    pub fn subscribe(&self, client: &SessionKey, filter: &str, entry: SubscriptionEntry) -> bool {
         let (group, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
         match group {
             None => tree
                 .insert(
                     inner,
-                    SubKey::Client(Arc::clone(client)),
+                    SubKey::Client(client.clone()),
                     SubValue::Client(entry),
                 )
                 .is_some(),
@@ -180,7 +180,7 @@ impl Router {
                                 true
                             }
                             None => {
-                                group.members.push((Arc::clone(client), entry));
+                                group.members.push((client.clone(), entry));
                                 false
                             }
                         }
@@ -194,12 +194,12 @@ impl Router {
     }
 
     /// Removes `client`'s subscription to `filter`. Returns whether it existed.
-    pub fn unsubscribe(&self, client: &Arc<str>, filter: &str) -> bool {
+    pub fn unsubscribe(&self, client: &SessionKey, filter: &str) -> bool {
         let (group, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
         match group {
             None => tree
-                .remove(inner, &SubKey::Client(Arc::clone(client)))
+                .remove(inner, &SubKey::Client(client.clone()))
                 .is_some(),
             Some(group) => {
                 let key = SubKey::Shared(group.into());
@@ -237,7 +237,7 @@ impl Router {
     /// flag, subscription identifiers), without queueing anything.
     pub fn targets(&self, message: &Arc<Message>, sessions: &SessionRegistry) -> Vec<RouteTarget> {
         // Collect targets under the read lock, look sessions up after.
-        let mut targets: HashMap<Arc<str>, Target> = HashMap::new();
+        let mut targets: HashMap<SessionKey, Target> = HashMap::new();
         {
             let tree = self
                 .subscriptions
@@ -245,10 +245,10 @@ impl Router {
                 .unwrap_or_else(PoisonError::into_inner);
             tree.for_each_match(&message.topic, |_, key, value| match (key, value) {
                 (SubKey::Client(client), SubValue::Client(entry)) => {
-                    if entry.options.no_local && message.publisher.as_ref() == Some(client) {
+                    if entry.options.no_local && message.publisher.as_deref() == Some(&**client) {
                         return;
                     }
-                    targets.entry(Arc::clone(client)).or_default().merge(entry);
+                    targets.entry(client.clone()).or_default().merge(entry);
                 }
                 (SubKey::Shared(_), SubValue::Shared(group)) => {
                     if let Some((client, entry)) = pick_member(group, sessions) {
@@ -354,7 +354,7 @@ impl Router {
 fn pick_member(
     group: &SharedGroup,
     sessions: &SessionRegistry,
-) -> Option<(Arc<str>, SubscriptionEntry)> {
+) -> Option<(SessionKey, SubscriptionEntry)> {
     let count = group.members.len();
     if count == 0 {
         return None;
@@ -366,11 +366,11 @@ fn pick_member(
             .get(client)
             .is_some_and(|s| s.lock().attachment.is_some());
         if connected {
-            return Some((Arc::clone(client), *entry));
+            return Some((client.clone(), *entry));
         }
     }
     let (client, entry) = &group.members[start % count];
-    Some((Arc::clone(client), *entry))
+    Some((client.clone(), *entry))
 }
 
 /// One session a message goes to.

@@ -7,7 +7,7 @@
 //! ring [`Session::notify`], and the connection task (the only writer to the
 //! client's socket) takes them out as its inflight window allows.
 //!
-//! The queue of deliveries is a [`MessageQueue`]: in memory here, replaceable
+//! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
 //! by a durable implementation without touching the connection code.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -20,6 +20,9 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::durable::{DiskRef, StoredSession, StoredSubscription};
 use crate::message::Delivery;
+
+mod key;
+pub use key::SessionKey;
 
 /// Why a delivery was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,39 +70,9 @@ pub enum Queued {
 // An offline session's backlog costs one of these per message.
 const _: () = assert!(std::mem::size_of::<Queued>() <= 24);
 
-/// Deliveries waiting to be sent to a client, bounded by count and bytes.
-pub trait MessageQueue: Send {
-    /// Adds an entry at the back, or refuses it when full.
-    fn push(&mut self, entry: Queued) -> Result<(), DropReason>;
-    /// Takes the entry at the front.
-    fn pop(&mut self) -> Option<Queued>;
-    /// The entry at the front.
-    fn front(&self) -> Option<&Queued>;
-    /// Entries queued.
-    fn len(&self) -> usize;
-    /// Whether nothing is queued.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Drops everything queued.
-    fn clear(&mut self);
-    /// Raises or lowers the entry limit.
-    fn set_max_messages(&mut self, max: usize);
-    /// Up to `max` stored entries at the front, in order.
-    fn leading_stored(&self, max: usize) -> Vec<DiskRef>;
-    /// Replaces stored entries by the deliveries loaded for them; an entry
-    /// whose message could not be loaded (`None`) is removed.
-    fn fill(&mut self, loaded: Vec<(DiskRef, Option<Delivery>)>);
-    /// Keeps only the disk reference of stored deliveries (the session went
-    /// offline: its backlog stays on disk, not in memory).
-    fn park(&mut self);
-    /// Calls `each` with every disk reference queued.
-    fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef));
-    /// Drops the stored entries `too_old` says are; returns how many.
-    fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize;
-}
-
-/// The in-memory [`MessageQueue`].
+/// Deliveries waiting to be sent to a client, bounded by count and bytes:
+/// in memory, or (for a persistent session's stored messages) only their
+/// place on disk.
 #[derive(Debug)]
 pub struct MemoryQueue {
     items: VecDeque<Queued>,
@@ -135,8 +108,9 @@ fn stored_ref(entry: &Queued) -> Option<DiskRef> {
     }
 }
 
-impl MessageQueue for MemoryQueue {
-    fn push(&mut self, entry: Queued) -> Result<(), DropReason> {
+impl MemoryQueue {
+    /// Adds an entry at the back, or refuses it when full.
+    pub fn push(&mut self, entry: Queued) -> Result<(), DropReason> {
         let size = entry_bytes(&entry);
         if self.items.len() >= self.max_messages || self.bytes + size > self.max_bytes {
             return Err(DropReason::QueueFull);
@@ -146,30 +120,41 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    fn pop(&mut self) -> Option<Queued> {
+    /// Takes the entry at the front.
+    pub fn pop(&mut self) -> Option<Queued> {
         let entry = self.items.pop_front()?;
         self.bytes -= entry_bytes(&entry);
         Some(entry)
     }
 
-    fn front(&self) -> Option<&Queued> {
+    /// The entry at the front.
+    pub fn front(&self) -> Option<&Queued> {
         self.items.front()
     }
 
-    fn len(&self) -> usize {
+    /// Entries queued.
+    pub fn len(&self) -> usize {
         self.items.len()
     }
 
-    fn clear(&mut self) {
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
         self.items.clear();
         self.bytes = 0;
     }
 
-    fn set_max_messages(&mut self, max: usize) {
+    /// Raises or lowers the entry limit.
+    pub fn set_max_messages(&mut self, max: usize) {
         self.max_messages = max;
     }
 
-    fn leading_stored(&self, max: usize) -> Vec<DiskRef> {
+    /// Up to `max` stored entries at the front, in order.
+    pub fn leading_stored(&self, max: usize) -> Vec<DiskRef> {
         self.items
             .iter()
             .map_while(|entry| match entry {
@@ -180,7 +165,9 @@ impl MessageQueue for MemoryQueue {
             .collect()
     }
 
-    fn fill(&mut self, loaded: Vec<(DiskRef, Option<Delivery>)>) {
+    /// Replaces stored entries by the deliveries loaded for them; an entry
+    /// whose message could not be loaded (`None`) is removed.
+    pub fn fill(&mut self, loaded: Vec<(DiskRef, Option<Delivery>)>) {
         let mut loaded: std::collections::HashMap<DiskRef, Option<Delivery>> =
             loaded.into_iter().collect();
         let items = std::mem::take(&mut self.items);
@@ -203,7 +190,9 @@ impl MessageQueue for MemoryQueue {
         }
     }
 
-    fn park(&mut self) {
+    /// Keeps only the disk reference of stored deliveries (the session went
+    /// offline: its backlog stays on disk, not in memory).
+    pub fn park(&mut self) {
         for entry in &mut self.items {
             if let Queued::Ready(delivery) = entry
                 && let Some(at) = delivery.stored
@@ -219,13 +208,15 @@ impl MessageQueue for MemoryQueue {
         }
     }
 
-    fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef)) {
+    /// Calls `each` with every disk reference queued.
+    pub fn for_each_stored(&self, each: &mut dyn FnMut(DiskRef)) {
         for at in self.items.iter().filter_map(stored_ref) {
             each(at);
         }
     }
 
-    fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize {
+    /// Drops the stored entries `too_old` says are; returns how many.
+    pub fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize {
         let before = self.items.len();
         let mut freed = 0;
         self.items.retain(|entry| {
@@ -242,6 +233,8 @@ impl MessageQueue for MemoryQueue {
 
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Each variant names the packet it waits for.
+#[allow(clippy::enum_variant_names)]
 pub enum InflightState {
     /// QoS 1 sent, waiting for PUBACK.
     AwaitPubAck,
@@ -381,7 +374,7 @@ pub struct SessionState {
     /// Subscriptions by filter (shared ones keep their `$share/...` form).
     pub subscriptions: HashMap<String, SubscriptionEntry>,
     /// Deliveries not sent yet.
-    pub queue: Box<dyn MessageQueue>,
+    pub queue: MemoryQueue,
     /// Outbound QoS 1/2 messages in send order.
     pub inflight: VecDeque<Inflight>,
     /// Packet ids of inbound QoS 2 messages received and not yet released.
@@ -412,7 +405,7 @@ pub struct SessionState {
 /// A client's session. See the [module docs](self).
 pub struct Session {
     /// `{tenant}/{client_id}`.
-    pub key: Arc<str>,
+    pub key: SessionKey,
     /// The client identifier.
     pub client_id: String,
     /// Rung when a delivery is queued for the connection to send.
@@ -432,12 +425,7 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(
-        key: Arc<str>,
-        client_id: String,
-        protocol: Protocol,
-        queue: Box<dyn MessageQueue>,
-    ) -> Self {
+    pub fn new(key: SessionKey, client_id: String, protocol: Protocol, queue: MemoryQueue) -> Self {
         Self {
             key,
             client_id,
@@ -744,21 +732,14 @@ impl SessionState {
     }
 }
 
-/// Every session of the broker, by flat key `{tenant}/{client_id}`, with a
-/// per-tenant index of keys.
+/// Every session of the broker, by flat key `{tenant}/{client_id}`.
 #[derive(Default)]
 pub struct SessionRegistry {
-    sessions: dashmap::DashMap<Arc<str>, Arc<Session>>,
-    tenants: dashmap::DashMap<String, HashSet<Arc<str>>>,
+    sessions: dashmap::DashMap<SessionKey, Arc<Session>>,
     next_connection_id: AtomicU64,
 }
 
 impl SessionRegistry {
-    /// The flat key of a client.
-    pub fn key(tenant: &str, client_id: &str) -> Arc<str> {
-        format!("{tenant}/{client_id}").into()
-    }
-
     /// A fresh connection id.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -773,32 +754,20 @@ impl SessionRegistry {
     /// Returns it and whether it already existed.
     pub fn get_or_insert_with(
         &self,
-        tenant: &str,
-        key: &Arc<str>,
+        key: &SessionKey,
         create: impl FnOnce() -> Session,
     ) -> (Arc<Session>, bool) {
-        let entry = self.sessions.entry(Arc::clone(key));
+        let entry = self.sessions.entry(key.clone());
         let existed = matches!(entry, dashmap::Entry::Occupied(_));
         let session = Arc::clone(entry.or_insert_with(|| Arc::new(create())).value());
-        if !existed {
-            self.tenants
-                .entry(tenant.to_string())
-                .or_default()
-                .insert(Arc::clone(key));
-        }
         (session, existed)
     }
 
     /// Removes a session if it is still `session` (not a newer one).
-    pub fn remove(&self, tenant: &str, session: &Arc<Session>) -> bool {
-        let removed = self
-            .sessions
-            .remove_if(&session.key, |_, current| Arc::ptr_eq(current, session))
-            .is_some();
-        if removed && let Some(mut keys) = self.tenants.get_mut(tenant) {
-            keys.remove(&session.key);
-        }
-        removed
+    pub fn remove(&self, session: &Arc<Session>) -> bool {
+        self.sessions
+            .remove_if(&*session.key, |_, current| Arc::ptr_eq(current, session))
+            .is_some()
     }
 
     /// Calls `each` with every session.
@@ -816,11 +785,6 @@ impl SessionRegistry {
     /// Whether no session is held.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
-    }
-
-    /// Sessions of one tenant.
-    pub fn tenant_len(&self, tenant: &str) -> usize {
-        self.tenants.get(tenant).map_or(0, |keys| keys.len())
     }
 }
 

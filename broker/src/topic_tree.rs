@@ -65,6 +65,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     }
 
     /// The entry for `key` under `filter`, if any.
+    #[cfg(test)]
     pub fn get(&self, filter: &str, key: &K) -> Option<&V> {
         let idx = self.trie.find(filter)?;
         self.trie.nodes[idx].payload.entries.get(key)
@@ -116,6 +117,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     }
 
     /// Whether the tree holds no entries.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -229,6 +231,7 @@ impl<V> RetainTree<V> {
     }
 
     /// Whether the tree holds no retained topics.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

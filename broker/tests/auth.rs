@@ -221,11 +221,11 @@ async fn a_resumed_session_drops_what_the_acl_now_denies() {
     drop(sub);
     // The rules change while the session is offline.
     let rules = "deny subscribe * secret/#\nallow all * #";
-    let acl = tidemq_broker::auth::AclRules::parse(rules, false).expect("rules");
+    let acl = tidemq_broker::AclRules::parse(rules, false).expect("rules");
     broker
         .shared()
         .auth
-        .store(std::sync::Arc::new(tidemq_broker::broker::AuthState {
+        .store(std::sync::Arc::new(tidemq_broker::AuthState {
             passwords: None,
             acl: Some(acl),
         }));

@@ -10,8 +10,8 @@ use anyhow::{Context, bail, ensure};
 use bytes::BytesMut;
 use common::process::NodeProcess;
 use common::{Raw, disconnect, persistent};
-use tidemq_broker::durable::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_broker::{Broker, Config};
+use tidemq_broker::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_proto::mqtt::{self, Disconnect, Packet, Protocol, QoS, ReasonCode};
 use tidemq_storage_engine::SyncPolicy;
 

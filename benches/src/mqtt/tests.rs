@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tidemq_broker::durable::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_broker::{Broker, Config};
+use tidemq_broker::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_proto::mqtt::{Packet, PubResponse};
 use tidemq_storage_engine::SyncPolicy;
 

@@ -84,8 +84,7 @@ fn main() -> anyhow::Result<()> {
     if args.hash_password {
         let mut password = String::new();
         std::io::stdin().read_line(&mut password)?;
-        let hash =
-            tidemq_broker::auth::PasswordFile::hash_password(password.trim_end().as_bytes())?;
+        let hash = tidemq_broker::PasswordFile::hash_password(password.trim_end().as_bytes())?;
         println!("{hash}");
         return Ok(());
     }

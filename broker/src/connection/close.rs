@@ -22,7 +22,7 @@ use crate::broker::Shared;
 use crate::delivery::StoreSink;
 use crate::durable::{DurableStore, StoredSession};
 use crate::message::Message;
-use crate::session::{PendingWill, Session};
+use crate::session::{PendingWill, Session, SessionKey};
 
 impl Connection {
     /// Ends the connection; see the [module docs](self).
@@ -315,8 +315,7 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
         );
     }
     shared.router.remove_session(session);
-    let tenant = shared.config.load().listener.tenant.clone();
-    shared.sessions.remove(&tenant, session);
+    shared.sessions.remove(session);
     shared.metrics.sessions.set(shared.sessions.len() as i64);
     shared
         .metrics
@@ -328,11 +327,11 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
 /// Publishes a will message as if its client had sent it.
 pub(super) fn publish_will(
     shared: &Arc<Shared>,
-    key: &Arc<str>,
+    key: &SessionKey,
     username: Option<&str>,
     will: LastWill,
 ) {
-    let client_id = key.split_once('/').map_or(&**key, |(_, id)| id);
+    let client_id = key.client_id();
     let auth = shared.auth.load();
     if let Some(acl) = &auth.acl
         && !acl.check(username, client_id, Action::Publish, &will.topic)
@@ -359,7 +358,7 @@ pub(super) fn publish_will(
             content_type: p.content_type.map(Into::into),
             ..PublishProperties::default()
         },
-        publisher: Some(Arc::clone(key)),
+        publisher: Some(Arc::clone(key.as_arc())),
         expires_at: p
             .message_expiry_interval
             .map(|secs| std::time::Instant::now() + Duration::from_secs(u64::from(secs))),

@@ -26,7 +26,7 @@ use crate::delivery::StoreSink;
 use crate::durable::DurableError;
 use crate::durable::record::unix_ms;
 use crate::session::{
-    Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionRegistry, SubscriptionEntry,
+    Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
 };
 
 /// Step timings of one handshake.
@@ -263,7 +263,7 @@ async fn attach(
     client_id: String,
 ) -> Result<(Connection, bool, bool), ReasonCode> {
     let tenant = &config.listener.tenant;
-    let key = SessionRegistry::key(tenant, &client_id);
+    let key = SessionKey::new(tenant, &client_id);
     let connection_id = shared.sessions.next_connection_id();
     let (kick_tx, kick) = oneshot::channel();
     let (detached, detached_rx) = oneshot::channel();
@@ -289,15 +289,15 @@ async fn attach(
     // for that, then start a new one.
     let mut tries = 0u32;
     let (session, existed, attached) = loop {
-        let (session, existed) = shared.sessions.get_or_insert_with(tenant, &key, || {
+        let (session, existed) = shared.sessions.get_or_insert_with(&key, || {
             Session::new(
-                Arc::clone(&key),
+                key.clone(),
                 client_id.clone(),
                 connect.protocol,
-                Box::new(MemoryQueue::new(
+                MemoryQueue::new(
                     config.session.max_queued_messages,
                     config.session.max_queued_bytes,
-                )),
+                ),
             )
         });
         match session.attach(attachment, claim) {

@@ -180,7 +180,7 @@ impl Connection {
         let qos = publish.qos;
         let message = Arc::new(Message::from_publish(
             publish,
-            Some(Arc::clone(&self.session.key)),
+            Some(Arc::clone(self.session.key.as_arc())),
         ));
         self.shared.metrics.messages_in.inc();
         // A QoS 2 message names its flow, so that a resend after a crash is

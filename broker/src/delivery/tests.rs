@@ -11,7 +11,7 @@ use crate::broker::AuthState;
 use crate::config::Config;
 use crate::durable::{DurableConfig, SessionCatalog};
 use crate::router::Router;
-use crate::session::{MemoryQueue, SessionRegistry, SubscriptionEntry};
+use crate::session::{MemoryQueue, SessionKey, SessionRegistry, SubscriptionEntry};
 
 /// A real message store in `dir`: four partitions, 1 MiB segments.
 fn store_config(dir: &std::path::Path) -> DurableConfig {
@@ -69,13 +69,13 @@ fn message(topic: &str, publisher: &str) -> Arc<Message> {
 
 /// A persistent session subscribed to `filter`.
 fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Arc<Session> {
-    let key = SessionRegistry::key("default", id);
-    let (session, _) = shared.sessions.get_or_insert_with("default", &key, || {
+    let key = SessionKey::new("default", id);
+    let (session, _) = shared.sessions.get_or_insert_with(&key, || {
         Session::new(
-            Arc::clone(&key),
+            key.clone(),
             id.into(),
             Protocol::V5,
-            Box::new(MemoryQueue::new(100, 1 << 20)),
+            MemoryQueue::new(100, 1 << 20),
         )
     });
     session.lock().durable = Some(1);

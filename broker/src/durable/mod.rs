@@ -338,11 +338,6 @@ impl DurableStore {
         Ok((store, recovered))
     }
 
-    /// The storage engine underneath.
-    pub fn engine(&self) -> &StorageEngine {
-        &self.inner.engine
-    }
-
     /// The message partition of a session key.
     pub fn partition_for(&self, key: &str) -> u32 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

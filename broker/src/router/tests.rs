@@ -31,18 +31,18 @@ fn entry(qos: QoS, id: Option<u32>) -> SubscriptionEntry {
 }
 
 /// A registry with sessions `default/{id}` for each id.
-fn registry(ids: &[&str]) -> (SessionRegistry, Vec<Arc<str>>) {
+fn registry(ids: &[&str]) -> (SessionRegistry, Vec<SessionKey>) {
     let registry = SessionRegistry::default();
     let keys = ids
         .iter()
         .map(|id| {
-            let key = SessionRegistry::key("default", id);
-            registry.get_or_insert_with("default", &key, || {
+            let key = SessionKey::new("default", id);
+            registry.get_or_insert_with(&key, || {
                 Session::new(
-                    Arc::clone(&key),
+                    key.clone(),
                     id.to_string(),
                     Protocol::V5,
-                    Box::new(MemoryQueue::new(10, 1000)),
+                    MemoryQueue::new(10, 1000),
                 )
             });
             key

@@ -41,10 +41,10 @@ fn at(offset: u64) -> DiskRef {
 
 fn session(max_messages: usize, max_bytes: usize) -> Session {
     Session::new(
-        "default/c".into(),
+        SessionKey::new("default", "c"),
         "c".into(),
         Protocol::V5,
-        Box::new(MemoryQueue::new(max_messages, max_bytes)),
+        MemoryQueue::new(max_messages, max_bytes),
     )
 }
 
@@ -331,14 +331,14 @@ fn attach_cancels_the_offline_timers() {
 #[test]
 fn the_registry_removes_only_the_session_it_was_given() {
     let registry = SessionRegistry::default();
-    let key = SessionRegistry::key("default", "c");
-    let (first, existed) = registry.get_or_insert_with("default", &key, || session(1, 1));
+    let key = SessionKey::new("default", "c");
+    let (first, existed) = registry.get_or_insert_with(&key, || session(1, 1));
     assert!(!existed);
-    let (same, existed) = registry.get_or_insert_with("default", &key, || session(1, 1));
+    let (same, existed) = registry.get_or_insert_with(&key, || session(1, 1));
     assert!(existed && Arc::ptr_eq(&first, &same));
-    assert!(registry.remove("default", &first));
-    let (second, _) = registry.get_or_insert_with("default", &key, || session(1, 1));
-    assert!(!registry.remove("default", &first), "a newer session stays");
+    assert!(registry.remove(&first));
+    let (second, _) = registry.get_or_insert_with(&key, || session(1, 1));
+    assert!(!registry.remove(&first), "a newer session stays");
     assert!(Arc::ptr_eq(&registry.get(&key).expect("kept"), &second));
 }
 
