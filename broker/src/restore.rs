@@ -214,6 +214,9 @@ pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
             _ = shutdown.changed() => return,
         }
         drop_old_messages(&shared, &store).await;
+        if let Err(e) = store.compact_if_grown().await {
+            warn!(error = %e, "cannot compact the session and retained records");
+        }
         let mut held = 0i64;
         let trimmed = store
             .trim(|each| {

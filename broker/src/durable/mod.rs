@@ -27,6 +27,11 @@
 //! - **The retained partition**: a `Retain` record per retained message set
 //!   or cleared.
 //!
+//! Records of these two partitions carry a revision; the highest of a key
+//! is in force, so they are compacted (the records in force copied forward,
+//! the rest trimmed) at start and, whenever they have doubled in size, while
+//! the node runs, without pausing writers (see `compact`).
+//!
 //! Memory holds only a [`DiskRef`] (partition and offset) per message an
 //! offline session has queued; the message itself is read back when the
 //! session reconnects. Connected sessions are still served from memory:
@@ -38,6 +43,7 @@
 //! offset any session still holds.
 
 mod backlog;
+mod compact;
 pub mod record;
 mod replay;
 mod writer;
@@ -45,7 +51,7 @@ mod writer;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -224,6 +230,11 @@ struct Inner {
     max_message_age: Option<Duration>,
     /// Sessions together hold `session.max_stored_messages_total`.
     stored_full: std::sync::atomic::AtomicBool,
+    /// The next revision of a session or retained record (see `compact`).
+    revision: AtomicU64,
+    /// Size of the session and retained partitions after their last
+    /// compaction (or scan for one).
+    compacted_size: [AtomicU64; 2],
     /// Completions that could not be recorded.
     ack_errors: IntCounter,
 }
@@ -318,6 +329,8 @@ impl DurableStore {
                 max_record,
                 max_message_age: config.max_message_age,
                 stored_full: std::sync::atomic::AtomicBool::new(false),
+                revision: AtomicU64::new(0),
+                compacted_size: [AtomicU64::new(0), AtomicU64::new(0)],
                 ack_errors,
             }),
         };
@@ -444,6 +457,11 @@ impl DurableStore {
         self.inner.backlog.drained().await;
     }
 
+    /// The revision of the next session or retained record.
+    fn next_revision(&self) -> u64 {
+        self.inner.revision.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Records, without waiting, that a session completed a message: the
     /// record goes out with the partition's next batch. A failure is logged
     /// and counted (`tidemq_store_ack_errors_total`); the message may then
@@ -512,11 +530,9 @@ impl DurableStore {
     pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
         let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
         let bytes = Record::Session(session).encode()?;
+        let stored = record::with_revision(self.next_revision(), bytes.clone());
         let local = async {
-            self.inner
-                .engine
-                .append(SESSIONS, std::slice::from_ref(&bytes))
-                .await?;
+            self.inner.engine.append(SESSIONS, &[stored]).await?;
             Ok::<_, DurableError>(())
         };
         let meta = self.put_meta_session(key, expiry_secs, bytes.clone(), true);
@@ -580,10 +596,13 @@ impl DurableStore {
 
     /// Records that a session ended (in the meta service too).
     pub async fn session_gone(&self, key: &str) -> Result<(), DurableError> {
-        let bytes = Record::SessionGone {
-            key: key.to_string(),
-        }
-        .encode()?;
+        let bytes = record::with_revision(
+            self.next_revision(),
+            Record::SessionGone {
+                key: key.to_string(),
+            }
+            .encode()?,
+        );
         let local = async {
             self.inner.engine.append(SESSIONS, &[bytes]).await?;
             Ok::<_, DurableError>(())
@@ -594,11 +613,14 @@ impl DurableStore {
 
     /// Stores a retained message (an empty payload clears the topic).
     pub async fn put_retained(&self, message: &Message) -> Result<(), DurableError> {
-        let bytes = Record::Retain {
-            publish: record::message_publish(message),
-            expires_at_ms: record::expiry_to_unix(message, Instant::now()),
-        }
-        .encode()?;
+        let bytes = record::with_revision(
+            self.next_revision(),
+            Record::Retain {
+                publish: record::message_publish(message),
+                expires_at_ms: record::expiry_to_unix(message, Instant::now()),
+            }
+            .encode()?,
+        );
         self.inner.engine.append(RETAINED, &[bytes]).await?;
         Ok(())
     }

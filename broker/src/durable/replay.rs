@@ -1,11 +1,13 @@
 //! Recovery: replaying the store's partitions into what was promised
-//! ([`Recovered`]), and compacting the session and retained partitions.
+//! ([`Recovered`]); the session and retained partitions are compacted on
+//! the way (see `compact`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tidemq_proto::mqtt::Publish;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::record::{self, ReplayView};
 use super::{
@@ -21,70 +23,72 @@ impl DurableStore {
     async fn scan(
         &self,
         partition: u64,
+        each: impl FnMut(u64, i64, Bytes),
+    ) -> Result<u64, DurableError> {
+        self.scan_until(partition, u64::MAX, each).await
+    }
+
+    /// The records of a partition below offset `end`, oldest first.
+    pub(super) async fn scan_until(
+        &self,
+        partition: u64,
+        end: u64,
         mut each: impl FnMut(u64, i64, Bytes),
     ) -> Result<u64, DurableError> {
         let engine = &self.inner.engine;
         let mut from = engine.partition_info(partition)?.log_start;
         let mut count = 0;
-        loop {
+        while from < end {
             let records = engine.read(partition, from, REPLAY_CHUNK).await?;
             let Some(last) = records.last() else {
-                return Ok(count);
+                break;
             };
             from = last.offset + 1;
-            for record in records {
+            for record in records.into_iter().take_while(|r| r.offset < end) {
                 count += 1;
                 each(record.offset, record.timestamp_ms, record.payload);
             }
         }
+        Ok(count)
     }
 
     pub(super) async fn replay(&self) -> Result<Recovered, DurableError> {
         let mut recovered = Recovered::default();
 
-        // Sessions: the latest record of each key wins.
-        let mut sessions: HashMap<String, StoredSession> = HashMap::new();
-        let mut session_records = 0u64;
-        recovered.records += self
-            .scan(SESSIONS, |offset, _, payload| {
-                session_records += 1;
-                match Record::decode(payload) {
-                    Ok(Record::Session(s)) => {
-                        sessions.insert(s.key.clone(), s);
-                    }
-                    Ok(Record::SessionGone { key }) => {
-                        sessions.remove(&key);
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(offset, error = %e, "skipping a session record"),
-                }
+        // Sessions and retained messages: the record in force of each key.
+        let scanned_sessions = self.scan_latest(SESSIONS).await?;
+        let scanned_retained = self.scan_latest(RETAINED).await?;
+        recovered.records += scanned_sessions.records + scanned_retained.records;
+        let next = scanned_sessions
+            .max_revision
+            .max(scanned_retained.max_revision)
+            .saturating_add(1)
+            .max(record::unix_ms().saturating_mul(1000));
+        self.inner.revision.store(next, Ordering::Relaxed);
+        self.compact(SESSIONS, &scanned_sessions).await?;
+        self.compact(RETAINED, &scanned_retained).await?;
+        let sessions: HashMap<String, StoredSession> = scanned_sessions
+            .latest
+            .into_iter()
+            .filter_map(|(key, latest)| match latest.record {
+                Record::Session(session) => Some((key, session)),
+                _ => None,
             })
-            .await?;
-
-        // Retained messages: the latest per topic; an empty payload clears.
-        let mut retained: BTreeMap<String, (Publish, Option<u64>)> = BTreeMap::new();
-        let mut retained_records = 0u64;
-        recovered.records += self
-            .scan(RETAINED, |offset, _, payload| {
-                retained_records += 1;
-                match Record::decode(payload) {
-                    Ok(Record::Retain {
-                        publish,
-                        expires_at_ms,
-                    }) => {
-                        if publish.payload.is_empty() {
-                            retained.remove(&publish.topic);
-                        } else {
-                            retained.insert(publish.topic.clone(), (publish, expires_at_ms));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(offset, error = %e, "skipping a retained record"),
-                }
-            })
-            .await?;
+            .collect();
         let now_ms = record::unix_ms();
-        retained.retain(|_, (_, expires)| expires.is_none_or(|at| at > now_ms));
+        let retained: BTreeMap<String, (Publish, Option<u64>)> = scanned_retained
+            .latest
+            .into_iter()
+            .filter_map(|(topic, latest)| match latest.record {
+                Record::Retain {
+                    publish,
+                    expires_at_ms,
+                } if !publish.payload.is_empty() && expires_at_ms.is_none_or(|at| at > now_ms) => {
+                    Some((topic, (publish, expires_at_ms)))
+                }
+                _ => None,
+            })
+            .collect();
 
         // Messages: what each live session still has to receive.
         let epoch_of = |key: &str| sessions.get(key).map(|s| s.epoch);
@@ -158,25 +162,6 @@ impl DurableStore {
                 .await?;
         }
 
-        let compacted = self
-            .compact(SESSIONS, session_records, sessions.len(), || {
-                sessions.values().cloned().map(Record::Session).collect()
-            })
-            .await;
-        skip_failed_compaction(SESSIONS, compacted)?;
-        let compacted = self
-            .compact(RETAINED, retained_records, retained.len(), || {
-                retained
-                    .values()
-                    .map(|(publish, expires_at_ms)| Record::Retain {
-                        publish: publish.clone(),
-                        expires_at_ms: *expires_at_ms,
-                    })
-                    .collect()
-            })
-            .await;
-        skip_failed_compaction(RETAINED, compacted)?;
-
         recovered.retained = retained.into_values().collect();
         recovered.sessions = sessions
             .into_values()
@@ -198,50 +183,6 @@ impl DurableStore {
             })
             .collect();
         Ok(recovered)
-    }
-
-    /// Rewrites a partition holding many more records than live entries:
-    /// appends the live ones again, then trims everything before them.
-    async fn compact(
-        &self,
-        partition: u64,
-        records: u64,
-        live: usize,
-        rewrite: impl FnOnce() -> Vec<Record>,
-    ) -> Result<(), DurableError> {
-        // Only sealed segments can be given back: while everything is in
-        // the segment being written, a rewrite would only add to it.
-        let info = self.inner.engine.partition_info(partition)?;
-        if records < 1024 || records < 2 * live as u64 || info.segments < 2 {
-            return Ok(());
-        }
-        let start = info.next_offset;
-        let encoded = rewrite()
-            .iter()
-            .map(Record::encode)
-            .collect::<Result<Vec<_>, _>>()?;
-        for chunk in encoded.chunks(1024) {
-            self.inner.engine.append(partition, chunk).await?;
-        }
-        let removed = self.inner.engine.trim_before(partition, start).await?;
-        info!(partition, records, live, removed, "compacted");
-        Ok(())
-    }
-}
-
-/// A compaction that could not write its copy (a full disk) is skipped: the
-/// records it meant to replace are all still there, so nothing is lost, and
-/// the node starts anyway. A record that does not encode is a bug and fails.
-fn skip_failed_compaction(
-    partition: u64,
-    compacted: Result<(), DurableError>,
-) -> Result<(), DurableError> {
-    match compacted {
-        Err(DurableError::Storage(e)) => {
-            warn!(partition, error = %e, "cannot compact: the store keeps the records as they are");
-            Ok(())
-        }
-        other => other,
     }
 }
 

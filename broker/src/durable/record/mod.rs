@@ -29,6 +29,31 @@ const SESSION: u8 = 5;
 const SESSION_GONE: u8 = 6;
 const RETAIN: u8 = 7;
 const RECIPIENTS: u8 = 8;
+/// Not a record: the revision envelope around one ([`with_revision`]).
+const REVISION: u8 = 9;
+
+/// Wraps an encoded record of the session or retained partition in its
+/// revision: `REVISION`, the revision (`u64`), the record. The record of a
+/// key with the highest revision is the one in force (see `compact`).
+pub fn with_revision(revision: u64, record: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + record.len());
+    out.push(REVISION);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out.extend_from_slice(&record);
+    out
+}
+
+/// The revision of a stored record and the record itself; records written
+/// before revisions existed have revision 0.
+pub fn split_revision(bytes: &Bytes) -> (u64, Bytes) {
+    match bytes.get(..9) {
+        Some([REVISION, revision @ ..]) => {
+            let revision = u64::from_be_bytes(revision.try_into().unwrap_or_default());
+            (revision, bytes.slice(9..))
+        }
+        _ => (0, bytes.clone()),
+    }
+}
 
 /// About the bytes of recipients one record lists at most.
 pub const RECIPIENT_BYTES_PER_RECORD: usize = 256 * 1024;
