@@ -15,7 +15,7 @@ use crate::admission::Admission;
 use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::connection;
-use crate::durable::{DurableError, DurableStore, Recovered};
+use crate::durable::{DurableError, DurableStore, Recovered, SessionCatalog};
 use crate::metrics::BrokerMetrics;
 use crate::router::Router;
 use crate::session::SessionRegistry;
@@ -111,6 +111,8 @@ pub struct Shared {
     pub metrics: BrokerMetrics,
     /// The message store of persistent sessions, if storage is on.
     pub durable: Option<DurableStore>,
+    /// Where persistent sessions are recorded besides the store.
+    pub catalog: SessionCatalog,
     /// Flips to `true` when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -129,16 +131,18 @@ impl Broker {
     /// accepting connections on the current tokio runtime. Sessions live in
     /// memory only; see [`Broker::start_with_store`].
     pub async fn start(config: Config, registry: &Registry) -> Result<Broker, BrokerError> {
-        Self::start_with_store(config, registry, None).await
+        Self::start_with_store(config, registry, None, SessionCatalog::Local).await
     }
 
     /// Like [`Broker::start`], keeping persistent sessions, their messages
-    /// and retained messages in `store`. What the store recovered is
-    /// restored before the listener accepts anyone.
+    /// and retained messages in `store`, and recording persistent sessions
+    /// in `catalog` too. What the store recovered is restored before the
+    /// listener accepts anyone.
     pub async fn start_with_store(
         config: Config,
         registry: &Registry,
         store: Option<(DurableStore, Recovered)>,
+        catalog: SessionCatalog,
     ) -> Result<Broker, BrokerError> {
         config.validate()?;
         config.check_exposure()?;
@@ -173,6 +177,7 @@ impl Broker {
             router: Router::default(),
             metrics,
             durable,
+            catalog,
             shutdown,
         });
         if let Some(recovered) = recovered {

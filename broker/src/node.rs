@@ -208,9 +208,9 @@ impl Node {
             };
             match runtimes
                 .broker
-                .block_on(DurableStore::open(&durable, catalog, &registry))
+                .block_on(DurableStore::open(&durable, &registry))
             {
-                Ok(opened) => Some(opened),
+                Ok(opened) => Some((opened, catalog)),
                 Err(e) => {
                     runtimes.grpc.block_on(meta.shutdown());
                     drop(monitor);
@@ -221,11 +221,15 @@ impl Node {
         } else {
             None
         };
+        let (store, catalog) = match store {
+            Some((store, catalog)) => (Some(store), catalog),
+            None => (None, SessionCatalog::Local),
+        };
         // The broker's accept loop and connections are spawned on the
         // runtime it is started from.
         let started = runtimes
             .broker
-            .block_on(Broker::start_with_store(config, &registry, store));
+            .block_on(Broker::start_with_store(config, &registry, store, catalog));
         let broker = match started {
             Ok(broker) => broker,
             Err(e) => {

@@ -116,18 +116,18 @@ pub(crate) async fn restore(
         if stored.expiry_secs != u32::MAX {
             crate::connection::schedule_expiry(shared, &session, 1, stored.expiry_secs);
         }
-        if store.writes_meta() {
+        if shared.catalog.is_shared() {
             offline.push((session, stored));
         }
     }
     if !offline.is_empty() {
         // In the background: clients may reconnect meanwhile, which the
         // write of each takes care of. Concurrent writes share requests.
-        let store = store.clone();
+        let catalog = shared.catalog.clone();
         tokio::spawn(futures_util::stream::iter(offline).for_each_concurrent(
             1024,
             move |(session, stored)| {
-                crate::connection::write_offline(store.clone(), session, stored)
+                crate::connection::write_offline(catalog.clone(), session, stored)
             },
         ));
     }

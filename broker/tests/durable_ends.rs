@@ -190,10 +190,11 @@ async fn a_connect_the_store_cannot_record_leaves_no_session_behind() -> anyhow:
         min_free_bytes: 0,
         max_message_age: None,
     };
-    let store = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
+    let store = DurableStore::open(&durable, &registry).await?;
     let mut config = Config::default();
     config.listener.bind = "127.0.0.1:0".parse()?;
-    let broker = Broker::start_with_store(config, &registry, Some(store)).await?;
+    let broker =
+        Broker::start_with_store(config, &registry, Some(store), SessionCatalog::Local).await?;
     let shared = broker.shared();
     shared.durable.as_ref().context("a store")?.close().await?;
     for protocol in [Protocol::V3_1_1, Protocol::V5] {

@@ -122,7 +122,7 @@ async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
         min_free_bytes: 0,
         max_message_age: None,
     };
-    let (store, recovered) = DurableStore::open(&durable, SessionCatalog::Local, &registry).await?;
+    let (store, recovered) = DurableStore::open(&durable, &registry).await?;
     let mut queued: Vec<usize> = recovered.sessions.iter().map(|s| s.queue.len()).collect();
     queued.sort_unstable();
     let stored = Stored {
@@ -131,7 +131,13 @@ async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
     };
     let mut config = Config::default();
     config.listener.bind = "127.0.0.1:0".parse()?;
-    let broker = Broker::start_with_store(config, &registry, Some((store, recovered))).await?;
+    let broker = Broker::start_with_store(
+        config,
+        &registry,
+        Some((store, recovered)),
+        SessionCatalog::Local,
+    )
+    .await?;
     Ok((broker, stored))
 }
 

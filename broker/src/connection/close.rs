@@ -20,7 +20,7 @@ use super::{Connection, End, Io};
 use crate::auth::Action;
 use crate::broker::Shared;
 use crate::delivery::StoreSink;
-use crate::durable::{DurableStore, StoredSession};
+use crate::durable::{SessionCatalog, StoredSession, catalog};
 use crate::message::Message;
 use crate::session::{PendingWill, Session, SessionKey};
 
@@ -187,8 +187,9 @@ impl Connection {
                 offline,
             )
         };
-        if let (Some(stored), Some(store)) = (offline, shared.durable.clone()) {
-            tokio::spawn(write_offline(store, Arc::clone(session), stored));
+        if let Some(stored) = offline.filter(|_| shared.catalog.is_shared()) {
+            let catalog = shared.catalog.clone();
+            tokio::spawn(write_offline(catalog, Arc::clone(session), stored));
         }
         if let Some(will) = will_now {
             publish_will(shared, &session.key, self.username.as_deref(), will);
@@ -240,11 +241,11 @@ fn schedule_will(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64, 
 /// connection again is written as connected once more, and an ended one
 /// is deleted again.
 pub(crate) async fn write_offline(
-    store: DurableStore,
+    catalog: SessionCatalog,
     session: Arc<Session>,
     stored: StoredSession,
 ) {
-    if let Err(e) = store.set_connected(stored, false).await {
+    if let Err(e) = catalog.put(&stored, false).await {
         debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
         return;
     }
@@ -258,8 +259,8 @@ pub(crate) async fn write_offline(
         }
     };
     let result = match again {
-        Some(stored) => store.set_connected(stored, true).await,
-        None if ended => store.forget_in_meta(&session.key).await,
+        Some(stored) => catalog.put(&stored, true).await,
+        None if ended => catalog.forget(&session.key).await,
         None => Ok(()),
     };
     if let Err(e) = result {
@@ -299,8 +300,9 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
     };
     if let (Some(_), Some(store)) = (durable, shared.durable.clone()) {
         let (key, metrics) = (session.key.to_string(), shared.metrics.clone());
+        let catalog = shared.catalog.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.session_gone(&key).await {
+            if let Err(e) = catalog::end_session(&store, &catalog, &key).await {
                 crate::delivery::count_storage_error(&metrics);
                 warn!(session = %key, error = %e, "cannot record the end of a session");
             }

@@ -23,8 +23,8 @@ use crate::auth::Subscription;
 use crate::broker::Shared;
 use crate::config::Config;
 use crate::delivery::StoreSink;
-use crate::durable::DurableError;
 use crate::durable::record::unix_ms;
+use crate::durable::{DurableError, catalog};
 use crate::session::{
     Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
 };
@@ -482,8 +482,8 @@ async fn persist(
         }
     };
     match write {
-        Some(Some(stored)) => store.put_session(stored).await,
-        Some(None) => store.session_gone(&session.key).await,
+        Some(Some(stored)) => catalog::put_session(store, &shared.catalog, stored).await,
+        Some(None) => catalog::end_session(store, &shared.catalog, &session.key).await,
         None => Ok(()),
     }
 }

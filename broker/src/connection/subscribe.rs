@@ -22,7 +22,7 @@ use super::acks::{Work, Write};
 use super::{Connection, Io};
 use crate::auth::Subscription;
 use crate::delivery;
-use crate::durable::DurableError;
+use crate::durable::{DurableError, catalog};
 use crate::message::Delivery;
 use crate::session::SubscriptionEntry;
 
@@ -202,8 +202,9 @@ impl Connection {
         &self,
     ) -> Option<impl Future<Output = Result<(), DurableError>> + Send + 'static> {
         let store = self.shared.durable.clone()?;
+        let catalog = self.shared.catalog.clone();
         let stored = self.session.lock().stored(&self.session.key)?;
-        Some(async move { store.put_session(stored).await })
+        Some(async move { catalog::put_session(&store, &catalog, stored).await })
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, io: &mut Io) {

@@ -31,7 +31,7 @@ fn store_config(dir: &std::path::Path) -> DurableConfig {
 /// Broker state around a real message store in `dir`, with `acl` rules.
 async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
     let registry = prometheus::Registry::new();
-    let (store, _) = DurableStore::open(&store_config(dir), SessionCatalog::Local, &registry)
+    let (store, _) = DurableStore::open(&store_config(dir), &registry)
         .await
         .expect("store opens");
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
@@ -51,6 +51,7 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
         router: Router::default(),
         metrics: BrokerMetrics::register(&registry).expect("metrics"),
         durable: Some(store),
+        catalog: SessionCatalog::Local,
         shutdown,
     })
 }
@@ -176,7 +177,7 @@ async fn a_message_for_more_sessions_than_a_segment_holds_reaches_them_all() {
         .collect();
     for session in &sessions {
         let stored = session.lock().stored(&session.key).expect("persistent");
-        store.put_session(stored).await.expect("session recorded");
+        store.put_session(&stored).await.expect("session recorded");
     }
     let pending = record(&shared, "fan/x", "default/pub");
     assert!(
@@ -206,10 +207,9 @@ async fn a_message_for_more_sessions_than_a_segment_holds_reaches_them_all() {
 
     // After a restart every session still has the message to receive.
     let registry = prometheus::Registry::new();
-    let (store, recovered) =
-        DurableStore::open(&store_config(dir.path()), SessionCatalog::Local, &registry)
-            .await
-            .expect("reopens");
+    let (store, recovered) = DurableStore::open(&store_config(dir.path()), &registry)
+        .await
+        .expect("reopens");
     assert_eq!(recovered.sessions.len(), 12_000);
     assert!(recovered.sessions.iter().all(|s| s.queue.len() == 1));
     let sample = &recovered.sessions[0];

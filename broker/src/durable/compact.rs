@@ -185,7 +185,7 @@ mod tests {
     use tidemq_proto::mqtt::Protocol;
     use tidemq_storage_engine::SyncPolicy;
 
-    use super::super::{DurableConfig, DurableStore, SessionCatalog, StoredSession};
+    use super::super::{DurableConfig, DurableStore, StoredSession};
     use super::SESSIONS;
 
     fn config(dir: &std::path::Path) -> DurableConfig {
@@ -214,7 +214,7 @@ mod tests {
     }
 
     async fn open(dir: &std::path::Path) -> (DurableStore, super::super::Recovered) {
-        DurableStore::open(&config(dir), SessionCatalog::Local, &Registry::new())
+        DurableStore::open(&config(dir), &Registry::new())
             .await
             .expect("opens")
     }
@@ -228,7 +228,7 @@ mod tests {
         for round in 0..300 {
             for i in 0..10 {
                 store
-                    .put_session(session(&format!("t/{i}"), round))
+                    .put_session(&session(&format!("t/{i}"), round))
                     .await
                     .expect("written");
             }
@@ -239,7 +239,7 @@ mod tests {
         // of t/0 is older than the change and must lose to it.
         let scanned = store.scan_latest(SESSIONS).await.expect("scans");
         store
-            .put_session(session("t/0", 4242))
+            .put_session(&session("t/0", 4242))
             .await
             .expect("written");
         store.compact(SESSIONS, &scanned).await.expect("compacts");

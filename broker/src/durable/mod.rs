@@ -43,6 +43,7 @@
 //! offset any session still holds.
 
 mod backlog;
+pub mod catalog;
 mod compact;
 pub mod record;
 mod replay;
@@ -55,40 +56,23 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
-use tidemq_meta::{MetaClient, MetaError};
-use tidemq_proto::grpc::v1 as pb;
+use tidemq_meta::MetaError;
 use tidemq_proto::mqtt::Publish;
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use backlog::Backlog;
+pub use catalog::SessionCatalog;
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
-pub use record::{Origin, Recipient, Record, StoredSession, StoredSubscription};
+pub use record::{Origin, Recipient, Record, RecordError, StoredSession, StoredSubscription};
 use writer::{WriteJob, partition_writer};
 
 /// Partition id of the session records.
 const SESSIONS: u64 = 1 << 32;
 /// Partition id of the retained messages.
 const RETAINED: u64 = SESSIONS + 1;
-
-/// Where persistent sessions (epoch, expiry, subscriptions) are recorded
-/// besides the store's own session partition.
-#[derive(Clone, Default)]
-pub enum SessionCatalog {
-    /// Nowhere else (a broker without a meta service).
-    #[default]
-    Local,
-    /// In the meta service too: one session record per persistent session,
-    /// owned by this node.
-    Meta {
-        /// A client of the meta service.
-        client: MetaClient,
-        /// This node's id, recorded as the session's owner.
-        node_id: u64,
-    },
-}
 
 /// Errors of the durable layer.
 #[derive(Debug, thiserror::Error)]
@@ -103,18 +87,13 @@ pub enum DurableError {
     /// The storage engine failed (I/O, fsync, closed).
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
-    /// A record could not be encoded.
-    #[error("cannot encode a record: {0}")]
-    Encode(String),
-    /// A stored record does not decode.
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
-    /// The append a record was batched into failed.
-    #[error("storage: {reason}")]
-    Batch {
-        /// The storage engine's error.
-        reason: String,
-    },
+    /// A record cannot be encoded, or a stored one does not decode.
+    #[error("record: {0}")]
+    Record(#[from] RecordError),
+    /// The append a record was batched into failed: the error every job
+    /// of the batch shares.
+    #[error("storage: {0}")]
+    Batch(Arc<StorageError>),
     /// A record is larger than a segment holds.
     #[error(
         "a record of {size} bytes exceeds the store's maximum of {max} (storage.segment_bytes)"
@@ -125,6 +104,19 @@ pub enum DurableError {
         /// The maximum.
         max: usize,
     },
+}
+
+impl DurableError {
+    /// The storage engine's error behind this one, if it is one: tells a
+    /// full disk (`DiskFull`), a partition waiting for repair (`Poisoned`)
+    /// and a store that shut down (`Closed`) apart.
+    pub fn storage(&self) -> Option<&StorageError> {
+        match self {
+            DurableError::Storage(e) => Some(e),
+            DurableError::Batch(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Spreads stored messages' offsets over the packet ids (a prime near
@@ -214,7 +206,6 @@ pub struct DurableStore {
 
 struct Inner {
     engine: StorageEngine,
-    catalog: SessionCatalog,
     partitions: u32,
     /// Appends whose sessions have not been given the offset yet, by
     /// partition; [`DurableStore::trim`] leaves a partition alone while any
@@ -259,7 +250,6 @@ impl DurableStore {
     /// correctly but does not decode is skipped with a warning.
     pub async fn open(
         config: &DurableConfig,
-        catalog: SessionCatalog,
         registry: &Registry,
     ) -> Result<(DurableStore, Recovered), DurableError> {
         let started = Instant::now();
@@ -321,7 +311,6 @@ impl DurableStore {
         let store = DurableStore {
             inner: Arc::new(Inner {
                 engine,
-                catalog,
                 partitions,
                 appending: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
                 writers,
@@ -476,7 +465,7 @@ impl DurableStore {
             Ok(bytes) => self
                 .send(at.partition, WriteJob::Completion(bytes))
                 .map_err(DurableError::from),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = sent {
             self.inner.ack_errors.inc();
@@ -525,76 +514,17 @@ impl DurableStore {
             .map(|_| ())
     }
 
-    /// Writes a persistent session's state (to the meta service too, when
-    /// the catalog says so, as connected; both are done on return).
-    pub async fn put_session(&self, session: StoredSession) -> Result<(), DurableError> {
-        let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
-        let bytes = Record::Session(session).encode()?;
-        let stored = record::with_revision(self.next_revision(), bytes.clone());
-        let local = async {
-            self.inner.engine.append(SESSIONS, &[stored]).await?;
-            Ok::<_, DurableError>(())
-        };
-        let meta = self.put_meta_session(key, expiry_secs, bytes.clone(), true);
-        futures_util::future::try_join(local, meta).await?;
+    /// Writes a persistent session's state (see [`catalog::put_session`]
+    /// for the catalog too).
+    pub async fn put_session(&self, session: &StoredSession) -> Result<(), DurableError> {
+        let bytes = Record::Session(session.clone()).encode()?;
+        let stored = record::with_revision(self.next_revision(), bytes);
+        self.inner.engine.append(SESSIONS, &[stored]).await?;
         Ok(())
     }
 
-    /// Whether session changes are also written through the meta service.
-    pub fn writes_meta(&self) -> bool {
-        matches!(self.inner.catalog, SessionCatalog::Meta { .. })
-    }
-
-    /// Tells the meta service whether a persistent session has a
-    /// connection (nothing to do without one: the local store does not
-    /// keep it).
-    pub async fn set_connected(
-        &self,
-        session: StoredSession,
-        connected: bool,
-    ) -> Result<(), DurableError> {
-        if !self.writes_meta() {
-            return Ok(());
-        }
-        let (key, expiry_secs) = (session.key.clone(), session.expiry_secs);
-        let bytes = Record::Session(session).encode()?;
-        self.put_meta_session(key, expiry_secs, bytes, connected)
-            .await
-    }
-
-    /// Deletes a session's record in the meta service (when the catalog
-    /// says so), without a record in the local store.
-    pub async fn forget_in_meta(&self, key: &str) -> Result<(), DurableError> {
-        if let SessionCatalog::Meta { client, .. } = &self.inner.catalog {
-            client.delete_session(key).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes a session's record through the meta service, when the
-    /// catalog says so.
-    async fn put_meta_session(
-        &self,
-        key: String,
-        expiry_secs: u32,
-        payload: Vec<u8>,
-        connected: bool,
-    ) -> Result<(), DurableError> {
-        if let SessionCatalog::Meta { client, node_id } = &self.inner.catalog {
-            let entry = pb::Session {
-                client_key: key,
-                node_id: *node_id,
-                created_at_ms: 0,
-                expiry_secs,
-                connected,
-                payload,
-            };
-            client.put_session(entry).await?;
-        }
-        Ok(())
-    }
-
-    /// Records that a session ended (in the meta service too).
+    /// Records that a session ended (see [`catalog::end_session`] for the
+    /// catalog too).
     pub async fn session_gone(&self, key: &str) -> Result<(), DurableError> {
         let bytes = record::with_revision(
             self.next_revision(),
@@ -603,11 +533,7 @@ impl DurableStore {
             }
             .encode()?,
         );
-        let local = async {
-            self.inner.engine.append(SESSIONS, &[bytes]).await?;
-            Ok::<_, DurableError>(())
-        };
-        futures_util::future::try_join(local, self.forget_in_meta(key)).await?;
+        self.inner.engine.append(SESSIONS, &[bytes]).await?;
         Ok(())
     }
 

@@ -112,7 +112,7 @@ fn answer(
 ) {
     let (mut next, failure) = match result {
         Some(Ok(appended)) => (appended.first_offset, None),
-        Some(Err(e)) => (0, Some(e.to_string())),
+        Some(Err(e)) => (0, Some(Arc::new(e))),
         None => (0, None),
     };
     let mut failed_acks = 0u64;
@@ -125,9 +125,7 @@ fn answer(
             WriteJob::Records { records, reply } => {
                 let _ = reply.send(match &failure {
                     None => Ok(next),
-                    Some(reason) => Err(DurableError::Batch {
-                        reason: reason.clone(),
-                    }),
+                    Some(error) => Err(DurableError::Batch(Arc::clone(error))),
                 });
                 next += records.len() as u64;
             }

@@ -15,11 +15,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS, SubscriptionOptions};
+use bytes::{BufMut, Bytes, BytesMut};
+use tidemq_proto::mqtt::{self, Protocol, Publish, QoS, SubscriptionOptions};
 
-use super::DurableError;
+mod read;
+
 use crate::message::Message;
+use read::Reader;
+pub use read::RecordError;
 
 const PUBLISH: u8 = 1;
 const ACK: u8 = 2;
@@ -57,9 +60,6 @@ pub fn split_revision(bytes: &Bytes) -> (u64, Bytes) {
 
 /// About the bytes of recipients one record lists at most.
 pub const RECIPIENT_BYTES_PER_RECORD: usize = 256 * 1024;
-
-/// Largest message record decoded (the broker's packet limit is lower).
-const MAX_PACKET: usize = 256 * 1024 * 1024;
 
 /// A persistent session that must receive a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,7 @@ pub enum Record {
 
 impl Record {
     /// The record's bytes.
-    pub fn encode(&self) -> Result<Vec<u8>, DurableError> {
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         let mut out = BytesMut::with_capacity(self.size_hint());
         let out = &mut out;
         match self {
@@ -289,15 +289,15 @@ impl Record {
     }
 
     /// Decodes a record.
-    pub fn decode(bytes: Bytes) -> Result<Record, DurableError> {
-        let mut r = Reader(bytes);
+    pub fn decode(bytes: Bytes) -> Result<Record, RecordError> {
+        let mut r = Reader::new(&bytes);
         let record = match r.u8()? {
             PUBLISH => {
                 let expires_at_ms = nonzero(r.u64()?);
-                let origin = r.origin()?;
-                let recipients = r.recipients()?;
+                let origin = r.owned_origin()?;
+                let recipients = r.owned_recipients()?;
                 Record::Publish {
-                    publish: r.publish()?,
+                    publish: r.publish(&bytes)?,
                     expires_at_ms,
                     origin,
                     recipients,
@@ -305,7 +305,7 @@ impl Record {
             }
             RECIPIENTS => Record::Recipients {
                 back: r.u32()?,
-                recipients: r.recipients()?,
+                recipients: r.owned_recipients()?,
             },
             tag @ (ACK | RELEASED) => {
                 let (key, epoch, offset) = (r.string()?, r.u64()?, r.u64()?);
@@ -328,13 +328,14 @@ impl Record {
                     3 => Protocol::V3_1,
                     4 => Protocol::V3_1_1,
                     5 => Protocol::V5,
-                    _ => return Err(corrupt("protocol level")),
+                    level => return Err(RecordError::ProtocolLevel(level)),
                 };
                 let count = r.u32()?;
                 let mut subscriptions = Vec::with_capacity(count.min(1024) as usize);
                 for _ in 0..count {
                     let filter = r.string()?;
-                    let options = SubscriptionOptions::from_byte(r.u8()?).map_err(corrupt)?;
+                    let options = SubscriptionOptions::from_byte(r.u8()?)
+                        .map_err(|e| RecordError::Options(e.to_string()))?;
                     let id = r.u32()?;
                     subscriptions.push(StoredSubscription {
                         filter,
@@ -342,7 +343,7 @@ impl Record {
                         id: (id != 0).then_some(id),
                     });
                 }
-                let username = if r.0.has_remaining() {
+                let username = if r.remaining() > 0 {
                     Some(r.string()?)
                 } else {
                     None
@@ -359,9 +360,9 @@ impl Record {
             SESSION_GONE => Record::SessionGone { key: r.string()? },
             RETAIN => Record::Retain {
                 expires_at_ms: nonzero(r.u64()?),
-                publish: r.publish()?,
+                publish: r.publish(&bytes)?,
             },
-            tag => return Err(corrupt(&format!("unknown record tag {tag}"))),
+            tag => return Err(RecordError::UnknownTag(tag)),
         };
         Ok(record)
     }
@@ -372,21 +373,18 @@ impl Record {
     pub fn replay_view<'a>(
         bytes: &'a [u8],
         mut recipient: impl FnMut(&'a str, u64),
-    ) -> Result<ReplayView<'a>, DurableError> {
-        let mut r = SliceReader(bytes);
+    ) -> Result<ReplayView<'a>, RecordError> {
+        let mut r = Reader::new(bytes);
         Ok(match r.u8()? {
             PUBLISH => {
                 let _expires = r.u64()?;
-                let origin = match r.u8()? {
-                    0 => None,
-                    _ => Some((r.str()?, r.u64()?, r.u16()?)),
-                };
-                r.recipients(&mut recipient)?;
+                let origin = r.origin()?;
+                r.recipients(|key, epoch, _, _, _| recipient(key, epoch))?;
                 ReplayView::Publish { origin }
             }
             RECIPIENTS => {
                 let back = r.u32()?;
-                r.recipients(&mut recipient)?;
+                r.recipients(|key, epoch, _, _, _| recipient(key, epoch))?;
                 ReplayView::Recipients { back }
             }
             ACK => ReplayView::Ack {
@@ -453,60 +451,6 @@ pub enum ReplayView<'a> {
     Other,
 }
 
-/// Reads fields in place from a borrowed record.
-struct SliceReader<'a>(&'a [u8]);
-
-impl<'a> SliceReader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DurableError> {
-        if self.0.len() < n {
-            return Err(corrupt("record ends early"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DurableError> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| corrupt("record ends early"))
-    }
-
-    fn u8(&mut self) -> Result<u8, DurableError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, DurableError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, DurableError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, DurableError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    fn str(&mut self) -> Result<&'a str, DurableError> {
-        let len = usize::from(self.u16()?);
-        std::str::from_utf8(self.take(len)?).map_err(|_| corrupt("string is not UTF-8"))
-    }
-
-    /// Skips over a recipient list, giving each `(session key, epoch)`.
-    fn recipients(&mut self, each: &mut impl FnMut(&'a str, u64)) -> Result<(), DurableError> {
-        for _ in 0..self.u32()? {
-            let key = self.str()?;
-            let epoch = self.u64()?;
-            let _qos_and_retain = self.take(2)?;
-            let ids = self.u32()? as usize;
-            self.take(ids.checked_mul(4).ok_or(corrupt("subscription ids"))?)?;
-            each(key, epoch);
-        }
-        Ok(())
-    }
-}
-
 impl Recipient {
     /// Its bytes in a record.
     pub fn encoded_len(&self) -> usize {
@@ -533,7 +477,7 @@ pub fn recipient_chunks(recipients: Vec<Recipient>) -> Vec<Vec<Recipient>> {
     chunks
 }
 
-fn put_recipients(out: &mut BytesMut, recipients: &[Recipient]) -> Result<(), DurableError> {
+fn put_recipients(out: &mut BytesMut, recipients: &[Recipient]) -> Result<(), RecordError> {
     out.put_u32(len_u32(recipients.len())?);
     for r in recipients {
         put_str(out, &r.key)?;
@@ -586,108 +530,23 @@ pub fn message_publish(message: &Message) -> Publish {
     }
 }
 
-fn put_publish(out: &mut BytesMut, publish: &Publish) -> Result<(), DurableError> {
-    mqtt::encode_publish(publish, Protocol::V5, out)
-        .map_err(|e| DurableError::Encode(e.to_string()))
+fn put_publish(out: &mut BytesMut, publish: &Publish) -> Result<(), RecordError> {
+    Ok(mqtt::encode_publish(publish, Protocol::V5, out)?)
 }
 
-fn put_str(out: &mut BytesMut, s: &str) -> Result<(), DurableError> {
-    let len = u16::try_from(s.len())
-        .map_err(|_| DurableError::Encode(format!("string of {} bytes", s.len())))?;
+fn put_str(out: &mut BytesMut, s: &str) -> Result<(), RecordError> {
+    let len = u16::try_from(s.len()).map_err(|_| RecordError::StringTooLong(s.len()))?;
     out.put_u16(len);
     out.extend_from_slice(s.as_bytes());
     Ok(())
 }
 
-fn len_u32(len: usize) -> Result<u32, DurableError> {
-    u32::try_from(len).map_err(|_| DurableError::Encode(format!("{len} items")))
+fn len_u32(len: usize) -> Result<u32, RecordError> {
+    u32::try_from(len).map_err(|_| RecordError::TooManyItems(len))
 }
 
 fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
-}
-
-fn corrupt(what: &str) -> DurableError {
-    DurableError::Corrupt(what.to_string())
-}
-
-struct Reader(Bytes);
-
-impl Reader {
-    fn need(&self, n: usize) -> Result<(), DurableError> {
-        if self.0.remaining() < n {
-            return Err(corrupt("record ends early"));
-        }
-        Ok(())
-    }
-
-    fn u8(&mut self) -> Result<u8, DurableError> {
-        self.need(1)?;
-        Ok(self.0.get_u8())
-    }
-
-    fn u16(&mut self) -> Result<u16, DurableError> {
-        self.need(2)?;
-        Ok(self.0.get_u16())
-    }
-
-    fn u32(&mut self) -> Result<u32, DurableError> {
-        self.need(4)?;
-        Ok(self.0.get_u32())
-    }
-
-    fn u64(&mut self) -> Result<u64, DurableError> {
-        self.need(8)?;
-        Ok(self.0.get_u64())
-    }
-
-    fn string(&mut self) -> Result<String, DurableError> {
-        let len = usize::from(self.u16()?);
-        self.need(len)?;
-        let bytes = self.0.split_to(len);
-        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
-    }
-
-    fn origin(&mut self) -> Result<Option<Origin>, DurableError> {
-        Ok(match self.u8()? {
-            0 => None,
-            _ => Some(Origin {
-                key: self.string()?,
-                epoch: self.u64()?,
-                packet_id: self.u16()?,
-            }),
-        })
-    }
-
-    fn recipients(&mut self) -> Result<Vec<Recipient>, DurableError> {
-        let count = self.u32()?;
-        let mut recipients = Vec::with_capacity(count.min(1024) as usize);
-        for _ in 0..count {
-            let key = self.string()?;
-            let epoch = self.u64()?;
-            let qos = QoS::from_u8(self.u8()?).ok_or(corrupt("qos"))?;
-            let retain = self.u8()? != 0;
-            let ids = self.u32()?;
-            let subscription_ids = (0..ids).map(|_| self.u32()).collect::<Result<_, _>>()?;
-            recipients.push(Recipient {
-                key,
-                epoch,
-                qos,
-                retain,
-                subscription_ids,
-            });
-        }
-        Ok(recipients)
-    }
-
-    fn publish(&mut self) -> Result<Publish, DurableError> {
-        let mut buf = BytesMut::from(&self.0[..]);
-        match mqtt::decode(&mut buf, Protocol::V5, MAX_PACKET) {
-            Ok(Some(Packet::Publish(publish))) => Ok(publish),
-            Ok(_) => Err(corrupt("message is not a whole PUBLISH")),
-            Err(e) => Err(DurableError::Corrupt(format!("message: {e}"))),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use tidemq_proto::mqtt::{PublishProperties, RetainHandling};
+use tidemq_proto::mqtt::{Packet, PublishProperties, RetainHandling};
 
 use super::*;
 
