@@ -22,7 +22,7 @@ use super::acks::{Work, Write};
 use super::{Connection, Io};
 use crate::auth::Subscription;
 use crate::delivery;
-use crate::durable::{DurableError, catalog};
+use crate::durable::{DurableError, StoredSubscription, catalog};
 use crate::message::Delivery;
 use crate::session::SubscriptionEntry;
 
@@ -42,6 +42,7 @@ impl Connection {
             .saturating_sub(self.session.lock().queue.len());
         drop(config);
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut added = Vec::new();
         let mut retained = Vec::new();
         let mut retained_sent = HashSet::new();
         let id = subscribe.properties.subscription_identifier;
@@ -54,6 +55,11 @@ impl Connection {
             match self.subscribe_one(request, id) {
                 Ok(made) => {
                     reasons.push(ReasonCode::granted(request.options.qos));
+                    added.push(StoredSubscription {
+                        filter: request.filter.clone(),
+                        options: made.entry.options,
+                        id: made.entry.id,
+                    });
                     // A filter repeated in one packet brings its retained
                     // messages once.
                     if self.wants_retained(request, made.existed)
@@ -74,7 +80,7 @@ impl Connection {
         // Retained messages are queued after SUBACK, so the client sees the
         // grant first; a persistent session's subscriptions are on disk
         // before SUBACK.
-        let write = match self.persist_session() {
+        let write = match self.persist_subscriptions(added, Vec::new()) {
             Some(write) => Write::Alone(write.map(|r| r.map(|()| None)).boxed()),
             None => Write::None,
         };
@@ -197,6 +203,24 @@ impl Connection {
             .inc();
     }
 
+    /// The write of a change of a persistent session's subscriptions, if it
+    /// is one: the change alone in the store, the whole session in the
+    /// catalog.
+    fn persist_subscriptions(
+        &self,
+        added: Vec<StoredSubscription>,
+        removed: Vec<String>,
+    ) -> Option<impl Future<Output = Result<(), DurableError>> + Send + 'static> {
+        let store = self.shared.durable.clone()?;
+        let catalog = self.shared.catalog.clone();
+        let stored = self.session.lock().stored(&self.session.key)?;
+        Some(async move {
+            let local = store.put_subscriptions(&stored.key, stored.epoch, added, removed);
+            futures_util::future::try_join(local, catalog.put(&stored, true)).await?;
+            Ok(())
+        })
+    }
+
     /// The write of a persistent session's current state, if it is one.
     pub(super) fn persist_session(
         &self,
@@ -208,12 +232,16 @@ impl Connection {
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe, io: &mut Io) {
+        let mut removed = Vec::new();
         let reasons = unsubscribe
             .filters
             .iter()
             .map(|filter| {
                 let in_session = self.session.lock().subscriptions.remove(filter).is_some();
                 let in_router = self.shared.router.unsubscribe(&self.session.key, filter);
+                if in_session {
+                    removed.push(filter.clone());
+                }
                 if in_session || in_router {
                     ReasonCode::Success
                 } else {
@@ -227,7 +255,7 @@ impl Connection {
             reasons,
             properties: AckProperties::default(),
         });
-        match self.persist_session() {
+        match self.persist_subscriptions(Vec::new(), removed) {
             Some(write) => self.respond_after(io, write, unsuback),
             None => self.reply(io, unsuback),
         }

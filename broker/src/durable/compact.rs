@@ -9,6 +9,12 @@
 //! the end of the partition and trims what lies before: a copy never wins
 //! over a change written while it was being made, because that change has
 //! a higher revision. So compaction needs no pause of the writers.
+//!
+//! A SUBSCRIBE or UNSUBSCRIBE is written as a `Subscriptions` change, not as
+//! the whole session: the session in force is its latest `Session` record
+//! with every change of a higher revision (and the same epoch) applied, in
+//! revision order, and has the revision of the last change applied. A
+//! compaction writes it as one `Session` record of that revision.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,7 +22,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::record::{self, Record};
+use super::record::{self, Record, StoredSubscription};
 use super::{DurableError, DurableStore, RETAINED, SESSIONS};
 
 /// The record in force for one key.
@@ -27,7 +33,44 @@ pub(super) struct Latest {
     pub record: Record,
 }
 
+/// One `Subscriptions` record: a change to a session's subscriptions.
+struct Change {
+    epoch: u64,
+    added: Vec<StoredSubscription>,
+    removed: Vec<String>,
+}
+
 impl Latest {
+    /// Applies the changes newer than this `Session` record (in revision
+    /// order, those of its epoch) and re-encodes it as one record of the
+    /// last revision applied. Nothing for another kind of record.
+    fn apply(&mut self, mut changes: Vec<(u64, Change)>) -> Result<(), DurableError> {
+        let Record::Session(session) = &mut self.record else {
+            return Ok(());
+        };
+        // Stable: changes of one revision keep their offset order.
+        changes.sort_by_key(|(revision, _)| *revision);
+        let mut revision = self.revision;
+        for (at, change) in changes {
+            if at <= self.revision || change.epoch != session.epoch {
+                continue;
+            }
+            session
+                .subscriptions
+                .retain(|s| !change.removed.contains(&s.filter));
+            for added in change.added {
+                session.subscriptions.retain(|s| s.filter != added.filter);
+                session.subscriptions.push(added);
+            }
+            revision = at;
+        }
+        if revision != self.revision {
+            self.revision = revision;
+            self.bytes = record::with_revision(revision, self.record.encode()?).into();
+        }
+        Ok(())
+    }
+
     /// Whether the key still holds something (not a session that ended, not
     /// a cleared or expired retained message).
     fn is_live(&self, now_ms: u64) -> bool {
@@ -63,6 +106,7 @@ impl DurableStore {
     pub(super) async fn scan_latest(&self, partition: u64) -> Result<Scanned, DurableError> {
         let end = self.inner.engine.partition_info(partition)?.next_offset;
         let mut latest: HashMap<String, Latest> = HashMap::new();
+        let mut changes: HashMap<String, Vec<(u64, Change)>> = HashMap::new();
         let mut max_revision = 0;
         let records = self
             .scan_until(partition, end, |offset, _, bytes| {
@@ -74,13 +118,27 @@ impl DurableStore {
                         return;
                     }
                 };
-                let key = match &record {
-                    Record::Session(s) => s.key.clone(),
-                    Record::SessionGone { key } => key.clone(),
-                    Record::Retain { publish, .. } => publish.topic.clone(),
+                max_revision = max_revision.max(revision);
+                let key = match record {
+                    Record::Session(ref s) => s.key.clone(),
+                    Record::SessionGone { ref key } => key.clone(),
+                    Record::Retain { ref publish, .. } => publish.topic.clone(),
+                    Record::Subscriptions {
+                        key,
+                        epoch,
+                        added,
+                        removed,
+                    } => {
+                        let change = Change {
+                            epoch,
+                            added,
+                            removed,
+                        };
+                        changes.entry(key).or_default().push((revision, change));
+                        return;
+                    }
                     _ => return,
                 };
-                max_revision = max_revision.max(revision);
                 // Later records win ties: scans go in offset order.
                 if latest.get(&key).is_none_or(|l| revision >= l.revision) {
                     latest.insert(
@@ -94,6 +152,11 @@ impl DurableStore {
                 }
             })
             .await?;
+        for (key, changes) in changes {
+            if let Some(base) = latest.get_mut(&key) {
+                base.apply(changes)?;
+            }
+        }
         Ok(Scanned {
             latest,
             records,
@@ -260,6 +323,68 @@ mod tests {
         let mut want: Vec<(String, u32)> = (0..9).map(|i| (format!("t/{i}"), 299)).collect();
         want[0].1 = 4242;
         assert_eq!(expiry, want, "t/9 ended; t/0 keeps its later change");
+        store.close().await.expect("closes");
+    }
+
+    #[tokio::test]
+    async fn subscription_changes_apply_on_their_session_and_survive_compaction() {
+        use tidemq_proto::mqtt::SubscriptionOptions;
+
+        use super::super::StoredSubscription;
+        let sub = |filter: &str| StoredSubscription {
+            filter: filter.into(),
+            options: SubscriptionOptions::default(),
+            id: None,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path()).await;
+        store
+            .put_session(&session("t/s", 60))
+            .await
+            .expect("written");
+        store
+            .put_subscriptions("t/s", 1, vec![sub("a"), sub("b")], Vec::new())
+            .await
+            .expect("written");
+        // Enough churn for a compaction to be worth it.
+        for round in 0..1_500 {
+            store
+                .put_session(&session("t/other", round))
+                .await
+                .expect("written");
+        }
+        store
+            .put_subscriptions("t/s", 1, Vec::new(), vec!["a".into()])
+            .await
+            .expect("written");
+        // Another epoch's change does not apply.
+        store
+            .put_subscriptions("t/s", 7, vec![sub("wrong")], Vec::new())
+            .await
+            .expect("written");
+        let scanned = store.scan_latest(SESSIONS).await.expect("scans");
+        // A change after the scan survives the compaction of that scan.
+        store
+            .put_subscriptions("t/s", 1, vec![sub("c")], Vec::new())
+            .await
+            .expect("written");
+        store.compact(SESSIONS, &scanned).await.expect("compacts");
+        store.close().await.expect("closes");
+
+        let (store, recovered) = open(dir.path()).await;
+        let s = recovered
+            .sessions
+            .iter()
+            .find(|s| s.session.key == "t/s")
+            .expect("kept");
+        let mut filters: Vec<&str> = s
+            .session
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.as_str())
+            .collect();
+        filters.sort();
+        assert_eq!(filters, ["b", "c"]);
         store.close().await.expect("closes");
     }
 }

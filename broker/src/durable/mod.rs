@@ -523,6 +523,26 @@ impl DurableStore {
         Ok(())
     }
 
+    /// Records a change of a persistent session's subscriptions (one
+    /// SUBSCRIBE or UNSUBSCRIBE) as that change, not as the whole session.
+    pub async fn put_subscriptions(
+        &self,
+        key: &str,
+        epoch: u64,
+        added: Vec<StoredSubscription>,
+        removed: Vec<String>,
+    ) -> Result<(), DurableError> {
+        let record = Record::Subscriptions {
+            key: key.to_string(),
+            epoch,
+            added,
+            removed,
+        };
+        let stored = record::with_revision(self.next_revision(), record.encode()?);
+        self.inner.engine.append(SESSIONS, &[stored]).await?;
+        Ok(())
+    }
+
     /// Records that a session ended (see [`catalog::end_session`] for the
     /// catalog too).
     pub async fn session_gone(&self, key: &str) -> Result<(), DurableError> {

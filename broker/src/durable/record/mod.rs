@@ -34,6 +34,7 @@ const RETAIN: u8 = 7;
 const RECIPIENTS: u8 = 8;
 /// Not a record: the revision envelope around one ([`with_revision`]).
 const REVISION: u8 = 9;
+const SUBSCRIPTIONS: u8 = 10;
 
 /// Wraps an encoded record of the session or retained partition in its
 /// revision: `REVISION`, the revision (`u64`), the record. The record of a
@@ -172,6 +173,19 @@ pub enum Record {
     },
     /// A persistent session was created or changed.
     Session(StoredSession),
+    /// Subscriptions a persistent session made or removed since its last
+    /// `Session` record (one SUBSCRIBE or UNSUBSCRIBE): applied on top of
+    /// that record when it is of the same epoch.
+    Subscriptions {
+        /// Session key.
+        key: String,
+        /// The session's epoch.
+        epoch: u64,
+        /// Subscriptions made or replaced.
+        added: Vec<StoredSubscription>,
+        /// Filters unsubscribed.
+        removed: Vec<String>,
+    },
     /// A session ended; everything it had is gone.
     SessionGone {
         /// Session key.
@@ -243,12 +257,7 @@ impl Record {
                 out.put_u64(session.epoch);
                 out.put_u32(session.expiry_secs);
                 out.put_u8(session.protocol.level());
-                out.put_u32(len_u32(session.subscriptions.len())?);
-                for s in &session.subscriptions {
-                    put_str(out, &s.filter)?;
-                    out.put_u8(s.options.to_byte());
-                    out.put_u32(s.id.unwrap_or(0));
-                }
+                put_subscriptions(out, &session.subscriptions)?;
                 // Trailing and optional: older records end before it.
                 if let Some(username) = &session.username {
                     put_str(out, username)?;
@@ -257,6 +266,21 @@ impl Record {
             Record::SessionGone { key } => {
                 out.put_u8(SESSION_GONE);
                 put_str(out, key)?;
+            }
+            Record::Subscriptions {
+                key,
+                epoch,
+                added,
+                removed,
+            } => {
+                out.put_u8(SUBSCRIPTIONS);
+                put_str(out, key)?;
+                out.put_u64(*epoch);
+                put_subscriptions(out, added)?;
+                out.put_u32(len_u32(removed.len())?);
+                for filter in removed {
+                    put_str(out, filter)?;
+                }
             }
             Record::Retain {
                 publish,
@@ -330,19 +354,7 @@ impl Record {
                     5 => Protocol::V5,
                     level => return Err(RecordError::ProtocolLevel(level)),
                 };
-                let count = r.u32()?;
-                let mut subscriptions = Vec::with_capacity(count.min(1024) as usize);
-                for _ in 0..count {
-                    let filter = r.string()?;
-                    let options = SubscriptionOptions::from_byte(r.u8()?)
-                        .map_err(|e| RecordError::Options(e.to_string()))?;
-                    let id = r.u32()?;
-                    subscriptions.push(StoredSubscription {
-                        filter,
-                        options,
-                        id: (id != 0).then_some(id),
-                    });
-                }
+                let subscriptions = r.subscriptions()?;
                 let username = if r.remaining() > 0 {
                     Some(r.string()?)
                 } else {
@@ -358,6 +370,14 @@ impl Record {
                 })
             }
             SESSION_GONE => Record::SessionGone { key: r.string()? },
+            SUBSCRIPTIONS => Record::Subscriptions {
+                key: r.string()?,
+                epoch: r.u64()?,
+                added: r.subscriptions()?,
+                removed: (0..r.u32()?)
+                    .map(|_| r.string())
+                    .collect::<Result<_, _>>()?,
+            },
             RETAIN => Record::Retain {
                 expires_at_ms: nonzero(r.u64()?),
                 publish: r.publish(&bytes)?,
@@ -475,6 +495,19 @@ pub fn recipient_chunks(recipients: Vec<Recipient>) -> Vec<Vec<Recipient>> {
         }
     }
     chunks
+}
+
+fn put_subscriptions(
+    out: &mut BytesMut,
+    subscriptions: &[StoredSubscription],
+) -> Result<(), RecordError> {
+    out.put_u32(len_u32(subscriptions.len())?);
+    for s in subscriptions {
+        put_str(out, &s.filter)?;
+        out.put_u8(s.options.to_byte());
+        out.put_u32(s.id.unwrap_or(0));
+    }
+    Ok(())
 }
 
 fn put_recipients(out: &mut BytesMut, recipients: &[Recipient]) -> Result<(), RecordError> {

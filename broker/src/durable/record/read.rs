@@ -1,9 +1,9 @@
 //! The one reader of stored records, and what can be wrong with one.
 
 use bytes::{Bytes, BytesMut};
-use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS};
+use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS, SubscriptionOptions};
 
-use super::{Origin, Recipient};
+use super::{Origin, Recipient, StoredSubscription};
 
 /// Largest message decoded (the broker's packet limit is lower).
 const MAX_PACKET: usize = 256 * 1024 * 1024;
@@ -144,6 +144,24 @@ impl<'a> Reader<'a> {
                     .collect(),
             });
         })?;
+        Ok(out)
+    }
+
+    /// A list of subscriptions: filter, options byte, identifier (0: none).
+    pub(super) fn subscriptions(&mut self) -> Result<Vec<StoredSubscription>, RecordError> {
+        let count = self.u32()?;
+        let mut out = Vec::with_capacity(count.min(1024) as usize);
+        for _ in 0..count {
+            let filter = self.string()?;
+            let options = SubscriptionOptions::from_byte(self.u8()?)
+                .map_err(|e| RecordError::Options(e.to_string()))?;
+            let id = self.u32()?;
+            out.push(StoredSubscription {
+                filter,
+                options,
+                id: (id != 0).then_some(id),
+            });
+        }
         Ok(out)
     }
 

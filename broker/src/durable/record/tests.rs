@@ -87,6 +87,16 @@ fn every_record_round_trips() {
             username: None,
         }),
         Record::SessionGone { key: "t/a".into() },
+        Record::Subscriptions {
+            key: "t/a".into(),
+            epoch: 4,
+            added: vec![StoredSubscription {
+                filter: "x/#".into(),
+                options: SubscriptionOptions::default(),
+                id: Some(3),
+            }],
+            removed: vec!["y/+".into(), "z".into()],
+        },
         Record::Retain {
             publish: publish(QoS::AtMostOnce),
             expires_at_ms: None,
