@@ -155,6 +155,22 @@ fn a_message_is_checked_only_when_every_matching_subscription_is_filtered() {
     assert!(targets[0].acl_check);
 }
 
+/// A retained QoS 0 message on `topic` (an empty payload clears it).
+fn retained_message(topic: &str, payload: Bytes) -> Arc<Message> {
+    Arc::new(Message::from_publish(
+        tidemq_proto::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: topic.into(),
+            packet_id: None,
+            properties: PublishProperties::default(),
+            payload,
+        },
+        None,
+    ))
+}
+
 #[test]
 fn retained_messages_are_set_matched_and_cleared() {
     let router = Router::default();
@@ -169,21 +185,7 @@ fn retained_messages_are_set_matched_and_cleared() {
     );
     assert_eq!(router.retained_for("r/+", Instant::now()).len(), 2);
     assert_eq!(router.retained_for("$share/g/r/1", Instant::now()).len(), 1);
-    let clear = Arc::new(Message {
-        payload: Bytes::new(),
-        ..Message::from_publish(
-            tidemq_proto::mqtt::Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: "r/1".into(),
-                packet_id: None,
-                properties: PublishProperties::default(),
-                payload: Bytes::new(),
-            },
-            None,
-        )
-    });
+    let clear = retained_message("r/1", Bytes::new());
     assert_eq!(router.retain(&clear, none), Ok(1));
     assert_eq!(router.retained_count(), 1);
 }
@@ -213,21 +215,7 @@ fn retained_messages_stop_at_their_count_and_bytes() {
         Ok(2)
     );
     assert_eq!(router.retained_bytes(), 2 * size);
-    let big = Arc::new(Message {
-        payload: Bytes::from(vec![b'x'; 2 * size]),
-        ..Message::from_publish(
-            tidemq_proto::mqtt::Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: "r/1".into(),
-                packet_id: None,
-                properties: PublishProperties::default(),
-                payload: Bytes::new(),
-            },
-            None,
-        )
-    });
+    let big = retained_message("r/1", Bytes::from(vec![b'x'; 2 * size]));
     assert_eq!(
         router.retain(&big, limits),
         Err(RetainRefused),
