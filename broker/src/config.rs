@@ -381,10 +381,7 @@ impl HttpConfig {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = read_secret(path)?;
         let token = text.trim();
         if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::Invalid {
@@ -397,21 +394,40 @@ impl HttpConfig {
     }
 
     fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.bind.ip().is_loopback()
-            || self.token_file.is_some()
-            || self.allow_unauthenticated_on_public_address
-        {
-            return Ok(());
-        }
-        Err(ConfigError::Invalid {
-            origin: None,
-            message: format!(
-                "refusing to serve /metrics and /health unauthenticated on non-loopback address \
-                 {}: set http.token_file, or set http.allow_unauthenticated_on_public_address = true",
-                self.bind
-            ),
-        })
+        check_guarded(
+            self.bind,
+            self.token_file.is_some() || self.allow_unauthenticated_on_public_address,
+            "/metrics and /health",
+            "set http.token_file, or set http.allow_unauthenticated_on_public_address = true",
+        )
     }
+}
+
+/// Refuses to serve `what` on `addr` when it is not a loopback address and
+/// nothing guards it; `fix` says how to.
+fn check_guarded(
+    addr: SocketAddr,
+    guarded: bool,
+    what: &str,
+    fix: &str,
+) -> Result<(), ConfigError> {
+    if addr.ip().is_loopback() || guarded {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        origin: None,
+        message: format!(
+            "refusing to serve {what} unauthenticated on non-loopback address {addr}: {fix}"
+        ),
+    })
+}
+
+/// The text of a secret's file, read when the node starts.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// `[storage]`: where persistent sessions keep their messages.

@@ -131,10 +131,7 @@ impl MetaServiceConfig {
         let Some(path) = &self.cluster_secret_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = super::read_secret(path)?;
         ClusterSecret::new(&text)
             .map(Some)
             .map_err(|e| ConfigError::Invalid {
@@ -145,22 +142,13 @@ impl MetaServiceConfig {
 
     /// Refuses a non-loopback `grpc_addr` that anyone could call.
     pub(super) fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.grpc_addr.ip().is_loopback()
-            || self.cluster_secret_file.is_some()
-            || self.allow_unauthenticated_on_public_address
-        {
-            return Ok(());
-        }
-        Err(ConfigError::Invalid {
-            origin: None,
-            message: format!(
-                "refusing to serve the meta service unauthenticated on non-loopback address {}: \
-                 set meta.cluster_secret_file (the same secret on every node), or set \
-                 meta.allow_unauthenticated_on_public_address = true if only trusted hosts \
-                 can reach it",
-                self.grpc_addr
-            ),
-        })
+        super::check_guarded(
+            self.grpc_addr,
+            self.cluster_secret_file.is_some() || self.allow_unauthenticated_on_public_address,
+            "the meta service",
+            "set meta.cluster_secret_file (the same secret on every node), or set \
+             meta.allow_unauthenticated_on_public_address = true if only trusted hosts can reach it",
+        )
     }
 }
 
