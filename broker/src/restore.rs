@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::auth::Subscription;
 use crate::broker::Shared;
-use crate::durable::{self, DiskRef, DurableError, DurableStore, Recovered};
+use crate::durable::{self, DiskRef, DurableError, DurableStore, Move, Recovered};
 use crate::router::RetainLimits;
 use crate::session::{
     DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SessionKey,
@@ -198,6 +198,62 @@ async fn drop_old_messages(shared: &Shared, store: &DurableStore) {
     }
 }
 
+/// Most messages copied forward to free one segment: past that, the
+/// segment is still in real use.
+const MAX_MOVES: usize = 1000;
+
+/// Copies forward the few messages that alone hold a message partition's
+/// oldest segment, so that the trim after can give it back without waiting
+/// for their sessions (see `durable::forward`).
+async fn move_pinned(shared: &Shared, store: &DurableStore) {
+    for partition in 0..store.message_partitions() {
+        let end = match store.oldest_segment_end(partition) {
+            Ok(Some(end)) => end,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot read the message partition's segments");
+                continue;
+            }
+        };
+        let mut moves = Vec::new();
+        let mut blocked = false;
+        shared.sessions.for_each(|session| {
+            let state = session.lock();
+            let Some(epoch) = state.durable else { return };
+            match state.movable_below(partition, end) {
+                Some(refs) => moves.extend(refs.into_iter().map(|at| {
+                    let key = session.key.to_string();
+                    (Arc::clone(session), Move { key, epoch, at })
+                })),
+                None => blocked = true,
+            }
+        });
+        if blocked || moves.is_empty() || moves.len() > MAX_MOVES {
+            continue;
+        }
+        let (sessions, moves): (Vec<_>, Vec<_>) = moves.into_iter().unzip();
+        let copies = match store.copy_forward(partition, &moves).await {
+            Ok(Some(copies)) => copies,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot copy stored messages forward");
+                continue;
+            }
+        };
+        for ((session, m), to) in sessions.iter().zip(&moves).zip(copies) {
+            // Taken (or completed) meanwhile: the copy is not needed.
+            if !session.lock().queue.replace_stored(m.at, to) {
+                store.ack(to, &m.key, m.epoch);
+            }
+        }
+        info!(
+            partition,
+            messages = moves.len(),
+            "copied stored messages forward to give back their segment"
+        );
+    }
+}
+
 /// Every `every`, gives back the segments below the oldest message any
 /// session still needs, until the broker shuts down.
 pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
@@ -214,6 +270,7 @@ pub(crate) async fn trim_loop(shared: Arc<Shared>, every: Duration) {
             _ = shutdown.changed() => return,
         }
         drop_old_messages(&shared, &store).await;
+        move_pinned(&shared, &store).await;
         if let Err(e) = store.compact_if_grown().await {
             warn!(error = %e, "cannot compact the session and retained records");
         }

@@ -215,6 +215,22 @@ impl MemoryQueue {
         }
     }
 
+    /// Points the unsent stored entry at `from` to `to` instead; whether
+    /// there was one.
+    pub fn replace_stored(&mut self, from: DiskRef, to: DiskRef) -> bool {
+        match self
+            .items
+            .iter_mut()
+            .find(|e| matches!(e, Queued::Stored(at) if *at == from))
+        {
+            Some(entry) => {
+                *entry = Queued::Stored(to);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops the stored entries `too_old` says are; returns how many.
     pub fn drop_stored(&mut self, too_old: &dyn Fn(DiskRef) -> bool) -> usize {
         let before = self.items.len();
@@ -712,6 +728,35 @@ impl SessionState {
         for at in self.inflight.iter().filter_map(|i| i.delivery.stored) {
             each(at);
         }
+    }
+
+    /// The disk references below `end` in `partition` if every one of them
+    /// may move to another place: the session is offline and each is an
+    /// unsent stored entry of its queue (none loaded, in flight or sent
+    /// before a restart). `None` when one may not.
+    pub fn movable_below(&self, partition: u32, end: u64) -> Option<Vec<DiskRef>> {
+        let below = |at: &DiskRef| at.partition == partition && at.offset < end;
+        if self
+            .inflight
+            .iter()
+            .filter_map(|i| i.delivery.stored)
+            .any(|at| below(&at))
+        {
+            return None;
+        }
+        let mut movable = Vec::new();
+        for entry in &self.queue.items {
+            match entry {
+                Queued::Stored(at) if below(at) => movable.push(*at),
+                other => {
+                    if stored_ref(other).is_some_and(|at| below(&at)) {
+                        return None;
+                    }
+                }
+            }
+        }
+        // A connected session is about to take its messages: leave them.
+        (movable.is_empty() || self.attachment.is_none()).then_some(movable)
     }
 
     /// Cancels the offline timers (expiry, will delay).

@@ -235,3 +235,63 @@ async fn an_abandoned_session_does_not_pin_the_disk() -> anyhow::Result<()> {
     gone.expect_silence().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_sessions_few_messages_move_forward_so_old_segments_go() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start(
+        dir.path(),
+        &[
+            ("TIDEMQ_STORAGE__SEGMENT_BYTES", "65536"),
+            ("TIDEMQ_STORAGE__TRIM_INTERVAL_MS", "200"),
+        ],
+    )?;
+    // Away for good, as far as the node can tell: one unread QoS 1 message.
+    let (mut away, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    away.subscribe(1, "fwd/old", QoS::AtLeastOnce).await;
+    disconnect(away).await;
+    let (mut active, _) = keeper(&node).await;
+    active.subscribe(1, "fwd/new", QoS::AtLeastOnce).await;
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "pub").await;
+    publisher
+        .publish("fwd/old", b"unread", QoS::AtLeastOnce, false, 1)
+        .await;
+    for i in 0..2_000u32 {
+        let id = u16::try_from(i % 60_000 + 2)?;
+        publisher
+            .publish("fwd/new", &[b'n'; 1024], QoS::AtLeastOnce, false, id)
+            .await;
+        active.expect_publish().await;
+    }
+    // The old message is copied forward and the segments behind it go,
+    // long before any age limit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("tidemq_storage_deleted_segments_total")? < 20.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the old segments were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(node.metric("tidemq_store_moved_messages_total")? >= 1.0);
+    // After a crash the session still has its message, once.
+    node.sigkill()?;
+    node.restart()?;
+    let (mut away, present) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    assert!(present.session_present);
+    assert_eq!(away.expect_publish().await.payload.as_ref(), b"unread");
+    away.expect_silence().await;
+    disconnect(away).await;
+    let (mut away, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    away.expect_silence().await;
+    Ok(())
+}

@@ -40,11 +40,13 @@
 //! [`DurableStore::open`] replays the logs and returns what was promised
 //! ([`Recovered`]). Records a session no longer needs are given back by
 //! [`DurableStore::trim`], which removes whole segments below the oldest
-//! offset any session still holds.
+//! offset any session still holds; a few messages of offline sessions that
+//! alone hold the oldest segment are first copied forward (see `forward`).
 
 mod backlog;
 pub mod catalog;
 mod compact;
+mod forward;
 pub mod record;
 mod replay;
 mod writer;
@@ -63,6 +65,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use backlog::Backlog;
 pub use catalog::SessionCatalog;
+pub use forward::Move;
 use tracing::{info, warn};
 
 use crate::message::{Delivery, Message};
@@ -228,6 +231,8 @@ struct Inner {
     compacted_size: [AtomicU64; 2],
     /// Completions that could not be recorded.
     ack_errors: IntCounter,
+    /// Messages copied forward to give an old segment back.
+    moved: IntCounter,
 }
 
 /// Keeps a partition's in-flight append counted until dropped.
@@ -289,6 +294,11 @@ impl DurableStore {
             "Message completions the message store failed to record",
         )?;
         registry.register(Box::new(ack_errors.clone()))?;
+        let moved = IntCounter::new(
+            "tidemq_store_moved_messages_total",
+            "Stored messages copied forward so that the old segment they alone held could be given back",
+        )?;
+        registry.register(Box::new(moved.clone()))?;
         let queued = IntGauge::new(
             "tidemq_store_queued_bytes",
             "Bytes waiting for the message store's partition writers",
@@ -317,6 +327,7 @@ impl DurableStore {
                 backlog,
                 max_record,
                 max_message_age: config.max_message_age,
+                moved,
                 stored_full: std::sync::atomic::AtomicBool::new(false),
                 revision: AtomicU64::new(0),
                 compacted_size: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -338,6 +349,11 @@ impl DurableStore {
             "message store recovered"
         );
         Ok((store, recovered))
+    }
+
+    /// Message partitions.
+    pub fn message_partitions(&self) -> u32 {
+        self.inner.partitions
     }
 
     /// The message partition of a session key.
@@ -582,29 +598,9 @@ impl DurableStore {
         let mut out = Vec::with_capacity(refs.len());
         let now = Instant::now();
         for &at in refs {
-            // The record naming the session; for a message with many
-            // recipients, the message itself is some records before it.
-            let delivery = match self.read_record(at.partition, at.offset).await? {
-                Some(Record::Publish {
-                    publish,
-                    expires_at_ms,
-                    recipients,
-                    ..
-                }) => delivery_for(publish, expires_at_ms, recipients, key, at, now),
-                Some(Record::Recipients { back, recipients }) => {
-                    match self
-                        .read_record(at.partition, at.offset.saturating_sub(u64::from(back)))
-                        .await?
-                    {
-                        Some(Record::Publish {
-                            publish,
-                            expires_at_ms,
-                            ..
-                        }) => delivery_for(publish, expires_at_ms, recipients, key, at, now),
-                        _ => None,
-                    }
-                }
-                _ => None,
+            let delivery = match self.message_at(at).await? {
+                Some(m) => delivery_for(m.publish, m.expires_at_ms, m.recipients, key, at, now),
+                None => None,
             };
             if delivery.is_none() {
                 warn!(
@@ -636,13 +632,54 @@ impl DurableStore {
         Ok(cutoffs)
     }
 
+    /// The message a stored delivery at `at` points to, with the recipients
+    /// the record there names: for a message with many recipients the
+    /// message itself is some records before it; a moved message carries
+    /// its own.
+    async fn message_at(&self, at: DiskRef) -> Result<Option<StoredMessage>, DurableError> {
+        let publish_of = |timestamp_ms: i64, record: Record| match record {
+            Record::Publish {
+                publish,
+                expires_at_ms,
+                recipients,
+                ..
+            } => Some(StoredMessage {
+                timestamp_ms,
+                publish,
+                expires_at_ms,
+                recipients,
+            }),
+            _ => None,
+        };
+        Ok(match self.read_record(at.partition, at.offset).await? {
+            Some((
+                _,
+                Record::Moved {
+                    timestamp_ms,
+                    record,
+                    ..
+                },
+            )) => publish_of(timestamp_ms, *record),
+            Some((timestamp_ms, Record::Recipients { back, recipients })) => self
+                .read_record(at.partition, at.offset.saturating_sub(u64::from(back)))
+                .await?
+                .and_then(|(_, record)| publish_of(timestamp_ms, record))
+                .map(|message| StoredMessage {
+                    recipients,
+                    ..message
+                }),
+            Some((timestamp_ms, record)) => publish_of(timestamp_ms, record),
+            None => None,
+        })
+    }
+
     /// The record at `offset` of a message partition; `None` when it is
     /// gone (trimmed) or does not decode (logged).
     async fn read_record(
         &self,
         partition: u32,
         offset: u64,
-    ) -> Result<Option<Record>, DurableError> {
+    ) -> Result<Option<(i64, Record)>, DurableError> {
         let records = match self
             .inner
             .engine
@@ -656,8 +693,9 @@ impl DurableStore {
         let Some(record) = records.into_iter().find(|r| r.offset == offset) else {
             return Ok(None);
         };
+        let timestamp_ms = record.timestamp_ms;
         match Record::decode(record.payload) {
-            Ok(record) => Ok(Some(record)),
+            Ok(record) => Ok(Some((timestamp_ms, record))),
             Err(e) => {
                 warn!(partition, offset, error = %e, "stored message does not decode");
                 Ok(None)
@@ -701,6 +739,16 @@ impl DurableStore {
         self.inner.engine.close().await?;
         Ok(())
     }
+}
+
+/// A stored message, as a delivery of it points to it.
+struct StoredMessage {
+    /// When it was first stored (a move keeps it).
+    timestamp_ms: i64,
+    publish: Publish,
+    expires_at_ms: Option<u64>,
+    /// The recipients the record pointed to names.
+    recipients: Vec<Recipient>,
 }
 
 /// The delivery of a stored message to the session `key`, if `recipients`

@@ -98,7 +98,15 @@ impl DurableStore {
         });
         let mut queues: HashMap<String, BTreeMap<DiskRef, Pending>> = HashMap::new();
         let mut inbound: HashMap<String, HashSet<u16>> = HashMap::new();
+        // A message moved forward for a session: (key, old place) → new.
+        let mut moved: HashMap<(String, DiskRef), DiskRef> = HashMap::new();
         for partition in 0..self.inner.partitions {
+            // A message moved forward from below this was trimmed behind it.
+            let log_start = self
+                .inner
+                .engine
+                .partition_info(u64::from(partition))?
+                .log_start;
             recovered.records += self
                 .scan(u64::from(partition), |offset, timestamp_ms, payload| {
                     let at = DiskRef { partition, offset };
@@ -131,16 +139,40 @@ impl DurableStore {
                                 queue_for(&mut queues, recipients, at, timestamp_ms);
                             }
                         }
+                        Ok(ReplayView::Moved {
+                            from,
+                            timestamp_ms: first_ms,
+                        }) => {
+                            // A delivery still pending moves; one whose
+                            // original was trimmed is pending here; a copy of
+                            // one completed before it brings nothing back.
+                            let trimmed = from < log_start;
+                            let from = DiskRef {
+                                partition,
+                                offset: from,
+                            };
+                            for key in recipients {
+                                let from = follow(&moved, key, from);
+                                let queue = queues.entry(key.to_string()).or_default();
+                                let pending = queue.remove(&from).or(trimmed.then_some(Pending {
+                                    timestamp_ms: first_ms,
+                                    released: false,
+                                }));
+                                if let Some(pending) = pending {
+                                    queue.insert(at, pending);
+                                    moved.insert((key.to_string(), from), at);
+                                }
+                            }
+                        }
                         Ok(ReplayView::Ack { key, offset, .. }) => {
+                            let at = follow(&moved, key, DiskRef { partition, offset });
                             if let Some(queue) = queues.get_mut(key) {
-                                queue.remove(&DiskRef { partition, offset });
+                                queue.remove(&at);
                             }
                         }
                         Ok(ReplayView::Released { key, offset, .. }) => {
-                            if let Some(p) = queues
-                                .get_mut(key)
-                                .and_then(|q| q.get_mut(&DiskRef { partition, offset }))
-                            {
+                            let at = follow(&moved, key, DiskRef { partition, offset });
+                            if let Some(p) = queues.get_mut(key).and_then(|q| q.get_mut(&at)) {
                                 p.released = true;
                             }
                         }
@@ -214,4 +246,12 @@ fn queue_for(
             }
         }
     }
+}
+
+/// Where a session's message at `at` was moved to, following every move.
+fn follow(moved: &HashMap<(String, DiskRef), DiskRef>, key: &str, mut at: DiskRef) -> DiskRef {
+    while let Some(next) = moved.get(&(key.to_string(), at)) {
+        at = *next;
+    }
+    at
 }

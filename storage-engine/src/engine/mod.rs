@@ -634,6 +634,14 @@ impl StorageEngine {
         })
     }
 
+    /// The base offsets of a partition's segments, oldest first: segment `i`
+    /// holds the offsets from `bases[i]` up to `bases[i + 1]`.
+    pub fn segment_bases(&self, partition: u64) -> Result<Vec<u64>> {
+        let part = self.partition(partition)?;
+        let state = part.lock();
+        Ok(state.segments.keys().copied().collect())
+    }
+
     /// Applies every partition's retention now. Returns the segments removed.
     pub async fn enforce_retention(&self) -> Result<usize> {
         let partitions: Vec<Arc<Partition>> = self.read_partitions().values().cloned().collect();

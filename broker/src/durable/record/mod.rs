@@ -35,6 +35,8 @@ const RECIPIENTS: u8 = 8;
 /// Not a record: the revision envelope around one ([`with_revision`]).
 const REVISION: u8 = 9;
 const SUBSCRIPTIONS: u8 = 10;
+/// A `Publish` record moved forward: its old offset, then a `Publish` record.
+const MOVED: u8 = 11;
 
 /// Wraps an encoded record of the session or retained partition in its
 /// revision: `REVISION`, the revision (`u64`), the record. The record of a
@@ -135,6 +137,19 @@ pub enum Record {
         /// Who must receive it.
         recipients: Vec<Recipient>,
     },
+    /// A copy of a message for one session, written further on so the
+    /// segment of the original can be given back: replay moves the
+    /// session's pending delivery from `from` (same partition) to this
+    /// record, and a completion of `from` completes this one.
+    Moved {
+        /// Offset of the record copied.
+        from: u64,
+        /// When the message was first stored: the session's messages stay
+        /// in that order.
+        timestamp_ms: i64,
+        /// The copy: a `Publish` naming the one session.
+        record: Box<Record>,
+    },
     /// More recipients of the message `back` records before this one
     /// (same partition, same append).
     Recipients {
@@ -225,6 +240,16 @@ impl Record {
                 }
                 put_recipients(out, recipients)?;
                 put_publish(out, publish)?;
+            }
+            Record::Moved {
+                from,
+                timestamp_ms,
+                record,
+            } => {
+                out.put_u8(MOVED);
+                out.put_u64(*from);
+                out.put_i64(*timestamp_ms);
+                out.extend_from_slice(&record.encode()?);
             }
             Record::Recipients { back, recipients } => {
                 out.put_u8(RECIPIENTS);
@@ -331,6 +356,16 @@ impl Record {
                 back: r.u32()?,
                 recipients: r.owned_recipients()?,
             },
+            MOVED => {
+                let from = r.u64()?;
+                let timestamp_ms = r.i64()?;
+                let at = bytes.len() - r.remaining();
+                Record::Moved {
+                    from,
+                    timestamp_ms,
+                    record: Box::new(Record::decode(bytes.slice(at..))?),
+                }
+            }
             tag @ (ACK | RELEASED) => {
                 let (key, epoch, offset) = (r.string()?, r.u64()?, r.u64()?);
                 if tag == ACK {
@@ -402,6 +437,14 @@ impl Record {
                 r.recipients(|key, epoch, _, _, _| recipient(key, epoch))?;
                 ReplayView::Publish { origin }
             }
+            MOVED => {
+                let from = r.u64()?;
+                let timestamp_ms = r.i64()?;
+                match Record::replay_view(r.take(r.remaining())?, recipient)? {
+                    ReplayView::Publish { .. } => ReplayView::Moved { from, timestamp_ms },
+                    _ => return Err(RecordError::UnknownTag(MOVED)),
+                }
+            }
             RECIPIENTS => {
                 let back = r.u32()?;
                 r.recipients(|key, epoch, _, _, _| recipient(key, epoch))?;
@@ -434,6 +477,13 @@ pub enum ReplayView<'a> {
     Publish {
         /// `(publisher key, epoch, packet id)`.
         origin: Option<(&'a str, u64, u16)>,
+    },
+    /// A message moved forward from `from` for the recipients given.
+    Moved {
+        /// The offset of the record it was copied from.
+        from: u64,
+        /// When the message was first stored.
+        timestamp_ms: i64,
     },
     /// More recipients of the message `back` offsets before.
     Recipients {

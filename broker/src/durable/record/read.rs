@@ -87,6 +87,10 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
+    pub(super) fn i64(&mut self) -> Result<i64, RecordError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+
     pub(super) fn str(&mut self) -> Result<&'a str, RecordError> {
         let len = usize::from(self.u16()?);
         std::str::from_utf8(self.take(len)?).map_err(|_| RecordError::NotUtf8)

@@ -87,6 +87,22 @@ fn every_record_round_trips() {
             username: None,
         }),
         Record::SessionGone { key: "t/a".into() },
+        Record::Moved {
+            from: 17,
+            timestamp_ms: 1_700_000_000_123,
+            record: Box::new(Record::Publish {
+                publish: publish(QoS::AtLeastOnce),
+                expires_at_ms: None,
+                origin: None,
+                recipients: vec![Recipient {
+                    key: "t/away".into(),
+                    epoch: 2,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: vec![9],
+                }],
+            }),
+        },
         Record::Subscriptions {
             key: "t/a".into(),
             epoch: 4,
@@ -143,11 +159,20 @@ fn every_record_round_trips() {
                 epoch: *epoch,
                 packet_id: *packet_id,
             },
+            Record::Moved {
+                from, timestamp_ms, ..
+            } => {
+                assert_eq!(seen, [("t/away".to_string(), 2)]);
+                ReplayView::Moved {
+                    from: *from,
+                    timestamp_ms: *timestamp_ms,
+                }
+            }
             _ => ReplayView::Other,
         };
         assert_eq!(view, expected);
         // Cut short, the parts recovery reads are refused, never misread.
-        if !matches!(expected, ReplayView::Other) {
+        if !matches!(expected, ReplayView::Other | ReplayView::Moved { .. }) {
             let header_len = match &record {
                 // The message itself is not read.
                 Record::Publish { publish, .. } => {
