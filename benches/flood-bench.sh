@@ -19,6 +19,9 @@
 # Usage: benches/flood-bench.sh
 # Sizes (environment, defaults in brackets): SECS [20], CALM_RATE [200],
 #   FLOODERS [100], FLOOD_INFLIGHT [100], PROPS_CONNS [4].
+# ATTACKER_NICE: run the flood's processes (not the node, not the calm pair)
+#   under `nice -n ATTACKER_NICE`, to tell the node's scheduling from the
+#   machine's (default 0).
 # BIN_DIR: use binaries already built (tidemq, tidemq-bench). KEEP=1 keeps
 #   the work directory.
 set -euo pipefail
@@ -33,6 +36,8 @@ CALM_RATE="${CALM_RATE:-200}"
 FLOODERS="${FLOODERS:-100}"
 FLOOD_INFLIGHT="${FLOOD_INFLIGHT:-100}"
 PROPS_CONNS="${PROPS_CONNS:-4}"
+ATTACKER_NICE="${ATTACKER_NICE:-0}"
+niced() { nice -n "$ATTACKER_NICE" "$@"; }
 
 if [ -z "${BIN_DIR:-}" ]; then
     ensure_system_deps
@@ -65,18 +70,18 @@ run() { # NAME MODE
     wait_ready "$work/$name.calm-sub.err" "$calm_sub"
     local attackers=()
     if [ "$mode" = flood ]; then
-        bench sub --port "$port" --client-prefix "$name-flood-s" --count "$FLOODERS" \
+        niced "$bin/tidemq-bench" mqtt sub --output json --port "$port" --client-prefix "$name-flood-s" --count "$FLOODERS" \
             --topic 'flood/%i' --qos 1 --persistent --duration-secs $((SECS + 60)) --idle-secs 3 \
             >"$work/$name.flood-sub.json" 2>"$work/$name.flood-sub.err" &
         local flood_sub=$!
         pids+=("$flood_sub")
         wait_ready "$work/$name.flood-sub.err" "$flood_sub"
-        python3 benches/hostile-clients.py stuck 127.0.0.1 "$port" 'flood/#' $((SECS + 2)) &
+        niced python3 benches/hostile-clients.py stuck 127.0.0.1 "$port" 'flood/#' $((SECS + 2)) &
         attackers+=($!)
-        python3 benches/hostile-clients.py props 127.0.0.1 "$port" "$PROPS_CONNS" "$SECS" \
+        niced python3 benches/hostile-clients.py props 127.0.0.1 "$port" "$PROPS_CONNS" "$SECS" \
             >"$work/$name.props.json" &
         attackers+=($!)
-        bench pub --port "$port" --client-prefix "$name-flood-p" --count "$FLOODERS" \
+        niced "$bin/tidemq-bench" mqtt pub --output json --port "$port" --client-prefix "$name-flood-p" --count "$FLOODERS" \
             --topic 'flood/%i' --qos 1 --inflight "$FLOOD_INFLIGHT" --payload-size 512 \
             --duration-secs "$SECS" >"$work/$name.flood-pub.json" 2>"$work/$name.flood-pub.err" &
         attackers+=($!)
