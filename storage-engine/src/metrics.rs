@@ -20,6 +20,8 @@ pub(crate) struct ExecutorMetrics {
     pub io_driver: IntGaugeVec,
     /// Files that were poisoned by a write or fsync failure.
     pub poisoned_files: IntCounter,
+    /// `fsync`s of a directory after a new file was created in it.
+    pub dir_syncs: IntCounter,
 }
 
 impl ExecutorMetrics {
@@ -57,12 +59,17 @@ impl ExecutorMetrics {
                 "tidemq_storage_poisoned_files_total",
                 "Files that refuse writes after a write or fsync failure",
             )?,
+            dir_syncs: IntCounter::new(
+                "tidemq_storage_dir_syncs_total",
+                "fsyncs of a partition directory that made a new segment file durable",
+            )?,
         };
         registry.register(Box::new(metrics.commit_batch.clone()))?;
         registry.register(Box::new(metrics.fsync_seconds.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.io_driver.clone()))?;
         registry.register(Box::new(metrics.poisoned_files.clone()))?;
+        registry.register(Box::new(metrics.dir_syncs.clone()))?;
         Ok(metrics)
     }
 }

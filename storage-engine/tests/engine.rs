@@ -411,3 +411,35 @@ async fn metrics_are_exported() -> anyhow::Result<()> {
     engine.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn every_new_segment_is_synced_into_its_directory() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let registry = prometheus::Registry::new();
+    let engine = small_engine(tmp.path())
+        .registry(registry.clone())
+        .open()
+        .await?;
+    let dir_syncs = || {
+        registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "tidemq_storage_dir_syncs_total")
+            .map_or(0.0, |f| f.get_metric()[0].get_counter().get_value())
+    };
+    engine.create_partition(3).await?;
+    let first = dir_syncs();
+    assert!(first >= 1.0, "the partition's first segment");
+    for offset in 0..2_000 {
+        engine.append(3, &[payload(3, offset)]).await?;
+    }
+    let segments = engine.partition_info(3)?.segments as f64;
+    assert!(segments > 3.0);
+    assert!(
+        dir_syncs() >= first + segments - 1.0,
+        "one directory sync per rolled segment: {} for {segments} segments",
+        dir_syncs()
+    );
+    engine.close().await?;
+    Ok(())
+}

@@ -487,6 +487,7 @@ impl Worker {
             // Likely just created: its directory entry must be durable
             // before records in it are acknowledged.
             sync_parent(&path).await?;
+            self.config.metrics.dir_syncs.inc();
         }
         let open = Rc::new(OpenFile {
             file,
