@@ -162,8 +162,11 @@ async fn appends_stop_at_the_free_space_floor_and_resume_above_it() -> anyhow::R
         (256 * 1024..1024 * 1024).contains(&written),
         "about half a MiB went in before the floor: {written}"
     );
-    // Nothing failed on disk: no poison, just the same refusal, fast.
-    let again = engine.append(0, &[b"x"]).await;
+    // Nothing failed on disk: no poison, just the same refusal, fast (for
+    // a batch well past the floor's margin: the floor counts bytes
+    // appended since the last sample, the filesystem counts pages).
+    let big = vec![vec![b'b'; 16 * 1024]; 10];
+    let again = engine.append(0, &big).await;
     assert!(
         matches!(again, Err(StorageError::DiskFull { .. })),
         "{again:?}"
