@@ -351,7 +351,15 @@ async fn shutdown_drains_pending_writes() -> anyhow::Result<()> {
                 tokio::spawn(async move { engine.append(1, &[payload(1, i)]).await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        // Close once some appends are through (the rest race with it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while engine.partition_info(1)?.next_offset == 0 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no append went through"
+            );
+            tokio::task::yield_now().await;
+        }
         engine.close().await?;
         let mut acked = Vec::new();
         for t in tasks {

@@ -347,8 +347,13 @@ impl Worker {
             let mut taken = 1;
             loop {
                 if let Command::Shutdown { reply } = command {
+                    // `recv` after `close` ends only once every permit
+                    // reserved before the close was used or dropped, so a
+                    // command sent through one is answered too (`try_recv`
+                    // would leave it in the channel, its caller waiting
+                    // forever).
                     rx.close();
-                    while let Ok(late) = rx.try_recv() {
+                    while let Some(late) = rx.recv().await {
                         fail(late);
                     }
                     let _ = reply.send(self.close_all().await);
