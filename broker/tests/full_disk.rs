@@ -98,10 +98,13 @@ async fn a_full_disk_refuses_stored_messages_serves_the_rest_and_recovers() -> a
         ensure!(accepted.len() < 2_000, "the disk never filled");
     };
     ensure!(accepted.len() > 50, "only {} stored", accepted.len());
-    // The refused publisher stays connected and is refused again.
-    assert_eq!(
-        publish(&mut publisher, refused_at).await?,
-        ReasonCode::QuotaExceeded
+    // The refused publisher stays connected. (A retry may or may not be
+    // refused: the floor counts bytes, the filesystem blocks, so a sample
+    // taken since may show a little room.)
+    publisher.send(&Packet::PingReq).await;
+    ensure!(
+        matches!(publisher.recv().await, Some(Packet::PingResp)),
+        "the refused publisher was disconnected"
     );
 
     // 3.1.1 cannot be told: the connection ends, with no PUBACK.

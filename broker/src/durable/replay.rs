@@ -156,6 +156,7 @@ impl DurableStore {
                                 let queue = queues.entry(key.to_string()).or_default();
                                 let pending = queue.remove(&from).or(trimmed.then_some(Pending {
                                     timestamp_ms: first_ms,
+                                    first_offset: from.offset,
                                     released: false,
                                 }));
                                 if let Some(pending) = pending {
@@ -203,7 +204,7 @@ impl DurableStore {
                     .map(|q| q.into_iter().collect())
                     .unwrap_or_default();
                 // Across partitions, in the order they were stored.
-                queue.sort_by_key(|(at, p)| (p.timestamp_ms, at.partition, at.offset));
+                queue.sort_by_key(|(at, p)| (p.timestamp_ms, at.partition, p.first_offset));
                 RecoveredSession {
                     inbound_qos2: inbound
                         .remove(&session.key)
@@ -221,7 +222,10 @@ impl DurableStore {
 /// A message a session still has to receive, as replay finds it.
 #[derive(Clone, Copy)]
 struct Pending {
+    /// When it was first stored, and where: a moved message keeps both,
+    /// so its session receives it in its first order.
     timestamp_ms: i64,
+    first_offset: u64,
     released: bool,
 }
 
@@ -234,6 +238,7 @@ fn queue_for(
 ) {
     let pending = Pending {
         timestamp_ms,
+        first_offset: at.offset,
         released: false,
     };
     for key in keys {
