@@ -56,7 +56,8 @@ impl Bystander {
         let publisher = tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut seq = 0u32;
-            while !stopping.load(Ordering::Relaxed) {
+            // At least a few, however soon it is stopped.
+            while seq < 3 || !stopping.load(Ordering::Relaxed) {
                 seq += 1;
                 let packet_id = u16::try_from(seq % 60_000 + 1)?;
                 let publish = crate::common::publish(
