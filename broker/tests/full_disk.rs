@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use common::disk::LoopDisk;
 use common::process::NodeProcess;
-use common::{Raw, disconnect};
+use common::{Raw, disconnect, persistent};
 use tidemq_proto::mqtt::{Packet, Protocol, PubResponse, QoS, ReasonCode};
 
 const PAYLOAD: usize = 256 * 1024;
@@ -65,23 +65,13 @@ fn start(disk: &LoopDisk) -> anyhow::Result<NodeProcess> {
     )
 }
 
-/// A persistent 3.1.1 subscriber to `full/#`.
-async fn keeper(node: &NodeProcess) -> (Raw, bool) {
-    let (raw, ack) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "keeper", |c| {
-        c.clean_start = false;
-    })
-    .await;
-    assert_eq!(ack.reason, ReasonCode::Success, "{ack:?}");
-    (raw, ack.session_present)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_stored_messages_serves_the_rest_and_recovers() -> anyhow::Result<()> {
     let Some(disk) = LoopDisk::mount(128 * 1024 * 1024)? else {
         return Ok(());
     };
     let mut node = start(&disk)?;
-    let (mut sub, _) = keeper(&node).await;
+    let (mut sub, _) = persistent(node.mqtt, "keeper").await;
     sub.subscribe(1, "full/#", QoS::AtLeastOnce).await;
     disconnect(sub).await;
 
@@ -154,7 +144,7 @@ async fn a_full_disk_refuses_stored_messages_serves_the_rest_and_recovers() -> a
     assert_eq!(status, 200);
 
     // Every acknowledged message is there; nothing refused is.
-    let (mut sub, present) = keeper(&node).await;
+    let (mut sub, present) = persistent(node.mqtt, "keeper").await;
     assert!(present, "the session survived");
     let mut received = Vec::new();
     while received.len() < accepted.len() {
@@ -195,13 +185,10 @@ async fn an_abandoned_session_does_not_pin_the_disk() -> anyhow::Result<()> {
         ],
     )?;
     // A 3.1.1 persistent session that takes one message and never returns.
-    let (mut gone, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "gone", |c| {
-        c.clean_start = false;
-    })
-    .await;
+    let (mut gone, _) = persistent(node.mqtt, "gone").await;
     gone.subscribe(1, "age/old", QoS::AtLeastOnce).await;
     disconnect(gone).await;
-    let (mut active, _) = keeper(&node).await;
+    let (mut active, _) = persistent(node.mqtt, "keeper").await;
     active.subscribe(1, "age/new", QoS::AtLeastOnce).await;
     let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "pub").await;
     publisher
@@ -230,11 +217,8 @@ async fn an_abandoned_session_does_not_pin_the_disk() -> anyhow::Result<()> {
         1.0
     );
     // The session comes back to nothing.
-    let (mut gone, present) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "gone", |c| {
-        c.clean_start = false;
-    })
-    .await;
-    assert!(present.session_present);
+    let (mut gone, present) = persistent(node.mqtt, "gone").await;
+    assert!(present);
     gone.expect_silence().await;
     Ok(())
 }
@@ -250,13 +234,10 @@ async fn an_offline_sessions_few_messages_move_forward_so_old_segments_go() -> a
         ],
     )?;
     // Away for good, as far as the node can tell: one unread QoS 1 message.
-    let (mut away, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
-        c.clean_start = false;
-    })
-    .await;
+    let (mut away, _) = persistent(node.mqtt, "away").await;
     away.subscribe(1, "fwd/old", QoS::AtLeastOnce).await;
     disconnect(away).await;
-    let (mut active, _) = keeper(&node).await;
+    let (mut active, _) = persistent(node.mqtt, "keeper").await;
     active.subscribe(1, "fwd/new", QoS::AtLeastOnce).await;
     let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "pub").await;
     publisher
@@ -283,18 +264,12 @@ async fn an_offline_sessions_few_messages_move_forward_so_old_segments_go() -> a
     // After a crash the session still has its message, once.
     node.sigkill()?;
     node.restart()?;
-    let (mut away, present) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
-        c.clean_start = false;
-    })
-    .await;
-    assert!(present.session_present);
+    let (mut away, present) = persistent(node.mqtt, "away").await;
+    assert!(present);
     assert_eq!(away.expect_publish().await.payload.as_ref(), b"unread");
     away.expect_silence().await;
     disconnect(away).await;
-    let (mut away, _) = Raw::connect_with(node.mqtt, Protocol::V3_1_1, "away", |c| {
-        c.clean_start = false;
-    })
-    .await;
+    let (mut away, _) = persistent(node.mqtt, "away").await;
     away.expect_silence().await;
     Ok(())
 }
