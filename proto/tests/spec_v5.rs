@@ -476,3 +476,36 @@ fn a_flood_of_user_properties_is_checked_but_not_all_kept() {
         "no limit: all kept"
     );
 }
+
+#[test]
+fn user_properties_between_other_properties_are_all_read() {
+    // PUBLISH QoS 0 "t": a user property, a content type, two more user
+    // properties, then the payload.
+    let props: &[u8] = &[
+        0x26, 0, 1, b'a', 0, 1, b'1', //
+        0x03, 0, 2, b'c', b't', //
+        0x26, 0, 1, b'b', 0, 0, //
+        0x26, 0, 0, 0, 1, b'3',
+    ];
+    let mut body = vec![0, 1, b't', props.len() as u8];
+    body.extend_from_slice(props);
+    body.push(b'x');
+    let mut bytes = vec![0x30, body.len() as u8];
+    bytes.extend_from_slice(&body);
+    match decode_one(&bytes, Protocol::V5).unwrap() {
+        Some(Packet::Publish(p)) => {
+            assert_eq!(p.properties.content_type.as_deref(), Some("ct"));
+            let user: Vec<_> = p.properties.user_properties.iter().cloned().collect();
+            let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+            assert_eq!(user, [pair("a", "1"), pair("b", ""), pair("", "3")]);
+            assert_eq!(&p.payload[..], b"x");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A second content type after a run of user properties is still caught.
+    let mut twice = bytes.clone();
+    let at = 2 + 4 + 7 + 6; // the second user property's identifier
+    twice[at] = 0x03;
+    twice[at + 1..at + 6].copy_from_slice(&[0, 1, b'b', 0x26, 0]);
+    assert!(decode_one(&twice, Protocol::V5).is_err());
+}

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::property::{
-    PropertySet, id, push_user, put_binary, put_bool, put_string, put_subscription_id, put_u8,
-    put_u16, put_u32, put_user, read_bool, read_nonzero_u16, read_nonzero_u32,
-    read_subscription_id, read_zero_or_one,
+    PropertySet, id, push_user, push_user_run, put_binary, put_bool, put_string,
+    put_subscription_id, put_u8, put_u16, put_u32, put_user, read_bool, read_nonzero_u16,
+    read_nonzero_u32, read_subscription_id, read_zero_or_one,
 };
 use super::read::Reader;
 use super::write::Sink;
@@ -195,7 +195,7 @@ impl PropertySet for PublishProperties {
             id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?.into()),
             id::CORRELATION_DATA => self.correlation_data = Some(r.binary()?),
             // Not shared yet while decoding: no copy.
-            id::USER_PROPERTY => push_user(Arc::make_mut(&mut self.user_properties), r)?,
+            id::USER_PROPERTY => push_user_run(Arc::make_mut(&mut self.user_properties), r)?,
             id::SUBSCRIPTION_IDENTIFIER => {
                 self.subscription_identifiers.push(read_subscription_id(r)?);
             }

@@ -150,9 +150,28 @@ pub(crate) fn read_user(r: &mut Reader) -> Result<UserProperty, DecodeError> {
 /// Reads a user property into `list`, unless the list holds the reader's
 /// maximum already: then it is checked and dropped.
 pub(crate) fn push_user(list: &mut Vec<UserProperty>, r: &mut Reader) -> Result<(), DecodeError> {
-    let pair = read_user(r)?;
     if list.len() < r.max_user_properties() {
-        list.push(pair);
+        list.push(read_user(r)?);
+    } else {
+        // A flood of them costs a check each, no copy.
+        r.skip_string()?;
+        r.skip_string()?;
+    }
+    Ok(())
+}
+
+/// [`push_user`] for a run of user properties: this one and those that
+/// follow it directly (their identifier is one byte), so a caller that must
+/// first make its list writable (an `Arc`, an atomic operation) does so once
+/// per run rather than once per property.
+pub(crate) fn push_user_run(
+    list: &mut Vec<UserProperty>,
+    r: &mut Reader,
+) -> Result<(), DecodeError> {
+    push_user(list, r)?;
+    while r.peek() == Some(id::USER_PROPERTY) {
+        r.u8()?;
+        push_user(list, r)?;
     }
     Ok(())
 }

@@ -51,6 +51,11 @@ impl Reader {
         self.buf.len()
     }
 
+    /// The next byte, without reading it.
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
     /// Whether every byte has been read.
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
@@ -124,12 +129,16 @@ impl Reader {
     /// must be well-formed UTF-8 without U+0000 (MQTT-1.5.4-1, -2).
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let raw = self.binary()?;
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| DecodeError::Malformed("string is not valid UTF-8"))?;
-        if text.contains('\0') {
-            return Err(DecodeError::Malformed("string contains U+0000"));
-        }
-        Ok(text.to_owned())
+        text(&raw).map(str::to_owned)
+    }
+
+    /// Checks a UTF-8 encoded string like [`Reader::string`] and passes
+    /// over it, without taking a share of the buffer or copying it.
+    pub(crate) fn skip_string(&mut self) -> Result<(), DecodeError> {
+        let len = usize::from(self.u16()?);
+        text(self.buf.get(..len).ok_or_else(truncated)?)?;
+        self.buf.advance(len);
+        Ok(())
     }
 
     /// A non-zero packet identifier (MQTT-2.2.1-3).
@@ -139,6 +148,16 @@ impl Reader {
             id => Ok(id),
         }
     }
+}
+
+/// `raw` as text, if it is well-formed UTF-8 without U+0000.
+fn text(raw: &[u8]) -> Result<&str, DecodeError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| DecodeError::Malformed("string is not valid UTF-8"))?;
+    if text.contains('\0') {
+        return Err(DecodeError::Malformed("string contains U+0000"));
+    }
+    Ok(text)
 }
 
 fn truncated() -> DecodeError {
@@ -222,5 +241,21 @@ mod tests {
         assert!(matches!(r.string(), Err(DecodeError::Malformed(_))));
         let mut r = Reader::new(Bytes::from_static(&[0, 5, b'a']));
         assert!(matches!(r.string(), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn skipping_a_string_checks_it_too() {
+        let mut r = Reader::new(Bytes::from_static(&[0, 2, b'o', b'k', 0, 0, 7]));
+        r.skip_string().unwrap();
+        r.skip_string().unwrap();
+        assert_eq!(r.u8().unwrap(), 7);
+        for bad in [
+            &[0, 2, 0xC3, 0x28][..],
+            &[0, 3, b'a', 0, b'b'],
+            &[0, 5, b'a'],
+        ] {
+            let mut r = Reader::new(Bytes::copy_from_slice(bad));
+            assert!(matches!(r.skip_string(), Err(DecodeError::Malformed(_))));
+        }
     }
 }
