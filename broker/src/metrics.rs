@@ -16,6 +16,8 @@ pub struct BrokerMetrics {
     pub connects: IntCounterVec,
     /// Connections refused at accept because of `max_connections`.
     pub connections_refused: IntCounter,
+    /// Turns a connection ended with work left, its budget spent.
+    pub turns_yielded: IntCounter,
     /// Sessions held (connected or not).
     pub sessions: IntGauge,
     /// Subscription tree entries.
@@ -70,6 +72,10 @@ impl BrokerMetrics {
             connections_refused: IntCounter::new(
                 "tidemq_connections_refused_total",
                 "Connections refused because max_connections was reached",
+            )?,
+            turns_yielded: IntCounter::new(
+                "tidemq_connection_turns_yielded_total",
+                "Times a connection gave its worker to others with work left (its turn's budget spent)",
             )?,
             sessions: IntGauge::new("tidemq_sessions", "Sessions held, connected or not")?,
             subscriptions: IntGauge::new("tidemq_subscriptions", "Subscription entries")?,
@@ -170,6 +176,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.connects.clone()))?;
         registry.register(Box::new(metrics.connections_refused.clone()))?;
+        registry.register(Box::new(metrics.turns_yielded.clone()))?;
         registry.register(Box::new(metrics.sessions.clone()))?;
         registry.register(Box::new(metrics.subscriptions.clone()))?;
         registry.register(Box::new(metrics.retained.clone()))?;

@@ -381,16 +381,17 @@ impl Session {
 
 impl SessionState {
     /// Moves queued deliveries into flight while the window allows and
-    /// returns the PUBLISH packets to send (expired ones are dropped and
-    /// reported through `on_drop`).
+    /// returns the PUBLISH packets to send, at most `max` of them (expired
+    /// ones are dropped and reported through `on_drop`).
     pub fn take_sendable(
         &mut self,
         window: usize,
+        max: usize,
         now: Instant,
         mut on_drop: impl FnMut(DropReason),
     ) -> Vec<Publish> {
         let mut out = Vec::new();
-        while self.inflight.len() < window {
+        while self.inflight.len() < window && out.len() < max {
             let (packet_id, stored) = match self.queue.front() {
                 None | Some(Queued::Stored(_) | Queued::Recovered(_)) => break,
                 Some(Queued::Ready(delivery)) => match delivery.stored {

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
+use super::turn::Budget;
 use super::{Connection, Io, close};
 use crate::auth::Subscription;
 use crate::broker::Shared;
@@ -448,6 +449,7 @@ impl Connection {
             // Packets that came in the CONNECT's read wait in the buffer.
             input_held: true,
             loading: FuturesOrdered::new(),
+            budget: Budget::new(super::TURN_BUDGET),
         }
     }
 }

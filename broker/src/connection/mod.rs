@@ -13,6 +13,7 @@ mod connect;
 mod inbound;
 mod outbound;
 mod subscribe;
+mod turn;
 
 pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};
@@ -39,11 +40,16 @@ use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
 use acks::{AckQueue, Done, Work};
+use turn::Budget;
 
 /// Output buffered beyond this stops the connection from taking more work
 /// (reading packets, moving queued deliveries into flight) until the
 /// client has read some of it.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Work units a connection may spend per turn on its worker (see
+/// [`turn`]): 16 inbound packets, or 64 packets written, or a mix.
+const TURN_BUDGET: u32 = 16 * turn::PACKET;
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -57,7 +63,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         write_buf: BytesMut::with_capacity(4096),
     };
     if let Some(connection) = connect::handshake(&shared, &mut io, peer).await {
-        connection.run(&mut io).await;
+        let budget = connection.budget.clone();
+        budget.turns(connection.run(&mut io)).await;
     }
     io.linger().await;
     shared.metrics.connections.dec();
@@ -203,6 +210,8 @@ pub(crate) struct Connection {
     input_held: bool,
     /// A read of the stored backlog at the front of the session's queue.
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
+    /// What is left of this turn on the worker.
+    budget: Budget,
 }
 
 /// Messages read back from the store for the session.
@@ -213,6 +222,12 @@ impl Connection {
     async fn run(mut self, io: &mut Io) {
         let mut shutdown = self.shared.shutdown.clone();
         let end = loop {
+            if self.budget.spent() {
+                // Whatever is left (packets in the read buffer, queued
+                // deliveries, ready responses) waits for the next turn.
+                self.shared.metrics.turns_yielded.inc();
+                tokio::task::yield_now().await;
+            }
             if let Err(end) = self.resume_input(io) {
                 break end;
             }
@@ -227,6 +242,11 @@ impl Connection {
                 break End::Dropped;
             }
             self.note_write_progress(unwritten, io);
+            if self.budget.spent() {
+                // Work may be waiting that no branch below would wake for
+                // (whole packets already read): take the next turn first.
+                continue;
+            }
             let reading = self.accepts_input(io);
             // Resumed by resume_input, which also restarts the keep alive.
             self.input_held |= !reading;
@@ -251,12 +271,12 @@ impl Connection {
                     }
                 },
                 () = self.session.notify.notified() => None,
-                () = Self::store_drained(self.shared.durable.as_ref()), if self.store_backlogged() => None,
+                () = Self::store_drained(self.shared.durable.as_ref()), if self.held_by_store() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
                     // responses leave in one write.
                     let mut done = self.released(released, io);
-                    while done.is_ok() {
+                    while done.is_ok() && !self.budget.spent() {
                         match self.acks.next().now_or_never() {
                             Some(Some(released)) => done = self.released(released, io),
                             _ => break,
@@ -302,19 +322,26 @@ impl Connection {
 
     /// Whether the connection takes more input now: not while too many
     /// responses wait for the store, nor while the client leaves too much
-    /// of the output unread, nor while the store's writers are backlogged.
+    /// of the output unread, nor while it waits for a store whose writers
+    /// are backlogged.
     fn accepts_input(&self, io: &Io) -> bool {
         self.acks.len() < self.max_held()
             && io.write_buf.len() < WRITE_HIGH_WATER
-            && !self.store_backlogged()
+            && !self.held_by_store()
     }
 
-    /// Whether the message store's writers have more queued than they may.
-    fn store_backlogged(&self) -> bool {
-        self.shared
-            .durable
-            .as_ref()
-            .is_some_and(DurableStore::backlog_full)
+    /// Whether the connection waits for the message store while the store's
+    /// writers have more queued than they may. Only such connections stop
+    /// reading: one whose packets needed no store write so far (QoS 0,
+    /// clean sessions) keeps being served, and if its next packet does
+    /// need one, it holds from then on (one record over the limit at most).
+    fn held_by_store(&self) -> bool {
+        !self.acks.is_empty()
+            && self
+                .shared
+                .durable
+                .as_ref()
+                .is_some_and(DurableStore::backlog_full)
     }
 
     /// Resolves once the message store takes more records (never without one).
@@ -364,6 +391,7 @@ impl Connection {
         match released {
             Ok(done) => {
                 for done in done {
+                    self.budget.charge(turn::WRITE);
                     self.apply(done, io);
                 }
                 Ok(())
@@ -458,7 +486,7 @@ impl Connection {
         // arrived when the pass began.
         let mut now = None;
         loop {
-            if !self.accepts_input(io) {
+            if !self.accepts_input(io) || self.budget.spent() {
                 self.input_held = true;
                 return Ok(());
             }
@@ -471,6 +499,7 @@ impl Connection {
                 max_user_properties,
             ) {
                 Ok(Some(packet)) => {
+                    self.budget.charge(turn::PACKET);
                     self.last_packet = *now.get_or_insert_with(Instant::now);
                     self.shared.metrics.packets_in.count(&packet);
                     self.handle(packet, io)?;

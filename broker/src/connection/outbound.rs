@@ -9,7 +9,7 @@ use tracing::warn;
 
 use futures_util::FutureExt;
 
-use super::{Connection, Io};
+use super::{Connection, Io, turn};
 use crate::session::{DropReason, InflightState};
 
 impl Connection {
@@ -65,13 +65,15 @@ impl Connection {
         Some((publish.topic.clone(), next))
     }
 
-    /// Moves queued deliveries into flight as the window allows and writes them.
+    /// Moves queued deliveries into flight as the window and the turn's
+    /// budget allow and writes them.
     pub(super) fn pump(&mut self, io: &mut Io) {
         let now = Instant::now();
         let mut expired = 0u64;
+        let max = usize::try_from(self.budget.left() / turn::WRITE).unwrap_or(usize::MAX);
         let (publishes, expired_stored, load) = {
             let mut state = self.session.lock();
-            let publishes = state.take_sendable(self.window, now, |_| expired += 1);
+            let publishes = state.take_sendable(self.window, max, now, |_| expired += 1);
             let expired_stored = std::mem::take(&mut state.expired_stored);
             // The front of the queue is on disk: read the next stretch.
             let load = (state.needs_load() && self.loading.is_empty())
@@ -94,6 +96,7 @@ impl Connection {
                 .push_back(async move { store.load(&key, &refs).await }.boxed());
         }
         for publish in publishes {
+            self.budget.charge(turn::WRITE);
             let packet_id = publish.packet_id;
             if !self.send_publish(publish, io)
                 && let Some(id) = packet_id

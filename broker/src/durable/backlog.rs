@@ -4,9 +4,11 @@
 //! connection's read pass must not block on the disk), so the queue in front
 //! of the writers is bounded here instead: every job's bytes are counted
 //! from the moment it is sent until its writer takes it, and while the count
-//! is over the limit the connections stop reading new packets
-//! ([`Backlog::is_full`]) and wait for it to drain ([`Backlog::drained`]).
-//! The queue then holds at most the limit plus one read pass per connection.
+//! is over the limit the connections that wait for the store stop reading
+//! new packets ([`Backlog::is_full`]) and wait for it to drain
+//! ([`Backlog::drained`]). The queue then holds at most the limit plus one
+//! read pass per connection (a pass ends with a connection's turn, or at
+//! its first record once it is over the limit).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

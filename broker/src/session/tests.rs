@@ -191,24 +191,26 @@ fn take_sendable_fills_the_window_and_stored_ids_follow_their_place() {
             None,
         ))))
         .expect("room");
-    let sent = state.take_sendable(2, Instant::now(), |_| {});
+    let sent = state.take_sendable(2, usize::MAX, Instant::now(), |_| {});
     assert_eq!(
         sent.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
         vec![Some(1), Some(2)]
     );
     assert!(
-        state.take_sendable(2, Instant::now(), |_| {}).is_empty(),
+        state
+            .take_sendable(2, usize::MAX, Instant::now(), |_| {})
+            .is_empty(),
         "window full"
     );
     assert_eq!(state.on_puback(1), Ack::InMemory);
     assert_eq!(state.on_puback(1), Ack::NotInFlight, "acknowledged once");
-    let sent = state.take_sendable(2, Instant::now(), |_| {});
+    let sent = state.take_sendable(2, usize::MAX, Instant::now(), |_| {});
     assert_eq!(
         sent.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
         vec![Some(3)]
     );
     assert_eq!(state.on_puback(2), Ack::InMemory);
-    let sent = state.take_sendable(2, Instant::now(), |_| {});
+    let sent = state.take_sendable(2, usize::MAX, Instant::now(), |_| {});
     assert_eq!(
         sent.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
         vec![None],
@@ -224,7 +226,7 @@ fn take_sendable_fills_the_window_and_stored_ids_follow_their_place() {
             Some(at(5)),
         ))))
         .expect("room");
-    let sent = state.take_sendable(2, Instant::now(), |_| {});
+    let sent = state.take_sendable(2, usize::MAX, Instant::now(), |_| {});
     assert_eq!(sent[0].packet_id, Some(at(5).packet_id()));
     assert_eq!(state.on_puback(at(5).packet_id()), Ack::Stored(at(5)));
 }
@@ -249,7 +251,7 @@ fn expired_deliveries_are_dropped_and_stored_ones_recorded() {
     let mut drops = Vec::new();
     assert!(
         state
-            .take_sendable(5, Instant::now(), |r| drops.push(r))
+            .take_sendable(5, usize::MAX, Instant::now(), |r| drops.push(r))
             .is_empty()
     );
     assert_eq!(drops, vec![DropReason::Expired]);
@@ -267,7 +269,7 @@ fn qos2_acknowledgements_move_through_their_states() {
             None,
         ))))
         .expect("room");
-    let id = state.take_sendable(1, Instant::now(), |_| {})[0]
+    let id = state.take_sendable(1, usize::MAX, Instant::now(), |_| {})[0]
         .packet_id
         .expect("QoS 2");
     assert_eq!(
