@@ -115,6 +115,8 @@ pub struct Shared {
     pub catalog: SessionCatalog,
     /// Flips to `true` when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// The lanes busy connections take turns through.
+    pub(crate) lanes: connection::Lanes,
 }
 
 /// A running broker. Dropping it without [`Broker::shutdown`] leaves the
@@ -169,6 +171,7 @@ impl Broker {
             Duration::from_millis(config.auth.failure_delay_max_ms),
             metrics.logins_delayed.clone(),
         );
+        let lanes = connection::Lanes::new(config.runtime.busy_lanes(), metrics.lane_waits.clone());
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             auth: ArcSwap::from_pointee(auth),
@@ -179,6 +182,7 @@ impl Broker {
             durable,
             catalog,
             shutdown,
+            lanes,
         });
         if let Some(recovered) = recovered {
             crate::restore::restore(&shared, recovered).await?;

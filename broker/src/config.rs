@@ -332,6 +332,12 @@ pub struct RuntimeConfig {
     pub meta_grpc_workers: usize,
     /// How often the `runtime_*` gauges are sampled, in milliseconds.
     pub monitor_interval_ms: u64,
+    /// Busy publishers (connections whose publishes lately outlasted a
+    /// turn on a worker) handling their input at once; the others queue
+    /// for a lane, so that calm clients are served first. Unset: half of
+    /// `broker_workers` (at least one); 0: no lanes (busy connections only
+    /// yield).
+    pub busy_lanes: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -341,11 +347,17 @@ impl Default for RuntimeConfig {
             meta_raft_workers: 1,
             meta_grpc_workers: 1,
             monitor_interval_ms: 1000,
+            busy_lanes: None,
         }
     }
 }
 
 impl RuntimeConfig {
+    /// `busy_lanes`, or half the broker's workers (at least one).
+    pub fn busy_lanes(&self) -> usize {
+        self.busy_lanes.unwrap_or((self.broker_workers / 2).max(1))
+    }
+
     /// The sampling interval of the runtime monitor.
     pub fn monitor_interval(&self) -> Duration {
         Duration::from_millis(self.monitor_interval_ms)

@@ -18,6 +18,8 @@ pub struct BrokerMetrics {
     pub connections_refused: IntCounter,
     /// Turns a connection ended with work left, its budget spent.
     pub turns_yielded: IntCounter,
+    /// Times a busy connection found every lane taken (`runtime.busy_lanes`).
+    pub lane_waits: IntCounter,
     /// Sessions held (connected or not).
     pub sessions: IntGauge,
     /// Subscription tree entries.
@@ -76,6 +78,10 @@ impl BrokerMetrics {
             turns_yielded: IntCounter::new(
                 "tidemq_connection_turns_yielded_total",
                 "Times a connection gave its worker to others with work left (its turn's budget spent)",
+            )?,
+            lane_waits: IntCounter::new(
+                "tidemq_connection_lane_waits_total",
+                "Times a busy publisher waited for a lane (runtime.busy_lanes) before handling more input",
             )?,
             sessions: IntGauge::new("tidemq_sessions", "Sessions held, connected or not")?,
             subscriptions: IntGauge::new("tidemq_subscriptions", "Subscription entries")?,
@@ -177,6 +183,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connects.clone()))?;
         registry.register(Box::new(metrics.connections_refused.clone()))?;
         registry.register(Box::new(metrics.turns_yielded.clone()))?;
+        registry.register(Box::new(metrics.lane_waits.clone()))?;
         registry.register(Box::new(metrics.sessions.clone()))?;
         registry.register(Box::new(metrics.subscriptions.clone()))?;
         registry.register(Box::new(metrics.retained.clone()))?;

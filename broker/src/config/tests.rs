@@ -92,6 +92,7 @@ fn node_sections_from_environment() {
     assert_eq!(c.data_dir, PathBuf::from("/tmp/tidemq-x"));
     assert_eq!(c.http.bind.port(), 0);
     assert_eq!(c.runtime.broker_workers, 4);
+    assert_eq!(c.runtime.busy_lanes(), 2, "half the workers by default");
     let meta = c.meta.to_meta_config(&c.data_dir.join("meta")).unwrap();
     assert_eq!(meta.grpc_addr.port(), 1229);
     assert_eq!(meta.initial_members[1], (2, "127.0.0.1:1230".to_string()));
@@ -174,4 +175,14 @@ fn unauthenticated_public_meta_and_http_are_refused() {
     std::fs::write(&file, "short").unwrap();
     assert!(c.meta.secret().is_err());
     assert!(c.http.token().is_err());
+}
+
+#[test]
+fn busy_lanes_default_to_half_the_workers_and_zero_turns_them_off() {
+    let mut runtime = RuntimeConfig::default();
+    assert_eq!(runtime.busy_lanes(), 1);
+    runtime.broker_workers = 1;
+    assert_eq!(runtime.busy_lanes(), 1, "at least one");
+    runtime.busy_lanes = Some(0);
+    assert_eq!(runtime.busy_lanes(), 0);
 }

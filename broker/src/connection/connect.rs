@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
-use super::turn::Budget;
+use super::turn::{Budget, Busy};
 use super::{Connection, Io, close};
 use crate::auth::Subscription;
 use crate::broker::Shared;
@@ -450,6 +450,7 @@ impl Connection {
             input_held: true,
             loading: FuturesOrdered::new(),
             budget: Budget::new(super::TURN_BUDGET),
+            busy: Busy::default(),
         }
     }
 }

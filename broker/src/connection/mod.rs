@@ -17,6 +17,7 @@ mod turn;
 
 pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};
+pub(crate) use turn::Lanes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,12 +41,15 @@ use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
 use acks::{AckQueue, Done, Work};
-use turn::Budget;
+use turn::{Budget, Busy, Lane};
 
 /// Output buffered beyond this stops the connection from taking more work
 /// (reading packets, moving queued deliveries into flight) until the
 /// client has read some of it.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// The packet type in the first byte of a PUBLISH.
+const PUBLISH_TYPE: u8 = 3;
 
 /// Work units a connection may spend per turn on its worker (see
 /// [`turn`]): 16 inbound packets, or 64 packets written, or a mix.
@@ -68,6 +72,14 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     }
     io.linger().await;
     shared.metrics.connections.dec();
+}
+
+/// Waits for a lane before working, if the connection is busy and holds
+/// none (see [`turn`]).
+async fn take_lane(lane: &mut Option<Lane>, busy: &Busy, lanes: &Lanes) {
+    if lane.is_none() && busy.is_busy() {
+        *lane = lanes.enter().await;
+    }
 }
 
 /// How long a closed connection keeps reading what the client still sends.
@@ -212,6 +224,8 @@ pub(crate) struct Connection {
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
     /// What is left of this turn on the worker.
     budget: Budget,
+    /// When a turn last ended with its budget spent.
+    busy: Busy,
 }
 
 /// Messages read back from the store for the session.
@@ -221,12 +235,19 @@ impl Connection {
     /// The connection loop; see the [module docs](self).
     async fn run(mut self, io: &mut Io) {
         let mut shutdown = self.shared.shutdown.clone();
+        // Held only while working, and only once busy (see `turn`).
+        let mut lane: Option<Lane> = None;
         let end = loop {
             if self.budget.spent() {
                 // Whatever is left (packets in the read buffer, queued
-                // deliveries, ready responses) waits for the next turn.
+                // deliveries, ready responses) waits for the next turn, and
+                // the lane goes to the next busy connection.
                 self.shared.metrics.turns_yielded.inc();
+                lane = None;
                 tokio::task::yield_now().await;
+            }
+            if self.input_held {
+                take_lane(&mut lane, &self.busy, &self.shared.lanes).await;
             }
             if let Err(end) = self.resume_input(io) {
                 break end;
@@ -247,6 +268,8 @@ impl Connection {
                 // (whole packets already read): take the next turn first.
                 continue;
             }
+            // Never wait with a lane: another busy connection may work.
+            lane = None;
             let reading = self.accepts_input(io);
             // Resumed by resume_input, which also restarts the keep alive.
             self.input_held |= !reading;
@@ -259,7 +282,10 @@ impl Connection {
             let ended = tokio::select! {
                 read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
-                    Ok(_) => self.handle_buffered(io).err(),
+                    Ok(_) => {
+                        take_lane(&mut lane, &self.busy, &self.shared.lanes).await;
+                        self.handle_buffered(io).err()
+                    }
                 },
                 written = io.writer.write(&io.write_buf), if !io.write_buf.is_empty() => match written {
                     Ok(0) | Err(_) => Some(End::Dropped),
@@ -486,12 +512,21 @@ impl Connection {
         // arrived when the pass began.
         let mut now = None;
         loop {
-            if !self.accepts_input(io) || self.budget.spent() {
+            if !self.accepts_input(io) {
                 self.input_held = true;
+                return Ok(());
+            }
+            if self.budget.spent() {
+                self.input_held = true;
+                if io.read_buf.first().is_some_and(|&b| b >> 4 == PUBLISH_TYPE) {
+                    // Its messages come faster than its turns take them.
+                    self.busy.spent();
+                }
                 return Ok(());
             }
             // One user property over the limit is enough to refuse a PUBLISH.
             let max_user_properties = self.max_user_properties_in.saturating_add(1);
+            let before = io.read_buf.len();
             match mqtt::decode_limited(
                 &mut io.read_buf,
                 self.protocol,
@@ -499,7 +534,8 @@ impl Connection {
                 max_user_properties,
             ) {
                 Ok(Some(packet)) => {
-                    self.budget.charge(turn::PACKET);
+                    self.budget
+                        .charge(turn::packet_units(before - io.read_buf.len()));
                     self.last_packet = *now.get_or_insert_with(Instant::now);
                     self.shared.metrics.packets_in.count(&packet);
                     self.handle(packet, io)?;

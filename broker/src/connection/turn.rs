@@ -14,12 +14,27 @@
 //! its next turn and yields: a flooding client then holds its worker for a
 //! bounded stretch, and a calm client's packet waits behind one such
 //! stretch per busy connection instead of a whole backlog each.
+//!
+//! With hundreds of flooding publishers that is still hundreds of
+//! stretches. So a connection whose turn ended with PUBLISH packets still
+//! waiting in its read buffer is *busy* for a while, and handles its input
+//! only while it holds one of a few [`Lanes`] (half the broker's workers by
+//! default): it takes a lane before it reads on, gives it up when it yields
+//! or waits, and busy publishers queue for lanes in order instead of in the
+//! workers' run queues. Output (deliveries, responses) is never held back:
+//! subscribers keep draining what the busy publishers send, and a calm
+//! client's packet waits for the few busy publishers in a lane at most,
+//! however many there are. The busy ones share what the calm leave.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Units charged for one inbound packet decoded and handled (routing,
 /// storing, responding).
@@ -27,6 +42,17 @@ pub(super) const PACKET: u32 = 4;
 /// Units charged for one packet written on the broker's initiative: a
 /// delivery, or a response released by a finished store write.
 pub(super) const WRITE: u32 = 1;
+/// Bytes of an inbound packet that cost one unit more (a 1 MB packet spends
+/// a whole turn's budget).
+pub(super) const BYTES_PER_UNIT: usize = 16 * 1024;
+/// How long a connection counts as busy after its publishes last
+/// outlasted a turn.
+const BUSY_FOR: Duration = Duration::from_millis(100);
+
+/// The units handling an inbound packet of `size` bytes costs.
+pub(super) fn packet_units(size: usize) -> u32 {
+    PACKET.saturating_add(u32::try_from(size / BYTES_PER_UNIT).unwrap_or(u32::MAX))
+}
 
 /// What a connection may still do in its current turn; shared between the
 /// connection and the [`Turns`] wrapper that refills it.
@@ -78,6 +104,58 @@ impl Budget {
     }
 }
 
+/// The lanes busy connections handle their input in (see the [module
+/// docs](self)); shared by every connection of a broker.
+#[derive(Clone)]
+pub(crate) struct Lanes {
+    lanes: Option<Arc<Semaphore>>,
+    /// Times a busy connection found every lane taken.
+    waits: IntCounter,
+}
+
+/// A lane held; given up when dropped.
+pub(super) type Lane = OwnedSemaphorePermit;
+
+impl Lanes {
+    /// `count` lanes; 0 lets busy connections work without one. `waits`
+    /// counts the times every lane was taken.
+    pub(crate) fn new(count: usize, waits: IntCounter) -> Self {
+        Self {
+            lanes: (count > 0).then(|| Arc::new(Semaphore::new(count))),
+            waits,
+        }
+    }
+
+    /// Waits for a free lane (first come, first served). `None` without
+    /// lanes.
+    pub(super) async fn enter(&self) -> Option<Lane> {
+        let lanes = self.lanes.as_ref()?;
+        if let Ok(lane) = Arc::clone(lanes).try_acquire_owned() {
+            return Some(lane);
+        }
+        self.waits.inc();
+        // The semaphore is never closed.
+        Arc::clone(lanes).acquire_owned().await.ok()
+    }
+}
+
+/// When a connection's publishes last outlasted its turn, which makes it
+/// busy for a while.
+#[derive(Default)]
+pub(super) struct Busy(Option<Instant>);
+
+impl Busy {
+    /// Records that the connection's turn ended with publishes waiting.
+    pub(super) fn spent(&mut self) {
+        self.0 = Some(Instant::now());
+    }
+
+    /// Whether that happened within the last [`BUSY_FOR`].
+    pub(super) fn is_busy(&self) -> bool {
+        self.0.is_some_and(|at| at.elapsed() < BUSY_FOR)
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A future whose every poll is a fresh turn of its [`Budget`].
     pub(crate) struct Turns<F> {
@@ -112,6 +190,40 @@ mod tests {
         assert!(budget.spent());
         budget.charge(WRITE);
         assert_eq!(budget.left(), 0);
+    }
+
+    #[test]
+    fn big_packets_cost_more() {
+        assert_eq!(packet_units(2), PACKET);
+        assert_eq!(packet_units(BYTES_PER_UNIT), PACKET + 1);
+        assert!(packet_units(1 << 20) >= super::super::TURN_BUDGET);
+    }
+
+    #[test]
+    fn spending_makes_busy_for_a_while() {
+        let mut busy = Busy::default();
+        assert!(!busy.is_busy());
+        busy.spent();
+        assert!(busy.is_busy());
+        busy.0 = Instant::now().checked_sub(BUSY_FOR);
+        assert!(!busy.is_busy());
+    }
+
+    #[tokio::test]
+    async fn lanes_admit_in_order_and_none_is_unlimited() {
+        let waits = IntCounter::new("waits", "test").expect("counter");
+        assert!(Lanes::new(0, waits.clone()).enter().await.is_none());
+        let lanes = Lanes::new(1, waits.clone());
+        let held = lanes.enter().await.expect("a lane");
+        let waiting = tokio::spawn({
+            let lanes = lanes.clone();
+            async move { lanes.enter().await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the only lane is held");
+        drop(held);
+        assert!(waiting.await.expect("joins"));
+        assert_eq!(waits.get(), 1);
     }
 
     #[tokio::test]

@@ -53,6 +53,10 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
         durable: Some(store),
         catalog: SessionCatalog::Local,
         shutdown,
+        lanes: crate::connection::Lanes::new(
+            1,
+            prometheus::IntCounter::new("lane_waits", "test").expect("counter"),
+        ),
     })
 }
 
