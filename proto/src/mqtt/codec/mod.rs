@@ -69,11 +69,13 @@ pub fn decode(
 }
 
 /// [`decode`], keeping at most `max_user_properties` user properties of
-/// each property block: the rest are checked like any property (a bad one
-/// is still malformed) but not kept. A receiver that accepts at most `n`
-/// passes `n + 1` and refuses a packet that comes back with more than `n`,
-/// without the cost of holding a flood of them (a 1 MB PUBLISH can carry
-/// 200,000).
+/// each property block. A receiver that accepts at most `n` passes `n + 1`
+/// and refuses a packet that comes back with more than `n`, without the
+/// cost of holding a flood of them (a 1 MB PUBLISH can carry 200,000). In a
+/// PUBLISH, whatever follows the last user property kept is passed over
+/// unread, since the message is refused (a bad property there goes
+/// unnoticed); in other packets the rest are checked like any property (a
+/// bad one is still malformed) but not kept.
 pub fn decode_limited(
     buf: &mut BytesMut,
     protocol: Protocol,

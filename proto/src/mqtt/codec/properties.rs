@@ -194,8 +194,17 @@ impl PropertySet for PublishProperties {
             id::TOPIC_ALIAS => self.topic_alias = Some(read_nonzero_u16(r)?),
             id::RESPONSE_TOPIC => self.response_topic = Some(r.string()?.into()),
             id::CORRELATION_DATA => self.correlation_data = Some(r.binary()?),
-            // Not shared yet while decoding: no copy.
-            id::USER_PROPERTY => push_user_run(Arc::make_mut(&mut self.user_properties), r)?,
+            id::USER_PROPERTY => {
+                // Not shared yet while decoding: no copy.
+                let list = Arc::make_mut(&mut self.user_properties);
+                push_user_run(list, r)?;
+                if list.len() >= r.max_user_properties() {
+                    // Past the receiver's limit: it refuses the message, so
+                    // the rest of the block is passed over unread (a flood
+                    // of 200,000 would otherwise cost milliseconds to check).
+                    r.skip_rest();
+                }
+            }
             id::SUBSCRIPTION_IDENTIFIER => {
                 self.subscription_identifiers.push(read_subscription_id(r)?);
             }

@@ -161,15 +161,16 @@ pub(crate) fn push_user(list: &mut Vec<UserProperty>, r: &mut Reader) -> Result<
 }
 
 /// [`push_user`] for a run of user properties: this one and those that
-/// follow it directly (their identifier is one byte), so a caller that must
-/// first make its list writable (an `Arc`, an atomic operation) does so once
-/// per run rather than once per property.
+/// follow it directly (their identifier is one byte), until the list holds
+/// the reader's maximum; a caller that must first make its list writable
+/// (an `Arc`, an atomic operation) does so once per run rather than once
+/// per property.
 pub(crate) fn push_user_run(
     list: &mut Vec<UserProperty>,
     r: &mut Reader,
 ) -> Result<(), DecodeError> {
     push_user(list, r)?;
-    while r.peek() == Some(id::USER_PROPERTY) {
+    while list.len() < r.max_user_properties() && r.peek() == Some(id::USER_PROPERTY) {
         r.u8()?;
         push_user(list, r)?;
     }

@@ -51,6 +51,11 @@ impl Reader {
         self.buf.len()
     }
 
+    /// Passes over every byte not read yet.
+    pub(crate) fn skip_rest(&mut self) {
+        self.buf.clear();
+    }
+
     /// The next byte, without reading it.
     pub(crate) fn peek(&self) -> Option<u8> {
         self.buf.first().copied()
