@@ -38,13 +38,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Units charged for one inbound packet decoded and handled (routing,
 /// storing, responding).
-pub(super) const PACKET: u32 = 4;
+pub(super) const PACKET: u32 = 16;
 /// Units charged for one packet written on the broker's initiative: a
 /// delivery, or a response released by a finished store write.
 pub(super) const WRITE: u32 = 1;
 /// Bytes of an inbound packet that cost one unit more (a 1 MB packet spends
 /// a whole turn's budget).
-pub(super) const BYTES_PER_UNIT: usize = 16 * 1024;
+pub(super) const BYTES_PER_UNIT: usize = 1024;
 /// How long a connection counts as busy after its publishes last
 /// outlasted a turn.
 const BUSY_FOR: Duration = Duration::from_millis(100);
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn charging_spends_the_budget_without_wrapping() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(2 * PACKET + 2);
         budget.charge(PACKET);
         budget.charge(PACKET);
         assert_eq!(budget.left(), 2);
