@@ -22,6 +22,9 @@
 # ATTACKER_NICE: run the flood's processes (not the node, not the calm pair)
 #   under `nice -n ATTACKER_NICE`, to tell the node's scheduling from the
 #   machine's (default 0).
+# BROKER=mosquitto: the same runs against Mosquitto (`mosquitto` on PATH or
+#   in /usr/sbin; in memory, no persistence, max_queued_messages 1000 like
+#   TideMQ's session.max_queued_messages; there is no /metrics to read).
 # BIN_DIR: use binaries already built (tidemq, tidemq-bench). KEEP=1 keeps
 #   the work directory.
 set -euo pipefail
@@ -58,10 +61,31 @@ wait_ready() {
     return 1
 }
 
+BROKER="${BROKER:-tidemq}"
+# start_mosquitto NAME PORT: like start_node, for BROKER=mosquitto.
+start_mosquitto() {
+    printf '%s\n' "listener $2 127.0.0.1" "allow_anonymous true" "max_connections -1" \
+        "max_queued_messages 1000" "persistence false" "set_tcp_nodelay true" \
+        "log_dest stderr" "log_type error" "log_type warning" >"$work/$1.conf"
+    "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
+    node_pid=$!
+    pids+=("$node_pid")
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "mosquitto did not listen on $2: $(cat "$work/$1.log")" >&2
+    return 1
+}
+
 run() { # NAME MODE
     local name=$1 mode=$2 port
     port="$(free_port)"
-    start_node "$name" "$work/$name" "$port"
+    if [ "$BROKER" = mosquitto ]; then
+        start_mosquitto "$name" "$port"
+    else
+        start_node "$name" "$work/$name" "$port"
+    fi
     bench sub --port "$port" --client-prefix "$name-calm-s" --count 1 --topic 'calm/%i' \
         --qos 1 --duration-secs $((SECS + 30)) --idle-secs 3 \
         >"$work/$name.calm-sub.json" 2>"$work/$name.calm-sub.err" &
@@ -94,7 +118,7 @@ run() { # NAME MODE
     wait "$calm_sub"
     local peak
     peak="$(hwm_mib "$node_pid")"
-    metrics "$work/$name.metrics"
+    if [ "$BROKER" = tidemq ]; then metrics "$work/$name.metrics"; else : >"$work/$name.metrics"; fi
     stop_node "$node_pid"
     local sub="$work/$name.calm-sub.json" flood="—" props="—"
     if [ "$mode" = flood ]; then
@@ -111,7 +135,7 @@ run() { # NAME MODE
 }
 
 echo "binaries: $bin; files: $work" >&2
-echo "## Flood: SECS=$SECS CALM_RATE=$CALM_RATE FLOODERS=$FLOODERS FLOOD_INFLIGHT=$FLOOD_INFLIGHT PROPS_CONNS=$PROPS_CONNS"
+echo "## Flood ($BROKER): SECS=$SECS CALM_RATE=$CALM_RATE FLOODERS=$FLOODERS FLOOD_INFLIGHT=$FLOOD_INFLIGHT PROPS_CONNS=$PROPS_CONNS"
 echo
 echo "| run | calm received / sent | e2e p50 µs | e2e p99 µs | e2e p99.9 µs | e2e max µs | flood acked msgs/s | property floods: PUBACK reasons | write-timeout disconnects | node peak RSS |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
