@@ -61,16 +61,32 @@ struct Args {
     /// Directory for the files (a fresh temporary directory inside it is used).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Rounds over the paths. Every other round runs them in reverse order,
+    /// so that a disk whose speed drifts slows every path alike; with more
+    /// than one, a summary gives each path's medians and the median of the
+    /// per-round ratios of the last path to the first.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+/// One path's run in one round.
+#[derive(serde::Serialize)]
+struct RoundReport {
+    round: usize,
+    #[serde(skip)]
+    kind: Path,
+    #[serde(flatten)]
+    report: LoadReport,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.partitions > 0 && args.producers > 0,
-        "partitions and producers must be above zero"
+        args.partitions > 0 && args.producers > 0 && args.rounds > 0,
+        "partitions, producers and rounds must be above zero"
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args) -> anyhow::Result<Vec<LoadReport>> {
+async fn run(args: &Args) -> anyhow::Result<Vec<RoundReport>> {
     let spec = LoadSpec {
         partitions: args.partitions,
         producers: args.producers,
@@ -96,7 +112,32 @@ async fn run(args: &Args) -> anyhow::Result<Vec<LoadReport>> {
         .io_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut reports = Vec::new();
-    for path in &args.paths {
+    for round in 1..=args.rounds {
+        let mut order: Vec<Path> = args.paths.clone();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for path in order {
+            let report = run_path(args, path, spec, sync, threads).await?;
+            reports.push(RoundReport {
+                round,
+                kind: path,
+                report,
+            });
+        }
+    }
+    Ok(reports)
+}
+
+/// One run of the load through `path`, in a scratch directory of its own.
+async fn run_path(
+    args: &Args,
+    path: Path,
+    spec: LoadSpec,
+    sync: bool,
+    threads: usize,
+) -> anyhow::Result<LoadReport> {
+    {
         let dir = tempfile::tempdir_in(&args.dir).context("creating a scratch directory")?;
         let report = match path {
             Path::Tokio => {
@@ -129,34 +170,87 @@ async fn run(args: &Args) -> anyhow::Result<Vec<LoadReport>> {
                 report
             }
         };
-        reports.push(report);
+        Ok(report)
     }
-    Ok(reports)
 }
 
-fn print_table(args: &Args, reports: &[LoadReport]) {
+fn print_table(args: &Args, reports: &[RoundReport]) {
     println!(
-        "storage_ab: sync={:?} partitions={} producers={} payload={}B seconds={}",
-        args.sync, args.partitions, args.producers, args.payload, args.seconds
+        "storage_ab: sync={:?} partitions={} producers={} payload={}B seconds={} rounds={}",
+        args.sync, args.partitions, args.producers, args.payload, args.seconds, args.rounds
     );
     println!(
-        "{:<28} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
-        "path", "ops/s", "MB/s", "p50us", "p95us", "p99us", "p999us", "p9999us", "errors"
+        "{:>5} {:<28} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "round", "path", "ops/s", "MB/s", "p50us", "p95us", "p99us", "p999us", "p9999us", "errors"
     );
-    for r in reports {
+    for RoundReport {
+        round, report: r, ..
+    } in reports
+    {
         let l = r.latency_us;
         println!(
-            "{:<28} {:>10.0} {:>9.2} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
-            r.path, r.ops_per_sec, r.mb_per_sec, l.p50, l.p95, l.p99, l.p999, l.p9999, r.errors
+            "{:>5} {:<28} {:>10.0} {:>9.2} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+            round,
+            r.path,
+            r.ops_per_sec,
+            r.mb_per_sec,
+            l.p50,
+            l.p95,
+            l.p99,
+            l.p999,
+            l.p9999,
+            r.errors
         );
     }
-    if let [base, .., last] = reports {
+    let (Some(first), Some(last)) = (args.paths.first(), args.paths.last()) else {
+        return;
+    };
+    let of = |path: Path| -> Vec<&LoadReport> {
+        reports
+            .iter()
+            .filter(|r| r.kind == path)
+            .map(|r| &r.report)
+            .collect()
+    };
+    let (base, tried) = (of(*first), of(*last));
+    if args.rounds > 1 {
+        println!("medians over {} rounds:", args.rounds);
+        for path in &args.paths {
+            let runs = of(*path);
+            println!(
+                "{:<28} ops/s {:>10.0}  p99us {:>8.0}  p9999us {:>9.0}",
+                runs.first().map_or("?", |r| r.path.as_str()),
+                median(runs.iter().map(|r| r.ops_per_sec)),
+                median(runs.iter().map(|r| r.latency_us.p99 as f64)),
+                median(runs.iter().map(|r| r.latency_us.p9999 as f64)),
+            );
+        }
+    }
+    if let (Some(b), Some(t)) = (base.first(), tried.first()) {
+        let pairs = || base.iter().zip(&tried);
         println!(
-            "{} vs {}: throughput x{:.2}, p9999 x{:.2}",
-            last.path,
-            base.path,
-            last.ops_per_sec / base.ops_per_sec.max(f64::MIN_POSITIVE),
-            last.latency_us.p9999 as f64 / (base.latency_us.p9999.max(1)) as f64
+            "{} vs {} (median of per-round ratios): throughput x{:.2}, p9999 x{:.2}",
+            t.path,
+            b.path,
+            median(pairs().map(|(b, t)| t.ops_per_sec / b.ops_per_sec.max(f64::MIN_POSITIVE))),
+            median(
+                pairs().map(|(b, t)| t.latency_us.p9999 as f64 / b.latency_us.p9999.max(1) as f64)
+            ),
         );
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
     }
 }
