@@ -137,41 +137,39 @@ async fn run_path(
     sync: bool,
     threads: usize,
 ) -> anyhow::Result<LoadReport> {
-    {
-        let dir = tempfile::tempdir_in(&args.dir).context("creating a scratch directory")?;
-        let report = match path {
-            Path::Tokio => {
-                load::run(
-                    Arc::new(TokioFs::open(dir.path(), spec.partitions, sync)?),
-                    spec,
+    let dir = tempfile::tempdir_in(&args.dir).context("creating a scratch directory")?;
+    let report = match path {
+        Path::Tokio => {
+            load::run(
+                Arc::new(TokioFs::open(dir.path(), spec.partitions, sync)?),
+                spec,
+            )
+            .await
+        }
+        Path::Blocking => {
+            load::run(
+                Arc::new(SpawnBlocking::open(dir.path(), spec.partitions, sync)?),
+                spec,
+            )
+            .await
+        }
+        Path::Executor => {
+            let executor = Arc::new(
+                Executor::open(
+                    dir.path(),
+                    spec.partitions,
+                    sync,
+                    threads,
+                    args.inflight_syncs,
                 )
-                .await
-            }
-            Path::Blocking => {
-                load::run(
-                    Arc::new(SpawnBlocking::open(dir.path(), spec.partitions, sync)?),
-                    spec,
-                )
-                .await
-            }
-            Path::Executor => {
-                let executor = Arc::new(
-                    Executor::open(
-                        dir.path(),
-                        spec.partitions,
-                        sync,
-                        threads,
-                        args.inflight_syncs,
-                    )
-                    .await?,
-                );
-                let report = load::run(Arc::clone(&executor), spec).await;
-                executor.shutdown().await?;
-                report
-            }
-        };
-        Ok(report)
-    }
+                .await?,
+            );
+            let report = load::run(Arc::clone(&executor), spec).await;
+            executor.shutdown().await?;
+            report
+        }
+    };
+    Ok(report)
 }
 
 fn print_table(args: &Args, reports: &[RoundReport]) {
