@@ -197,21 +197,14 @@ async fn an_abandoned_session_does_not_pin_the_disk() -> anyhow::Result<()> {
 
     // Much more is stored and taken after it, past the age limit.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    for i in 0..2_000u32 {
-        let id = u16::try_from(i % 60_000 + 1)?;
-        publisher
-            .publish("age/new", &[b'n'; 1024], QoS::AtLeastOnce, false, id)
-            .await;
-        active.expect_publish().await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.metric("tidemq_storage_deleted_segments_total")? < 20.0 {
-        ensure!(
-            Instant::now() < deadline,
-            "segments after the old message were not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pass_through(&mut publisher, &mut active, "age/new", 1).await?;
+    node.metric_until(
+        "tidemq_storage_deleted_segments_total",
+        Duration::from_secs(10),
+        "segments after the old message were not given back",
+        |deleted| deleted >= 20.0,
+    )
+    .await?;
     assert_eq!(
         node.metric("tidemq_messages_dropped_total{reason=\"too_old\"}")?,
         1.0
@@ -243,23 +236,16 @@ async fn an_offline_sessions_few_messages_move_forward_so_old_segments_go() -> a
     publisher
         .publish("fwd/old", b"unread", QoS::AtLeastOnce, false, 1)
         .await;
-    for i in 0..2_000u32 {
-        let id = u16::try_from(i % 60_000 + 2)?;
-        publisher
-            .publish("fwd/new", &[b'n'; 1024], QoS::AtLeastOnce, false, id)
-            .await;
-        active.expect_publish().await;
-    }
+    pass_through(&mut publisher, &mut active, "fwd/new", 2).await?;
     // The old message is copied forward and the segments behind it go,
     // long before any age limit.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.metric("tidemq_storage_deleted_segments_total")? < 20.0 {
-        ensure!(
-            Instant::now() < deadline,
-            "the old segments were not given back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.metric_until(
+        "tidemq_storage_deleted_segments_total",
+        Duration::from_secs(10),
+        "the old segments were not given back",
+        |deleted| deleted >= 20.0,
+    )
+    .await?;
     ensure!(node.metric("tidemq_store_moved_messages_total")? >= 1.0);
     // After a crash the session still has its message, once.
     node.sigkill()?;
@@ -271,5 +257,23 @@ async fn an_offline_sessions_few_messages_move_forward_so_old_segments_go() -> a
     disconnect(away).await;
     let (mut away, _) = persistent(node.mqtt, "away").await;
     away.expect_silence().await;
+    Ok(())
+}
+
+/// Publishes 2,000 QoS 1 messages of 1 KiB to `topic` (packet ids from
+/// `first_id`), each taken by `subscriber` before the next: many segments'
+/// worth stored and consumed.
+async fn pass_through(
+    publisher: &mut Raw,
+    subscriber: &mut Raw,
+    topic: &str,
+    first_id: u16,
+) -> anyhow::Result<()> {
+    for i in 0..2_000u16 {
+        publisher
+            .publish(topic, &[b'n'; 1024], QoS::AtLeastOnce, false, i + first_id)
+            .await;
+        subscriber.expect_publish().await;
+    }
     Ok(())
 }

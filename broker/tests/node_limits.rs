@@ -99,11 +99,13 @@ async fn stored_messages_of_all_sessions_stop_at_their_total() -> anyhow::Result
     // Two sessions × five messages reach the total of ten; once a trim has
     // counted them, nothing more is stored.
     publish_five(&mut publisher, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while node.metric("tidemq_stored_backlog_messages")? < 10.0 {
-        ensure!(Instant::now() < deadline, "the trim never counted them");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.metric_until(
+        "tidemq_stored_backlog_messages",
+        Duration::from_secs(5),
+        "the trim never counted them",
+        |stored| stored >= 10.0,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(250)).await;
     publish_five(&mut publisher, 6).await;
     assert_eq!(

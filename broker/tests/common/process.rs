@@ -171,6 +171,26 @@ impl NodeProcess {
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0.0))
     }
+
+    /// Reads the metric sample `sample` until `accept(value)` holds, for up
+    /// to `wait`; then fails, saying what did not happen (`what`).
+    pub async fn metric_until(
+        &self,
+        sample: &str,
+        wait: Duration,
+        what: &str,
+        accept: impl Fn(f64) -> bool,
+    ) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let value = self.metric(sample)?;
+            if accept(value) {
+                return Ok(value);
+            }
+            ensure!(Instant::now() < deadline, "{what} ({sample} = {value})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for NodeProcess {

@@ -460,11 +460,13 @@ async fn thousands_of_connections_opened_and_dropped() -> anyhow::Result<()> {
             conn.await?;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while node.metric("tidemq_connections")? > 2.0 {
-        ensure!(Instant::now() < deadline, "connections were not released");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.metric_until(
+        "tidemq_connections",
+        Duration::from_secs(15),
+        "connections were not released",
+        |open| open <= 2.0,
+    )
+    .await?;
     still_serving(&node, bystander).await
 }
 
