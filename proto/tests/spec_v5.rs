@@ -518,3 +518,12 @@ fn user_properties_between_other_properties_are_all_read() {
     twice[at + 1..at + 6].copy_from_slice(&[0, 1, b'b', 0x26, 0]);
     assert!(decode_one(&twice, Protocol::V5).is_err());
 }
+
+#[test]
+fn the_first_byte_tells_a_publish() {
+    assert!(next_is_publish(&[0x30]));
+    assert!(next_is_publish(&[0x3D, 0x7F])); // QoS 2, DUP, RETAIN, part of a packet
+    assert!(!next_is_publish(&[0x40, 0x02, 0, 1])); // PUBACK
+    assert!(!next_is_publish(&[0xC0, 0x00])); // PINGREQ
+    assert!(!next_is_publish(&[]));
+}

@@ -48,9 +48,6 @@ use turn::{Budget, Busy, Lane};
 /// client has read some of it.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
-/// The packet type in the first byte of a PUBLISH.
-const PUBLISH_TYPE: u8 = 3;
-
 /// Work units a connection may spend per turn on its worker (see
 /// [`turn`]): 16 inbound packets (a packet costs a sixteenth more per KiB),
 /// or 256 packets written, or a mix.
@@ -225,7 +222,7 @@ pub(crate) struct Connection {
     loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
     /// What is left of this turn on the worker.
     budget: Budget,
-    /// When a turn last ended with its budget spent.
+    /// When a turn last ended with PUBLISH packets still waiting.
     busy: Busy,
 }
 
@@ -519,7 +516,7 @@ impl Connection {
             }
             if self.budget.spent() {
                 self.input_held = true;
-                if io.read_buf.first().is_some_and(|&b| b >> 4 == PUBLISH_TYPE) {
+                if mqtt::next_is_publish(&io.read_buf) {
                     // Its messages come faster than its turns take them.
                     self.busy.spent();
                 }

@@ -22,7 +22,7 @@ mod properties;
 mod reason;
 mod topic;
 
-pub use codec::{decode, decode_limited, encode, encode_publish, encoded_len};
+pub use codec::{decode, decode_limited, encode, encode_publish, encoded_len, next_is_publish};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use properties::*;

@@ -68,6 +68,13 @@ pub fn decode(
     decode_limited(buf, protocol, max_packet_size, usize::MAX)
 }
 
+/// Whether the next packet in `buf` (whole or not) is a PUBLISH, going by
+/// its first byte alone.
+pub fn next_is_publish(buf: &[u8]) -> bool {
+    buf.first()
+        .is_some_and(|&first| first >> 4 == kind::PUBLISH)
+}
+
 /// [`decode`], keeping at most `max_user_properties` user properties of
 /// each property block. A receiver that accepts at most `n` passes `n + 1`
 /// and refuses a packet that comes back with more than `n`, without the
