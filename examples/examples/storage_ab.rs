@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tidemq_examples::load::{self, LoadReport, LoadSpec};
-use tidemq_examples::paths::{Executor, SpawnBlocking, TokioFs};
+use tidemq_examples::paths::{Executor, ExecutorOptions, SpawnBlocking, TokioFs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Sync {
@@ -58,6 +58,14 @@ struct Args {
     /// Commit rounds per file whose fdatasync may overlap (executor path).
     #[arg(long, default_value_t = 4)]
     inflight_syncs: usize,
+    /// Bytes of zeros the executor keeps written past each file's end
+    /// (executor path; 0 = off). The default is the storage engine's.
+    #[arg(long, default_value_t = 256 * 1024)]
+    preallocate: u64,
+    /// Queued bytes that start a commit round while another round's sync
+    /// is in flight (executor path; the executor's default).
+    #[arg(long, default_value_t = 64 * 1024)]
+    overlap_bytes: u64,
     /// Directory for the files (a fresh temporary directory inside it is used).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -159,8 +167,12 @@ async fn run_path(
                     dir.path(),
                     spec.partitions,
                     sync,
-                    threads,
-                    args.inflight_syncs,
+                    ExecutorOptions {
+                        threads,
+                        inflight_syncs: args.inflight_syncs,
+                        preallocate: args.preallocate,
+                        overlap_bytes: args.overlap_bytes,
+                    },
                 )
                 .await?,
             );

@@ -124,15 +124,27 @@ pub struct Executor {
     files: Vec<FileHandle>,
 }
 
+/// How the executor path is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutorOptions {
+    /// I/O threads.
+    pub threads: usize,
+    /// The executor's `max_inflight_syncs`.
+    pub inflight_syncs: usize,
+    /// Zeros kept written past each file's end (the executor's `preallocate`).
+    pub preallocate: u64,
+    /// Queued bytes that start a round while another syncs (the executor's
+    /// `overlap_sync_bytes`).
+    pub overlap_bytes: u64,
+}
+
 impl Executor {
-    /// Starts `threads` I/O threads and opens `partitions` files in `dir`;
-    /// `inflight_syncs` is the executor's `max_inflight_syncs`.
+    /// Starts the I/O threads and opens `partitions` files in `dir`.
     pub async fn open(
         dir: &Path,
         partitions: usize,
         sync: bool,
-        threads: usize,
-        inflight_syncs: usize,
+        options: ExecutorOptions,
     ) -> io::Result<Self> {
         let policy = if sync {
             SyncPolicy::Always
@@ -140,8 +152,10 @@ impl Executor {
             SyncPolicy::Never
         };
         let executor = FileWriteExecutor::builder()
-            .threads(threads)
-            .max_inflight_syncs(inflight_syncs)
+            .threads(options.threads)
+            .max_inflight_syncs(options.inflight_syncs)
+            .preallocate(options.preallocate)
+            .overlap_sync_bytes(options.overlap_bytes)
             .sync_policy(policy)
             .build()
             .map_err(io::Error::other)?;

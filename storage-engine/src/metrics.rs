@@ -22,6 +22,10 @@ pub(crate) struct ExecutorMetrics {
     pub poisoned_files: IntCounter,
     /// `fsync`s of a directory after a new file was created in it.
     pub dir_syncs: IntCounter,
+    /// Zeros written ahead of files' ends.
+    pub preallocated_bytes: IntCounter,
+    /// Zero fills that failed (a full disk, say); the file appends without.
+    pub preallocation_failures: IntCounter,
 }
 
 impl ExecutorMetrics {
@@ -63,6 +67,14 @@ impl ExecutorMetrics {
                 "tidemq_storage_dir_syncs_total",
                 "fsyncs of a partition directory that made a new segment file durable",
             )?,
+            preallocated_bytes: IntCounter::new(
+                "tidemq_storage_preallocated_bytes_total",
+                "Zeros written ahead of files' ends so that appends overwrite existing blocks",
+            )?,
+            preallocation_failures: IntCounter::new(
+                "tidemq_storage_preallocation_failures_total",
+                "Zero fills ahead of a file's end that failed; the file appends without them",
+            )?,
         };
         registry.register(Box::new(metrics.commit_batch.clone()))?;
         registry.register(Box::new(metrics.fsync_seconds.clone()))?;
@@ -70,6 +82,8 @@ impl ExecutorMetrics {
         registry.register(Box::new(metrics.io_driver.clone()))?;
         registry.register(Box::new(metrics.poisoned_files.clone()))?;
         registry.register(Box::new(metrics.dir_syncs.clone()))?;
+        registry.register(Box::new(metrics.preallocated_bytes.clone()))?;
+        registry.register(Box::new(metrics.preallocation_failures.clone()))?;
         Ok(metrics)
     }
 }

@@ -197,10 +197,13 @@ impl PartitionState {
         }
     }
 
-    /// Starts a new, empty segment at the next offset.
-    pub fn roll(&mut self, file: FileHandle) {
+    /// Starts a new, empty segment at the next offset. Returns the file of
+    /// the segment it replaces as the active one, which takes no more appends.
+    pub fn roll(&mut self, file: FileHandle) -> Option<FileHandle> {
         let base = self.next_offset;
+        let sealed = self.segments.values().next_back().map(|s| s.file.clone());
         self.segments.insert(base, Segment::empty(file, base));
+        sealed
     }
 
     /// Assigns offsets and timestamps to `records` and frames them for the

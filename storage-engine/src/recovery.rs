@@ -5,11 +5,32 @@
 //! offsets that continue the segment's run). The first bad frame ends the
 //! segment: the bytes from there on are cut off and reported. What is cut
 //! is set aside in a file of its own (`*.log.tail-{position}.corrupt`) unless
-//! it is only a crash's leftovers (a frame torn at the end of the last
-//! segment, or zeros): a bad frame in the middle of a segment may be followed
-//! by valid records, and those are kept for inspection, not deleted. A
-//! segment with nothing valid in it, or one that cannot be read, is renamed
-//! to `*.log.corrupt` and reported; the rest of the log stays usable.
+//! it is only a crash's leftovers: a bad frame in the middle of a segment may
+//! be followed by valid records, and those are kept for inspection, not
+//! deleted. A segment with nothing valid in it, or one that cannot be read,
+//! is renamed to `*.log.corrupt` and reported; the rest of the log stays
+//! usable.
+//!
+//! ## Where the data ends
+//!
+//! Active segments carry preallocated zeros past their data (see
+//! [`EngineBuilder::preallocate_bytes`](crate::EngineBuilder::preallocate_bytes)),
+//! and a crash leaves them on disk. So the end of a segment's data is found
+//! from its content, never from the file's length:
+//!
+//! - A frame header of zeros (length 0) where the next frame should start
+//!   ends the data. When everything from there to the end of the file is
+//!   zeros, the tail is preallocated space: it is cut and counted in
+//!   [`RecoveryReport::zero_tails_cut`], not as damage.
+//! - In the last segment, a bad frame is a write the crash tore, and is cut
+//!   without being set aside, when every non-zero byte after the last valid
+//!   frame lies inside the length the bad frame claims (the file may end
+//!   inside it, or zeros follow it). Appends are written in order and only
+//!   acknowledged once synced, so nothing acknowledged can follow a torn
+//!   frame.
+//! - Anything else that follows the last valid frame (non-zero bytes past a
+//!   bad frame's claimed end, or any bad frame in a sealed segment) may be
+//!   damage to acknowledged records: it is set aside before it is cut.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -39,6 +60,9 @@ pub struct RecoveryReport {
     /// Files holding the bytes cut off after a bad frame that was not a
     /// crash's torn tail (they may hold valid records).
     pub tails_set_aside: Vec<PathBuf>,
+    /// Segments whose tail held only zeros (preallocated space a crash left
+    /// behind), cut without counting as damage.
+    pub zero_tails_cut: usize,
 }
 
 impl RecoveryReport {
@@ -50,6 +74,7 @@ impl RecoveryReport {
         self.truncated_bytes += other.truncated_bytes;
         self.quarantined.extend(other.quarantined);
         self.tails_set_aside.extend(other.tails_set_aside);
+        self.zero_tails_cut += other.zero_tails_cut;
     }
 }
 
@@ -109,8 +134,9 @@ pub(crate) fn recover_partition(
                 continue;
             }
         };
+        let data_end = data_end(&path, scan.valid_len, scan.file_len)?;
         if scan.valid_len == 0 && !is_last {
-            if scan.file_len > 0 {
+            if data_end > 0 {
                 report.quarantined.push(quarantine(
                     &path,
                     scan.stop_reason.unwrap_or("no valid record"),
@@ -120,7 +146,16 @@ pub(crate) fn recover_partition(
             }
             continue;
         }
-        if scan.valid_len < scan.file_len {
+        if data_end == scan.valid_len && scan.valid_len < scan.file_len {
+            info!(
+                path = %path.display(),
+                valid_bytes = scan.valid_len,
+                zero_bytes = scan.file_len - scan.valid_len,
+                "cutting preallocated zeros after the data"
+            );
+            cut_to(&path, scan.valid_len)?;
+            report.zero_tails_cut += 1;
+        } else if scan.valid_len < scan.file_len {
             let cut = scan.file_len - scan.valid_len;
             warn!(
                 path = %path.display(),
@@ -129,13 +164,17 @@ pub(crate) fn recover_partition(
                 reason = scan.stop_reason.unwrap_or("torn frame"),
                 "truncating segment tail"
             );
-            let torn = is_last && matches!(scan.stop_reason, None | Some(TORN_HEADER | TORN));
-            if !torn && let Some(aside) = set_aside_tail(&path, scan.valid_len)? {
-                report.tails_set_aside.push(aside);
+            let torn = is_last
+                && (scan.stop_reason == Some(TORN_HEADER)
+                    || scan
+                        .claimed_len
+                        .is_some_and(|len| data_end <= scan.valid_len + len));
+            if !torn {
+                report
+                    .tails_set_aside
+                    .push(set_aside_tail(&path, scan.valid_len, data_end)?);
             }
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(scan.valid_len)?;
-            file.sync_all()?;
+            cut_to(&path, scan.valid_len)?;
             report.truncated_segments += 1;
             report.truncated_bytes += cut;
         }
@@ -150,7 +189,8 @@ pub(crate) fn recover_partition(
             index: scan.index,
         });
     }
-    if !report.quarantined.is_empty() || report.truncated_segments > 0 {
+    if !report.quarantined.is_empty() || report.truncated_segments > 0 || report.zero_tails_cut > 0
+    {
         sync_dir(dir)?;
     }
     Ok((segments, report))
@@ -167,6 +207,9 @@ struct Scan {
     max_timestamp_ms: i64,
     index: SparseIndex,
     stop_reason: Option<&'static str>,
+    /// The length the frame the scan stopped at claims, when that length
+    /// was within bounds (its CRC failed or the file ends inside it).
+    claimed_len: Option<u64>,
 }
 
 /// Reads frames from the start of a segment until the first invalid one.
@@ -181,6 +224,7 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
         max_timestamp_ms: i64::MIN,
         index: SparseIndex::default(),
         stop_reason: None,
+        claimed_len: None,
     };
     let mut buf = vec![0u8; FRAME_HEADER_LEN];
     loop {
@@ -203,6 +247,7 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
         };
         if (file_len - scan.valid_len) < len as u64 {
             scan.stop_reason = Some(TORN);
+            scan.claimed_len = Some(len as u64);
             break;
         }
         buf.resize(len, 0);
@@ -214,6 +259,7 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
         } = frame::decode(&buf, limits.max_frame_len)
         else {
             scan.stop_reason = Some("checksum mismatch");
+            scan.claimed_len = Some(len as u64);
             break;
         };
         if offset != scan.next_offset {
@@ -236,17 +282,40 @@ fn scan_segment(path: &Path, base: u64, limits: ScanLimits) -> io::Result<Scan> 
     Ok(scan)
 }
 
-/// Copies the bytes of `path` from `from` to its end into a file of their
-/// own, synced, unless they are all zeros. Returns that file.
-fn set_aside_tail(path: &Path, from: u64) -> io::Result<Option<PathBuf>> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail)?;
-    if tail.iter().all(|&b| b == 0) {
-        return Ok(None);
+/// Where the non-zero bytes of `path` end: the position after its last
+/// non-zero byte at or after `from`, or `from` when only zeros follow it.
+fn data_end(path: &Path, from: u64, file_len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 64 * 1024;
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut end = file_len;
+    while end > from {
+        let start = end.saturating_sub(CHUNK).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(last) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
     }
+    Ok(from)
+}
+
+/// Cuts `path` to `len` bytes and syncs it.
+fn cut_to(path: &Path, len: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
+}
+
+/// Copies the bytes of `path` in `from..to` into a file of their own,
+/// synced, and returns that file.
+fn set_aside_tail(path: &Path, from: u64, to: u64) -> io::Result<PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let mut tail = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut tail, from)?;
     let target = path.with_extension(format!("log.tail-{from}.corrupt"));
     let mut aside = File::create(&target)?;
     io::Write::write_all(&mut aside, &tail)?;
@@ -258,7 +327,7 @@ fn set_aside_tail(path: &Path, from: u64) -> io::Result<Option<PathBuf>> {
         moved_to = %target.display(),
         "setting aside the bytes after a corrupt record"
     );
-    Ok(Some(target))
+    Ok(target)
 }
 
 /// Renames an unreadable segment out of the log and returns its new path.
@@ -290,6 +359,7 @@ pub(crate) fn log_report(dir: &Path, report: &RecoveryReport) {
         truncated_bytes = report.truncated_bytes,
         quarantined = report.quarantined.len(),
         tails_set_aside = report.tails_set_aside.len(),
+        zero_tails_cut = report.zero_tails_cut,
         "storage recovered"
     );
 }

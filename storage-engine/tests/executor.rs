@@ -120,3 +120,42 @@ fn invalid_configuration_is_refused() {
         Err(StorageError::InvalidConfig(_))
     ));
 }
+
+#[tokio::test]
+async fn preallocated_zeros_stay_past_the_end_until_sealed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("log");
+    let executor = FileWriteExecutor::builder()
+        .threads(1)
+        .preallocate(64 * 1024)
+        .build()?;
+    let file = executor.open(1, &path).await?;
+    for i in 0..100u64 {
+        assert_eq!(executor.append(&file, vec![b'x'; 100]).await?, i * 100);
+    }
+    assert_eq!(executor.len(&file).await?, 10_000);
+    let on_disk = std::fs::metadata(&path)?.len();
+    assert!(on_disk >= 10_000 + 32 * 1024, "{on_disk}");
+    assert!(std::fs::read(&path)?[10_000..].iter().all(|&b| b == 0));
+    // Past the data is past the end, zeros or not.
+    assert!(executor.read_at(&file, 9_990, 20).await.is_err());
+
+    executor.seal(&file).await?;
+    executor.sync(&file).await?; // waits for the seal's cut
+    assert_eq!(std::fs::metadata(&path)?.len(), 10_000);
+    assert_eq!(executor.read_at(&file, 9_990, 10).await?, vec![b'x'; 10]);
+    executor.shutdown().await?;
+    assert_eq!(std::fs::metadata(&path)?.len(), 10_000);
+
+    // Without a seal, shutdown cuts them too.
+    let executor = FileWriteExecutor::builder()
+        .threads(1)
+        .preallocate(64 * 1024)
+        .build()?;
+    let file = executor.open(1, &path).await?;
+    executor.append(&file, b"more".to_vec()).await?;
+    assert!(std::fs::metadata(&path)?.len() > 10_004);
+    executor.shutdown().await?;
+    assert_eq!(std::fs::metadata(&path)?.len(), 10_004);
+    Ok(())
+}

@@ -149,20 +149,6 @@ async fn corruption_inside_a_sealed_segment_sets_the_rest_aside() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn zero_filled_tail_is_cut_off() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    fixture(tmp.path(), 20).await?;
-    let file = &segment_files(tmp.path(), 1)[0];
-    // A crash after the file grew but before data reached it leaves zeros.
-    let mut f = OpenOptions::new().append(true).open(file)?;
-    f.write_all(&[0u8; 4096])?;
-    drop(f);
-    let engine = assert_recovered(tmp.path(), 20, 4096).await?;
-    engine.close().await?;
-    Ok(())
-}
-
-#[tokio::test]
 async fn unreadable_segment_is_moved_aside() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     fixture(tmp.path(), 1500).await?;

@@ -24,6 +24,9 @@ mod heal;
 /// Name of the directory holding one sub-directory per partition.
 const PARTITIONS_DIR: &str = "partitions";
 
+/// Default zero-fill window past each active segment's end.
+const DEFAULT_PREALLOCATE: u64 = 256 * 1024;
+
 /// Builds and opens a [`StorageEngine`]; see [`StorageEngine::builder`].
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
@@ -62,6 +65,17 @@ impl EngineBuilder {
     /// Capacity of each I/O thread's request queue (default 8192).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.executor = self.executor.queue_capacity(capacity);
+        self
+    }
+
+    /// Zeros kept written past the end of each partition's active segment
+    /// (default 256 KiB; 0 = off), so that synced appends write over existing
+    /// blocks and their `fdatasync` commits no new size or allocation to the
+    /// filesystem's journal (see [`ExecutorBuilder::preallocate`]). The
+    /// zeros are cut when a segment is sealed and at close; after a crash,
+    /// recovery finds the end of the data by its frames and cuts them.
+    pub fn preallocate_bytes(mut self, bytes: u64) -> Self {
+        self.executor = self.executor.preallocate(bytes);
         self
     }
 
@@ -327,7 +341,7 @@ impl StorageEngine {
     pub fn builder(dir: impl Into<PathBuf>) -> EngineBuilder {
         EngineBuilder {
             dir: dir.into(),
-            executor: FileWriteExecutor::builder(),
+            executor: FileWriteExecutor::builder().preallocate(DEFAULT_PREALLOCATE),
             segment_bytes: 64 * 1024 * 1024,
             index_interval_bytes: 4096,
             max_record_bytes: 8 * 1024 * 1024,
@@ -463,8 +477,9 @@ impl StorageEngine {
         self.inner.space.reserve(batch_bytes)?;
         self.heal_if_poisoned(&part).await?;
 
-        // Two queue slots: a possible segment roll, then the write itself.
-        let mut permits = self.inner.executor.reserve(partition, 2).await?;
+        // Three queue slots: a possible segment roll (seal the old, open the
+        // new), then the write itself.
+        let mut permits = self.inner.executor.reserve(partition, 3).await?;
         let mut inflight = Inflight::new(&part);
         let (reply_rx, first_offset, segment_base, end_position, timestamp_ms, rolled) = {
             let mut state = part.lock();
@@ -473,7 +488,11 @@ impl StorageEngine {
             if rolled {
                 let path = segment_path(&part.dir, state.next_offset);
                 let file = self.inner.executor.handle(partition, path);
-                state.roll(file.clone());
+                if let Some(sealed) = state.roll(file.clone())
+                    && let Some(permit) = permits.next()
+                {
+                    permit.send(Command::Seal { file: sealed });
+                }
                 if let Some(permit) = permits.next() {
                     permit.send(Command::Open { file, reply: None });
                 }
@@ -670,7 +689,8 @@ impl StorageEngine {
             {
                 let path = segment_path(&part.dir, state.next_offset);
                 let file = self.inner.executor.handle(partition, path);
-                state.roll(file.clone());
+                // The segment it replaces is removed below.
+                let _ = state.roll(file.clone());
                 permit.send(Command::Open { file, reply: None });
             }
             state.take_below(offset)

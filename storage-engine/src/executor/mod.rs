@@ -13,6 +13,7 @@
 //! they were sent. Each thread runs a compio runtime and awaits its channel
 //! natively; no thread is parked per request.
 
+mod commit;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,9 @@ pub(crate) enum Command {
         file: FileHandle,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// The file takes no more appends: once its appends are committed, cut
+    /// its preallocated zeros and sync it. It stays open for reads.
+    Seal { file: FileHandle },
     /// Sync and close the file; with `remove`, also delete it.
     Close {
         file: FileHandle,
@@ -131,6 +135,8 @@ pub struct ExecutorBuilder {
     queue_capacity: usize,
     max_batch: usize,
     max_inflight_syncs: usize,
+    preallocate: u64,
+    overlap_sync_bytes: u64,
     sync: SyncPolicy,
     registry: Option<Registry>,
 }
@@ -144,6 +150,8 @@ impl Default for ExecutorBuilder {
             queue_capacity: 8192,
             max_batch: 4096,
             max_inflight_syncs: 4,
+            preallocate: 0,
+            overlap_sync_bytes: 64 * 1024,
             sync: SyncPolicy::Always,
             registry: None,
         }
@@ -192,8 +200,38 @@ impl ExecutorBuilder {
 
     /// Commit rounds of one file that may have their `fdatasync` in flight
     /// at once (default 4). 1 makes each round wait for the previous sync.
+    /// See [`overlap_sync_bytes`](Self::overlap_sync_bytes) for when a round
+    /// starts while another syncs.
     pub fn max_inflight_syncs(mut self, rounds: usize) -> Self {
         self.max_inflight_syncs = rounds;
+        self
+    }
+
+    /// Bytes that must be queued for a file before a round starts while an
+    /// earlier round's `fdatasync` is still in flight (default 64 KiB).
+    /// Overlapping syncs of one file slow each other down, which pays off
+    /// only for large appends that keep the device busy; smaller appends wait
+    /// for the sync and share the next one. 0 overlaps whenever anything is
+    /// queued (up to [`max_inflight_syncs`](Self::max_inflight_syncs)).
+    pub fn overlap_sync_bytes(mut self, bytes: u64) -> Self {
+        self.overlap_sync_bytes = bytes;
+        self
+    }
+
+    /// Keep this many bytes of zeros written past each file's end (default 0,
+    /// off). An `fdatasync` after writing over blocks that already exist
+    /// need not commit a new size and block allocation to the filesystem's
+    /// journal, so appends with [`SyncPolicy::Always`] or
+    /// [`SyncPolicy::Interval`] sync faster; one round in each window's worth
+    /// of appends writes the next zeros. Ignored with [`SyncPolicy::Never`].
+    ///
+    /// While a file is open its length on disk exceeds its logical end
+    /// ([`FileWriteExecutor::len`]); the zeros are cut when the file is
+    /// closed and at shutdown. After a crash they remain, so a reader must
+    /// find the end of the data from its content, as the storage engine's
+    /// segment recovery does.
+    pub fn preallocate(mut self, bytes: u64) -> Self {
+        self.preallocate = bytes;
         self
     }
 
@@ -243,6 +281,8 @@ impl ExecutorBuilder {
                 sync: self.sync,
                 max_batch: self.max_batch,
                 max_inflight_syncs: self.max_inflight_syncs,
+                preallocate: self.preallocate,
+                overlap_bytes: self.overlap_sync_bytes,
                 metrics: metrics.clone(),
             };
             let thread = std::thread::Builder::new()
@@ -359,7 +399,9 @@ impl FileWriteExecutor {
         Ok(file)
     }
 
-    /// The current length of an open file, as the I/O thread sees it.
+    /// The current length of an open file's data, as the I/O thread sees it
+    /// (opening the file if it is not open yet). Preallocated zeros past the
+    /// end are not counted.
     pub async fn len(&self, file: &FileHandle) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Open {
@@ -406,6 +448,13 @@ impl FileWriteExecutor {
         })
         .await?;
         recv(rx).await
+    }
+
+    /// Tells the I/O thread that `file` takes no more appends: once the
+    /// appends queued before are committed, its preallocated zeros are cut
+    /// and the cut is synced. The file stays open for reads.
+    pub async fn seal(&self, file: &FileHandle) -> Result<()> {
+        self.send(Command::Seal { file: file.clone() }).await
     }
 
     /// Syncs and closes `file`.
@@ -493,6 +542,7 @@ impl FileWriteExecutor {
             | Command::Append { file, .. }
             | Command::Read { file, .. }
             | Command::Sync { file, .. }
+            | Command::Seal { file }
             | Command::Close { file, .. } => file.partition,
             Command::Blocking(_) | Command::Shutdown { .. } => 0,
         };

@@ -1,37 +1,30 @@
 //! One I/O thread: a compio runtime running group commit per file.
 //!
 //! The thread's main loop only routes requests. Appends go to their file's
-//! queue; a file with queued appends has one *committer* task that takes
-//! everything queued, writes it with one vectored write, `fdatasync`s it (with
-//! [`SyncPolicy::Always`]), answers every waiter, and repeats until the queue
-//! is empty. Files commit independently and concurrently on io_uring, so a
-//! slow sync on one file never holds up another, and appends that arrive
-//! while a file is syncing are all committed by its next round.
+//! queue, and the file's committer ([`commit`](super::commit)) writes and
+//! syncs them in rounds. Files commit independently and concurrently on
+//! io_uring, so a slow sync on one file never holds up another, and appends
+//! that arrive while a file is syncing are all committed by its next round.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use compio::fs::{File, OpenOptions};
-use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
-use futures_util::StreamExt;
+use compio::fs::OpenOptions;
+use compio::io::AsyncReadAtExt;
 use futures_util::future::{Either, join_all, select};
-use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+use super::commit::{CommitSettings, OpenFile, commit_loop};
 use super::{Command, FileHandle, IoDriver, SyncPolicy};
 use crate::error::{Result, StorageError};
 use crate::metrics::ExecutorMetrics;
-
-/// Buffers per vectored write; stays well under the kernel's IOV_MAX of 1024.
-const MAX_IOVECS: usize = 512;
 
 pub(super) struct WorkerConfig {
     pub index: usize,
@@ -39,7 +32,21 @@ pub(super) struct WorkerConfig {
     pub sync: SyncPolicy,
     pub max_batch: usize,
     pub max_inflight_syncs: usize,
+    pub preallocate: u64,
+    pub overlap_bytes: u64,
     pub metrics: ExecutorMetrics,
+}
+
+impl WorkerConfig {
+    fn commit_settings(&self) -> CommitSettings {
+        CommitSettings {
+            sync: self.sync,
+            max_inflight: self.max_inflight_syncs,
+            preallocate: self.preallocate,
+            overlap_bytes: self.overlap_bytes,
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 /// Thread entry point: pin, start the runtime, report the driver, run the loop.
@@ -78,237 +85,6 @@ pub(super) fn run(
         return;
     }
     runtime.block_on(Worker::new(config).run(rx));
-}
-
-/// A file owned by this thread.
-struct OpenFile {
-    file: File,
-    handle: FileHandle,
-    state: RefCell<FileState>,
-}
-
-#[derive(Default)]
-struct FileState {
-    /// Logical end of the file: where the next append goes.
-    len: u64,
-    /// Written since the last fdatasync.
-    dirty: bool,
-    /// Set by a failed write or sync; the file takes no more writes.
-    poisoned: Option<String>,
-    /// Appends waiting for the committer.
-    queue: Vec<(Vec<u8>, Reply)>,
-    /// A committer task is running for this file.
-    committing: bool,
-    /// Wakes the committer when it waits for more appends.
-    committer: Option<Waker>,
-    /// Woken when the committer finishes.
-    idle_waiters: Vec<oneshot::Sender<()>>,
-}
-
-impl OpenFile {
-    fn poisoned_error(&self) -> Option<StorageError> {
-        self.state
-            .borrow()
-            .poisoned
-            .as_ref()
-            .map(|cause| StorageError::Poisoned {
-                partition: self.handle.partition,
-                cause: cause.clone(),
-            })
-    }
-
-    /// Waits until every append queued so far is committed.
-    async fn idle(&self) {
-        let waiter = {
-            let mut state = self.state.borrow_mut();
-            if !state.committing {
-                return;
-            }
-            let (tx, rx) = oneshot::channel();
-            state.idle_waiters.push(tx);
-            rx
-        };
-        let _ = waiter.await;
-    }
-
-    /// `fdatasync`s the file, poisoning it on failure.
-    async fn sync(&self, metrics: &ExecutorMetrics) -> io::Result<()> {
-        let started = Instant::now();
-        let result = self.file.sync_data().await;
-        metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(()) => self.state.borrow_mut().dirty = false,
-            Err(e) => self.poison("fdatasync", e, metrics),
-        }
-        result
-    }
-
-    fn poison(&self, op: &str, e: &io::Error, metrics: &ExecutorMetrics) {
-        let mut state = self.state.borrow_mut();
-        if state.poisoned.is_none() {
-            error!(path = %self.handle.path.display(), op, error = %e, "file poisoned");
-            metrics.poisoned_files.inc();
-            state.poisoned = Some(format!(
-                "{op} on {} failed: {e}",
-                self.handle.path.display()
-            ));
-        }
-    }
-}
-
-/// A round whose data is written and whose sync is in flight.
-type SyncingRound = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<(u64, Reply)>, u64)>>>;
-
-type Reply = oneshot::Sender<Result<u64>>;
-
-/// Commits `file`'s queue in rounds until it is empty and every sync is done.
-///
-/// Up to `max_inflight` rounds may have their `fdatasync` in flight at once:
-/// while one round syncs, the next is already written and its sync issued,
-/// so the device always has work and appends that arrive during a sync never
-/// wait a whole extra round trip. Replies still go out in order.
-async fn commit_loop(
-    file: Rc<OpenFile>,
-    sync: SyncPolicy,
-    max_inflight: usize,
-    metrics: ExecutorMetrics,
-) {
-    let mut syncing: FuturesOrdered<SyncingRound> = FuturesOrdered::new();
-    loop {
-        if syncing.len() < max_inflight {
-            if let Some(round) = start_round(&file, sync, &metrics).await {
-                syncing.push_back(round);
-            } else if !file.state.borrow().queue.is_empty() {
-                continue; // that round finished without a sync; take the next
-            }
-        }
-        if syncing.is_empty() {
-            let mut state = file.state.borrow_mut();
-            if state.queue.is_empty() {
-                state.committing = false;
-                for waiter in state.idle_waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
-                return;
-            }
-            continue;
-        }
-        // Wait for the oldest sync, or for new appends while there is room
-        // for another round.
-        let finished = if syncing.len() < max_inflight {
-            match select(syncing.next(), QueueReady(&file)).await {
-                Either::Left((finished, _)) => finished,
-                Either::Right(((), _)) => continue,
-            }
-        } else {
-            syncing.next().await
-        };
-        if let Some((result, replies, position)) = finished {
-            answer(&file, result, replies, position);
-        }
-    }
-}
-
-/// Takes the queue and writes it. Returns the round's sync when the policy
-/// wants one; otherwise the round is answered here.
-async fn start_round(
-    file: &Rc<OpenFile>,
-    sync: SyncPolicy,
-    metrics: &ExecutorMetrics,
-) -> Option<SyncingRound> {
-    let (batch, position) = {
-        let mut state = file.state.borrow_mut();
-        if state.queue.is_empty() {
-            return None;
-        }
-        (std::mem::take(&mut state.queue), state.len)
-    };
-    metrics.commit_batch.observe(batch.len() as f64);
-    let (data, replies): (Vec<Vec<u8>>, Vec<(u64, Reply)>) = batch
-        .into_iter()
-        .map(|(data, reply)| {
-            let len = data.len() as u64;
-            (data, (len, reply))
-        })
-        .unzip();
-    let written = if file.state.borrow().poisoned.is_some() {
-        Err(io::Error::other("file is poisoned"))
-    } else {
-        write_all_vectored(&file.file, data, position).await
-    };
-    match written {
-        Ok(bytes) => {
-            let mut state = file.state.borrow_mut();
-            state.len += bytes;
-            state.dirty = true;
-        }
-        Err(e) => {
-            file.poison("write", &e, metrics);
-            answer(file, Err(e), replies, position);
-            return None;
-        }
-    }
-    if sync != SyncPolicy::Always {
-        answer(file, Ok(()), replies, position);
-        return None;
-    }
-    let (file, metrics) = (Rc::clone(file), metrics.clone());
-    Some(Box::pin(async move {
-        let synced = file.sync(&metrics).await;
-        (synced, replies, position)
-    }))
-}
-
-/// Answers a round's waiters. A round whose file was poisoned in the
-/// meantime fails even if its own sync succeeded: an earlier round's data may
-/// be lost, and a log with a hole must not acknowledge what follows it.
-fn answer(file: &OpenFile, result: io::Result<()>, replies: Vec<(u64, Reply)>, position: u64) {
-    let poisoned = file.state.borrow().poisoned.clone();
-    match (result, poisoned) {
-        (Err(e), _) => {
-            for (_, reply) in replies {
-                let source = e.raw_os_error().map_or_else(
-                    || io::Error::new(e.kind(), e.to_string()),
-                    io::Error::from_raw_os_error,
-                );
-                let _ = reply.send(Err(StorageError::io("append", &*file.handle.path, source)));
-            }
-        }
-        (Ok(()), Some(cause)) => {
-            for (_, reply) in replies {
-                let _ = reply.send(Err(StorageError::Poisoned {
-                    partition: file.handle.partition,
-                    cause: cause.clone(),
-                }));
-            }
-        }
-        (Ok(()), None) => {
-            let mut at = position;
-            for (len, reply) in replies {
-                let _ = reply.send(Ok(at));
-                at += len;
-            }
-        }
-    }
-}
-
-/// Ready once `file` has queued appends; registers to be woken otherwise.
-struct QueueReady<'a>(&'a OpenFile);
-
-impl Future for QueueReady<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.0.state.borrow_mut();
-        if state.queue.is_empty() {
-            state.committer = Some(cx.waker().clone());
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }
 }
 
 struct Worker {
@@ -389,7 +165,7 @@ impl Worker {
             Command::Append { file, data, reply } => self.append(&file, data, reply),
             Command::Open { file, reply } => {
                 let result = match self.open(&file).await {
-                    Ok(open) => Ok(open.state.borrow().len),
+                    Ok(open) => Ok(open.len()),
                     Err(e) => Err(e),
                 };
                 if let Some(reply) = reply {
@@ -415,6 +191,7 @@ impl Worker {
                     let _ = reply.send(result);
                 }
             }
+            Command::Seal { file } => self.seal(&file),
             Command::Blocking(work) => {
                 self.all_idle().await;
                 work();
@@ -439,31 +216,27 @@ impl Worker {
             let _ = reply.send(Err(poisoned));
             return;
         }
-        let start = {
-            let mut state = file.state.borrow_mut();
-            state.queue.push((data, reply));
-            if let Some(committer) = state.committer.take() {
-                committer.wake();
-            }
-            !std::mem::replace(&mut state.committing, true)
-        };
-        if start {
-            compio::runtime::spawn(commit_loop(
-                Rc::clone(file),
-                self.config.sync,
-                self.config.max_inflight_syncs,
-                self.config.metrics.clone(),
-            ))
-            .detach();
+        if file.enqueue(data, reply) {
+            let settings = self.config.commit_settings();
+            compio::runtime::spawn(commit_loop(Rc::clone(file), settings)).detach();
+        }
+    }
+
+    /// Stops preallocating for a file that takes no more appends; its
+    /// committer cuts the zeros past its end once its appends are committed.
+    fn seal(&mut self, handle: &FileHandle) {
+        if let Some(file) = self.files.get(&handle.id)
+            && file.seal()
+        {
+            let settings = self.config.commit_settings();
+            compio::runtime::spawn(commit_loop(Rc::clone(file), settings)).detach();
         }
     }
 
     /// When the next interval sync is due, if one is pending.
     fn sync_deadline(&self) -> Option<Instant> {
         match self.config.sync {
-            SyncPolicy::Interval(interval)
-                if self.files.values().any(|f| f.state.borrow().dirty) =>
-            {
+            SyncPolicy::Interval(interval) if self.files.values().any(|f| f.is_dirty()) => {
                 Some(self.last_sync + interval)
             }
             _ => None,
@@ -494,14 +267,8 @@ impl Worker {
             sync_parent(&path).await?;
             self.config.metrics.dir_syncs.inc();
         }
-        let open = Rc::new(OpenFile {
-            file,
-            handle: handle.clone(),
-            state: RefCell::new(FileState {
-                len,
-                ..FileState::default()
-            }),
-        });
+        let settings = self.config.commit_settings();
+        let open = Rc::new(OpenFile::new(file, handle.clone(), len, &settings));
         Ok(Rc::clone(slot.insert(open)))
     }
 
@@ -514,6 +281,14 @@ impl Worker {
         reply: oneshot::Sender<Result<Vec<u8>>>,
     ) {
         let file = match self.files.get(&handle.id) {
+            Some(open) if pos + len as u64 > open.len() => {
+                let past_end = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("read of {len} bytes at {pos} past the end ({})", open.len()),
+                );
+                let _ = reply.send(Err(StorageError::io("read", &*handle.path, past_end)));
+                return;
+            }
             Some(open) => open.file.clone(),
             None => match OpenOptions::new().read(true).open(&*handle.path).await {
                 Ok(file) => file,
@@ -543,7 +318,7 @@ impl Worker {
         if let Some(poisoned) = file.poisoned_error() {
             return Err(poisoned);
         }
-        if !file.state.borrow().dirty {
+        if !file.is_dirty() {
             return Ok(());
         }
         file.sync(&self.config.metrics)
@@ -555,10 +330,7 @@ impl Worker {
         let dirty: Vec<Rc<OpenFile>> = self
             .files
             .values()
-            .filter(|f| {
-                let state = f.state.borrow();
-                state.dirty && state.poisoned.is_none()
-            })
+            .filter(|f| f.is_dirty() && !f.is_poisoned())
             .cloned()
             .collect();
         let metrics = &self.config.metrics;
@@ -578,6 +350,7 @@ impl Worker {
             }
             Ok(())
         } else {
+            self.trim(handle.id).await;
             self.sync_file(handle.id).await
         };
         // Reads in flight hold their own clone of the descriptor.
@@ -592,6 +365,15 @@ impl Worker {
         synced
     }
 
+    /// Waits for the file's appends, then cuts its preallocated zeros; the
+    /// caller syncs.
+    async fn trim(&self, id: u64) {
+        if let Some(file) = self.files.get(&id).cloned() {
+            file.idle().await;
+            file.trim().await;
+        }
+    }
+
     /// Commits every queue, syncs every dirty file and drops all descriptors.
     async fn close_all(&mut self) -> Result<()> {
         self.all_idle().await;
@@ -600,10 +382,11 @@ impl Worker {
         let ids: Vec<u64> = self
             .files
             .iter()
-            .filter(|(_, f)| f.state.borrow().poisoned.is_none())
+            .filter(|(_, f)| !f.is_poisoned())
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            self.trim(id).await;
             if let Err(e) = self.sync_file(id).await {
                 first_error.get_or_insert(e);
             }
@@ -650,24 +433,8 @@ fn fail(command: Command) {
         Command::Sync { reply, .. } | Command::Shutdown { reply } => {
             let _ = reply.send(Err(StorageError::Closed));
         }
-        Command::Blocking(_) => {}
+        Command::Seal { .. } | Command::Blocking(_) => {}
     }
-}
-
-/// Writes all buffers contiguously at `pos`, in as few vectored writes as the
-/// kernel allows. Returns the number of bytes written.
-async fn write_all_vectored(file: &File, data: Vec<Vec<u8>>, pos: u64) -> io::Result<u64> {
-    let mut file = file;
-    let mut position = pos;
-    let mut rest = data.into_iter().peekable();
-    while rest.peek().is_some() {
-        let chunk: Vec<Vec<u8>> = rest.by_ref().take(MAX_IOVECS).collect();
-        let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
-        let compio::BufResult(result, _) = file.write_vectored_all_at(chunk, position).await;
-        result?;
-        position += len;
-    }
-    Ok(position - pos)
 }
 
 /// Raises how many kernel io-wq workers may run this ring's blocking work
