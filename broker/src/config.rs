@@ -461,6 +461,10 @@ pub struct StorageConfig {
     /// Segment file size in bytes; space is given back a segment at a time.
     /// A message with its list of persistent recipients must fit in one.
     pub segment_bytes: u64,
+    /// Zeros kept written past the end of each partition's active segment
+    /// (0 = off): synced appends then write over existing blocks and their
+    /// fdatasync commits nothing to the filesystem's journal.
+    pub preallocate_bytes: u64,
     /// How often space no session needs any more is given back.
     pub trim_interval_ms: u64,
     /// Bytes of records waiting for the partition writers above which
@@ -481,6 +485,7 @@ impl Default for StorageConfig {
             pin_cores: false,
             sync: SyncSetting::Named("always".into()),
             segment_bytes: 64 * 1024 * 1024,
+            preallocate_bytes: 256 * 1024,
             trim_interval_ms: 5_000,
             max_backlog_bytes: 64 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,

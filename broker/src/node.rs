@@ -188,6 +188,7 @@ impl Node {
                 pin_cores: config.storage.pin_cores,
                 sync: config.storage.sync_policy()?,
                 segment_bytes: config.storage.segment_bytes,
+                preallocate_bytes: config.storage.preallocate_bytes,
                 max_backlog_bytes: config.storage.max_backlog_bytes,
                 min_free_bytes: config.storage.min_free_bytes,
                 max_message_age: config.session.max_message_age(),

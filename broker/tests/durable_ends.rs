@@ -186,6 +186,7 @@ async fn a_connect_the_store_cannot_record_leaves_no_session_behind() -> anyhow:
         pin_cores: false,
         sync: SyncPolicy::Always,
         segment_bytes: 1 << 20,
+        preallocate_bytes: 0,
         max_backlog_bytes: 1 << 20,
         min_free_bytes: 0,
         max_message_age: None,

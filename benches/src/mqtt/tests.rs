@@ -118,6 +118,7 @@ async fn durable_broker(dir: &Path) -> anyhow::Result<(Broker, Stored)> {
         pin_cores: false,
         sync: SyncPolicy::Always,
         segment_bytes: 1 << 20,
+        preallocate_bytes: 256 * 1024,
         max_backlog_bytes: 64 << 20,
         min_free_bytes: 0,
         max_message_age: None,

@@ -22,6 +22,7 @@ fn store_config(dir: &std::path::Path) -> DurableConfig {
         pin_cores: false,
         sync: SyncPolicy::Never,
         segment_bytes: 1 << 20,
+        preallocate_bytes: 0,
         max_backlog_bytes: 1 << 20,
         min_free_bytes: 0,
         max_message_age: None,

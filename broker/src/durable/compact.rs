@@ -259,6 +259,7 @@ mod tests {
             pin_cores: false,
             sync: SyncPolicy::Never,
             segment_bytes: 16 * 1024,
+            preallocate_bytes: 0,
             max_backlog_bytes: 1 << 20,
             min_free_bytes: 0,
             max_message_age: None,

@@ -168,6 +168,9 @@ pub struct DurableConfig {
     pub sync: SyncPolicy,
     /// Segment file size.
     pub segment_bytes: u64,
+    /// Zeros kept written past each active segment's end, so that synced
+    /// appends need no journal commit (0 = off).
+    pub preallocate_bytes: u64,
     /// Bytes queued for the partition writers above which connections
     /// stop reading.
     pub max_backlog_bytes: usize,
@@ -269,6 +272,7 @@ impl DurableStore {
             .pin_cores(config.pin_cores)
             .sync_policy(config.sync)
             .segment_bytes(config.segment_bytes)
+            .preallocate_bytes(config.preallocate_bytes)
             // A record (a message and its recipients) may fill a segment.
             .max_record_bytes(max_record)
             .min_free_bytes(config.min_free_bytes)
