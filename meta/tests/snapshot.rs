@@ -63,13 +63,17 @@ async fn build_then_install_into_a_fresh_store_reproduces_the_state() {
     let (_dir_a, _reg_a, mut leader) = fresh(2).await;
     let sm_a = &mut leader[1].1;
     sm_a.apply(populate()).await.unwrap();
-    let snapshot = sm_a
+    let built = sm_a
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)));
+    // What a follower receives: the current snapshot, encoded from the
+    // checkpoint the build took.
+    let snapshot = sm_a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(snapshot.meta, built.meta);
     let expected = dump(&sm_a.state()).await;
     assert_eq!(expected.0.len(), 100);
     assert_eq!((expected.1, expected.2, expected.3.len()), (3, 1, 1));
@@ -120,12 +124,12 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
     let (_dir_a, _reg_a, mut leader) = fresh(1).await;
     let sm_a = &mut leader[0].1;
     sm_a.apply(populate()).await.unwrap();
-    let snapshot = sm_a
-        .get_snapshot_builder()
+    sm_a.get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    let snapshot = sm_a.get_current_snapshot().await.unwrap().unwrap();
     let mut blob = snapshot.snapshot.into_inner();
     let middle = blob.len() / 2;
     blob[middle] ^= 0xFF;
@@ -147,5 +151,116 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// This group's checkpoint directories and whether a received blob is kept.
+fn snapshot_files(dir: &std::path::Path, group: u32) -> (Vec<String>, bool, bool) {
+    let snapshots = dir.join("snapshots");
+    let mut checkpoints: Vec<String> = std::fs::read_dir(&snapshots)
+        .expect("snapshot dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("g{group}-")) && n.ends_with(".ckpt"))
+        .collect();
+    checkpoints.sort();
+    let pointer = snapshots.join(format!("g{group}.ckpt.json")).exists();
+    let blob = snapshots.join(format!("g{group}.snap")).exists();
+    (checkpoints, pointer, blob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
+    let (dir, _reg, mut stores) = fresh(2).await;
+    let late = |index| {
+        normal(
+            1,
+            index,
+            MetaRequest::CreateSessions(vec![Session {
+                client_key: format!("late/{index}"),
+                ..Default::default()
+            }]),
+        )
+    };
+    let first = {
+        let sm = &mut stores[1].1;
+        sm.apply(populate()).await.unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)));
+        // Written after the checkpoint: not in it.
+        sm.apply(vec![late(4)]).await.unwrap();
+        built.meta
+    };
+    let (checkpoints, pointer, blob) = snapshot_files(dir.path(), 1);
+    assert_eq!(
+        (checkpoints.len(), pointer, blob),
+        (1, true, false),
+        "{checkpoints:?}"
+    );
+    assert!(checkpoints[0].starts_with(&first.snapshot_id));
+
+    let current = stores[1].1.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, first);
+    let (_dir_b, _reg_b, mut follower) = fresh(2).await;
+    let sm_b = &mut follower[1].1;
+    let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
+    *receiving = *current.snapshot;
+    sm_b.install_snapshot(&first, receiving).await.unwrap();
+    assert_eq!(
+        sm_b.state()
+            .list_sessions("", None, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+    assert!(sm_b.state().get_session("late/4").await.unwrap().is_none());
+
+    // The next build replaces the checkpoint; the old one is removed.
+    let second = stores[1]
+        .1
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    assert_eq!(second.last_log_id, Some(log_id(1, 4)));
+    let (checkpoints, _, _) = snapshot_files(dir.path(), 1);
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert!(checkpoints[0].starts_with(&second.snapshot_id));
+    // Group 0 built nothing.
+    assert_eq!(snapshot_files(dir.path(), 0), (Vec::new(), false, false));
+    drop(stores);
+
+    // A leftover half-built checkpoint is cleared at start; the current
+    // snapshot is the last one built.
+    std::fs::create_dir(dir.path().join("snapshots/g1-9-9.ckpt")).unwrap();
+    let (_reg, mut stores) = reopen(&dir, 2).await;
+    assert_eq!(snapshot_files(dir.path(), 1).0.len(), 1);
+    let current = stores[1].1.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, second);
+    let blob = current.snapshot.into_inner();
+    let (_dir_c, _reg_c, mut other) = fresh(2).await;
+    let mut receiving = other[1].1.begin_receiving_snapshot().await.unwrap();
+    receiving.get_mut().extend_from_slice(&blob);
+    other[1]
+        .1
+        .install_snapshot(&second, receiving)
+        .await
+        .unwrap();
+    assert!(
+        other[1]
+            .1
+            .state()
+            .get_session("late/4")
+            .await
+            .unwrap()
+            .is_some()
     );
 }

@@ -8,6 +8,7 @@ mod log_store;
 mod log_writer;
 mod pool;
 mod reader;
+mod slot;
 mod snapshot;
 mod state_machine;
 
@@ -24,7 +25,7 @@ pub use self::log_store::MetaLogStore;
 
 pub use self::pool::RocksPool;
 pub use self::reader::MetaState;
-pub use self::snapshot::MetaSnapshotBuilder;
+pub use self::slot::MetaSnapshotBuilder;
 pub use self::state_machine::MetaStateMachine;
 
 use self::keys::GroupCfs;

@@ -12,7 +12,8 @@ use super::Shared;
 use super::apply::{Applied, apply_entries};
 use super::keys::{self, GroupCfs};
 use super::reader::MetaState;
-use super::snapshot::{self, MetaSnapshotBuilder, SnapshotSlot};
+use super::slot::{MetaSnapshotBuilder, SnapshotSlot};
+use super::snapshot;
 use crate::error::StoreError;
 use crate::metrics::as_ms;
 use crate::types::{
@@ -40,7 +41,7 @@ impl MetaStateMachine {
         let job_cfs = Arc::clone(&cfs);
         let (slot, last_applied, membership) = shared
             .run("load_state_machine", move |db| {
-                let slot = SnapshotSlot::load(&dir, job_cfs.group)?;
+                let slot = SnapshotSlot::load(&dir, Arc::clone(&job_cfs))?;
                 let (mut applied, mut membership) = read_applied(db, &job_cfs)?;
                 let interrupted = slot.current_meta().is_some_and(|m| m.last_log_id > applied);
                 if interrupted && let Some((meta, blob)) = slot.read()? {
@@ -176,9 +177,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let slot = Arc::clone(&self.slot);
+        // Encoding a checkpoint reads the whole state: off the apply pool.
         let current = self
             .shared
-            .run("snapshot_read", move |_db| slot.read())
+            .run_background("snapshot_read", move |_db| slot.read())
             .await
             .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
         Ok(current.map(|(meta, blob)| Snapshot {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The meta service with millions of sessions (issue 12): a release
+# `tidemq-meta` node with fsync on is first loaded with PRELOAD sessions
+# (closed loop, BATCH per request), then takes RATE sessions/s open loop
+# from CONCURRENCY clients for SECS seconds. Prints the preload's rate, the
+# measured run's report, the worst per-second p99, the snapshots built
+# during it and the data directory's size.
+#
+# Usage: benches/meta-big.sh   (PRELOAD [5000000], BATCH [100], RATE [50000],
+#        SECS [120], CONCURRENCY [3000], DATA_GROUPS [4]; BIN_DIR: binaries)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preload=${PRELOAD:-5000000} batch=${BATCH:-100} rate=${RATE:-50000}
+secs=${SECS:-120} concurrency=${CONCURRENCY:-3000} groups=${DATA_GROUPS:-4}
+bin="${BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/tidemq-target}/release}"
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$bin/tidemq-meta" --grpc-addr "127.0.0.1:$port" --data-dir "$work/node" \
+    --data-groups "$groups" >"$work/node.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+    grep -q "serving gRPC" "$work/node.log" 2>/dev/null && break
+    sleep 0.05
+done
+load() { "$bin/tidemq-bench" meta create-session --port "$port" --timeout-ms 3000 --output json "$@"; }
+
+load --count "$preload" --batch "$batch" --concurrency 64 | tail -n 1 | python3 -c "
+import json, sys; r = json.load(sys.stdin)
+print(f'preload: {r}')"
+snapshots_before=$(grep -c "snapshot checkpoint built\|snapshot built" "$work/node.log" || true)
+load --count 1000000000 --duration-secs "$secs" --rate "$rate" --concurrency "$concurrency" \
+    >"$work/run.jsonl"
+python3 - "$work/run.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+final, seconds = lines[-1], lines[:-1]
+print("run:", json.dumps(final))
+keys = [k for k in seconds[0] if "p99" in k] if seconds else []
+print("per-second p99 ms:", " ".join(f"{s.get('p99_ms', 0):.0f}" for s in seconds))
+for k in keys:
+    worst = max(seconds, key=lambda s: s.get(k, 0))
+    print(f"worst per-second {k}: {worst.get(k)} (second {seconds.index(worst) + 1} of {len(seconds)})")
+PY
+snapshots_after=$(grep -c "snapshot checkpoint built\|snapshot built" "$work/node.log" || true)
+echo "snapshots built during the run: $((snapshots_after - snapshots_before))"
+grep "snapshot checkpoint built\|snapshot built" "$work/node.log" | tail -n 3 || true
+du -sh "$work/node" | cut -f1 | sed 's/^/data directory: /'
