@@ -12,22 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 preload=${PRELOAD:-5000000} batch=${BATCH:-100} rate=${RATE:-50000}
 secs=${SECS:-120} concurrency=${CONCURRENCY:-3000} groups=${DATA_GROUPS:-4}
-bin="${BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/tidemq-target}/release}"
-work="$(mktemp -d)"
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-"$bin/tidemq-meta" --grpc-addr "127.0.0.1:$port" --data-dir "$work/node" \
-    --data-groups "$groups" >"$work/node.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do
-    grep -q "serving gRPC" "$work/node.log" 2>/dev/null && break
-    sleep 0.05
-done
+source benches/meta-lib.sh
+start_meta "$groups"
 load() { "$bin/tidemq-bench" meta create-session --port "$port" --timeout-ms 3000 --output json "$@"; }
 
 load --count "$preload" --batch "$batch" --concurrency 64 | tail -n 1 | python3 -c "
