@@ -1,5 +1,7 @@
 //! The raw `FileWriteExecutor` API.
 
+mod common;
+
 use std::time::Duration;
 
 use tidemq_storage_engine::{FileWriteExecutor, IoDriver, StorageError, SyncPolicy};
@@ -134,7 +136,7 @@ async fn preallocated_zeros_stay_past_the_end_until_sealed() -> anyhow::Result<(
         assert_eq!(executor.append(&file, vec![b'x'; 100]).await?, i * 100);
     }
     assert_eq!(executor.len(&file).await?, 10_000);
-    let on_disk = std::fs::metadata(&path)?.len();
+    let on_disk = common::wait_for_len(&path, 10_000 + 32 * 1024).await?;
     assert!(on_disk >= 10_000 + 32 * 1024, "{on_disk}");
     assert!(std::fs::read(&path)?[10_000..].iter().all(|&b| b == 0));
     // Past the data is past the end, zeros or not.
@@ -154,7 +156,7 @@ async fn preallocated_zeros_stay_past_the_end_until_sealed() -> anyhow::Result<(
         .build()?;
     let file = executor.open(1, &path).await?;
     executor.append(&file, b"more".to_vec()).await?;
-    assert!(std::fs::metadata(&path)?.len() > 10_004);
+    assert!(common::wait_for_len(&path, 10_005).await? > 10_004);
     executor.shutdown().await?;
     assert_eq!(std::fs::metadata(&path)?.len(), 10_004);
     Ok(())

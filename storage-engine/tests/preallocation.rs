@@ -8,7 +8,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use common::{payload, segment_files, small_engine};
+use common::{payload, segment_files, small_engine, wait_for_len};
 use tidemq_storage_engine::{FRAME_HEADER_LEN, RecoveryReport, StorageEngine};
 
 const WINDOW: u64 = 256 * 1024;
@@ -50,6 +50,7 @@ async fn crashed_fixture(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     engine.create_partition(1).await?;
     append_records(&engine, 0..20).await?;
     let file = segment_files(dir, 1)[0].clone();
+    wait_for_len(&file, framed_len(20) + WINDOW / 2).await?;
     // A copy taken while the engine runs is what a crash leaves on disk.
     let running = std::fs::read(&file)?;
     engine.close().await?;
@@ -73,7 +74,7 @@ async fn zeros_are_kept_ahead_while_open_and_cut_when_sealed_or_closed() -> anyh
     engine.create_partition(1).await?;
     append_records(&engine, 0..20).await?;
     let active = &segment_files(tmp.path(), 1)[0];
-    let on_disk = std::fs::metadata(active)?.len();
+    let on_disk = wait_for_len(active, framed_len(20) + WINDOW / 2).await?;
     assert!(
         on_disk >= framed_len(20) + WINDOW / 2,
         "zeros past the data while open: {on_disk} bytes for {} of data",

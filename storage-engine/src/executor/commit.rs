@@ -15,9 +15,14 @@
 //! `fdatasync` over a laid-out file as for appends). So with
 //! [`ExecutorBuilder::preallocate`](super::ExecutorBuilder::preallocate) set,
 //! the committer keeps zeros written ahead of the file's logical end: when a
-//! round leaves less than half the window prepared, the same round writes
-//! zeros up to a full window past the end, and its sync makes them durable.
-//! Only that one sync in a window's worth of appends pays the journal commit.
+//! round leaves less than half the window prepared, a *fill* writes zeros up
+//! to a full window past the end beside the rounds, through a second
+//! descriptor opened with `O_DIRECT` (no dirty pages that an append's sync
+//! would have to write back), syncs them, and asks the kernel to read them
+//! into the page cache (appends of part of a page then need no read). A
+//! round never writes into a range a fill is still writing: it waits for the
+//! fill. Where the filesystem refuses `O_DIRECT` (tmpfs), nothing is
+//! preallocated.
 //!
 //! The file's length on disk is then larger than its logical end. The
 //! executor knows the logical end while the file is open; the zeros are cut
@@ -36,7 +41,6 @@ use std::time::Instant;
 use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
 use futures_util::StreamExt;
-use futures_util::future::{Either, select};
 use futures_util::stream::FuturesOrdered;
 use tracing::{error, warn};
 
@@ -47,8 +51,17 @@ use crate::metrics::ExecutorMetrics;
 /// Buffers per vectored write; stays well under the kernel's IOV_MAX of 1024.
 const MAX_IOVECS: usize = 512;
 
-/// Zero-filled space ends on a multiple of this (the page size).
+/// Zero-filled space starts and ends on a multiple of this (the page size,
+/// which `O_DIRECT` writes need).
 const PREPARE_ALIGN: u64 = 4096;
+
+/// Bytes of zeros one `O_DIRECT` write takes.
+const ZERO_CHUNK: usize = 256 * 1024;
+
+/// Page-aligned zeros for `O_DIRECT` writes (in .bss: no binary size).
+#[repr(C, align(4096))]
+struct Zeros([u8; ZERO_CHUNK]);
+static ZEROS: Zeros = Zeros([0; ZERO_CHUNK]);
 
 /// How every committer on a thread works.
 #[derive(Clone)]
@@ -69,6 +82,8 @@ type Reply = oneshot::Sender<Result<u64>>;
 pub(super) struct OpenFile {
     pub file: File,
     pub handle: FileHandle,
+    /// The same file opened with `O_DIRECT`, for zero fills.
+    direct: Option<File>,
     state: RefCell<FileState>,
 }
 
@@ -76,8 +91,11 @@ pub(super) struct OpenFile {
 struct FileState {
     /// Logical end of the file: where the next append goes.
     len: u64,
-    /// Bytes known to exist on disk (data, then preallocated zeros).
+    /// End of the space past the data that may hold preallocated zeros
+    /// (what a cut at seal or close removes).
     prepared: u64,
+    /// Where the fill in flight starts writing zeros; rounds must not reach it.
+    fill_from: Option<u64>,
     /// Zero-fill window of this file; 0 once sealed or after a failed fill.
     preallocate: u64,
     /// Written since the last fdatasync.
@@ -97,14 +115,22 @@ struct FileState {
 }
 
 impl OpenFile {
-    /// A file whose `len` bytes on disk are all data.
-    pub fn new(file: File, handle: FileHandle, len: u64, settings: &CommitSettings) -> Self {
-        let preallocate = match settings.sync {
-            SyncPolicy::Never => 0, // nothing to gain without syncs
+    /// A file whose `len` bytes on disk are all data. `direct` is the same
+    /// file opened with `O_DIRECT`; without it nothing is preallocated.
+    pub fn new(
+        file: File,
+        direct: Option<File>,
+        handle: FileHandle,
+        len: u64,
+        settings: &CommitSettings,
+    ) -> Self {
+        let preallocate = match (settings.sync, &direct) {
+            (SyncPolicy::Never, _) | (_, None) => 0, // nothing to gain, or no way to
             _ => settings.preallocate,
         };
         Self {
             file,
+            direct,
             handle,
             state: RefCell::new(FileState {
                 len,
@@ -224,41 +250,100 @@ impl OpenFile {
         }
     }
 
-    /// The zeros to write after this round's data, if the prepared space
-    /// past the end has shrunk below half the window: `(from, to)`.
-    fn zero_fill_range(&self) -> Option<(u64, u64)> {
+    /// The zeros to write next, if the prepared space past the end has
+    /// shrunk below half the window and no fill is in flight: `(from, to)`.
+    fn fill_range(&self) -> Option<(u64, u64)> {
         let state = self.state.borrow();
         let window = state.preallocate;
-        if window == 0 || state.poisoned.is_some() || state.prepared >= state.len + window / 2 {
+        if window == 0
+            || state.poisoned.is_some()
+            || state.fill_from.is_some()
+            || state.prepared >= state.len + window / 2
+        {
             return None;
         }
-        let to = (state.len + window).div_ceil(PREPARE_ALIGN) * PREPARE_ALIGN;
-        Some((state.prepared.max(state.len), to))
+        let align = |at: u64| at.div_ceil(PREPARE_ALIGN) * PREPARE_ALIGN;
+        let (from, to) = (
+            align(state.prepared.max(state.len)),
+            align(state.len + window),
+        );
+        (from < to).then_some((from, to))
     }
 
-    /// Writes zeros over `from..to`. A failure (a full disk, say) is not a
-    /// data error: preallocation stops for this file and appends go on.
-    async fn zero_fill(&self, (from, to): (u64, u64), metrics: &ExecutorMetrics) {
-        let mut file = &self.file;
-        let zeros = vec![0u8; (to - from) as usize];
-        let compio::BufResult(written, _) = file.write_all_at(zeros, from).await;
-        match written {
-            Ok(()) => {
-                self.state.borrow_mut().prepared = to;
-                metrics.preallocated_bytes.inc_by(to - from);
-            }
-            Err(e) => {
-                warn!(path = %self.handle.path.display(), error = %e, "preallocation failed; appending without it");
-                metrics.preallocation_failures.inc();
-                self.state.borrow_mut().preallocate = 0;
-                let len = self.len();
-                if self.file.set_len(len).await.is_ok() {
-                    self.state.borrow_mut().prepared = len;
-                }
-            }
+    /// Whether the queued appends would reach the range a fill is writing.
+    fn blocked_by_fill(&self) -> bool {
+        let state = self.state.borrow();
+        state
+            .fill_from
+            .is_some_and(|from| state.len + state.queued_bytes > from)
+    }
+
+    /// Starts a fill when one is due.
+    fn start_fill(self: &Rc<Self>, metrics: &ExecutorMetrics) -> Option<Filling> {
+        let range = self.fill_range()?;
+        self.state.borrow_mut().fill_from = Some(range.0);
+        Some(Box::pin(fill(Rc::clone(self), range, metrics.clone())))
+    }
+}
+
+/// A zero fill in flight.
+type Filling = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Writes zeros over `from..to` through the `O_DIRECT` descriptor, syncs
+/// them (so the new size and blocks are committed before appends reach
+/// them) and starts reading them into the page cache. A failure (a full
+/// disk, say) is not a data error: preallocation stops for this file.
+async fn fill(file: Rc<OpenFile>, (from, to): (u64, u64), metrics: ExecutorMetrics) {
+    let written = async {
+        let mut direct = file
+            .direct
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no O_DIRECT descriptor"))?;
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(ZERO_CHUNK);
+            let compio::BufResult(result, _) = direct.write_all_at(&ZEROS.0[..n], at).await;
+            result?;
+            at += n as u64;
+        }
+        direct.sync_data().await?;
+        readahead(direct, from, to - from);
+        Ok::<_, io::Error>(())
+    }
+    .await;
+    let mut state = file.state.borrow_mut();
+    state.fill_from = None;
+    // Even a failed fill may have written some zeros: a cut removes them.
+    state.prepared = state.prepared.max(to);
+    match written {
+        Ok(()) => metrics.preallocated_bytes.inc_by(to - from),
+        Err(e) => {
+            warn!(path = %file.handle.path.display(), error = %e, "preallocation failed; appending without it");
+            metrics.preallocation_failures.inc();
+            state.preallocate = 0;
         }
     }
 }
+
+/// Asks the kernel to read `len` bytes at `at` into the page cache, so that
+/// appends of less than a page over them need no read from disk.
+#[cfg(target_os = "linux")]
+fn readahead(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call; the
+    // advice only starts a readahead and has no memory effects.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            at as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn readahead(_: &File, _: u64, _: u64) {}
 
 /// A round whose data is written and whose sync is in flight.
 type SyncingRound = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<(u64, Reply)>, u64)>>>;
@@ -274,20 +359,24 @@ type SyncingRound = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<(u64, Reply
 /// four in flight, 41k with one). Replies always go out in order.
 pub(super) async fn commit_loop(file: Rc<OpenFile>, settings: CommitSettings) {
     let mut syncing: FuturesOrdered<SyncingRound> = FuturesOrdered::new();
+    let mut filling: Option<Filling> = None;
     loop {
         let wanted = if syncing.is_empty() {
             1
         } else {
             settings.overlap_bytes
         };
-        if syncing.len() < settings.max_inflight && file.queued(wanted) {
+        let room = syncing.len() < settings.max_inflight;
+        if room && file.queued(wanted) && !file.blocked_by_fill() {
             if let Some(round) = start_round(&file, &settings).await {
                 syncing.push_back(round);
-            } else if !file.state.borrow().queue.is_empty() {
-                continue; // that round finished without a sync; take the next
             }
+            if filling.is_none() {
+                filling = file.start_fill(&settings.metrics);
+            }
+            continue;
         }
-        if syncing.is_empty() {
+        if syncing.is_empty() && filling.is_none() {
             if file.state.borrow().queue.is_empty() {
                 finish(&file, &settings.metrics).await;
                 if file.state.borrow().queue.is_empty() {
@@ -301,20 +390,56 @@ pub(super) async fn commit_loop(file: Rc<OpenFile>, settings: CommitSettings) {
             }
             continue;
         }
-        // Wait for the oldest sync, or for new appends while there is room
-        // for another round.
-        let finished = if syncing.len() < settings.max_inflight {
-            match select(syncing.next(), QueueReady(&file, settings.overlap_bytes)).await {
-                Either::Left((finished, _)) => finished,
-                Either::Right(((), _)) => continue,
-            }
-        } else {
-            syncing.next().await
-        };
-        if let Some((result, replies, position)) = finished {
-            answer(&file, result, replies, position);
+        // Wait for the oldest sync, the fill, or new appends while there is
+        // room for another round.
+        let accept = room && !file.blocked_by_fill();
+        match next_event(
+            &file,
+            &mut syncing,
+            &mut filling,
+            accept,
+            settings.overlap_bytes,
+        )
+        .await
+        {
+            Event::Synced(result, replies, position) => answer(&file, result, replies, position),
+            Event::Filled => filling = None,
+            Event::Queued => {}
         }
     }
+}
+
+enum Event {
+    Synced(io::Result<()>, Vec<(u64, Reply)>, u64),
+    Filled,
+    Queued,
+}
+
+/// Waits for whichever comes first: the fill finishing, the oldest round's
+/// sync, or (with `accept`) `overlap` bytes queued.
+async fn next_event(
+    file: &OpenFile,
+    syncing: &mut FuturesOrdered<SyncingRound>,
+    filling: &mut Option<Filling>,
+    accept: bool,
+    overlap: u64,
+) -> Event {
+    let mut queued = QueueReady(file, overlap);
+    std::future::poll_fn(|cx| {
+        if let Some(fill) = filling.as_mut()
+            && fill.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::Filled);
+        }
+        if let Poll::Ready(Some((result, replies, position))) = syncing.poll_next_unpin(cx) {
+            return Poll::Ready(Event::Synced(result, replies, position));
+        }
+        if accept && Pin::new(&mut queued).poll(cx).is_ready() {
+            return Poll::Ready(Event::Queued);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// With the queue empty: cuts a sealed file's zeros and syncs the cut.
@@ -366,9 +491,6 @@ async fn start_round(file: &Rc<OpenFile>, settings: &CommitSettings) -> Option<S
             answer(file, Err(e), replies, position);
             return None;
         }
-    }
-    if let Some(range) = file.zero_fill_range() {
-        file.zero_fill(range, metrics).await;
     }
     if settings.sync != SyncPolicy::Always {
         answer(file, Ok(()), replies, position);

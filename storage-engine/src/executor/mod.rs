@@ -222,8 +222,11 @@ impl ExecutorBuilder {
     /// off). An `fdatasync` after writing over blocks that already exist
     /// need not commit a new size and block allocation to the filesystem's
     /// journal, so appends with [`SyncPolicy::Always`] or
-    /// [`SyncPolicy::Interval`] sync faster; one round in each window's worth
-    /// of appends writes the next zeros. Ignored with [`SyncPolicy::Never`].
+    /// [`SyncPolicy::Interval`] sync faster. The zeros are written beside the
+    /// appends, through a second descriptor opened with `O_DIRECT`, and
+    /// synced on their own, so no append waits for them. Ignored with
+    /// [`SyncPolicy::Never`] and where the filesystem refuses `O_DIRECT`
+    /// (tmpfs).
     ///
     /// While a file is open its length on disk exceeds its logical end
     /// ([`FileWriteExecutor::len`]); the zeros are cut when the file is

@@ -19,7 +19,7 @@ use compio::fs::OpenOptions;
 use compio::io::AsyncReadAtExt;
 use futures_util::future::{Either, join_all, select};
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::commit::{CommitSettings, OpenFile, commit_loop};
 use super::{Command, FileHandle, IoDriver, SyncPolicy};
@@ -268,8 +268,29 @@ impl Worker {
             self.config.metrics.dir_syncs.inc();
         }
         let settings = self.config.commit_settings();
-        let open = Rc::new(OpenFile::new(file, handle.clone(), len, &settings));
+        let direct = Self::open_direct(&self.config, &path).await;
+        let open = Rc::new(OpenFile::new(file, direct, handle.clone(), len, &settings));
         Ok(Rc::clone(slot.insert(open)))
+    }
+
+    /// The file opened again with `O_DIRECT` for zero fills, when
+    /// preallocation is on and the filesystem allows it (tmpfs does not).
+    async fn open_direct(
+        config: &WorkerConfig,
+        path: &std::path::Path,
+    ) -> Option<compio::fs::File> {
+        if config.preallocate == 0 || config.sync == SyncPolicy::Never {
+            return None;
+        }
+        let mut options = OpenOptions::new();
+        options.write(true).custom_flags(libc::O_DIRECT);
+        match options.open(path).await {
+            Ok(direct) => Some(direct),
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "no O_DIRECT here: not preallocating");
+                None
+            }
+        }
     }
 
     /// Starts a read as its own task so it never holds up the write loop.

@@ -81,3 +81,17 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// Waits (up to 10 s) until the file at `path` is at least `len` bytes long
+/// (preallocated zeros are written beside the appends, not inside them),
+/// and returns its length.
+pub async fn wait_for_len(path: &Path, len: u64) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(path)?.len();
+        if now >= len || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
