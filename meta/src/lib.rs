@@ -172,8 +172,8 @@ pub use crate::error::{MetaError, StoreError};
 pub use crate::node::{MetaConfig, MetaNodeHandle, MetaRuntimes};
 pub use crate::routing::GroupRouter;
 pub use crate::store::{
-    MetaLogStore, MetaSnapshotBuilder, MetaState, MetaStateMachine, RocksPool, StoreOptions, open,
-    open_with,
+    MetaLogStore, MetaSnapshotBuilder, MetaSnapshotData, MetaState, MetaStateMachine, RocksPool,
+    StoreOptions, open, open_with,
 };
 pub use crate::types::{
     MetaNode, MetaRequest, MetaResponse, NodeId, NodeInfo, Session, Subscription, TypeConfig,

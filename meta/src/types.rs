@@ -2,7 +2,6 @@
 //! every group: [`MetaRequest`] in, [`MetaResponse`] out.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +16,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = MetaNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::MetaSnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -4,7 +4,7 @@ mod common;
 
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
-use tidemq_meta::{MetaRequest, MetaState, Session};
+use tidemq_meta::{MetaRequest, MetaSnapshotData, MetaState, Session};
 
 use common::{fresh, log_id, membership, normal, reopen};
 
@@ -130,14 +130,14 @@ async fn a_corrupt_snapshot_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     let snapshot = sm_a.get_current_snapshot().await.unwrap().unwrap();
-    let mut blob = snapshot.snapshot.into_inner();
+    let mut blob = snapshot.snapshot.into_bytes().await.unwrap();
     let middle = blob.len() / 2;
     blob[middle] ^= 0xFF;
 
     let (_dir_b, _reg_b, mut follower) = fresh(1).await;
     let sm_b = &mut follower[0].1;
     let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
-    receiving.get_mut().extend_from_slice(&blob);
+    *receiving = MetaSnapshotData::from_bytes(blob);
     assert!(
         sm_b.install_snapshot(&snapshot.meta, receiving)
             .await
@@ -245,10 +245,10 @@ async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
     assert_eq!(snapshot_files(dir.path(), 1).0.len(), 1);
     let current = stores[1].1.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, second);
-    let blob = current.snapshot.into_inner();
+    let blob = current.snapshot.into_bytes().await.unwrap();
     let (_dir_c, _reg_c, mut other) = fresh(2).await;
     let mut receiving = other[1].1.begin_receiving_snapshot().await.unwrap();
-    receiving.get_mut().extend_from_slice(&blob);
+    *receiving = MetaSnapshotData::from_bytes(blob);
     other[1]
         .1
         .install_snapshot(&second, receiving)
@@ -263,4 +263,83 @@ async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
             .unwrap()
             .is_some()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_sent_outlives_the_checkpoint_that_replaces_it() {
+    let (dir, _reg, mut stores) = fresh(2).await;
+    let sm = &mut stores[1].1;
+    sm.apply(populate()).await.unwrap();
+    let first = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    // A follower's transfer starts: the data is not read yet.
+    let sending = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(sending.meta, first);
+    sm.apply(vec![normal(
+        1,
+        4,
+        MetaRequest::CreateSessions(vec![Session {
+            client_key: "late/4".into(),
+            ..Default::default()
+        }]),
+    )])
+    .await
+    .unwrap();
+    let second = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    assert_ne!(second, first);
+    // Both checkpoints are on disk while the first one is still being sent.
+    assert_eq!(snapshot_files(dir.path(), 1).0.len(), 2);
+
+    let blob = sending.snapshot.into_bytes().await.unwrap();
+    let (_dir_b, _reg_b, mut follower) = fresh(2).await;
+    let mut receiving = follower[1].1.begin_receiving_snapshot().await.unwrap();
+    *receiving = MetaSnapshotData::from_bytes(blob);
+    follower[1]
+        .1
+        .install_snapshot(&first, receiving)
+        .await
+        .unwrap();
+    let state = follower[1].1.state();
+    assert_eq!(
+        state
+            .list_sessions("", None, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+    assert!(state.get_session("late/4").await.unwrap().is_none());
+
+    // Sent and dropped: the next build removes the replaced checkpoint.
+    sm.apply(vec![normal(
+        1,
+        5,
+        MetaRequest::SetClusterConfig {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    )])
+    .await
+    .unwrap();
+    let third = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    let (checkpoints, _, _) = snapshot_files(dir.path(), 1);
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert!(checkpoints[0].starts_with(&third.snapshot_id));
 }

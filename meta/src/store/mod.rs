@@ -10,6 +10,7 @@ mod pool;
 mod reader;
 mod slot;
 mod snapshot;
+mod snapshot_data;
 mod state_machine;
 
 use std::collections::BTreeSet;
@@ -26,6 +27,7 @@ pub use self::log_store::MetaLogStore;
 pub use self::pool::RocksPool;
 pub use self::reader::MetaState;
 pub use self::slot::MetaSnapshotBuilder;
+pub use self::snapshot_data::MetaSnapshotData;
 pub use self::state_machine::MetaStateMachine;
 
 use self::keys::GroupCfs;

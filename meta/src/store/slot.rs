@@ -18,7 +18,7 @@
 //! it was taken.
 
 use std::fs;
-use std::io::{Cursor, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::Shared;
 use super::keys::GroupCfs;
 use super::snapshot;
+use super::snapshot_data::MetaSnapshotData;
 use crate::error::StoreError;
 use crate::types::{SnapshotMeta, StorageError, TypeConfig};
 
@@ -42,8 +43,9 @@ const SYNC_CHUNK: usize = 1 << 20;
 enum Source {
     /// A blob received from a leader, in `g{n}.snap`.
     Blob,
-    /// A checkpoint this node built.
-    Checkpoint(PathBuf),
+    /// A checkpoint this node built. Shared with the encodings that read
+    /// it: a replaced checkpoint is removed once none holds it.
+    Checkpoint(Arc<PathBuf>),
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub(crate) struct SnapshotSlot {
     dir: PathBuf,
     cfs: Arc<GroupCfs>,
     current: Mutex<Option<Current>>,
+    /// Replaced checkpoints an encoding still reads.
+    retired: Mutex<Vec<Arc<PathBuf>>>,
 }
 
 impl SnapshotSlot {
@@ -76,6 +80,7 @@ impl SnapshotSlot {
             dir: dir.to_path_buf(),
             cfs,
             current: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
         };
         let blob = read_header(&slot.blob_path())
             .map_err(|source| slot.io(slot.blob_path(), source))?
@@ -87,7 +92,7 @@ impl SnapshotSlot {
             });
         let checkpoint = slot.read_pointer()?.map(|pointer| Current {
             meta: pointer.meta,
-            source: Source::Checkpoint(dir.join(pointer.dir)),
+            source: Source::Checkpoint(Arc::new(dir.join(pointer.dir))),
         });
         let current = match (blob, checkpoint) {
             (Some(b), Some(c)) if b.meta.last_log_id > c.meta.last_log_id => Some(b),
@@ -128,10 +133,18 @@ impl SnapshotSlot {
         file.sync_all().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;
         self.sync_dir()?;
-        *current = Some(Current {
+        let replaced = current.replace(Current {
             meta: meta.clone(),
             source: Source::Blob,
         });
+        drop(current);
+        if let Some(Current {
+            source: Source::Checkpoint(old),
+            ..
+        }) = replaced
+        {
+            self.retire(old)?;
+        }
         Ok(())
     }
 
@@ -166,13 +179,11 @@ impl SnapshotSlot {
             }
             current.replace(Current {
                 meta: meta.clone(),
-                source: Source::Checkpoint(target),
+                source: Source::Checkpoint(Arc::new(target)),
             })
         };
         match replaced.map(|c| c.source) {
-            Some(Source::Checkpoint(old)) => {
-                remove_dir(&old).map_err(|source| self.io(old.clone(), source))?;
-            }
+            Some(Source::Checkpoint(old)) => self.retire(old)?,
             Some(Source::Blob) => match fs::remove_file(self.blob_path()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(self.io(self.blob_path(), e));
@@ -200,6 +211,59 @@ impl SnapshotSlot {
             }
         };
         Ok(Some((current.meta, blob)))
+    }
+
+    /// The current snapshot's meta and a hold on its records, without any
+    /// I/O: a checkpoint held this way stays on disk until it is read.
+    pub(crate) fn pin_current(&self) -> Option<(SnapshotMeta, Pinned)> {
+        let current = lock(&self.current);
+        let current = current.as_ref()?;
+        let pinned = match &current.source {
+            Source::Blob => Pinned::Blob,
+            Source::Checkpoint(dir) => Pinned::Checkpoint(Arc::clone(dir)),
+        };
+        Some((current.meta.clone(), pinned))
+    }
+
+    /// The blob of the snapshot `meta`, pinned by [`Self::pin_current`].
+    pub(crate) fn read_pinned(
+        &self,
+        meta: &SnapshotMeta,
+        pinned: &Pinned,
+    ) -> Result<Vec<u8>, StoreError> {
+        match pinned {
+            Pinned::Checkpoint(dir) => {
+                snapshot::encode(&open_read_only(dir, &self.cfs)?, &self.cfs, meta)
+            }
+            // A received blob is replaced only by a newer one, which a node
+            // serving snapshots (a leader) does not receive; checked anyway.
+            Pinned::Blob => match self.read()? {
+                Some((current, blob)) if current == *meta => Ok(blob),
+                _ => Err(StoreError::CorruptSnapshot {
+                    reason: format!(
+                        "snapshot {} was replaced before it was read",
+                        meta.snapshot_id
+                    ),
+                }),
+            },
+        }
+    }
+
+    /// Keeps a replaced checkpoint until no encoding holds it, and removes
+    /// the retired ones nothing holds any more.
+    fn retire(&self, old: Arc<PathBuf>) -> Result<(), StoreError> {
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        let mut kept = Vec::with_capacity(retired.len());
+        for dir in retired.drain(..) {
+            if Arc::strong_count(&dir) == 1 {
+                remove_dir(&dir).map_err(|source| self.io(dir.to_path_buf(), source))?;
+            } else {
+                kept.push(dir);
+            }
+        }
+        *retired = kept;
+        Ok(())
     }
 
     fn blob_path(&self) -> PathBuf {
@@ -238,7 +302,7 @@ impl SnapshotSlot {
     /// left half built or already replaced.
     fn remove_stale_checkpoints(&self, keep: Option<&Current>) -> Result<(), StoreError> {
         let kept = match keep.map(|c| &c.source) {
-            Some(Source::Checkpoint(dir)) => Some(dir.clone()),
+            Some(Source::Checkpoint(dir)) => Some(dir.to_path_buf()),
             _ => None,
         };
         let prefix = format!("g{}-", self.cfs.group);
@@ -266,6 +330,12 @@ impl SnapshotSlot {
     fn io(&self, path: PathBuf, source: std::io::Error) -> StoreError {
         StoreError::SnapshotIo { path, source }
     }
+}
+
+/// What [`SnapshotSlot::pin_current`] holds on to.
+pub(crate) enum Pinned {
+    Blob,
+    Checkpoint(Arc<PathBuf>),
 }
 
 /// Opens a checkpoint's copy of the group's state machine, read-only.
@@ -333,7 +403,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: Box::new(MetaSnapshotData::default()),
         })
     }
 }

@@ -1,7 +1,6 @@
 //! [`MetaStateMachine`]: openraft's state machine for one group, persisted
 //! in the group's `g{n}_sm` column family.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use super::keys::{self, GroupCfs};
 use super::reader::MetaState;
 use super::slot::{MetaSnapshotBuilder, SnapshotSlot};
 use super::snapshot;
+use super::snapshot_data::{Encoding, MetaSnapshotData};
 use crate::error::StoreError;
 use crate::metrics::as_ms;
 use crate::types::{
@@ -141,16 +141,22 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<MetaSnapshotData>, StorageError> {
+        Ok(Box::new(MetaSnapshotData::default()))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<MetaSnapshotData>,
     ) -> Result<(), StorageError> {
-        let blob = snapshot.into_inner();
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let blob = snapshot.into_bytes().await.map_err(|e| {
+            StoreError::CorruptSnapshot {
+                reason: e.to_string(),
+            }
+            .into_raft(subject(), ErrorVerb::Read)
+        })?;
         let cfs = Arc::clone(&self.cfs);
         let slot = Arc::clone(&self.slot);
         let job_meta = meta.clone();
@@ -175,17 +181,29 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         Ok(())
     }
 
+    /// The current snapshot's meta at once; its data is encoded from the
+    /// checkpoint only when read (at start openraft keeps just the meta).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let slot = Arc::clone(&self.slot);
+        let Some((meta, pinned)) = self.slot.pin_current() else {
+            return Ok(None);
+        };
+        let (shared, slot, wanted) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.slot),
+            meta.clone(),
+        );
         // Encoding a checkpoint reads the whole state: off the apply pool.
-        let current = self
-            .shared
-            .run_background("snapshot_read", move |_db| slot.read())
-            .await
-            .map_err(|e| e.into_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
-        Ok(current.map(|(meta, blob)| Snapshot {
+        let encoding: Encoding = Box::pin(async move {
+            shared
+                .run_background("snapshot_read", move |_db| {
+                    slot.read_pinned(&wanted, &pinned)
+                })
+                .await
+                .map_err(std::io::Error::other)
+        });
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(blob)),
+            snapshot: Box::new(MetaSnapshotData::encoded_by(encoding)),
         }))
     }
 }
