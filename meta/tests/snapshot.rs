@@ -3,8 +3,9 @@
 mod common;
 
 use openraft::RaftSnapshotBuilder;
+use openraft::SnapshotMeta;
 use openraft::storage::RaftStateMachine;
-use tidemq_meta::{MetaRequest, MetaSnapshotData, MetaState, Session};
+use tidemq_meta::{MetaNode, MetaRequest, MetaSnapshotData, MetaState, MetaStateMachine, Session};
 
 use common::{fresh, log_id, membership, normal, reopen};
 
@@ -169,33 +170,54 @@ fn snapshot_files(dir: &std::path::Path, group: u32) -> (Vec<String>, bool, bool
     (checkpoints, pointer, blob)
 }
 
+/// A session created at `index`, after the entries of `populate`.
+fn late(index: u64) -> openraft::Entry<tidemq_meta::TypeConfig> {
+    normal(
+        1,
+        index,
+        MetaRequest::CreateSessions(vec![Session {
+            client_key: format!("late/{index}"),
+            ..Default::default()
+        }]),
+    )
+}
+
+async fn build(sm: &mut MetaStateMachine) -> SnapshotMeta<u64, MetaNode> {
+    let mut builder = sm.get_snapshot_builder().await;
+    builder.build_snapshot().await.unwrap().meta
+}
+
+/// A fresh store whose group 1 installed `data` as the snapshot `meta`.
+async fn install_fresh(
+    meta: &SnapshotMeta<u64, MetaNode>,
+    data: MetaSnapshotData,
+) -> (tempfile::TempDir, prometheus::Registry, common::Stores) {
+    let (dir, registry, mut stores) = fresh(2).await;
+    let sm = &mut stores[1].1;
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    *receiving = data;
+    sm.install_snapshot(meta, receiving).await.unwrap();
+    (dir, registry, stores)
+}
+
+async fn session_count(sm: &MetaStateMachine) -> usize {
+    let sessions = sm.state().list_sessions("", None, usize::MAX).await;
+    sessions.unwrap().len()
+}
+
+async fn has_session(sm: &MetaStateMachine, key: &str) -> bool {
+    sm.state().get_session(key).await.unwrap().is_some()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
     let (dir, _reg, mut stores) = fresh(2).await;
-    let late = |index| {
-        normal(
-            1,
-            index,
-            MetaRequest::CreateSessions(vec![Session {
-                client_key: format!("late/{index}"),
-                ..Default::default()
-            }]),
-        )
-    };
-    let first = {
-        let sm = &mut stores[1].1;
-        sm.apply(populate()).await.unwrap();
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)));
-        // Written after the checkpoint: not in it.
-        sm.apply(vec![late(4)]).await.unwrap();
-        built.meta
-    };
+    let sm = &mut stores[1].1;
+    sm.apply(populate()).await.unwrap();
+    let first = build(sm).await;
+    assert_eq!(first.last_log_id, Some(log_id(1, 3)));
+    // Written after the checkpoint: not in it.
+    sm.apply(vec![late(4)]).await.unwrap();
     let (checkpoints, pointer, blob) = snapshot_files(dir.path(), 1);
     assert_eq!(
         (checkpoints.len(), pointer, blob),
@@ -204,32 +226,14 @@ async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
     );
     assert!(checkpoints[0].starts_with(&first.snapshot_id));
 
-    let current = stores[1].1.get_current_snapshot().await.unwrap().unwrap();
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, first);
-    let (_dir_b, _reg_b, mut follower) = fresh(2).await;
-    let sm_b = &mut follower[1].1;
-    let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
-    *receiving = *current.snapshot;
-    sm_b.install_snapshot(&first, receiving).await.unwrap();
-    assert_eq!(
-        sm_b.state()
-            .list_sessions("", None, usize::MAX)
-            .await
-            .unwrap()
-            .len(),
-        100
-    );
-    assert!(sm_b.state().get_session("late/4").await.unwrap().is_none());
+    let (_dir_b, _reg_b, follower) = install_fresh(&first, *current.snapshot).await;
+    assert_eq!(session_count(&follower[1].1).await, 100);
+    assert!(!has_session(&follower[1].1, "late/4").await);
 
     // The next build replaces the checkpoint; the old one is removed.
-    let second = stores[1]
-        .1
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-        .meta;
+    let second = build(sm).await;
     assert_eq!(second.last_log_id, Some(log_id(1, 4)));
     let (checkpoints, _, _) = snapshot_files(dir.path(), 1);
     assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
@@ -246,23 +250,8 @@ async fn a_snapshot_is_a_point_in_time_checkpoint_replaced_by_the_next() {
     let current = stores[1].1.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, second);
     let blob = current.snapshot.into_bytes().await.unwrap();
-    let (_dir_c, _reg_c, mut other) = fresh(2).await;
-    let mut receiving = other[1].1.begin_receiving_snapshot().await.unwrap();
-    *receiving = MetaSnapshotData::from_bytes(blob);
-    other[1]
-        .1
-        .install_snapshot(&second, receiving)
-        .await
-        .unwrap();
-    assert!(
-        other[1]
-            .1
-            .state()
-            .get_session("late/4")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    let (_dir_c, _reg_c, other) = install_fresh(&second, MetaSnapshotData::from_bytes(blob)).await;
+    assert!(has_session(&other[1].1, "late/4").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,75 +259,23 @@ async fn a_snapshot_being_sent_outlives_the_checkpoint_that_replaces_it() {
     let (dir, _reg, mut stores) = fresh(2).await;
     let sm = &mut stores[1].1;
     sm.apply(populate()).await.unwrap();
-    let first = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-        .meta;
+    let first = build(sm).await;
     // A follower's transfer starts: the data is not read yet.
     let sending = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(sending.meta, first);
-    sm.apply(vec![normal(
-        1,
-        4,
-        MetaRequest::CreateSessions(vec![Session {
-            client_key: "late/4".into(),
-            ..Default::default()
-        }]),
-    )])
-    .await
-    .unwrap();
-    let second = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-        .meta;
+    sm.apply(vec![late(4)]).await.unwrap();
+    let second = build(sm).await;
     assert_ne!(second, first);
     // Both checkpoints are on disk while the first one is still being sent.
     assert_eq!(snapshot_files(dir.path(), 1).0.len(), 2);
 
-    let blob = sending.snapshot.into_bytes().await.unwrap();
-    let (_dir_b, _reg_b, mut follower) = fresh(2).await;
-    let mut receiving = follower[1].1.begin_receiving_snapshot().await.unwrap();
-    *receiving = MetaSnapshotData::from_bytes(blob);
-    follower[1]
-        .1
-        .install_snapshot(&first, receiving)
-        .await
-        .unwrap();
-    let state = follower[1].1.state();
-    assert_eq!(
-        state
-            .list_sessions("", None, usize::MAX)
-            .await
-            .unwrap()
-            .len(),
-        100
-    );
-    assert!(state.get_session("late/4").await.unwrap().is_none());
+    let (_dir_b, _reg_b, follower) = install_fresh(&first, *sending.snapshot).await;
+    assert_eq!(session_count(&follower[1].1).await, 100);
+    assert!(!has_session(&follower[1].1, "late/4").await);
 
     // Sent and dropped: the next build removes the replaced checkpoint.
-    sm.apply(vec![normal(
-        1,
-        5,
-        MetaRequest::SetClusterConfig {
-            key: "k".into(),
-            value: "v".into(),
-        },
-    )])
-    .await
-    .unwrap();
-    let third = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-        .meta;
+    sm.apply(vec![late(5)]).await.unwrap();
+    let third = build(sm).await;
     let (checkpoints, _, _) = snapshot_files(dir.path(), 1);
     assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
     assert!(checkpoints[0].starts_with(&third.snapshot_id));
