@@ -184,7 +184,11 @@ fn late(index: u64) -> openraft::Entry<tidemq_meta::TypeConfig> {
 
 async fn build(sm: &mut MetaStateMachine) -> SnapshotMeta<u64, MetaNode> {
     let mut builder = sm.get_snapshot_builder().await;
-    builder.build_snapshot().await.unwrap().meta
+    builder
+        .build_snapshot()
+        .await
+        .expect("build a snapshot")
+        .meta
 }
 
 /// A fresh store whose group 1 installed `data` as the snapshot `meta`.
@@ -194,19 +198,23 @@ async fn install_fresh(
 ) -> (tempfile::TempDir, prometheus::Registry, common::Stores) {
     let (dir, registry, mut stores) = fresh(2).await;
     let sm = &mut stores[1].1;
-    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    let mut receiving = sm.begin_receiving_snapshot().await.expect("receive");
     *receiving = data;
-    sm.install_snapshot(meta, receiving).await.unwrap();
+    sm.install_snapshot(meta, receiving).await.expect("install");
     (dir, registry, stores)
 }
 
 async fn session_count(sm: &MetaStateMachine) -> usize {
     let sessions = sm.state().list_sessions("", None, usize::MAX).await;
-    sessions.unwrap().len()
+    sessions.expect("list sessions").len()
 }
 
 async fn has_session(sm: &MetaStateMachine, key: &str) -> bool {
-    sm.state().get_session(key).await.unwrap().is_some()
+    sm.state()
+        .get_session(key)
+        .await
+        .expect("get session")
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
