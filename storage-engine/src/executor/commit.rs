@@ -21,8 +21,8 @@
 //! would have to write back), syncs them, and asks the kernel to read them
 //! into the page cache (appends of part of a page then need no read). A
 //! round never writes into a range a fill is still writing: it waits for the
-//! fill. Where the filesystem refuses `O_DIRECT` (tmpfs), nothing is
-//! preallocated.
+//! fill. Where the filesystem refuses `O_DIRECT` (tmpfs before Linux 6.6,
+//! some network filesystems), nothing is preallocated.
 //!
 //! The file's length on disk is then larger than its logical end. The
 //! executor knows the logical end while the file is open; the zeros are cut

@@ -226,7 +226,7 @@ impl ExecutorBuilder {
     /// appends, through a second descriptor opened with `O_DIRECT`, and
     /// synced on their own, so no append waits for them. Ignored with
     /// [`SyncPolicy::Never`] and where the filesystem refuses `O_DIRECT`
-    /// (tmpfs).
+    /// (tmpfs before Linux 6.6, some network filesystems).
     ///
     /// While a file is open its length on disk exceeds its logical end
     /// ([`FileWriteExecutor::len`]); the zeros are cut when the file is

@@ -274,7 +274,7 @@ impl Worker {
     }
 
     /// The file opened again with `O_DIRECT` for zero fills, when
-    /// preallocation is on and the filesystem allows it (tmpfs does not).
+    /// preallocation is on and the filesystem allows it.
     async fn open_direct(
         config: &WorkerConfig,
         path: &std::path::Path,
