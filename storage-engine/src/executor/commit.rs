@@ -116,7 +116,8 @@ struct FileState {
 
 impl OpenFile {
     /// A file whose `len` bytes on disk are all data. `direct` is the same
-    /// file opened with `O_DIRECT`; without it nothing is preallocated.
+    /// file opened with `O_DIRECT`, there only when this file preallocates
+    /// (see `Worker::open_direct`).
     pub fn new(
         file: File,
         direct: Option<File>,
@@ -124,9 +125,10 @@ impl OpenFile {
         len: u64,
         settings: &CommitSettings,
     ) -> Self {
-        let preallocate = match (settings.sync, &direct) {
-            (SyncPolicy::Never, _) | (_, None) => 0, // nothing to gain, or no way to
-            _ => settings.preallocate,
+        let preallocate = if direct.is_some() {
+            settings.preallocate
+        } else {
+            0
         };
         Self {
             file,
@@ -544,13 +546,11 @@ impl Future for QueueReady<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.0.state.borrow_mut();
-        if state.queue.is_empty() || state.queued_bytes < self.1 {
-            state.committer = Some(cx.waker().clone());
-            Poll::Pending
-        } else {
-            Poll::Ready(())
+        if self.0.queued(self.1) {
+            return Poll::Ready(());
         }
+        self.0.state.borrow_mut().committer = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 

@@ -217,9 +217,14 @@ impl Worker {
             return;
         }
         if file.enqueue(data, reply) {
-            let settings = self.config.commit_settings();
-            compio::runtime::spawn(commit_loop(Rc::clone(file), settings)).detach();
+            self.start_committer(file);
         }
+    }
+
+    /// Runs `file`'s committer until its queue is empty.
+    fn start_committer(&self, file: &Rc<OpenFile>) {
+        let settings = self.config.commit_settings();
+        compio::runtime::spawn(commit_loop(Rc::clone(file), settings)).detach();
     }
 
     /// Stops preallocating for a file that takes no more appends; its
@@ -228,8 +233,7 @@ impl Worker {
         if let Some(file) = self.files.get(&handle.id)
             && file.seal()
         {
-            let settings = self.config.commit_settings();
-            compio::runtime::spawn(commit_loop(Rc::clone(file), settings)).detach();
+            self.start_committer(file);
         }
     }
 
