@@ -303,7 +303,7 @@ fn data_end(path: &Path, from: u64, file_len: u64) -> io::Result<u64> {
 }
 
 /// Cuts `path` to `len` bytes and syncs it.
-fn cut_to(path: &Path, len: u64) -> io::Result<()> {
+pub(crate) fn cut_to(path: &Path, len: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(len)?;
     file.sync_all()

@@ -16,7 +16,6 @@
 //! record was synced by a sync that succeeded before the failure, so the
 //! repair loses nothing that was acknowledged.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
@@ -116,11 +115,8 @@ impl StorageEngine {
 /// Cuts the file at `path` to `len` bytes and syncs it. A file that was
 /// never created is fine when nothing of it was acknowledged.
 fn cut(path: &Path, len: u64) -> io::Result<()> {
-    let file = match OpenOptions::new().write(true).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && len == 0 => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    file.set_len(len)?;
-    file.sync_all()
+    match crate::recovery::cut_to(path, len) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && len == 0 => Ok(()),
+        cut => cut,
+    }
 }
