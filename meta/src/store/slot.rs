@@ -38,9 +38,10 @@ use crate::types::{SnapshotMeta, StorageError, TypeConfig};
 /// Bytes of a received snapshot file written between two syncs.
 const SYNC_CHUNK: usize = 1 << 20;
 
-/// Where the current snapshot's records are.
+/// Where a snapshot's records are. A clone of a checkpoint source holds the
+/// checkpoint on disk ([`SnapshotSlot::pin_current`]).
 #[derive(Debug, Clone)]
-enum Source {
+pub(crate) enum Source {
     /// A blob received from a leader, in `g{n}.snap`.
     Blob,
     /// A checkpoint this node built. Shared with the encodings that read
@@ -198,54 +199,46 @@ impl SnapshotSlot {
     /// The current snapshot as a blob: read from its file, or encoded from
     /// its checkpoint.
     pub(crate) fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
-        let Some(current) = lock(&self.current).clone() else {
+        let Some((meta, source)) = self.pin_current() else {
             return Ok(None);
         };
-        let blob = match &current.source {
-            Source::Blob => {
-                let path = self.blob_path();
-                fs::read(&path).map_err(|source| self.io(path, source))?
-            }
-            Source::Checkpoint(dir) => {
-                snapshot::encode(&open_read_only(dir, &self.cfs)?, &self.cfs, &current.meta)?
-            }
-        };
-        Ok(Some((current.meta, blob)))
+        let blob = self.read_pinned(&meta, &source)?;
+        Ok(Some((meta, blob)))
     }
 
     /// The current snapshot's meta and a hold on its records, without any
     /// I/O: a checkpoint held this way stays on disk until it is read.
-    pub(crate) fn pin_current(&self) -> Option<(SnapshotMeta, Pinned)> {
+    pub(crate) fn pin_current(&self) -> Option<(SnapshotMeta, Source)> {
         let current = lock(&self.current);
-        let current = current.as_ref()?;
-        let pinned = match &current.source {
-            Source::Blob => Pinned::Blob,
-            Source::Checkpoint(dir) => Pinned::Checkpoint(Arc::clone(dir)),
-        };
-        Some((current.meta.clone(), pinned))
+        current.as_ref().map(|c| (c.meta.clone(), c.source.clone()))
     }
 
     /// The blob of the snapshot `meta`, pinned by [`Self::pin_current`].
     pub(crate) fn read_pinned(
         &self,
         meta: &SnapshotMeta,
-        pinned: &Pinned,
+        source: &Source,
     ) -> Result<Vec<u8>, StoreError> {
-        match pinned {
-            Pinned::Checkpoint(dir) => {
+        match source {
+            Source::Checkpoint(dir) => {
                 snapshot::encode(&open_read_only(dir, &self.cfs)?, &self.cfs, meta)
             }
             // A received blob is replaced only by a newer one, which a node
-            // serving snapshots (a leader) does not receive; checked anyway.
-            Pinned::Blob => match self.read()? {
-                Some((current, blob)) if current == *meta => Ok(blob),
-                _ => Err(StoreError::CorruptSnapshot {
-                    reason: format!(
-                        "snapshot {} was replaced before it was read",
-                        meta.snapshot_id
-                    ),
-                }),
-            },
+            // serving snapshots (a leader) does not receive; its header says
+            // which one was read.
+            Source::Blob => {
+                let path = self.blob_path();
+                let blob = fs::read(&path).map_err(|source| self.io(path, source))?;
+                if snapshot::decode_meta(&blob)?.0 != *meta {
+                    return Err(StoreError::CorruptSnapshot {
+                        reason: format!(
+                            "snapshot {} was replaced before it was read",
+                            meta.snapshot_id
+                        ),
+                    });
+                }
+                Ok(blob)
+            }
         }
     }
 
@@ -330,12 +323,6 @@ impl SnapshotSlot {
     fn io(&self, path: PathBuf, source: std::io::Error) -> StoreError {
         StoreError::SnapshotIo { path, source }
     }
-}
-
-/// What [`SnapshotSlot::pin_current`] holds on to.
-pub(crate) enum Pinned {
-    Blob,
-    Checkpoint(Arc<PathBuf>),
 }
 
 /// Opens a checkpoint's copy of the group's state machine, read-only.
