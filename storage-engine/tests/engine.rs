@@ -428,13 +428,7 @@ async fn every_new_segment_is_synced_into_its_directory() -> anyhow::Result<()> 
         .registry(registry.clone())
         .open()
         .await?;
-    let dir_syncs = || {
-        registry
-            .gather()
-            .into_iter()
-            .find(|f| f.name() == "tidemq_storage_dir_syncs_total")
-            .map_or(0.0, |f| f.get_metric()[0].get_counter().get_value())
-    };
+    let dir_syncs = || common::counter(&registry, "tidemq_storage_dir_syncs_total");
     engine.create_partition(3).await?;
     let first = dir_syncs();
     assert!(first >= 1.0, "the partition's first segment");

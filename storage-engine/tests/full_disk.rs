@@ -86,12 +86,7 @@ async fn a_full_disk_refuses_appends_and_recovers_when_space_is_freed() -> anyho
         assert_eq!(r.first_offset, offset);
         acked.push(offset);
     }
-    let healed = engine
-        .registry()
-        .gather()
-        .into_iter()
-        .find(|m| m.name() == "tidemq_storage_healed_partitions_total")
-        .map_or(0.0, |m| m.get_metric()[0].get_counter().get_value());
+    let healed = common::counter(engine.registry(), "tidemq_storage_healed_partitions_total");
     assert!(healed >= 1.0, "the repair is counted");
 
     // Everything acknowledged is there, in order, intact, and survives a
@@ -186,12 +181,7 @@ async fn appends_stop_at_the_free_space_floor_and_resume_above_it() -> anyhow::R
         acked.push(offset);
     }
     assert_eq!(read_all(&engine).await?.len(), acked.len());
-    let refused = engine
-        .registry()
-        .gather()
-        .into_iter()
-        .find(|m| m.name() == "tidemq_storage_disk_full_refusals_total")
-        .map_or(0.0, |m| m.get_metric()[0].get_counter().get_value());
+    let refused = common::counter(engine.registry(), "tidemq_storage_disk_full_refusals_total");
     assert!(refused >= 2.0, "refusals are counted: {refused}");
     engine.close().await?;
     Ok(())

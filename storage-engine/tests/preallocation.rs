@@ -8,17 +8,10 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use common::{payload, segment_files, small_engine, wait_for_len};
+use common::{counter, framed_len, payload, segment_files, small_engine, wait_for_len};
 use tidemq_storage_engine::{FRAME_HEADER_LEN, RecoveryReport, StorageEngine};
 
 const WINDOW: u64 = 256 * 1024;
-
-/// Size on disk of the frames of records `0..count` of partition 1.
-fn framed_len(count: u64) -> u64 {
-    (0..count)
-        .map(|o| (payload(1, o).len() + FRAME_HEADER_LEN) as u64)
-        .sum()
-}
 
 async fn append_records(engine: &StorageEngine, range: std::ops::Range<u64>) -> anyhow::Result<()> {
     for offset in range {
@@ -28,15 +21,6 @@ async fn append_records(engine: &StorageEngine, range: std::ops::Range<u64>) -> 
         );
     }
     Ok(())
-}
-
-fn metric(engine: &StorageEngine, name: &str) -> f64 {
-    engine
-        .registry()
-        .gather()
-        .into_iter()
-        .find(|f| f.name() == name)
-        .map_or(0.0, |f| f.get_metric()[0].get_counter().get_value())
 }
 
 /// Writes 20 records with preallocation, then leaves the files as a crash
@@ -50,7 +34,7 @@ async fn crashed_fixture(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     engine.create_partition(1).await?;
     append_records(&engine, 0..20).await?;
     let file = segment_files(dir, 1)[0].clone();
-    wait_for_len(&file, framed_len(20) + WINDOW / 2).await?;
+    wait_for_len(&file, framed_len(1, 20) + WINDOW / 2).await?;
     // A copy taken while the engine runs is what a crash leaves on disk.
     let running = std::fs::read(&file)?;
     engine.close().await?;
@@ -74,13 +58,16 @@ async fn zeros_are_kept_ahead_while_open_and_cut_when_sealed_or_closed() -> anyh
     engine.create_partition(1).await?;
     append_records(&engine, 0..20).await?;
     let active = &segment_files(tmp.path(), 1)[0];
-    let on_disk = wait_for_len(active, framed_len(20) + WINDOW / 2).await?;
+    let on_disk = wait_for_len(active, framed_len(1, 20) + WINDOW / 2).await?;
     assert!(
-        on_disk >= framed_len(20) + WINDOW / 2,
+        on_disk >= framed_len(1, 20) + WINDOW / 2,
         "zeros past the data while open: {on_disk} bytes for {} of data",
-        framed_len(20)
+        framed_len(1, 20)
     );
-    assert!(metric(&engine, "tidemq_storage_preallocated_bytes_total") >= WINDOW as f64 / 2.0);
+    assert!(
+        counter(engine.registry(), "tidemq_storage_preallocated_bytes_total")
+            >= WINDOW as f64 / 2.0
+    );
 
     // Cross a few 64 KiB segments: each one sealed is cut to its data.
     append_records(&engine, 20..1000).await?;
@@ -99,7 +86,7 @@ async fn zeros_are_kept_ahead_while_open_and_cut_when_sealed_or_closed() -> anyh
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
-    assert_eq!(total, framed_len(1000));
+    assert_eq!(total, framed_len(1, 1000));
     let engine = small_engine(tmp.path()).open().await?;
     let report = engine.recovery_report().clone();
     assert_eq!(
@@ -119,7 +106,7 @@ async fn zeros_are_kept_ahead_while_open_and_cut_when_sealed_or_closed() -> anyh
 async fn zeros_a_crash_leaves_are_cut_without_counting_as_damage() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let file = crashed_fixture(tmp.path()).await?;
-    assert!(std::fs::metadata(&file)?.len() > framed_len(20));
+    assert!(std::fs::metadata(&file)?.len() > framed_len(1, 20));
     let (engine, report) = reopen(tmp.path()).await?;
     assert_eq!(
         (
@@ -131,7 +118,7 @@ async fn zeros_a_crash_leaves_are_cut_without_counting_as_damage() -> anyhow::Re
         "{report:?}"
     );
     assert!(report.tails_set_aside.is_empty(), "{report:?}");
-    assert_eq!(std::fs::metadata(&file)?.len(), framed_len(20));
+    assert_eq!(std::fs::metadata(&file)?.len(), framed_len(1, 20));
     assert_eq!(engine.append(1, &[b"next"]).await?.first_offset, 20);
     engine.close().await?;
     Ok(())
@@ -144,11 +131,11 @@ async fn a_frame_torn_inside_the_zeros_is_cut_but_not_set_aside() -> anyhow::Res
     // The first half of a would-be record 20: a valid length field, a CRC
     // that cannot match, zeros after it (the write a crash cut short).
     let mut frame =
-        std::fs::read(&file)?[framed_len(19) as usize..framed_len(20) as usize].to_vec();
+        std::fs::read(&file)?[framed_len(1, 19) as usize..framed_len(1, 20) as usize].to_vec();
     frame[8..16].copy_from_slice(&20u64.to_le_bytes());
     let half = frame.len() / 2;
     let mut f = OpenOptions::new().write(true).open(&file)?;
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(framed_len(20)))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(framed_len(1, 20)))?;
     f.write_all(&frame[..half])?;
     drop(f);
 
@@ -174,11 +161,11 @@ async fn bytes_past_a_bad_frames_claimed_end_are_set_aside() -> anyhow::Result<(
     let file = crashed_fixture(tmp.path()).await?;
     // Record 19's payload damaged, then non-zero bytes well after the frame
     // it claims to be: not what a torn append leaves, so it is kept.
-    let at = framed_len(19) + FRAME_HEADER_LEN as u64 + 2;
+    let at = framed_len(1, 19) + FRAME_HEADER_LEN as u64 + 2;
     let mut f = OpenOptions::new().write(true).open(&file)?;
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at))?;
     f.write_all(b"#")?;
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(framed_len(20) + 8192))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(framed_len(1, 20) + 8192))?;
     f.write_all(b"stray bytes")?;
     drop(f);
 
@@ -192,7 +179,7 @@ async fn bytes_past_a_bad_frames_claimed_end_are_set_aside() -> anyhow::Result<(
     let aside = std::fs::read(&report.tails_set_aside[0])?;
     assert_eq!(
         aside.len() as u64,
-        framed_len(20) + 8192 + 11 - framed_len(19)
+        framed_len(1, 20) + 8192 + 11 - framed_len(1, 19)
     );
     assert!(aside.ends_with(b"stray bytes"));
     engine.close().await?;
@@ -246,7 +233,7 @@ async fn appends_that_reach_a_fill_in_flight_wait_for_it() -> anyhow::Result<()>
         }
     }
     assert_eq!(seen, 160);
-    assert!(metric(&engine, "tidemq_storage_preallocated_bytes_total") > 0.0);
+    assert!(counter(engine.registry(), "tidemq_storage_preallocated_bytes_total") > 0.0);
     engine.close().await?;
     // And what is on disk after a reopen is the same.
     let engine = small_engine(tmp.path())

@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use common::{payload, segment_files, small_engine};
+use common::{framed_len, payload, segment_files, small_engine};
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine};
 
 /// Writes `count` records to partition 1 and closes the engine.
@@ -18,13 +18,6 @@ async fn fixture(dir: &Path, count: u64) -> anyhow::Result<()> {
     }
     engine.close().await?;
     Ok(())
-}
-
-/// Size on disk of the frames of records `0..count` of partition 1.
-fn framed_len(count: u64) -> u64 {
-    (0..count)
-        .map(|o| (payload(1, o).len() + FRAME_HEADER_LEN) as u64)
-        .sum()
 }
 
 /// Reopens, checks the first `intact` records and that the log continues from there.
@@ -66,7 +59,7 @@ async fn truncated_frame_is_cut_off() -> anyhow::Result<()> {
     fixture(tmp.path(), 20).await?;
     let file = &segment_files(tmp.path(), 1)[0];
     // Cut the last frame in the middle, as a crash during the write would.
-    let cut_at = framed_len(19) + 10;
+    let cut_at = framed_len(1, 19) + 10;
     OpenOptions::new().write(true).open(file)?.set_len(cut_at)?;
     let engine = assert_recovered(tmp.path(), 19, 10).await?;
     engine.close().await?;
@@ -80,7 +73,7 @@ async fn flipped_byte_ends_the_valid_log() -> anyhow::Result<()> {
     let file = &segment_files(tmp.path(), 1)[0];
     let len = std::fs::metadata(file)?.len();
     // Flip one payload byte of record 15: records 15..20 are cut.
-    let at = framed_len(15) + FRAME_HEADER_LEN as u64 + 3;
+    let at = framed_len(1, 15) + FRAME_HEADER_LEN as u64 + 3;
     let mut f = OpenOptions::new().read(true).write(true).open(file)?;
     let mut byte = [0u8; 1];
     f.seek(SeekFrom::Start(at))?;
@@ -88,11 +81,11 @@ async fn flipped_byte_ends_the_valid_log() -> anyhow::Result<()> {
     f.seek(SeekFrom::Start(at))?;
     f.write_all(&[byte[0] ^ 0x40])?;
     drop(f);
-    let engine = assert_recovered(tmp.path(), 15, len - framed_len(15)).await?;
+    let engine = assert_recovered(tmp.path(), 15, len - framed_len(1, 15)).await?;
     // Not a torn write: what followed the bad record is kept aside.
     let aside = &engine.recovery_report().tails_set_aside;
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::metadata(&aside[0])?.len(), len - framed_len(15));
+    assert_eq!(std::fs::metadata(&aside[0])?.len(), len - framed_len(1, 15));
     engine.close().await?;
     Ok(())
 }
@@ -111,7 +104,7 @@ async fn corruption_inside_a_sealed_segment_sets_the_rest_aside() -> anyhow::Res
         .ok_or_else(|| anyhow::anyhow!("name"))?
         .parse()?;
     // Flip a payload byte of record 10; records 11.. of the segment are valid.
-    let at = framed_len(10) + FRAME_HEADER_LEN as u64 + 1;
+    let at = framed_len(1, 10) + FRAME_HEADER_LEN as u64 + 1;
     let mut f = OpenOptions::new().write(true).open(sealed)?;
     f.seek(SeekFrom::Start(at))?;
     f.write_all(&[sealed_bytes[at as usize] ^ 0x01])?;
@@ -124,10 +117,10 @@ async fn corruption_inside_a_sealed_segment_sets_the_rest_aside() -> anyhow::Res
     // The bytes from the bad record on, valid records included, are kept
     // byte for byte; the segment itself ends before it.
     let aside = std::fs::read(&report.tails_set_aside[0])?;
-    let mut original_tail = sealed_bytes[framed_len(10) as usize..].to_vec();
+    let mut original_tail = sealed_bytes[framed_len(1, 10) as usize..].to_vec();
     original_tail[FRAME_HEADER_LEN + 1] ^= 0x01;
     assert_eq!(aside, original_tail);
-    assert_eq!(std::fs::metadata(sealed)?.len(), framed_len(10));
+    assert_eq!(std::fs::metadata(sealed)?.len(), framed_len(1, 10));
     let metric = engine
         .registry()
         .gather()

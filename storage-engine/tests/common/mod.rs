@@ -95,3 +95,20 @@ pub async fn wait_for_len(path: &Path, len: u64) -> anyhow::Result<u64> {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Size on disk of the frames of records `0..count` of `partition`, as
+/// written with [`payload`].
+pub fn framed_len(partition: u64, count: u64) -> u64 {
+    (0..count)
+        .map(|o| (payload(partition, o).len() + tidemq_storage_engine::FRAME_HEADER_LEN) as u64)
+        .sum()
+}
+
+/// The value of the counter `name` in `registry`, 0 when it is not there.
+pub fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == name)
+        .map_or(0.0, |f| f.get_metric()[0].get_counter().get_value())
+}
