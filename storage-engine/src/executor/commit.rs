@@ -280,7 +280,7 @@ impl OpenFile {
             .is_some_and(|from| state.len + state.queued_bytes > from)
     }
 
-    /// Starts a fill when one is due.
+    /// Starts a fill when one is due (never while one is in flight).
     fn start_fill(self: &Rc<Self>, metrics: &ExecutorMetrics) -> Option<Filling> {
         let range = self.fill_range()?;
         self.state.borrow_mut().fill_from = Some(range.0);
@@ -373,8 +373,8 @@ pub(super) async fn commit_loop(file: Rc<OpenFile>, settings: CommitSettings) {
             if let Some(round) = start_round(&file, &settings).await {
                 syncing.push_back(round);
             }
-            if filling.is_none() {
-                filling = file.start_fill(&settings.metrics);
+            if let Some(fill) = file.start_fill(&settings.metrics) {
+                filling = Some(fill);
             }
             continue;
         }
