@@ -2,16 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
-use crate::admission::Admission;
 use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
 use crate::config::{Config, ConfigError};
 use crate::connection;
@@ -19,6 +16,8 @@ use crate::durable::{DurableError, DurableStore, Recovered, SessionCatalog};
 use crate::metrics::BrokerMetrics;
 use crate::router::Router;
 use crate::session::SessionRegistry;
+use crate::transport::Listener;
+use crate::transport::tls::TlsError;
 
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +44,9 @@ pub enum BrokerError {
     /// The message store failed while restoring sessions.
     #[error("message store: {0}")]
     Durable(#[from] DurableError),
+    /// A listener's TLS certificate, key or CA bundle could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Credentials and access rules, swapped whole on reload.
@@ -120,12 +122,12 @@ pub struct Shared {
 }
 
 /// A running broker. Dropping it without [`Broker::shutdown`] leaves the
-/// listener running until the runtime stops.
+/// listeners running until the runtime stops.
 pub struct Broker {
     shared: Arc<Shared>,
-    local_addr: SocketAddr,
+    listeners: Vec<Arc<Listener>>,
     stop: watch::Sender<bool>,
-    accept_task: tokio::task::JoinHandle<()>,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Broker {
@@ -150,18 +152,11 @@ impl Broker {
         config.check_exposure()?;
         let auth = AuthState::load(&config)?;
         let metrics = BrokerMetrics::register(registry)?;
-        let addr = config.listener.bind;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| BrokerError::Bind { addr, source })?;
-        let admission = Admission::new(
-            config.listener.max_connections,
-            config.listener.max_connections_per_address,
-            config.listener.max_connect_rate,
-        );
+        let mut listeners = Vec::new();
+        for listener in config.all_listeners() {
+            listeners.push(Arc::new(Listener::bind(listener).await?));
+        }
+        let sys_interval = Duration::from_secs(config.mqtt.sys_interval);
         let (stop, shutdown) = watch::channel(false);
         let trim_interval = Duration::from_millis(config.storage.trim_interval_ms);
         let (durable, recovered) = store.unzip();
@@ -191,19 +186,82 @@ impl Broker {
                 trim_interval,
             ));
         }
-        info!(%local_addr, "MQTT listener started");
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, admission));
+        if !sys_interval.is_zero() {
+            tokio::spawn(crate::sys::publish_loop(Arc::clone(&shared), sys_interval));
+        }
+        let accept_tasks = listeners
+            .iter()
+            .map(|listener| {
+                listener.report_expiry(&shared);
+                tokio::spawn(Arc::clone(listener).accept_loop(Arc::clone(&shared)))
+            })
+            .collect();
         Ok(Broker {
             shared,
-            local_addr,
+            listeners,
             stop,
-            accept_task,
+            accept_tasks,
         })
     }
 
-    /// The address the listener is bound to.
+    /// The address the first listener (`[listener]`) is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners[0].local_addr()
+    }
+
+    /// Every listener's name and bound address, `[listener]` first.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.label().to_string(), l.local_addr()))
+            .collect()
+    }
+
+    /// Reads the password file, the ACL and every listener's TLS files
+    /// again, without dropping a connection: new CONNECTs check the new
+    /// passwords, the next ACL check uses the new rules, new handshakes the
+    /// new certificates. What cannot be read or parsed keeps its old
+    /// settings, is logged and is counted in
+    /// `tidemq_reload_failures_total{what}`. Returns whether all of it was
+    /// taken.
+    pub fn reload(&self) -> bool {
+        let shared = &self.shared;
+        shared.metrics.reloads.inc();
+        let mut complete = true;
+        match AuthState::load(&shared.config.load()) {
+            Ok(auth) => {
+                shared.auth.store(Arc::new(auth));
+                info!("reloaded the password file and the ACL");
+            }
+            Err(e) => {
+                complete = false;
+                shared
+                    .metrics
+                    .reload_failures
+                    .with_label_values(&["auth"])
+                    .inc();
+                warn!(error = %e, "reload: keeping the old passwords and ACL");
+            }
+        }
+        for listener in &self.listeners {
+            match listener.reload_tls(shared) {
+                Ok(true) => info!(
+                    listener = listener.label(),
+                    "reloaded the TLS certificate and key"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    complete = false;
+                    shared
+                        .metrics
+                        .reload_failures
+                        .with_label_values(&[listener.label()])
+                        .inc();
+                    warn!(listener = listener.label(), error = %e, "reload: keeping the old TLS settings");
+                }
+            }
+        }
+        complete
     }
 
     /// State shared with connections (for embedding and tests).
@@ -216,72 +274,14 @@ impl Broker {
     /// and closes the message store.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.accept_task.await;
-        info!("MQTT listener stopped");
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
         if let Some(store) = &self.shared.durable {
             match store.close().await {
                 Ok(()) => info!("message store closed"),
                 Err(e) => warn!(error = %e, "closing the message store failed"),
             }
         }
-    }
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut admission: Admission) {
-    let mut connections = JoinSet::new();
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match admission.admit(peer.ip(), Instant::now()) {
-                    Ok(admitted) => {
-                        let shared = Arc::clone(&shared);
-                        // Every event of the connection carries its address
-                        // and, once CONNECT is read, its client id.
-                        let span = tracing::info_span!(
-                            "connection",
-                            %peer,
-                            client_id = tracing::field::Empty
-                        );
-                        connections.spawn(
-                            async move {
-                                connection::serve(shared, stream, peer).await;
-                                drop(admitted);
-                            }
-                            .instrument(span),
-                        );
-                    }
-                    Err(limit) => {
-                        shared.metrics.connections_refused.inc();
-                        shared
-                            .metrics
-                            .connections_limited
-                            .with_label_values(&[limit.as_str()])
-                            .inc();
-                        tracing::debug!(%peer, limit = limit.as_str(), "refusing a connection");
-                    }
-                },
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    // Connections see the same shutdown signal and close themselves.
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            remaining = connections.len(),
-            "connections did not close in time"
-        );
-        connections.abort_all();
     }
 }

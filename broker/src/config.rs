@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod listener;
 mod meta;
+pub use listener::{CertificateIdentity, ListenerConfig, ListenerKind};
 pub use meta::MetaServiceConfig;
 
 /// Why a configuration could not be loaded.
@@ -50,8 +52,11 @@ pub struct Config {
     /// Root of the node's data: the meta service keeps its RocksDB and
     /// snapshots in `{data_dir}/meta`.
     pub data_dir: PathBuf,
-    /// The MQTT listener.
+    /// The first MQTT listener (by default plain TCP on 127.0.0.1:1883).
     pub listener: ListenerConfig,
+    /// Further listeners (`[[listeners]]`), each with its own transport,
+    /// address, tenant, limits and authentication settings.
+    pub listeners: Vec<ListenerConfig>,
     /// Protocol limits and features.
     pub mqtt: MqttConfig,
     /// Session and queue limits.
@@ -75,6 +80,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             listener: ListenerConfig::default(),
+            listeners: Vec::new(),
             mqtt: MqttConfig::default(),
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
@@ -83,42 +89,6 @@ impl Default for Config {
             meta: MetaServiceConfig::default(),
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
-        }
-    }
-}
-
-/// `[listener]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Address the MQTT listener binds.
-    pub bind: SocketAddr,
-    /// Connections accepted at once; further ones are refused.
-    pub max_connections: usize,
-    /// Connections open at once from one client address; 0: no limit.
-    pub max_connections_per_address: usize,
-    /// New connections accepted per second (with a second's worth of
-    /// burst); 0: no limit.
-    pub max_connect_rate: u32,
-    /// Accept clients that send no user name.
-    pub allow_anonymous: bool,
-    /// Allow anonymous clients on a non-loopback address. Off by default so
-    /// that exposing the port needs a deliberate choice.
-    pub allow_anonymous_on_public_address: bool,
-    /// Tenant of this listener's clients (sessions are keyed `{tenant}/{client_id}`).
-    pub tenant: String,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            max_connections: 100_000,
-            max_connections_per_address: 10_000,
-            max_connect_rate: 20_000,
-            allow_anonymous: true,
-            allow_anonymous_on_public_address: false,
-            tenant: "default".into(),
         }
     }
 }
@@ -167,6 +137,8 @@ pub struct MqttConfig {
     pub max_retained_bytes: usize,
     /// Whether retained messages are supported.
     pub retain_available: bool,
+    /// Seconds between publications of the `$SYS/broker/...` topics; 0: none.
+    pub sys_interval: u64,
 }
 
 impl Default for MqttConfig {
@@ -186,6 +158,7 @@ impl Default for MqttConfig {
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1024 * 1024 * 1024,
             retain_available: true,
+            sys_interval: 10,
         }
     }
 }
@@ -588,8 +561,13 @@ impl Config {
                 message: message.to_string(),
             })
         };
-        if self.listener.max_connections == 0 {
-            return invalid("listener.max_connections must be at least 1");
+        for listener in self.all_listeners() {
+            listener.validate()?;
+        }
+        let mut binds: Vec<SocketAddr> = self.all_listeners().map(|l| l.bind).collect();
+        binds.sort();
+        if binds.windows(2).any(|w| w[0] == w[1] && w[0].port() != 0) {
+            return invalid("two listeners bind the same address");
         }
         self.storage.sync_policy()?;
         if self.storage.partitions == 0
@@ -606,9 +584,6 @@ impl Config {
         }
         if self.mqtt.receive_maximum == 0 || self.mqtt.max_inflight == 0 {
             return invalid("mqtt.receive_maximum and mqtt.max_inflight must be at least 1");
-        }
-        if self.listener.tenant.is_empty() || self.listener.tenant.contains('/') {
-            return invalid("listener.tenant must be non-empty and contain no '/'");
         }
         let r = &self.runtime;
         if r.broker_workers == 0 || r.meta_raft_workers == 0 || r.meta_grpc_workers == 0 {
@@ -639,21 +614,17 @@ impl Config {
         Ok(())
     }
 
+    /// Every listener: `[listener]` first, then `[[listeners]]` in order.
+    pub fn all_listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
+        std::iter::once(&self.listener).chain(&self.listeners)
+    }
+
     /// Refuses an anonymous listener on a non-loopback address unless the
     /// configuration explicitly allows it.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        let l = &self.listener;
-        let anonymous = l.allow_anonymous || self.auth.password_file.is_none();
-        if !l.bind.ip().is_loopback() && anonymous && !l.allow_anonymous_on_public_address {
-            return Err(ConfigError::Invalid {
-                origin: None,
-                message: format!(
-                    "refusing to accept anonymous clients on non-loopback address {}: set \
-                     auth.password_file and listener.allow_anonymous = false, or set \
-                     listener.allow_anonymous_on_public_address = true",
-                    l.bind
-                ),
-            });
+        let have_passwords = self.auth.password_file.is_some();
+        for listener in self.all_listeners() {
+            listener.check_exposure(have_passwords)?;
         }
         self.meta.check_exposure()?;
         self.http.check_exposure()

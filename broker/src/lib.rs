@@ -10,7 +10,8 @@
 //! |---|---|
 //! | `node` | [`Node::start`]: the runtimes, the meta service, the broker and the HTTP endpoint of one node |
 //! | `http` | `GET /metrics` and `GET /health` |
-//! | `broker` | [`Broker::start`]: shared state, the listener, shutdown |
+//! | `broker` | [`Broker::start`]: shared state, the listeners, reload, shutdown |
+//! | `transport` | listeners and their byte streams: TCP, TLS (rustls), WebSocket, WebSocket over TLS |
 //! | `admission` | which accepted connections are served: count, per-address and rate limits |
 //! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
 //! | `session` | sessions, their queues and inflight windows, the flat-keyed registry |
@@ -18,6 +19,7 @@
 //! | `router` | subscription matching, shared subscriptions, retained messages |
 //! | `topic_tree` | the tries behind the router |
 //! | `auth` | password file (argon2) and ACL rules |
+//! | `sys` | the `$SYS/broker/...` topics |
 //! | `config` | TOML + `TIDEMQ_` environment configuration of the whole node |
 //! | `metrics` | Prometheus metrics |
 //!
@@ -71,10 +73,13 @@ mod node;
 mod restore;
 mod router;
 mod session;
+mod sys;
 mod topic_tree;
+mod transport;
 
 pub use auth::{AclRules, AuthError, PasswordFile};
 pub use broker::{AuthState, Broker, BrokerError};
-pub use config::{Config, ConfigError};
+pub use config::{CertificateIdentity, Config, ConfigError, ListenerConfig, ListenerKind};
 pub use durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 pub use node::{Node, NodeError};
+pub use transport::tls::TlsError;

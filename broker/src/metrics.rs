@@ -1,10 +1,13 @@
 //! Prometheus metrics of the broker.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use tidemq_proto::mqtt::{PACKET_TYPE_NAMES, Packet};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, exponential_buckets,
 };
 
 /// Every broker metric, registered in one registry.
@@ -59,9 +62,32 @@ pub struct BrokerMetrics {
     pub storage_errors: IntCounter,
     /// Messages queued for offline persistent sessions, held on disk.
     pub stored_backlog: IntGauge,
+    /// Bytes read from clients (MQTT bytes, after TLS and WebSocket).
+    pub bytes_in: IntCounter,
+    /// Bytes written to clients (MQTT bytes, before TLS and WebSocket).
+    pub bytes_out: IntCounter,
+    /// Clients past CONNACK, connected now.
+    pub clients_connected: IntGauge,
+    /// The most clients connected at once since the start (`$SYS`).
+    pub clients_maximum: Arc<AtomicI64>,
+    /// TLS handshakes and WebSocket upgrades that failed, by listener and reason.
+    pub handshake_failures: IntCounterVec,
+    /// Seconds until each TLS listener's certificate expires.
+    pub certificate_expiry: IntGaugeVec,
+    /// Reloads asked for (SIGHUP).
+    pub reloads: IntCounter,
+    /// Files a reload could not use (the old settings stay), by what they hold.
+    pub reload_failures: IntCounterVec,
 }
 
 impl BrokerMetrics {
+    /// Counts a client past CONNACK.
+    pub fn client_connected(&self) {
+        self.clients_connected.inc();
+        self.clients_maximum
+            .fetch_max(self.clients_connected.get(), Ordering::Relaxed);
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let latency = exponential_buckets(0.000_05, 2.0, 16)?;
@@ -178,6 +204,38 @@ impl BrokerMetrics {
                 "tidemq_stored_backlog_messages",
                 "Messages persistent sessions still have to receive (on disk), as of the last trim",
             )?,
+            bytes_in: IntCounter::new(
+                "tidemq_bytes_received_total",
+                "MQTT bytes read from clients",
+            )?,
+            bytes_out: IntCounter::new("tidemq_bytes_sent_total", "MQTT bytes written to clients")?,
+            clients_connected: IntGauge::new(
+                "tidemq_clients_connected",
+                "Clients connected (past CONNACK)",
+            )?,
+            clients_maximum: Arc::default(),
+            handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_handshake_failures_total",
+                    "TLS handshakes and WebSocket upgrades that failed, by listener and reason",
+                ),
+                &["listener", "reason"],
+            )?,
+            certificate_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "tidemq_tls_certificate_expiry_seconds",
+                    "Seconds until the listener's TLS certificate expires (negative: expired)",
+                ),
+                &["listener"],
+            )?,
+            reloads: IntCounter::new("tidemq_reloads_total", "Reloads asked for (SIGHUP)")?,
+            reload_failures: IntCounterVec::new(
+                Opts::new(
+                    "tidemq_reload_failures_total",
+                    "Files a reload could not use (the old settings stay), by what they hold",
+                ),
+                &["what"],
+            )?,
         };
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.connects.clone()))?;
@@ -203,6 +261,13 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.store_write_seconds.clone()))?;
         registry.register(Box::new(metrics.storage_errors.clone()))?;
         registry.register(Box::new(metrics.stored_backlog.clone()))?;
+        registry.register(Box::new(metrics.bytes_in.clone()))?;
+        registry.register(Box::new(metrics.bytes_out.clone()))?;
+        registry.register(Box::new(metrics.clients_connected.clone()))?;
+        registry.register(Box::new(metrics.handshake_failures.clone()))?;
+        registry.register(Box::new(metrics.certificate_expiry.clone()))?;
+        registry.register(Box::new(metrics.reloads.clone()))?;
+        registry.register(Box::new(metrics.reload_failures.clone()))?;
         Ok(metrics)
     }
 }
@@ -228,6 +293,11 @@ impl PacketCounters {
         if let Some(counter) = self.by_type.get(index) {
             counter.inc();
         }
+    }
+
+    /// Packets of every type counted so far.
+    pub fn total(&self) -> u64 {
+        self.by_type.iter().map(IntCounter::get).sum()
     }
 
     /// The counter of one packet type, by its name (`"CONNACK"`).

@@ -97,15 +97,29 @@ fn main() -> anyhow::Result<()> {
         // must find them installed, not kill the process.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let listeners: Vec<String> = node
+            .broker()
+            .listener_addrs()
+            .into_iter()
+            .map(|(name, addr)| format!("{name}@{addr}"))
+            .collect();
         println!(
-            "tidemq ready node={node_id} mqtt={} grpc={} http={}",
+            "tidemq ready node={node_id} mqtt={} grpc={} http={} listeners={}",
             node.mqtt_addr(),
             node.grpc_addr(),
-            node.http_addr()
+            node.http_addr(),
+            listeners.join(",")
         );
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading passwords, ACL and TLS certificates");
+                    node.broker().reload();
+                }
+            }
         }
         anyhow::Ok(())
     });

@@ -335,9 +335,12 @@ pub(super) fn publish_will(
 ) {
     let client_id = key.client_id();
     let auth = shared.auth.load();
-    if let Some(acl) = &auth.acl
-        && !acl.check(username, client_id, Action::Publish, &will.topic)
-    {
+    let refused = crate::sys::is_sys(&will.topic)
+        || auth
+            .acl
+            .as_ref()
+            .is_some_and(|acl| !acl.check(username, client_id, Action::Publish, &will.topic));
+    if refused {
         shared
             .metrics
             .messages_dropped

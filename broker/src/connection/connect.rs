@@ -29,6 +29,7 @@ use crate::durable::{DurableError, catalog};
 use crate::session::{
     Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
 };
+use crate::transport::ListenerInfo;
 
 /// Step timings of one handshake.
 struct Steps {
@@ -74,15 +75,32 @@ impl Steps {
     }
 }
 
+/// Where a connection came from.
+pub(super) struct Origin {
+    /// The listener it came in on.
+    pub listener: Arc<ListenerInfo>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The user name its verified client certificate stands for.
+    pub certificate_user: Option<String>,
+}
+
 /// Runs the handshake. `None` when the client was refused or went away.
 pub(super) async fn handshake(
     shared: &Arc<Shared>,
     io: &mut Io,
-    peer: SocketAddr,
+    origin: Origin,
 ) -> Option<Connection> {
     let config = shared.config.load_full();
     let mut steps = Steps::new();
-    let connect = read_connect(shared, &config, io).await?;
+    let mut connect = read_connect(shared, &config, io).await?;
+    // A certificate identity replaces the CONNECT's user name (and needs no
+    // password), so ACL `user:` rules apply to it.
+    let certified = origin.certificate_user.is_some();
+    if let Some(user) = origin.certificate_user.clone() {
+        connect.username = Some(user);
+        connect.password = None;
+    }
     steps.mark("read_connect");
     let protocol = connect.protocol;
     let (client_id, assigned) = match validate(&config, &connect) {
@@ -94,12 +112,12 @@ pub(super) async fn handshake(
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     steps.mark("validate");
-    if let Err(reason) = authenticate(shared, &config, &connect, peer).await {
+    if let Err(reason) = authenticate(shared, &origin, &connect, certified).await {
         refuse(shared, io, protocol, reason).await;
         return None;
     }
     steps.mark("auth");
-    let attached = attach(shared, &config, &connect, client_id.clone()).await;
+    let attached = attach(shared, &config, &origin, &connect, client_id.clone()).await;
     let (mut connection, session_present, existed) = match attached {
         Ok(attached) => attached,
         Err(reason) => {
@@ -107,6 +125,7 @@ pub(super) async fn handshake(
             return None;
         }
     };
+    connection.sys_readable = origin.listener.loopback;
     steps.mark("session");
 
     // A persistent session is on disk before CONNACK says it exists.
@@ -260,10 +279,11 @@ fn connack(
 async fn attach(
     shared: &Arc<Shared>,
     config: &Config,
+    origin: &Origin,
     connect: &Connect,
     client_id: String,
 ) -> Result<(Connection, bool, bool), ReasonCode> {
-    let tenant = &config.listener.tenant;
+    let tenant = &origin.listener.tenant;
     let key = SessionKey::new(tenant, &client_id);
     let connection_id = shared.sessions.next_connection_id();
     let (kick_tx, kick) = oneshot::channel();
@@ -418,6 +438,7 @@ impl Connection {
             connection_id,
             protocol,
             username: connect.username.clone(),
+            sys_readable: false,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
             will: connect.will.clone(),
             kick,
@@ -512,18 +533,24 @@ fn generate_client_id() -> String {
     format!("tidemq-{:016x}", rand::random::<u64>())
 }
 
-/// Checks credentials against the password file and the anonymous policy.
-/// Password checks run off the tokio workers and slow down after failures
-/// ([`crate::auth::Login`]).
+/// Checks credentials against the password file and the anonymous policy
+/// of the listener; a client whose certificate named it is authenticated
+/// already. Password checks run off the tokio workers and slow down after
+/// failures ([`crate::auth::Login`]).
 async fn authenticate(
     shared: &Shared,
-    config: &Config,
+    origin: &Origin,
     connect: &Connect,
-    peer: SocketAddr,
+    certified: bool,
 ) -> Result<(), ReasonCode> {
+    if certified {
+        return Ok(());
+    }
+    let allow_anonymous = origin.listener.allow_anonymous;
+    let peer = origin.peer;
     let auth = shared.auth.load_full();
     match (&connect.username, &auth.passwords) {
-        (None, _) if config.listener.allow_anonymous => Ok(()),
+        (None, _) if allow_anonymous => Ok(()),
         (None, _) => Err(ReasonCode::NotAuthorized),
         (Some(user), Some(_)) => {
             let password = connect.password.clone().unwrap_or_default();
@@ -539,7 +566,7 @@ async fn authenticate(
                 Err(ReasonCode::BadUserNameOrPassword)
             }
         }
-        (Some(_), None) if config.listener.allow_anonymous => Ok(()),
+        (Some(_), None) if allow_anonymous => Ok(()),
         (Some(_), None) => Err(ReasonCode::BadUserNameOrPassword),
     }
 }

@@ -332,8 +332,11 @@ impl Connection {
         End::ClientDisconnect(disconnect.reason)
     }
 
-    /// Asks the ACL, if one is configured.
+    /// Asks the ACL, if one is configured. Nobody publishes to `$SYS`.
     pub(super) fn allowed(&self, action: Action, topic: &str) -> bool {
+        if action == Action::Publish && crate::sys::is_sys(topic) {
+            return false;
+        }
         let auth = self.shared.auth.load();
         auth.acl.as_ref().is_none_or(|acl| {
             acl.check(

@@ -28,10 +28,9 @@ use bytes::{Buf, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use prometheus::IntCounter;
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -40,6 +39,7 @@ use crate::delivery::{StoreSink, Stored};
 use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
+use crate::transport::{Established, ListenerInfo, Reader, Writer};
 use acks::{AckQueue, Done, Work};
 use turn::{Budget, Busy, Lane};
 
@@ -53,20 +53,32 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// or 256 packets written, or a mix.
 const TURN_BUDGET: u32 = 16 * turn::PACKET;
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one connection, its transport set up, until it closes.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<ListenerInfo>,
+    established: Established,
+    peer: SocketAddr,
+) {
     shared.metrics.connections.inc();
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
     let mut io = Io {
-        reader,
-        writer,
+        reader: established.reader,
+        writer: established.writer,
         read_buf: BytesMut::with_capacity(4096),
         write_buf: BytesMut::with_capacity(4096),
+        bytes_in: shared.metrics.bytes_in.clone(),
+        bytes_out: shared.metrics.bytes_out.clone(),
     };
-    if let Some(connection) = connect::handshake(&shared, &mut io, peer).await {
+    let origin = connect::Origin {
+        listener,
+        peer,
+        certificate_user: established.certificate_user,
+    };
+    if let Some(connection) = connect::handshake(&shared, &mut io, origin).await {
+        shared.metrics.client_connected();
         let budget = connection.budget.clone();
         budget.turns(connection.run(&mut io)).await;
+        shared.metrics.clients_connected.dec();
     }
     io.linger().await;
     shared.metrics.connections.dec();
@@ -80,15 +92,28 @@ async fn take_lane(lane: &mut Option<Lane>, busy: &Busy, lanes: &Lanes) {
     }
 }
 
+/// Writes some of `buf`, or with nothing to write flushes what the stream
+/// holds; the bytes of `buf` written.
+async fn write_some(writer: &mut Writer, buf: &[u8]) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        writer.flush().await?;
+        Ok(0)
+    } else {
+        writer.write(buf).await
+    }
+}
+
 /// How long a closed connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 
 /// The socket halves and their buffers.
 pub(crate) struct Io {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
 }
 
 impl Io {
@@ -104,7 +129,7 @@ impl Io {
             }
             match self.reader.read_buf(&mut self.read_buf).await {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
+                Ok(n) => self.bytes_in.inc_by(n as u64),
             }
         }
     }
@@ -132,11 +157,12 @@ impl Io {
     /// Writes what the socket takes without waiting.
     fn try_flush(&mut self) -> std::io::Result<()> {
         while !self.write_buf.is_empty() {
-            match self.writer.try_write(&self.write_buf) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.write_buf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            match self.writer.try_write(&self.write_buf)? {
+                0 => break,
+                n => {
+                    self.bytes_out.inc_by(n as u64);
+                    self.write_buf.advance(n);
+                }
             }
         }
         Ok(())
@@ -148,7 +174,12 @@ impl Io {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        let written = tokio::time::timeout(limit, self.writer.write_all(&self.write_buf)).await;
+        let written = tokio::time::timeout(limit, async {
+            self.writer.write_all(&self.write_buf).await?;
+            self.bytes_out.inc_by(self.write_buf.len() as u64);
+            self.writer.flush().await
+        })
+        .await;
         self.write_buf.clear();
         written.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
     }
@@ -183,6 +214,9 @@ pub(crate) struct Connection {
     connection_id: u64,
     protocol: Protocol,
     username: Option<String>,
+    /// Whether `$SYS` may be read without an ACL rule allowing it (the
+    /// client came in on a loopback listener).
+    sys_readable: bool,
     keep_alive: Option<Duration>,
     will: Option<LastWill>,
     kick: oneshot::Receiver<Kick>,
@@ -280,15 +314,20 @@ impl Connection {
             let ended = tokio::select! {
                 read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
-                    Ok(_) => {
+                    Ok(n) => {
+                        io.bytes_in.inc_by(n as u64);
                         take_lane(&mut lane, &self.busy, &self.shared.lanes).await;
                         self.handle_buffered(io).err()
                     }
                 },
-                written = io.writer.write(&io.write_buf), if !io.write_buf.is_empty() => match written {
-                    Ok(0) | Err(_) => Some(End::Dropped),
+                // Output, or TLS records and WebSocket frames the stream
+                // still holds from an earlier write.
+                written = write_some(&mut io.writer, &io.write_buf), if !io.write_buf.is_empty() || io.writer.pending() => match written {
+                    Err(_) => Some(End::Dropped),
+                    Ok(0) if !io.write_buf.is_empty() => Some(End::Dropped),
                     Ok(n) => {
                         let unwritten = io.write_buf.len();
+                        io.bytes_out.inc_by(n as u64);
                         io.write_buf.advance(n);
                         self.note_write_progress(unwritten, io);
                         None

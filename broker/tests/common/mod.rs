@@ -4,6 +4,7 @@
 //! ([`disk`]) a small filesystem of a test's own.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod disk;
 pub mod process;
 
@@ -17,7 +18,7 @@ use tidemq_proto::mqtt::{
     PubResponse, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter,
     SubscribeProperties, SubscriptionOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a test waits for an expected packet.
@@ -31,15 +32,51 @@ pub async fn start(mut config: Config) -> Broker {
         .expect("broker starts")
 }
 
+/// Like [`start`], with the registry its metrics are in.
+pub async fn start_registered(mut config: Config) -> (Broker, prometheus::Registry) {
+    config.listener.bind = "127.0.0.1:0".parse().expect("loopback address");
+    let registry = prometheus::Registry::new();
+    let broker = Broker::start(config, &registry)
+        .await
+        .expect("broker starts");
+    (broker, registry)
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 when
+/// there is none).
+pub fn sample(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .filter(|metric| {
+            labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+        .sum()
+}
+
 /// A broker with the default configuration.
 pub async fn start_default() -> Broker {
     start(Config::default()).await
 }
 
+/// A byte stream a [`Raw`] client can speak over (TCP, TLS, ...).
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
 /// A client that speaks MQTT packets through the project's own codec over a
-/// plain TCP socket, for exact control over what is sent.
+/// plain TCP socket (or any other byte stream), for exact control over what
+/// is sent.
 pub struct Raw {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     buf: BytesMut,
     pub protocol: Protocol,
 }
@@ -47,10 +84,26 @@ pub struct Raw {
 impl Raw {
     /// Opens a TCP connection (no CONNECT sent).
     pub async fn tcp(addr: SocketAddr, protocol: Protocol) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw::over(stream, protocol)
+    }
+
+    /// A client over an established stream (no CONNECT sent).
+    pub fn over(stream: impl Duplex + 'static, protocol: Protocol) -> Raw {
         Raw {
-            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            stream: Box::new(stream),
             buf: BytesMut::new(),
             protocol,
+        }
+    }
+
+    /// Sends CONNECT for `client_id` and returns the CONNACK.
+    pub async fn handshake(&mut self, client_id: &str) -> ConnAck {
+        self.send(&Packet::Connect(connect_packet(self.protocol, client_id)))
+            .await;
+        match self.recv().await {
+            Some(Packet::ConnAck(ack)) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
