@@ -23,6 +23,8 @@ pub struct NodeProcess {
     pub grpc: SocketAddr,
     /// The bound HTTP address.
     pub http: SocketAddr,
+    /// Every listener's name and bound address, `[listener]` first.
+    pub listeners: Vec<(String, SocketAddr)>,
 }
 
 impl NodeProcess {
@@ -49,6 +51,7 @@ impl NodeProcess {
             mqtt: SocketAddr::from(([0, 0, 0, 0], 0)),
             grpc: SocketAddr::from(([0, 0, 0, 0], 0)),
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            listeners: Vec::new(),
         };
         node.restart()?;
         Ok(node)
@@ -100,6 +103,27 @@ impl NodeProcess {
         self.mqtt = addr("mqtt")?;
         self.grpc = addr("grpc")?;
         self.http = addr("http")?;
+        let listed = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("listeners="))
+            .with_context(|| format!("no listeners= in {line:?}"))?;
+        self.listeners = listed
+            .split(',')
+            .map(|entry| {
+                let (name, addr) = entry.split_once('@').context("name@addr")?;
+                Ok((name.to_string(), addr.parse()?))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("the node is not running")?;
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -HUP failed");
         Ok(())
     }
 
