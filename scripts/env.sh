@@ -32,4 +32,12 @@ ensure_system_deps() {
     # The full-disk tests make and mount small filesystems of their own.
     ensure_package "/sbin/mkfs.ext4" e2fsprogs
     ensure_package "/bin/mount" mount
+    # Interop tests run clients nobody here wrote: Mosquitto's command-line
+    # clients and MQTT.js (node; the npm package from its lock file).
+    ensure_package "/usr/bin/mosquitto_pub" mosquitto-clients
+    ensure_package "/usr/bin/node" nodejs npm
+    if [ ! -d "$root/interop/mqttjs/node_modules/mqtt" ]; then
+        echo "installing MQTT.js (npm ci in interop/mqttjs)" >&2
+        (cd "$root/interop/mqttjs" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
 }
