@@ -82,4 +82,5 @@ pub use broker::{AuthState, Broker, BrokerError};
 pub use config::{CertificateIdentity, Config, ConfigError, ListenerConfig, ListenerKind};
 pub use durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 pub use node::{Node, NodeError};
+pub use transport::WsStream;
 pub use transport::tls::TlsError;

@@ -6,6 +6,7 @@ use clap::Args;
 use tidemq_proto::mqtt::{Protocol, QoS};
 
 use super::client::SessionKind;
+use super::target::{Target, Transport};
 use crate::storage::Output;
 
 /// Flags every MQTT load shares: where the broker is, how many clients,
@@ -18,6 +19,15 @@ pub struct CommonArgs {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Transport: tcp, tls, ws or wss.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// CA bundle (PEM) the broker's certificate is checked against (tls, wss).
+    #[arg(long)]
+    pub cafile: Option<std::path::PathBuf>,
+    /// HTTP path of the WebSocket endpoint (ws, wss).
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// Number of clients (connections, publishers or subscribers).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
@@ -71,6 +81,17 @@ impl CommonArgs {
     /// `host:port`.
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// Where and how to connect.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Target::new(
+            &self.host,
+            self.port,
+            self.transport,
+            self.cafile.as_deref(),
+            &self.ws_path,
+        )
     }
 
     pub(super) fn validate(&self) -> anyhow::Result<()> {

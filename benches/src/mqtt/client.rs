@@ -16,7 +16,8 @@ use tidemq_proto::mqtt::{
     SubscribeFilter, SubscribeProperties, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::target::{Duplex, Target};
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 16 * 1024 * 1024;
@@ -40,7 +41,7 @@ pub enum SessionKind {
 
 /// One connected MQTT client.
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     protocol: Protocol,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -48,18 +49,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens a TCP connection and completes the CONNECT/CONNACK handshake
-    /// with a session of kind `session`. Wrap it in a timeout: it waits as
-    /// long as the broker does.
+    /// Opens a connection to `target` and completes the CONNECT/CONNACK
+    /// handshake with a session of kind `session`. Wrap it in a timeout: it
+    /// waits as long as the broker does.
     pub async fn connect(
-        addr: &str,
+        target: &Target,
         client_id: String,
         protocol: Protocol,
         keep_alive: u16,
         session: SessionKind,
     ) -> anyhow::Result<Client> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = target.open().await?;
         let mut client = Client {
             stream,
             protocol,
@@ -148,6 +148,8 @@ impl Client {
         if !self.write_buf.is_empty() {
             self.stream.write_all(&self.write_buf).await?;
             self.write_buf.clear();
+            // TLS records and WebSocket frames leave on flush.
+            self.stream.flush().await?;
         }
         Ok(())
     }

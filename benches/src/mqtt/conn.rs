@@ -25,7 +25,7 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<(FinalReport, usize)> {
     };
     // Keep alive 0: held connections send nothing, however long opening the
     // last of them takes.
-    let clients = connect_all(&args.common, 'c', 0, SessionKind::Clean, &recorder).await;
+    let clients = connect_all(&args.common, 'c', 0, SessionKind::Clean, &recorder).await?;
     let report = recorder.report();
     ticker.abort();
     let held = clients.len();

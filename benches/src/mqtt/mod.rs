@@ -26,6 +26,7 @@ pub mod conn;
 pub mod offline;
 pub mod publish;
 pub mod subscribe;
+pub mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,17 +175,18 @@ async fn connect_all(
     keep_alive: u16,
     session: SessionKind,
     recorder: &Arc<Recorder>,
-) -> Vec<(usize, Client)> {
+) -> anyhow::Result<Vec<(usize, Client)>> {
+    let target = &Arc::new(common.target()?);
     let permits = Arc::new(Semaphore::new(common.concurrency));
     let mut tasks = JoinSet::new();
     for index in 0..common.count {
         let (permits, recorder) = (Arc::clone(&permits), Arc::clone(recorder));
-        let (addr, id) = (common.addr(), common.client_id(role, index));
+        let (target, id) = (Arc::clone(target), common.client_id(role, index));
         let (protocol, timeout) = (common.protocol(), common.timeout());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
             let started = Instant::now();
-            let connect = Client::connect(&addr, id, protocol, keep_alive, session);
+            let connect = Client::connect(&target, id, protocol, keep_alive, session);
             match tokio::time::timeout(timeout, connect).await {
                 Ok(Ok(client)) => {
                     recorder.success(started.elapsed());
@@ -209,7 +211,7 @@ async fn connect_all(
         }
     }
     clients.sort_unstable_by_key(|(index, _)| *index);
-    clients
+    Ok(clients)
 }
 
 /// Connects the clients of a pub or sub load, telling on stderr how that went.
@@ -220,7 +222,7 @@ async fn connect_clients(
     what: &str,
 ) -> anyhow::Result<Vec<(usize, Client)>> {
     let recorder = Arc::new(Recorder::new(0));
-    let clients = connect_all(common, role, KEEP_ALIVE_SECS, session, &recorder).await;
+    let clients = connect_all(common, role, KEEP_ALIVE_SECS, session, &recorder).await?;
     let report = recorder.report();
     eprintln!(
         "connected {}/{} {what} in {:.2}s (failed {}, timeout {}, p99 {}us)",

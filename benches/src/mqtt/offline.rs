@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 
 use super::client::{Client, SessionKind};
 use super::publish::Publisher;
+use super::target::Target;
 use super::{CommonArgs, KEEP_ALIVE_SECS, OfflineArgs, connect_clients, note_error};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
@@ -48,7 +49,7 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         args.publishers > 0 && args.messages > 0,
         "--publishers and --messages must be above zero"
     );
-    let sessions = park_sessions(args).await;
+    let sessions = park_sessions(args).await?;
     eprintln!(
         "phase 1: {}/{} sessions subscribed and offline in {:.2}s \
          ({:.0}/s, failed {}, timeout {}, subscribe p99 {}us)",
@@ -78,7 +79,7 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
 
 /// Phase 1: every session connects, subscribes and goes away, at most
 /// `--concurrency` at a time.
-async fn park_sessions(args: &OfflineArgs) -> FinalReport {
+async fn park_sessions(args: &OfflineArgs) -> anyhow::Result<FinalReport> {
     let common = &args.common;
     let recorder = Arc::new(Recorder::new(0));
     let ticker = {
@@ -87,21 +88,22 @@ async fn park_sessions(args: &OfflineArgs) -> FinalReport {
     };
     let permits = Arc::new(Semaphore::new(common.concurrency));
     let mut tasks = JoinSet::new();
+    let target = Arc::new(common.target()?);
     for index in 0..common.count {
         // Taken before spawning: at most `concurrency` tasks exist at once.
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
         let recorder = Arc::clone(&recorder);
-        let (addr, id, topic) = (
-            common.addr(),
+        let (target, id, topic) = (
+            Arc::clone(&target),
             common.client_id('o', index),
             args.topic(index),
         );
         let (protocol, timeout) = (common.protocol(), common.timeout());
         tasks.spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(timeout, park(addr, id, topic, protocol, timeout)).await {
+            match tokio::time::timeout(timeout, park(&target, id, topic, protocol, timeout)).await {
                 Ok(Ok(subscribed)) => recorder.success(subscribed),
                 Ok(Err(e)) => {
                     recorder.failure();
@@ -114,13 +116,13 @@ async fn park_sessions(args: &OfflineArgs) -> FinalReport {
     }
     while tasks.join_next().await.is_some() {}
     ticker.abort();
-    recorder.report()
+    Ok(recorder.report())
 }
 
 /// Connects one persistent session, subscribes it at QoS 1 to `topic` and
 /// disconnects it; returns the time from the TCP connect to the SUBACK.
 async fn park(
-    addr: String,
+    target: &Target,
     id: String,
     topic: String,
     protocol: tidemq_proto::mqtt::Protocol,
@@ -128,7 +130,7 @@ async fn park(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut client = Client::connect(
-        &addr,
+        target,
         id,
         protocol,
         KEEP_ALIVE_SECS,

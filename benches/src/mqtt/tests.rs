@@ -26,6 +26,9 @@ fn common(port: u16, count: usize, mqtt_version: u8) -> CommonArgs {
     CommonArgs {
         host: "127.0.0.1".into(),
         port,
+        transport: Default::default(),
+        cafile: None,
+        ws_path: "/mqtt".into(),
         count,
         concurrency: 4,
         mqtt_version,
@@ -33,6 +36,63 @@ fn common(port: u16, count: usize, mqtt_version: u8) -> CommonArgs {
         timeout_ms: 5000,
         output: Output::Json,
     }
+}
+
+/// `--transport tls|ws|wss`: connections and a QoS 1 load over each,
+/// against a broker with those listeners and a self-signed certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_run_over_tls_and_websocket() -> anyhow::Result<()> {
+    use super::target::Transport;
+    use tidemq_broker::{ListenerConfig, ListenerKind};
+    let dir = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    for kind in [ListenerKind::Tls, ListenerKind::Ws, ListenerKind::Wss] {
+        let tls = matches!(kind, ListenerKind::Tls | ListenerKind::Wss);
+        config.listeners.push(ListenerConfig {
+            kind,
+            bind: "127.0.0.1:0".parse()?,
+            cert_file: tls.then(|| cert.clone()),
+            key_file: tls.then(|| key.clone()),
+            ..ListenerConfig::default()
+        });
+    }
+    let broker = Broker::start(config, &prometheus::Registry::new()).await?;
+    let addrs = broker.listener_addrs();
+    for (index, transport) in [(1, Transport::Tls), (2, Transport::Ws), (3, Transport::Wss)] {
+        let common = CommonArgs {
+            host: "localhost".into(),
+            transport,
+            cafile: Some(cert.clone()),
+            client_prefix: Some(format!("{transport:?}")),
+            ..common(addrs[index].1.port(), 5, 4)
+        };
+        let (report, held) = conn::conn(&ConnArgs {
+            common: common.clone(),
+        })
+        .await?;
+        assert_eq!((report.success, held), (5, 5), "{transport:?}");
+        let load = PubArgs {
+            common,
+            topic: "t/%i".into(),
+            qos: 1,
+            payload_size: 64,
+            duration_secs: 1,
+            rate_per_client: 50,
+            inflight: 4,
+        };
+        let report = publish::publish(&load).await?;
+        assert!(
+            report.success > 0 && report.failed == 0,
+            "{transport:?}: {report:?}"
+        );
+    }
+    broker.shutdown().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +212,7 @@ async fn drain(
 ) -> anyhow::Result<(bool, Vec<String>)> {
     let common = common(port, 1, mqtt_version);
     let mut client = client::Client::connect(
-        &common.addr(),
+        &common.target()?,
         client_id.into(),
         common.protocol(),
         KEEP_ALIVE_SECS,

@@ -8,6 +8,7 @@ pub(crate) mod tls;
 mod ws;
 
 pub(crate) use listener::{Established, Listener, ListenerInfo};
+pub use ws::WsStream;
 
 use std::io;
 use std::pin::Pin;

@@ -141,15 +141,18 @@ impl Upgrade<'_> {
     }
 }
 
-/// A byte stream over a WebSocket: each write is one binary message.
-pub(crate) struct WsStream<S> {
+/// A byte stream over a WebSocket, either end: each write is one binary
+/// message, and reads hand over the bytes of binary messages however they
+/// were cut. The load tool (`tidemq-bench --transport ws`) uses it too.
+pub struct WsStream<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last binary message read.
     unread: Bytes,
 }
 
 impl<S> WsStream<S> {
-    fn new(ws: WebSocketStream<S>) -> Self {
+    /// A byte stream over an upgraded WebSocket.
+    pub fn new(ws: WebSocketStream<S>) -> Self {
         Self {
             ws,
             unread: Bytes::new(),
