@@ -186,3 +186,86 @@ fn busy_lanes_default_to_half_the_workers_and_zero_turns_them_off() {
     runtime.busy_lanes = Some(0);
     assert_eq!(runtime.busy_lanes(), 0);
 }
+
+fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidemq.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path), env(&[]))
+}
+
+#[test]
+fn listeners_tables_add_listeners_of_every_kind() {
+    let c = from_toml(
+        r#"
+[listener]
+bind = "127.0.0.1:1883"
+[[listeners]]
+kind = "tls"
+bind = "127.0.0.1:8883"
+cert_file = "server.crt"
+key_file = "server.key"
+ca_file = "ca.crt"
+require_certificate = true
+username_from_certificate = "san"
+tenant = "devices"
+[[listeners]]
+kind = "wss"
+name = "browsers"
+bind = "127.0.0.1:8443"
+cert_file = "server.crt"
+key_file = "server.key"
+allowed_origins = ["https://app.example"]
+[[listeners]]
+kind = "ws"
+bind = "127.0.0.1:8080"
+path = "/ws"
+"#,
+    )
+    .unwrap();
+    let kinds: Vec<ListenerKind> = c.all_listeners().map(|l| l.kind).collect();
+    use ListenerKind::*;
+    assert_eq!(kinds, [Tcp, Tls, Wss, Ws]);
+    assert_eq!(
+        c.listeners[0].username_from_certificate,
+        CertificateIdentity::San
+    );
+    assert_eq!(c.listeners[0].tenant, "devices");
+    assert_eq!(c.listeners[0].label(), "tls:8883");
+    assert_eq!(c.listeners[1].label(), "browsers");
+    assert_eq!(c.listeners[2].path, "/ws");
+}
+
+#[test]
+fn listeners_that_cannot_work_are_refused() {
+    for (what, text) in [
+        ("cert_file", "kind = \"tls\"\nbind = \"127.0.0.1:8883\"\n"),
+        (
+            "ca_file",
+            "kind = \"tls\"\nbind = \"127.0.0.1:8883\"\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_certificate = true\n",
+        ),
+        (
+            "kind tls or wss",
+            "bind = \"127.0.0.1:1884\"\ncert_file = \"c\"\n",
+        ),
+        (
+            "path",
+            "kind = \"ws\"\nbind = \"127.0.0.1:8080\"\npath = \"mqtt\"\n",
+        ),
+        ("tenant", "bind = \"127.0.0.1:1884\"\ntenant = \"a/b\"\n"),
+        ("same address", "bind = \"127.0.0.1:1883\"\n"),
+    ] {
+        let err = from_toml(&format!("[[listeners]]\n{text}")).unwrap_err();
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
+    assert!(from_toml("[[listeners]]\nkind = \"quic\"\n").is_err());
+}
+
+#[test]
+fn a_public_listener_requiring_certificates_is_not_anonymous() {
+    let public = "[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\ncert_file = \"c\"\nkey_file = \"k\"\n";
+    let err = from_toml(public).unwrap().check_exposure().unwrap_err();
+    assert!(err.to_string().contains("0.0.0.0:8883"), "{err}");
+    let certified = format!("{public}ca_file = \"ca\"\nrequire_certificate = true\n");
+    from_toml(&certified).unwrap().check_exposure().unwrap();
+}

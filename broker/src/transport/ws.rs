@@ -34,6 +34,21 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// The HTTP answer to the upgrade request.
+    fn response(self) -> ErrorResponse {
+        let (status, why) = match self {
+            Refusal::Path => (StatusCode::NOT_FOUND, "no MQTT endpoint at this path"),
+            Refusal::Subprotocol => (
+                StatusCode::BAD_REQUEST,
+                "Sec-WebSocket-Protocol must offer mqtt",
+            ),
+            Refusal::Origin => (StatusCode::FORBIDDEN, "origin not allowed"),
+        };
+        let mut answer = ErrorResponse::new(Some(why.to_string()));
+        *answer.status_mut() = status;
+        answer
+    }
+
     /// A metric label.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -63,11 +78,19 @@ impl Upgrade<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut refused = None;
-        let callback = |request: &Request, response: Response| {
-            self.check(request, response).map_err(|(refusal, answer)| {
+        // The callback's types are tungstenite's: an HTTP error response.
+        #[allow(clippy::result_large_err)]
+        let callback = |request: &Request, mut response: Response| match self.check(request) {
+            Ok(chosen) => {
+                response
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
+                Ok(response)
+            }
+            Err(refusal) => {
                 refused = Some(refusal);
-                answer
-            })
+                Err(refusal.response())
+            }
         };
         // Frames are read into a small buffer that grows for larger ones;
         // tungstenite's default (128 KiB per connection) would be most of an
@@ -87,24 +110,11 @@ impl Upgrade<'_> {
         }
     }
 
-    /// Checks the path, the subprotocol and the origin, and names the
-    /// chosen subprotocol in the response.
-    fn check(
-        &self,
-        request: &Request,
-        mut response: Response,
-    ) -> Result<Response, (Refusal, ErrorResponse)> {
-        let refuse = |refusal: Refusal, status: StatusCode, why: &str| {
-            let mut answer = ErrorResponse::new(Some(why.to_string()));
-            *answer.status_mut() = status;
-            (refusal, answer)
-        };
+    /// Checks the path, the origin and the subprotocol; the subprotocol
+    /// chosen.
+    fn check(&self, request: &Request) -> Result<&'static str, Refusal> {
         if request.uri().path() != self.path {
-            return Err(refuse(
-                Refusal::Path,
-                StatusCode::NOT_FOUND,
-                "no MQTT endpoint at this path",
-            ));
+            return Err(Refusal::Path);
         }
         if !self.allowed_origins.is_empty() {
             let origin = request
@@ -112,11 +122,7 @@ impl Upgrade<'_> {
                 .get("origin")
                 .and_then(|o| o.to_str().ok());
             if !origin.is_some_and(|o| self.allowed_origins.iter().any(|a| a == o)) {
-                return Err(refuse(
-                    Refusal::Origin,
-                    StatusCode::FORBIDDEN,
-                    "origin not allowed",
-                ));
+                return Err(Refusal::Origin);
             }
         }
         let offered: Vec<&str> = request
@@ -127,17 +133,10 @@ impl Upgrade<'_> {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect();
-        let Some(chosen) = SUBPROTOCOLS.iter().find(|p| offered.contains(p)) else {
-            return Err(refuse(
-                Refusal::Subprotocol,
-                StatusCode::BAD_REQUEST,
-                "Sec-WebSocket-Protocol must offer mqtt",
-            ));
-        };
-        response
-            .headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
-        Ok(response)
+        SUBPROTOCOLS
+            .into_iter()
+            .find(|p| offered.contains(p))
+            .ok_or(Refusal::Subprotocol)
     }
 }
 
