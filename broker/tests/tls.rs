@@ -359,3 +359,21 @@ async fn wait_for_subscriptions(broker: &Broker, count: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Connections still in their TLS handshake, or yet to send CONNECT, do
+/// not hold a shutdown for their timeouts.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_handshakes_in_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "ca").expect("ca");
+    let server = ca.server("server").expect("server certificate");
+    let mut config = Config::default();
+    config.listeners.push(tls_listener(&server));
+    let broker = common::start(config).await;
+    let _silent_tls = TcpStream::connect(addr(&broker, 1)).await.expect("connect");
+    let _silent_tcp = TcpStream::connect(addr(&broker, 0)).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(3), broker.shutdown())
+        .await
+        .expect("shutdown within 3 s, not after the 10 s CONNECT timeout");
+}

@@ -164,11 +164,15 @@ pub(super) async fn handshake(
 /// Reads the CONNECT packet, within the connect timeout.
 async fn read_connect(shared: &Shared, config: &Config, io: &mut Io) -> Option<Connect> {
     let max_in = config.mqtt.max_packet_size as usize;
-    let read = tokio::time::timeout(
-        config.mqtt.connect_timeout(),
-        io.read_packet(Protocol::V5, max_in),
-    )
-    .await;
+    let mut shutdown = shared.shutdown.clone();
+    // A broker shutting down does not wait for CONNECTs still to come.
+    let read = tokio::select! {
+        read = tokio::time::timeout(
+            config.mqtt.connect_timeout(),
+            io.read_packet(Protocol::V5, max_in),
+        ) => read,
+        _ = shutdown.wait_for(|stopping| *stopping) => return None,
+    };
     let connect = match read {
         Err(_) => {
             debug!("no CONNECT in time");

@@ -165,7 +165,12 @@ impl Listener {
                             );
                             connections.spawn(
                                 async move {
-                                    if let Some(established) = listener.establish(&shared, stream).await {
+                                    let mut shutdown = shared.shutdown.clone();
+                                    let established = tokio::select! {
+                                        established = listener.establish(&shared, stream) => established,
+                                        _ = shutdown.wait_for(|stopping| *stopping) => None,
+                                    };
+                                    if let Some(established) = established {
                                         connection::serve(shared, Arc::clone(&listener.info), established, peer).await;
                                     }
                                     drop(admitted);
