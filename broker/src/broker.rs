@@ -126,6 +126,7 @@ pub struct Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     listeners: Vec<Arc<Listener>>,
+    reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -196,9 +197,14 @@ impl Broker {
                 tokio::spawn(Arc::clone(listener).accept_loop(Arc::clone(&shared)))
             })
             .collect();
+        let reloader = Arc::new(Reloader {
+            shared: Arc::clone(&shared),
+            listeners: listeners.clone(),
+        });
         Ok(Broker {
             shared,
             listeners,
+            reloader,
             stop,
             accept_tasks,
         })
@@ -218,55 +224,19 @@ impl Broker {
     }
 
     /// Reads the password file, the ACL and every listener's TLS files
-    /// again, without dropping a connection: new CONNECTs check the new
-    /// passwords, the next ACL check uses the new rules, new handshakes the
-    /// new certificates. What cannot be read or parsed keeps its old
-    /// settings, is logged and is counted in
-    /// `tidemq_reload_failures_total{what}`. Returns whether all of it was
-    /// taken.
+    /// again; see [`Reloader::reload`]. Returns whether all of it was taken.
     pub fn reload(&self) -> bool {
-        let shared = &self.shared;
-        shared.metrics.reloads.inc();
-        let mut complete = true;
-        match AuthState::load(&shared.config.load()) {
-            Ok(auth) => {
-                shared.auth.store(Arc::new(auth));
-                info!("reloaded the password file and the ACL");
-            }
-            Err(e) => {
-                complete = false;
-                shared
-                    .metrics
-                    .reload_failures
-                    .with_label_values(&["auth"])
-                    .inc();
-                warn!(error = %e, "reload: keeping the old passwords and ACL");
-            }
-        }
-        for listener in &self.listeners {
-            match listener.reload_tls(shared) {
-                Ok(true) => info!(
-                    listener = listener.label(),
-                    "reloaded the TLS certificate and key"
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    complete = false;
-                    shared
-                        .metrics
-                        .reload_failures
-                        .with_label_values(&[listener.label()])
-                        .inc();
-                    warn!(listener = listener.label(), error = %e, "reload: keeping the old TLS settings");
-                }
-            }
-        }
-        complete
+        self.reloader.reload().is_empty()
     }
 
     /// State shared with connections (for embedding and tests).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// What reloads the broker's files, for the HTTP endpoint.
+    pub(crate) fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
     }
 
     /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B server
@@ -283,5 +253,57 @@ impl Broker {
                 Err(e) => warn!(error = %e, "closing the message store failed"),
             }
         }
+    }
+}
+
+/// Reloads the files a running broker reads: passwords, ACL, certificates.
+pub(crate) struct Reloader {
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<Listener>>,
+}
+
+impl Reloader {
+    /// Reads the password file, the ACL and every listener's TLS files
+    /// again, without dropping a connection: new CONNECTs check the new
+    /// passwords, the next ACL check uses the new rules, new handshakes the
+    /// new certificates. What cannot be read or parsed keeps its old
+    /// settings, is logged and is counted in
+    /// `tidemq_reload_failures_total{what}`. Returns what failed (`auth` or
+    /// a listener's name) and why; empty when everything was taken.
+    pub(crate) fn reload(&self) -> Vec<(String, String)> {
+        let shared = &self.shared;
+        shared.metrics.reloads.inc();
+        let mut failed = Vec::new();
+        match AuthState::load(&shared.config.load()) {
+            Ok(auth) => {
+                shared.auth.store(Arc::new(auth));
+                info!("reloaded the password file and the ACL");
+            }
+            Err(e) => {
+                warn!(error = %e, "reload: keeping the old passwords and ACL");
+                failed.push(("auth".to_string(), e.to_string()));
+            }
+        }
+        for listener in &self.listeners {
+            match listener.reload_tls(shared) {
+                Ok(true) => info!(
+                    listener = listener.label(),
+                    "reloaded the TLS certificate and key"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(listener = listener.label(), error = %e, "reload: keeping the old TLS settings");
+                    failed.push((listener.label().to_string(), e.to_string()));
+                }
+            }
+        }
+        for (what, _) in &failed {
+            shared
+                .metrics
+                .reload_failures
+                .with_label_values(&[what])
+                .inc();
+        }
+        failed
     }
 }

@@ -1,4 +1,5 @@
-//! The node's HTTP endpoint: `GET /metrics` and `GET /health`.
+//! The node's HTTP endpoint: `GET /metrics`, `GET /health` and
+//! `POST /admin/reload`.
 //!
 //! - `/metrics`: every metric of the node's one [`Registry`] (broker, meta
 //!   service, runtimes) in the Prometheus text format.
@@ -11,6 +12,10 @@
 //! ```
 //!
 //! `meta_leader` says whether this node leads the metadata group (0).
+//!
+//! - `/admin/reload`: what SIGHUP does (passwords, ACL, certificates); `200`
+//!   with `{"reloaded":true,"failed":[]}`, or `500` with what kept its old
+//!   settings and why: `{"reloaded":false,"failed":[{"what":"auth","error":"..."}]}`.
 //!
 //! With `http.token_file` set, every request must carry the token as
 //! `authorization: Bearer {token}`; others get `401` (counted in
@@ -50,6 +55,8 @@ pub(crate) struct Endpoints {
     pub token: Option<String>,
     /// Requests refused for want of it.
     pub unauthorized: prometheus::IntCounter,
+    /// Reloads the broker's files.
+    pub reloader: Arc<crate::broker::Reloader>,
 }
 
 impl Endpoints {
@@ -105,6 +112,7 @@ impl HttpServer {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/health", get(health))
+            .route("/admin/reload", axum::routing::post(reload))
             .with_state(Arc::new(endpoints));
         let (stop, mut stopped) = watch::channel(false);
         let task = runtime.spawn(async move {
@@ -161,6 +169,33 @@ async fn metrics(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) ->
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+async fn reload(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> Response {
+    if !endpoints.authorized(&headers) {
+        return unauthorized();
+    }
+    // File reads and certificate parsing: off the runtime's workers.
+    let reloader = Arc::clone(&endpoints.reloader);
+    let Ok(failed) = tokio::task::spawn_blocking(move || reloader.reload()).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n").into_response();
+    };
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let failed: Vec<_> = failed
+        .into_iter()
+        .map(|(what, error)| serde_json::json!({ "what": what, "error": error }))
+        .collect();
+    let body = serde_json::json!({ "reloaded": failed.is_empty(), "failed": failed });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn health(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> Response {

@@ -254,6 +254,7 @@ impl Node {
             rafts: std::sync::Arc::clone(meta.rafts()),
             token: http_token,
             unauthorized: http_unauthorized,
+            reloader: broker.reloader(),
         };
         let http = match HttpServer::start(runtimes.grpc.handle(), http_bind, endpoints) {
             Ok(http) => http,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use common::certs::{Pem, TestCa, client_config};
-use common::process::NodeProcess;
+use common::process::{NodeProcess, http_post};
 use common::{Raw, cheap_hash};
 use rustls::pki_types::ServerName;
 use tidemq_proto::mqtt::{Protocol, QoS, ReasonCode};
@@ -140,5 +140,24 @@ async fn sighup_reloads_certificates_and_passwords_and_keeps_connections() -> an
         .publish("r/2", b"still", QoS::AtLeastOnce, false, 1)
         .await;
     assert_eq!(&kept.expect_publish().await.payload[..], b"still");
+
+    // POST /admin/reload does what SIGHUP does, and says what failed.
+    let (status, body) = http_post(node.http, "/admin/reload")?;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains(&tls_label) && body.contains("\"auth\""),
+        "{body}"
+    );
+    install(&ca1.server("server-3")?, d)?;
+    std::fs::write(&acl, "allow all * #\n")?;
+    let (status, body) = http_post(node.http, "/admin/reload")?;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        answer,
+        serde_json::json!({ "reloaded": true, "failed": [] })
+    );
+    let mut third = tls_raw(tls_addr, client_config(&ca1.cert, None)?).await?;
+    assert_eq!(third.handshake("third").await.reason, ReasonCode::Success);
     Ok(())
 }

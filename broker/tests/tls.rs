@@ -93,14 +93,37 @@ fn rumqttc_tls(id: &str, addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> ru
     options
 }
 
-#[tokio::test]
-async fn rumqttc_publishes_and_receives_over_tls() {
+/// A broker whose listener 1 is TLS with a certificate `ca` signed.
+struct OneWay {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    broker: Broker,
+    registry: prometheus::Registry,
+}
+
+async fn one_way() -> OneWay {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new(dir.path(), "ca").expect("ca");
     let server = ca.server("server").expect("server certificate");
     let mut config = Config::default();
     config.listeners.push(tls_listener(&server));
-    let broker = common::start(config).await;
+    let (broker, registry) = common::start_registered(config).await;
+    OneWay {
+        dir,
+        ca,
+        broker,
+        registry,
+    }
+}
+
+#[tokio::test]
+async fn rumqttc_publishes_and_receives_over_tls() {
+    let OneWay {
+        dir: _dir,
+        ca,
+        broker,
+        ..
+    } = one_way().await;
     let tls = client_config(&ca.cert, None).expect("client config");
 
     let (client, mut events) =
@@ -139,12 +162,9 @@ async fn rumqttc_publishes_and_receives_over_tls() {
 
 #[tokio::test]
 async fn plaintext_on_a_tls_port_is_refused_and_counted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(dir.path(), "ca").expect("ca");
-    let server = ca.server("server").expect("server certificate");
-    let mut config = Config::default();
-    config.listeners.push(tls_listener(&server));
-    let (broker, registry) = common::start_registered(config).await;
+    let OneWay {
+        broker, registry, ..
+    } = one_way().await;
     let tls_label = label(&broker, 1);
 
     let mut tcp = TcpStream::connect(addr(&broker, 1)).await.expect("connect");
@@ -171,13 +191,13 @@ async fn plaintext_on_a_tls_port_is_refused_and_counted() {
 
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_server_fails_and_is_counted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(dir.path(), "ca").expect("ca");
+    let OneWay {
+        dir,
+        broker,
+        registry,
+        ..
+    } = one_way().await;
     let other = TestCa::new(dir.path(), "other-ca").expect("other ca");
-    let server = ca.server("server").expect("server certificate");
-    let mut config = Config::default();
-    config.listeners.push(tls_listener(&server));
-    let (broker, registry) = common::start_registered(config).await;
 
     let wrong = client_config(&other.cert, None).expect("client config");
     let err = tls_connect(addr(&broker, 1), wrong)
@@ -254,7 +274,7 @@ async fn mutual_tls_takes_the_user_name_from_the_certificate_for_the_acl() {
         f.ca.client("alice", "alice", "alice.devices")
             .expect("cert");
     let config = client_config(&f.ca.cert, Some(&alice)).expect("client config");
-    let stream = tls_connect(addr(&f.broker, 1), config)
+    let stream = tls_connect(addr(&f.broker, 1), config.clone())
         .await
         .expect("a certificate from the CA is accepted");
     let mut raw = Raw::over(stream, Protocol::V5);
@@ -270,6 +290,48 @@ async fn mutual_tls_takes_the_user_name_from_the_certificate_for_the_acl() {
         .await;
     let got = raw.expect_publish().await;
     assert_eq!(got.topic, "alice/t");
+
+    // rumqttc with the same certificate, and with an expired one.
+    let port_addr = addr(&f.broker, 1);
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc_tls("alice-2", port_addr, config), 16);
+    client
+        .subscribe("alice/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let suback = tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) = events
+                .poll()
+                .await
+                .expect("rumqttc with alice's certificate connects")
+            {
+                break ack;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK within the wait");
+    assert_eq!(
+        suback.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(
+            rumqttc::QoS::AtLeastOnce
+        )]
+    );
+    let old = f.ca.expired_client("old", "alice").expect("cert");
+    let expired = client_config(&f.ca.cert, Some(&old)).expect("client config");
+    let (_client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc_tls("alice-3", port_addr, expired), 16);
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = events.poll().await {
+                break e;
+            }
+        }
+    })
+    .await
+    .expect("rumqttc fails within the wait");
+    assert!(!refused.to_string().is_empty());
     f.broker.shutdown().await;
     drop(f.dir);
 }
@@ -364,12 +426,7 @@ async fn wait_for_subscriptions(broker: &Broker, count: usize) {
 /// not hold a shutdown for their timeouts.
 #[tokio::test]
 async fn shutdown_does_not_wait_for_handshakes_in_progress() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = TestCa::new(dir.path(), "ca").expect("ca");
-    let server = ca.server("server").expect("server certificate");
-    let mut config = Config::default();
-    config.listeners.push(tls_listener(&server));
-    let broker = common::start(config).await;
+    let OneWay { broker, .. } = one_way().await;
     let _silent_tls = TcpStream::connect(addr(&broker, 1)).await.expect("connect");
     let _silent_tcp = TcpStream::connect(addr(&broker, 0)).await.expect("connect");
     tokio::time::sleep(Duration::from_millis(100)).await;
