@@ -36,6 +36,9 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localho
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/san.ext"
 openssl x509 -req -in "$work/server.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
     -days 2 -extfile "$work/san.ext" -out "$work/server.crt" 2>/dev/null
+# Mosquitto started as root reads them as user mosquitto (test keys only).
+chmod 755 "$work"
+chmod 644 "$work"/*.crt "$work"/*.key
 
 # --- brokers: tcp, tls, ws, wss on consecutive ports ---------------------
 declare -A base=([mosquitto]=21880 [tidemq]=22880)
