@@ -53,6 +53,9 @@ fn split_filter(filter: &str) -> (Option<&str>, &str) {
 pub struct Router {
     subscriptions: RwLock<SubscriptionTree<SubKey, SubValue>>,
     retained: RwLock<Retained>,
+    /// The broker's own `$SYS` values: apart from the clients' retained
+    /// messages, never counted against their limits.
+    sys: RwLock<RetainTree<Arc<Message>>>,
 }
 
 /// The retained messages, with the bytes they hold.
@@ -309,6 +312,14 @@ impl Router {
         Ok(retained.tree.len())
     }
 
+    /// Sets the retained value of a broker-owned `$SYS` topic.
+    pub fn retain_sys(&self, message: &Arc<Message>) {
+        self.sys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(&message.topic, Arc::clone(message));
+    }
+
     /// Bytes the retained messages hold ([`Message::size`] of each).
     pub fn retained_bytes(&self) -> usize {
         self.retained
@@ -321,8 +332,14 @@ impl Router {
     /// filter, its inner filter).
     pub fn retained_for(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let (_, inner) = split_filter(filter);
-        let retained = self.retained.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
+        // Only a filter starting with `$SYS` matches `$SYS` topics.
+        if crate::sys::is_sys(inner.split('/').next().unwrap_or_default()) {
+            let sys = self.sys.read().unwrap_or_else(PoisonError::into_inner);
+            sys.for_each_match(inner, |_, message| out.push(Arc::clone(message)));
+            return out;
+        }
+        let retained = self.retained.read().unwrap_or_else(PoisonError::into_inner);
         retained.tree.for_each_match(inner, |_, message| {
             if !message.is_expired(now) {
                 out.push(Arc::clone(message));

@@ -15,8 +15,10 @@
 //!
 //! Clients cannot publish to `$SYS` ([`is_sys`]). Without an ACL, `$SYS`
 //! can be read on loopback listeners only; with one, the ACL decides as
-//! for any topic. The retained copies live in memory only: they are
-//! rebuilt at the first tick after a start.
+//! for any topic. The retained copies live in memory only, apart from the
+//! clients' retained messages (they count toward no limit and are not in
+//! `retained messages/count`): they are rebuilt at the first tick after a
+//! start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,7 +223,8 @@ fn snapshot(
     out
 }
 
-/// Retains `value` on `topic` (in memory) and sends it to the current
+/// Retains `value` on `topic` (in memory, apart from the clients'
+/// retained messages and their limits) and sends it to the current
 /// subscribers.
 fn publish(shared: &Arc<Shared>, topic: String, value: String) {
     let message = |retain| Message {
@@ -233,18 +236,7 @@ fn publish(shared: &Arc<Shared>, topic: String, value: String) {
         publisher: None,
         expires_at: None,
     };
-    let retained = Arc::new(message(true));
-    let limits = shared.config.load().mqtt.retain_limits();
-    match shared.router.retain(&retained, limits) {
-        Ok(count) => shared.metrics.retained.set(count as i64),
-        Err(_) => {
-            shared
-                .metrics
-                .messages_dropped
-                .with_label_values(&["retained_limit"])
-                .inc();
-        }
-    }
+    shared.router.retain_sys(&Arc::new(message(true)));
     // Routed unretained: the store keeps retained messages on disk, and a
     // `$SYS` value is stale after a restart anyway.
     crate::delivery::publish_detached(shared, &Arc::new(message(false)));

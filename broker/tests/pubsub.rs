@@ -21,14 +21,14 @@ async fn wildcards_and_dollar_topics() {
     let mut all = Raw::connect(addr, Protocol::V3_1_1, "all").await;
     all.subscribe(1, "#", QoS::AtMostOnce).await;
     let mut sys = Raw::connect(addr, Protocol::V3_1_1, "sys").await;
-    sys.subscribe(1, "$SYS/#", QoS::AtMostOnce).await;
+    sys.subscribe(1, "$app/#", QoS::AtMostOnce).await;
     let mut plus = Raw::connect(addr, Protocol::V3_1_1, "plus").await;
     plus.subscribe(1, "+/b", QoS::AtMostOnce).await;
 
     let mut p = Raw::connect(addr, Protocol::V3_1_1, "pub").await;
-    p.publish("$SYS/uptime", b"1", QoS::AtMostOnce, false, 0)
+    p.publish("$app/uptime", b"1", QoS::AtMostOnce, false, 0)
         .await;
-    assert_eq!(sys.expect_publish().await.topic, "$SYS/uptime");
+    assert_eq!(sys.expect_publish().await.topic, "$app/uptime");
     all.expect_silence().await; // `#` does not match `$` topics
     p.publish("a/b", b"2", QoS::AtMostOnce, false, 0).await;
     assert_eq!(all.expect_publish().await.topic, "a/b");
