@@ -323,7 +323,13 @@ async fn three_processes_fail_over_catch_up_by_snapshot_and_admit_a_fourth() -> 
         failover < Duration::from_secs(8),
         "new leaders {new_leaders:?} after {failover:?}"
     );
+    // Writes go on after the failover until enough were acknowledged for
+    // the check below to mean something (a loaded machine needs longer).
+    let enough = Instant::now() + Duration::from_secs(15);
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    while load.acked.lock().map_or(0, |a| a.len()) <= 100 && Instant::now() < enough {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (acked, failed) = load.finish().await;
     assert!(
         acked.len() > 100,
