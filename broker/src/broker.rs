@@ -59,16 +59,21 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    /// What the ACL makes of a subscription (granted when there is no ACL).
+    /// What the ACL makes of a subscription. Without an ACL everything is
+    /// granted, except `$SYS` to a client not `sys_readable` (one that did
+    /// not come in on a loopback listener).
     pub fn subscription(
         &self,
         username: Option<&str>,
         client_id: &str,
         filter: &str,
+        sys_readable: bool,
     ) -> Subscription {
-        self.acl.as_ref().map_or(Subscription::Granted, |acl| {
-            acl.check_subscribe(username, client_id, filter)
-        })
+        match &self.acl {
+            Some(acl) => acl.check_subscribe(username, client_id, filter),
+            None if !sys_readable && crate::sys::reads_sys(filter) => Subscription::Refused,
+            None => Subscription::Granted,
+        }
     }
 
     /// Whether a subscriber may receive a message published to `topic`.
@@ -192,10 +197,7 @@ impl Broker {
         }
         let accept_tasks = listeners
             .iter()
-            .map(|listener| {
-                listener.report_expiry(&shared);
-                tokio::spawn(Arc::clone(listener).accept_loop(Arc::clone(&shared)))
-            })
+            .map(|listener| tokio::spawn(Arc::clone(listener).accept_loop(Arc::clone(&shared))))
             .collect();
         let reloader = Arc::new(Reloader {
             shared: Arc::clone(&shared),

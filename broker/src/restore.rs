@@ -79,7 +79,10 @@ pub(crate) async fn restore(
             for sub in &stored.subscriptions {
                 // The ACL may have changed since the subscription was made.
                 let client_id = key.client_id();
-                let acl = auth.subscription(stored.username.as_deref(), client_id, &sub.filter);
+                // Where the client will connect is not known yet: the
+                // $SYS rule is applied again when it does.
+                let acl =
+                    auth.subscription(stored.username.as_deref(), client_id, &sub.filter, true);
                 if acl == Subscription::Refused {
                     warn!(client = client_id, filter = %sub.filter, "ACL now denies a stored subscription: dropped");
                     continue;

@@ -179,3 +179,31 @@ async fn sys_on_a_public_listener_needs_an_acl_rule() {
     assert_eq!(got.topic, "$SYS/broker/uptime");
     broker.shutdown().await;
 }
+
+/// A persistent session that subscribed to `$SYS` on a loopback listener
+/// loses that subscription when it resumes on a public one (no ACL).
+#[tokio::test]
+async fn a_sys_subscription_does_not_follow_its_session_to_a_public_listener() {
+    let mut config = sys_config();
+    config.listeners.push(ListenerConfig {
+        bind: "0.0.0.0:0".parse().expect("address"),
+        allow_anonymous_on_public_address: true,
+        ..ListenerConfig::default()
+    });
+    let broker = common::start(config).await;
+    let (mut raw, _) = common::persistent(broker.local_addr(), "wanderer").await;
+    let ack = raw
+        .subscribe(1, "$SYS/broker/uptime", QoS::AtMostOnce)
+        .await;
+    assert_eq!(ack.reasons, vec![ReasonCode::Success]);
+    common::disconnect(raw).await;
+    let port = broker.listener_addrs()[1].1.port();
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut raw, present) = common::persistent(public, "wanderer").await;
+    assert!(present, "the session is resumed");
+    assert!(
+        raw.recv_within(Duration::from_millis(2500)).await.is_none(),
+        "$SYS must not reach a client of a public listener without an ACL"
+    );
+    broker.shutdown().await;
+}

@@ -131,9 +131,15 @@ impl Default for ListenerConfig {
 impl ListenerConfig {
     /// The name in logs and metric labels.
     pub fn label(&self) -> String {
+        self.label_at(self.bind.port())
+    }
+
+    /// The name in logs and metric labels once bound to `port` (the port
+    /// the system picked for port 0).
+    pub fn label_at(&self, port: u16) -> String {
         self.name
             .clone()
-            .unwrap_or_else(|| format!("{}:{}", self.kind.as_str(), self.bind.port()))
+            .unwrap_or_else(|| format!("{}:{port}", self.kind.as_str()))
     }
 
     /// Checks values that parse but cannot work.

@@ -96,7 +96,6 @@ pub(super) async fn handshake(
     let mut connect = read_connect(shared, &config, io).await?;
     // A certificate identity replaces the CONNECT's user name (and needs no
     // password), so ACL `user:` rules apply to it.
-    let certified = origin.certificate_user.is_some();
     if let Some(user) = origin.certificate_user.clone() {
         connect.username = Some(user);
         connect.password = None;
@@ -112,7 +111,7 @@ pub(super) async fn handshake(
     };
     tracing::Span::current().record("client_id", client_id.as_str());
     steps.mark("validate");
-    if let Err(reason) = authenticate(shared, &origin, &connect, certified).await {
+    if let Err(reason) = authenticate(shared, &origin, &connect).await {
         refuse(shared, io, protocol, reason).await;
         return None;
     }
@@ -362,7 +361,12 @@ async fn attach(
         state.expiry_interval = session_expiry(connect, config);
     }
     if session_present {
-        recheck_subscriptions(shared, &session, connect.username.as_deref());
+        recheck_subscriptions(
+            shared,
+            &session,
+            connect.username.as_deref(),
+            origin.listener.loopback,
+        );
     }
     // A clean start ends the old session: its delayed will goes out now.
     if let Some(pending) = attached.pending_will.filter(|_| connect.clean_start) {
@@ -392,9 +396,14 @@ async fn attach(
 /// Checks a resumed session's subscriptions against the ACL in force now
 /// (it may have changed since they were granted): one it denies entirely is
 /// dropped and logged, and each one's per-message check is set anew.
-fn recheck_subscriptions(shared: &Shared, session: &Session, username: Option<&str>) {
+fn recheck_subscriptions(
+    shared: &Shared,
+    session: &Session,
+    username: Option<&str>,
+    sys_readable: bool,
+) {
     let auth = shared.auth.load();
-    if auth.acl.is_none() {
+    if auth.acl.is_none() && sys_readable {
         return;
     }
     let subscriptions: Vec<(String, SubscriptionEntry)> = session
@@ -405,7 +414,7 @@ fn recheck_subscriptions(shared: &Shared, session: &Session, username: Option<&s
         .collect();
     // The router's lock is never taken under the session's.
     for (filter, mut entry) in subscriptions {
-        match auth.subscription(username, &session.client_id, &filter) {
+        match auth.subscription(username, &session.client_id, &filter, sys_readable) {
             Subscription::Refused => {
                 warn!(client = %session.client_id, %filter, "the ACL now denies a subscription: dropped");
                 session.lock().subscriptions.remove(&filter);
@@ -545,9 +554,8 @@ async fn authenticate(
     shared: &Shared,
     origin: &Origin,
     connect: &Connect,
-    certified: bool,
 ) -> Result<(), ReasonCode> {
-    if certified {
+    if origin.certificate_user.is_some() {
         return Ok(());
     }
     let allow_anonymous = origin.listener.allow_anonymous;

@@ -25,7 +25,6 @@ use crate::delivery;
 use crate::durable::{DurableError, StoredSubscription, catalog};
 use crate::message::Delivery;
 use crate::session::SubscriptionEntry;
-use crate::sys;
 
 /// A subscription just made: its entry and whether it replaced one.
 struct Made {
@@ -104,17 +103,12 @@ impl Connection {
         if parse_shared_filter(&request.filter).is_err() {
             return Err(ReasonCode::TopicFilterInvalid);
         }
-        let auth = self.shared.auth.load();
-        // Without an ACL, $SYS is for loopback listeners only.
-        let acl = if auth.acl.is_none() && !self.sys_readable && sys::reads_sys(&request.filter) {
-            Subscription::Refused
-        } else {
-            auth.subscription(
-                self.username.as_deref(),
-                &self.session.client_id,
-                &request.filter,
-            )
-        };
+        let acl = self.shared.auth.load().subscription(
+            self.username.as_deref(),
+            &self.session.client_id,
+            &request.filter,
+            self.sys_readable,
+        );
         if acl == Subscription::Refused {
             // 0x80 in 5.0 as in 3.1.1, not 0x87: clients written for the
             // 3.1.1 codes (the Paho interop suite's among them) take any

@@ -68,13 +68,8 @@ impl Listener {
         let bind_error = |source| crate::BrokerError::Bind { addr, source };
         let socket = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = socket.local_addr().map_err(bind_error)?;
-        // A port picked by the system is named by the port it got.
-        let label = match (&config.name, addr.port()) {
-            (None, 0) => format!("{}:{}", config.kind.as_str(), local_addr.port()),
-            _ => config.label(),
-        };
         let info = Arc::new(ListenerInfo {
-            label,
+            label: config.label_at(local_addr.port()),
             kind: config.kind,
             tenant: config.tenant.clone(),
             allow_anonymous: config.allow_anonymous,
@@ -146,6 +141,7 @@ impl Listener {
         info!(listener = self.label(), addr = %self.local_addr, kind = self.info.kind.as_str(), "MQTT listener started");
         let mut connections = JoinSet::new();
         let mut shutdown = shared.shutdown.clone();
+        // Its first tick is at once: the expiry is reported at start too.
         let mut expiry_check = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
