@@ -17,9 +17,8 @@ use tracing::warn;
 use crate::broker::AuthState;
 use crate::broker::Shared;
 use crate::connection::RecordSink;
-use crate::durable::{
-    AppendGuard, DiskRef, DurableError, DurableStore, Origin, Recipient, Record, record,
-};
+use crate::durable::record::{RecipientRef, RecipientSplit};
+use crate::durable::{AppendGuard, DiskRef, DurableError, DurableStore, Origin, record};
 use crate::message::{Delivery, Message};
 use crate::metrics::BrokerMetrics;
 use crate::router::{RetainRefused, RouteOutcome, RouteTarget};
@@ -30,7 +29,7 @@ pub(crate) type StoreWrite = BoxFuture<'static, Result<Stored, DurableError>>;
 
 /// Deliveries whose message is on disk, to be queued in order.
 pub(crate) struct Stored {
-    deliveries: Vec<(Arc<Session>, u64, Delivery)>,
+    deliveries: Vec<DurableDelivery>,
     store: DurableStore,
     /// Keeps the partition from being trimmed until the sessions hold the
     /// offset.
@@ -79,11 +78,24 @@ pub(crate) struct PendingRecord {
     waiting: Waiting,
 }
 
+/// A delivery to a persistent session: the session, its epoch, and what
+/// it is sent.
+type DurableDelivery = (Arc<Session>, u64, Delivery);
+
+/// A delivery as its message's record lists it.
+fn recipient((session, epoch, delivery): &DurableDelivery) -> RecipientRef<'_> {
+    RecipientRef {
+        key: &session.key,
+        epoch: *epoch,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        subscription_ids: &delivery.subscription_ids,
+    }
+}
+
 /// The deliveries of a message on its way to disk.
 struct Waiting {
-    deliveries: Vec<(Arc<Session>, u64, Delivery)>,
-    /// How many of the deliveries each record names, in order.
-    per_record: Vec<usize>,
+    deliveries: Vec<DurableDelivery>,
     /// Keeps the partition from being trimmed until the sessions hold the
     /// offset.
     appending: AppendGuard,
@@ -93,13 +105,13 @@ impl Waiting {
     /// The deliveries, now that their records are on disk from `first` on:
     /// each points at the record that names its session.
     fn stored(mut self, partition: u32, first: u64, store: DurableStore) -> Stored {
-        let offsets = self
-            .per_record
-            .iter()
-            .enumerate()
-            .flat_map(|(i, &n)| std::iter::repeat_n(first + i as u64, n));
-        for ((_, _, delivery), offset) in self.deliveries.iter_mut().zip(offsets) {
-            delivery.stored = Some(DiskRef { partition, offset });
+        let mut split = RecipientSplit::default();
+        for entry in &mut self.deliveries {
+            let record = split.place(recipient(entry).encoded_len()) as u64;
+            entry.2.stored = Some(DiskRef {
+                partition,
+                offset: first + record,
+            });
         }
         Stored {
             deliveries: self.deliveries,
@@ -202,40 +214,29 @@ fn pending_record(
     store: &DurableStore,
     message: &Message,
     origin: Option<Origin>,
-    deliveries: Vec<(Arc<Session>, u64, Delivery)>,
+    deliveries: Vec<DurableDelivery>,
 ) -> Result<PendingRecord, DurableError> {
     let publisher = message.publisher.as_deref().unwrap_or_default();
     let partition = store.partition_for(publisher);
     let appending = store.begin_append(partition);
-    let recipients = deliveries
-        .iter()
-        .map(|(session, epoch, delivery)| Recipient {
-            key: session.key.to_string(),
-            epoch: *epoch,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            subscription_ids: delivery.subscription_ids.clone(),
-        })
-        .collect();
-    let chunks = record::recipient_chunks(recipients);
-    let per_record = chunks.iter().map(Vec::len).collect();
-    let mut records = Vec::with_capacity(chunks.len());
-    let mut chunks = chunks.into_iter();
-    records.push(store.encode_message(&Record::Publish {
-        publish: record::message_publish(message),
-        expires_at_ms: record::expiry_to_unix(message, Instant::now()),
-        origin,
-        recipients: chunks.next().unwrap_or_default(),
-    })?);
-    for (back, recipients) in (1u32..).zip(chunks) {
-        records.push(store.encode_message(&Record::Recipients { back, recipients })?);
+    let mut ranges =
+        record::recipient_ranges(deliveries.iter().map(|d| recipient(d).encoded_len()));
+    let listed = |range: std::ops::Range<usize>| deliveries[range].iter().map(recipient);
+    let first = ranges.next().unwrap_or_default();
+    let mut records = vec![store.checked_size(record::publish_record(
+        &record::message_publish(message),
+        record::expiry_to_unix(message, Instant::now()),
+        origin.as_ref(),
+        listed(first),
+    )?)?];
+    for (back, range) in (1u32..).zip(ranges) {
+        records.push(store.checked_size(record::recipients_record(back, listed(range))?)?);
     }
     Ok(PendingRecord {
         partition,
         records,
         waiting: Waiting {
             deliveries,
-            per_record,
             appending,
         },
     })

@@ -3,7 +3,8 @@
 //! exactly once, retained messages and subscriptions survive a restart, an
 //! expired session leaves nothing on disk, a corrupt storage tail is cut
 //! off and reported instead of stopping the node, PUBACKs keep their
-//! order when stored and unstored messages share a read, and the meta
+//! order when stored and unstored messages share a read, completions read
+//! in one pass are recorded (and survive SIGKILL), and the meta
 //! service's record says whether a session is connected (after a crash
 //! too).
 
@@ -561,6 +562,73 @@ async fn pubacks_keep_the_order_of_publishes_read_in_one_pass() -> anyhow::Resul
             "{got:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_read_in_one_pass_survive_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start(dir.path(), &[])?;
+    let (mut sub, _) = persistent(node.mqtt, "completer").await;
+    sub.subscribe(1, "c/#", QoS::AtLeastOnce).await;
+
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V3_1_1, "source").await;
+    for seq in 0u16..10 {
+        publisher
+            .publish("c/x", &seq.to_be_bytes(), QoS::AtLeastOnce, false, seq + 1)
+            .await;
+    }
+    // Received, not acknowledged yet.
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => ids.push(p.packet_id.context("QoS 1")?),
+            other => bail!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    // Seven PUBACKs in one write: the node records them together.
+    let mut bytes = bytes::BytesMut::new();
+    for id in &ids[..7] {
+        tidemq_proto::mqtt::encode(
+            &Packet::PubAck(PubResponse::success(*id)),
+            Protocol::V3_1_1,
+            &mut bytes,
+        )?;
+    }
+    // PINGRESP comes once the pass that read them has handed them to the
+    // store's writer.
+    tidemq_proto::mqtt::encode(&Packet::PingReq, Protocol::V3_1_1, &mut bytes)?;
+    sub.send_bytes(&bytes).await;
+    match sub.recv().await {
+        Some(Packet::PingResp) => {}
+        other => bail!("expected PINGRESP, got {other:?}"),
+    }
+    // The publisher's next message is stored after them (same partition,
+    // one writer, in order): its PUBACK means they are on disk too.
+    publisher
+        .publish("c/x", &10u16.to_be_bytes(), QoS::AtLeastOnce, false, 11)
+        .await;
+    match sub.recv().await {
+        Some(Packet::Publish(p)) => ensure!(p.payload[..] == 10u16.to_be_bytes()),
+        other => bail!("expected PUBLISH, got {other:?}"),
+    }
+    node.sigkill()?;
+    drop(sub);
+
+    node.restart()?;
+    let (mut sub, present) = persistent(node.mqtt, "completer").await;
+    ensure!(present);
+    let mut resent = BTreeSet::new();
+    for _ in 7..=10 {
+        let again = sub.expect_publish().await;
+        ensure!(again.dup, "a resend carries DUP");
+        resent.insert(u16::from_be_bytes([again.payload[0], again.payload[1]]));
+    }
+    ensure!(
+        resent == (7u16..=10).collect(),
+        "resent {resent:?}: the completed ones must not come back"
+    );
+    sub.expect_silence().await;
     Ok(())
 }
 

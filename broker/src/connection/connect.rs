@@ -483,6 +483,7 @@ impl Connection {
             // Packets that came in the CONNECT's read wait in the buffer.
             input_held: true,
             loading: FuturesOrdered::new(),
+            completions: Vec::new(),
             budget: Budget::new(super::TURN_BUDGET),
             busy: Busy::default(),
         }

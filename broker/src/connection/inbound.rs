@@ -225,13 +225,31 @@ impl Connection {
         self.respond(io, Work::after(write, Some(response)));
     }
 
-    /// Records that a stored message was completed (PUBACK, PUBCOMP, or
-    /// refused in PUBREC), without waiting: at worst it is sent again
-    /// after a crash, which QoS 1 and 2 allow.
-    pub(super) fn completed(&self, stored: Option<DiskRef>) {
-        if let (Some(at), Some((store, epoch))) = (stored, self.durable()) {
-            store.ack(at, &self.session.key, epoch);
+    /// Notes that a stored message was completed (PUBACK, PUBCOMP, refused
+    /// in PUBREC, expired or never sent); the pass records it at its end
+    /// ([`Connection::record_completions`]).
+    pub(super) fn completed(&mut self, stored: Option<DiskRef>) {
+        self.completions.extend(stored);
+    }
+
+    /// Records the completions of this pass without waiting, one record per
+    /// partition: at worst a message is sent again after a crash, which QoS
+    /// 1 and 2 allow.
+    pub(super) fn record_completions(&mut self) {
+        if self.completions.is_empty() {
+            return;
         }
+        if let Some((store, epoch)) = self.durable() {
+            // Their order within a record does not matter.
+            self.completions.sort_unstable_by_key(|at| at.partition);
+            let mut offsets = Vec::with_capacity(self.completions.len());
+            for run in self.completions.chunk_by(|a, b| a.partition == b.partition) {
+                offsets.clear();
+                offsets.extend(run.iter().map(|at| at.offset));
+                store.acks(run[0].partition, &self.session.key, epoch, &offsets);
+            }
+        }
+        self.completions.clear();
     }
 
     /// Replaces an inbound topic alias by its topic, or records a new one.

@@ -21,6 +21,7 @@ pub(crate) use turn::Lanes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use prometheus::IntCounter;
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 use tracing::warn;
 
 use crate::broker::Shared;
@@ -101,6 +103,25 @@ async fn write_some(writer: &mut Writer, buf: &[u8]) -> std::io::Result<usize> {
     } else {
         writer.write(buf).await
     }
+}
+
+/// Keeps `timer` set no later than `deadline`. An earlier deadline sets it
+/// now; a later one waits until it fires ([`expired`]), so that a busy
+/// connection does not move its timers on every wake-up.
+fn arm(timer: Pin<&mut Sleep>, deadline: Instant) {
+    if deadline < timer.deadline().into_std() {
+        timer.reset(deadline.into());
+    }
+}
+
+/// Whether `deadline` has passed now that `timer` fired; if not, the
+/// timer is set again for it.
+fn expired(timer: Pin<&mut Sleep>, deadline: Instant) -> bool {
+    if Instant::now() >= deadline {
+        return true;
+    }
+    timer.reset(deadline.into());
+    false
 }
 
 /// How long a closed connection keeps reading what the client still sends.
@@ -248,6 +269,9 @@ pub(crate) struct Connection {
     write_timeout: Duration,
     /// Responses waiting for their store writes, in packet order.
     acks: AckQueue<StoreSink>,
+    /// Stored messages completed in this pass, recorded together at its end
+    /// (empty between passes).
+    completions: Vec<DiskRef>,
     /// Input was held back (the connection had too much work held): whole
     /// packets may be waiting in the read buffer, and the keep alive
     /// restarts when input resumes.
@@ -266,7 +290,21 @@ type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 impl Connection {
     /// The connection loop; see the [module docs](self).
     async fn run(mut self, io: &mut Io) {
+        // The futures the loop waits on every time live across its turns:
+        // made once (and again after they fire), not on every wake-up.
         let mut shutdown = self.shared.shutdown.clone();
+        let shutting_down = async move {
+            // An error is a broker that is gone: shut down too.
+            let _ = shutdown.wait_for(|down| *down).await;
+        };
+        let session = Arc::clone(&self.session);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        tokio::pin! {
+            let shutting_down = shutting_down;
+            let queued = session.notify.notified();
+            let idle_timer = tokio::time::sleep_until(far.into());
+            let stuck_timer = tokio::time::sleep_until(far.into());
+        }
         // Held only while working, and only once busy (see `turn`).
         let mut lane: Option<Lane> = None;
         let end = loop {
@@ -311,6 +349,8 @@ impl Connection {
                 self.last_packet + self.keep_alive.map_or(Duration::ZERO, |k| k + k / 2);
             let stuck_at =
                 self.write_blocked_since.unwrap_or(self.last_packet) + self.write_timeout;
+            arm(idle_timer.as_mut(), idle_until);
+            arm(stuck_timer.as_mut(), stuck_at);
             let ended = tokio::select! {
                 read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
@@ -333,7 +373,10 @@ impl Connection {
                         None
                     }
                 },
-                () = self.session.notify.notified() => None,
+                () = queued.as_mut() => {
+                    queued.set(session.notify.notified());
+                    None
+                }
                 () = Self::store_drained(self.shared.durable.as_ref()), if self.held_by_store() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
@@ -350,20 +393,17 @@ impl Connection {
                 Some(loaded) = self.loading.next(), if !self.loading.is_empty() => {
                     self.finish_load(loaded).err()
                 }
-                () = tokio::time::sleep_until(idle_until.into()), if self.keep_alive.is_some() && reading => {
-                    Some(End::KeepAliveTimeout)
+                () = idle_timer.as_mut(), if self.keep_alive.is_some() && reading => {
+                    expired(idle_timer.as_mut(), idle_until).then_some(End::KeepAliveTimeout)
                 }
-                () = tokio::time::sleep_until(stuck_at.into()), if !io.write_buf.is_empty() => {
-                    Some(End::WriteTimeout)
+                () = stuck_timer.as_mut(), if !io.write_buf.is_empty() => {
+                    expired(stuck_timer.as_mut(), stuck_at).then_some(End::WriteTimeout)
                 }
                 kick = &mut self.kick => match kick {
                     Ok(Kick::TakenOver { session_continues }) => Some(End::TakenOver { session_continues }),
                     Err(_) => Some(End::Dropped),
                 },
-                changed = shutdown.changed() => match changed {
-                    Ok(()) if !*shutdown.borrow() => None,
-                    _ => Some(End::Shutdown),
-                },
+                () = shutting_down.as_mut() => Some(End::Shutdown),
             };
             if let Some(end) = ended {
                 break end;
@@ -539,8 +579,10 @@ impl Connection {
     fn handle_buffered(&mut self, io: &mut Io) -> Result<(), End> {
         let handled = self.handle_packets(io);
         // Whatever ended the pass, even an error or DISCONNECT, the records
-        // of the messages read in it go to the store.
+        // of the messages read in it go to the store, and so do the
+        // completions.
         self.acks.end_pass();
+        self.record_completions();
         handled
     }
 

@@ -106,6 +106,7 @@ impl Connection {
                 self.completed(done.stored());
             }
         }
+        self.record_completions();
     }
 
     pub(super) fn resend_inflight(&mut self, io: &mut Io) {

@@ -395,7 +395,12 @@ impl DurableStore {
     /// Encodes a record for a message partition, refused if larger than a
     /// record may be.
     pub fn encode_message(&self, record: &Record) -> Result<Vec<u8>, DurableError> {
-        let bytes = record.encode()?;
+        self.checked_size(record.encode()?)
+    }
+
+    /// An encoded record for a message partition, refused if larger than a
+    /// record may be.
+    pub fn checked_size(&self, bytes: Vec<u8>) -> Result<Vec<u8>, DurableError> {
         if bytes.len() > self.inner.max_record {
             return Err(DurableError::TooLarge {
                 size: bytes.len(),
@@ -478,19 +483,26 @@ impl DurableStore {
     /// and counted (`tidemq_store_ack_errors_total`); the message may then
     /// be delivered again after a restart, which QoS 1 and 2 allow.
     pub fn ack(&self, at: DiskRef, key: &str, epoch: u64) {
-        let record = Record::Ack {
-            key: key.to_string(),
-            epoch,
-            offset: at.offset,
-        };
-        let sent = match record.encode() {
+        self.acks(at.partition, key, epoch, &[at.offset]);
+    }
+
+    /// Records, as [`DurableStore::ack`] does, that a session completed the
+    /// messages at `offsets` of `partition`: one record for them all.
+    pub fn acks(&self, partition: u32, key: &str, epoch: u64, offsets: &[u64]) {
+        let sent = match record::acks_record(key, epoch, offsets) {
             Ok(bytes) => self
-                .send(at.partition, WriteJob::Completion(bytes))
+                .send(
+                    partition,
+                    WriteJob::Completion {
+                        record: bytes,
+                        count: offsets.len() as u64,
+                    },
+                )
                 .map_err(DurableError::from),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = sent {
-            self.inner.ack_errors.inc();
+            self.inner.ack_errors.inc_by(offsets.len() as u64);
             warn!(error = %e, "cannot record a completed message");
         }
     }

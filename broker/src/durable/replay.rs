@@ -171,6 +171,14 @@ impl DurableStore {
                                 queue.remove(&at);
                             }
                         }
+                        Ok(ReplayView::Acks { key, offsets, .. }) => {
+                            if let Some(queue) = queues.get_mut(key) {
+                                for offset in offsets {
+                                    let at = follow(&moved, key, DiskRef { partition, offset });
+                                    queue.remove(&at);
+                                }
+                            }
+                        }
                         Ok(ReplayView::Released { key, offset, .. }) => {
                             let at = follow(&moved, key, DiskRef { partition, offset });
                             if let Some(p) = queues.get_mut(key).and_then(|q| q.get_mut(&at)) {

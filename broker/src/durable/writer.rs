@@ -16,8 +16,8 @@ pub(super) enum WriteJob {
     /// A completion record nobody waits for (at worst the message is
     /// delivered again after a crash, which QoS 1 and 2 allow): it rides
     /// with the partition's next batch instead of costing an append, or an
-    /// fsync, of its own.
-    Completion(Vec<u8>),
+    /// fsync, of its own. `count`: the completions the record holds.
+    Completion { record: Vec<u8>, count: u64 },
     /// Records appended together at consecutive offsets; answered with the
     /// first once they are written (and synced, with the engine's default
     /// policy).
@@ -32,7 +32,7 @@ pub(super) enum WriteJob {
 impl WriteJob {
     pub(super) fn size(&self) -> usize {
         match self {
-            WriteJob::Completion(bytes) => bytes.len(),
+            WriteJob::Completion { record, .. } => record.len(),
             WriteJob::Records { records, .. } => records.iter().map(Vec::len).sum(),
             WriteJob::Flush(_) => 0,
         }
@@ -87,7 +87,7 @@ pub(super) async fn partition_writer(
         let records: Vec<&[u8]> = queued
             .iter()
             .flat_map(|job| match job {
-                WriteJob::Completion(bytes) => std::slice::from_ref(bytes),
+                WriteJob::Completion { record, .. } => std::slice::from_ref(record),
                 WriteJob::Records { records, .. } => records.as_slice(),
                 WriteJob::Flush(_) => &[],
             })
@@ -118,8 +118,8 @@ fn answer(
     let mut failed_acks = 0u64;
     for job in jobs {
         match job {
-            WriteJob::Completion(_) => {
-                failed_acks += u64::from(failure.is_some());
+            WriteJob::Completion { count, .. } => {
+                failed_acks += if failure.is_some() { count } else { 0 };
                 next += 1;
             }
             WriteJob::Records { records, reply } => {
@@ -138,6 +138,6 @@ fn answer(
         && failed_acks > 0
     {
         ack_errors.inc_by(failed_acks);
-        warn!(error = %reason, records = failed_acks, "cannot record completed messages");
+        warn!(error = %reason, completions = failed_acks, "cannot record completed messages");
     }
 }

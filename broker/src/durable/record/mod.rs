@@ -19,10 +19,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tidemq_proto::mqtt::{self, Protocol, Publish, QoS, SubscriptionOptions};
 
 mod read;
+mod write;
 
 use crate::message::Message;
 use read::Reader;
-pub use read::RecordError;
+pub use read::{Offsets, RecordError};
+pub use write::{
+    RecipientRef, RecipientSplit, acks_record, publish_record, recipient_ranges, recipients_record,
+};
 
 const PUBLISH: u8 = 1;
 const ACK: u8 = 2;
@@ -37,6 +41,8 @@ const REVISION: u8 = 9;
 const SUBSCRIPTIONS: u8 = 10;
 /// A `Publish` record moved forward: its old offset, then a `Publish` record.
 const MOVED: u8 = 11;
+/// Completions of one session: several offsets in one record.
+const ACKS: u8 = 12;
 
 /// Wraps an encoded record of the session or retained partition in its
 /// revision: `REVISION`, the revision (`u64`), the record. The record of a
@@ -167,6 +173,16 @@ pub enum Record {
         /// The message record's offset.
         offset: u64,
     },
+    /// The messages at `offsets` (same partition) were completed by a
+    /// session: what one read pass of its connection completed.
+    Acks {
+        /// Session key.
+        key: String,
+        /// Session epoch.
+        epoch: u64,
+        /// The message records' offsets.
+        offsets: Vec<u64>,
+    },
     /// A session answered PUBREC for the message at `offset`: only PUBREL
     /// remains to be sent.
     Released {
@@ -227,19 +243,8 @@ impl Record {
                 origin,
                 recipients,
             } => {
-                out.put_u8(PUBLISH);
-                out.put_u64(expires_at_ms.unwrap_or(0));
-                match origin {
-                    Some(origin) => {
-                        out.put_u8(1);
-                        put_str(out, &origin.key)?;
-                        out.put_u64(origin.epoch);
-                        out.put_u16(origin.packet_id);
-                    }
-                    None => out.put_u8(0),
-                }
-                put_recipients(out, recipients)?;
-                put_publish(out, publish)?;
+                let recipients = recipients.iter().map(Recipient::as_ref);
+                return publish_record(publish, *expires_at_ms, origin.as_ref(), recipients);
             }
             Record::Moved {
                 from,
@@ -252,10 +257,13 @@ impl Record {
                 out.extend_from_slice(&record.encode()?);
             }
             Record::Recipients { back, recipients } => {
-                out.put_u8(RECIPIENTS);
-                out.put_u32(*back);
-                put_recipients(out, recipients)?;
+                return recipients_record(*back, recipients.iter().map(Recipient::as_ref));
             }
+            Record::Acks {
+                key,
+                epoch,
+                offsets,
+            } => return acks_record(key, *epoch, offsets),
             Record::Ack { key, epoch, offset } | Record::Released { key, epoch, offset } => {
                 out.put_u8(if matches!(self, Record::Ack { .. }) {
                     ACK
@@ -316,23 +324,13 @@ impl Record {
                 put_publish(out, publish)?;
             }
         }
-        // A `BytesMut` that never split gives its buffer to the `Vec`.
-        Ok(Vec::from(std::mem::take(out)))
+        Ok(write::into_vec(std::mem::take(out)))
     }
 
     /// About the bytes [`Record::encode`] produces, so that it allocates once.
     fn size_hint(&self) -> usize {
-        let publish = |p: &Publish| 32 + p.topic.len() + p.payload.len();
         match self {
-            Record::Publish {
-                publish: p,
-                recipients,
-                ..
-            } => 64 + publish(p) + recipients.iter().map(Recipient::encoded_len).sum::<usize>(),
-            Record::Recipients { recipients, .. } => {
-                16 + recipients.iter().map(Recipient::encoded_len).sum::<usize>()
-            }
-            Record::Retain { publish: p, .. } => 16 + publish(p),
+            Record::Retain { publish: p, .. } => 48 + p.topic.len() + p.payload.len(),
             _ => 64,
         }
     }
@@ -374,6 +372,11 @@ impl Record {
                     Record::Released { key, epoch, offset }
                 }
             }
+            ACKS => Record::Acks {
+                key: r.string()?,
+                epoch: r.u64()?,
+                offsets: r.offsets()?.collect(),
+            },
             INBOUND_RELEASED => Record::InboundReleased {
                 key: r.string()?,
                 epoch: r.u64()?,
@@ -455,6 +458,11 @@ impl Record {
                 epoch: r.u64()?,
                 offset: r.u64()?,
             },
+            ACKS => ReplayView::Acks {
+                key: r.str()?,
+                epoch: r.u64()?,
+                offsets: r.offsets()?,
+            },
             RELEASED => ReplayView::Released {
                 key: r.str()?,
                 epoch: r.u64()?,
@@ -499,6 +507,15 @@ pub enum ReplayView<'a> {
         /// The message's offset.
         offset: u64,
     },
+    /// A session completed the messages at `offsets`.
+    Acks {
+        /// Session key.
+        key: &'a str,
+        /// Session epoch.
+        epoch: u64,
+        /// The messages' offsets.
+        offsets: Offsets<'a>,
+    },
     /// A session answered PUBREC for the message at `offset`.
     Released {
         /// Session key.
@@ -524,27 +541,19 @@ pub enum ReplayView<'a> {
 impl Recipient {
     /// Its bytes in a record.
     pub fn encoded_len(&self) -> usize {
-        16 + self.key.len() + 4 * self.subscription_ids.len()
+        self.as_ref().encoded_len()
     }
-}
 
-/// Splits `recipients` into lists of about [`RECIPIENT_BYTES_PER_RECORD`]
-/// each (at least one recipient per list), in order.
-pub fn recipient_chunks(recipients: Vec<Recipient>) -> Vec<Vec<Recipient>> {
-    let mut chunks = vec![Vec::new()];
-    let mut bytes = 0;
-    for recipient in recipients {
-        let len = recipient.encoded_len();
-        if bytes + len > RECIPIENT_BYTES_PER_RECORD && bytes > 0 {
-            chunks.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += len;
-        if let Some(chunk) = chunks.last_mut() {
-            chunk.push(recipient);
+    /// Borrowed, as the encoders take it.
+    pub fn as_ref(&self) -> RecipientRef<'_> {
+        RecipientRef {
+            key: &self.key,
+            epoch: self.epoch,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: &self.subscription_ids,
         }
     }
-    chunks
 }
 
 fn put_subscriptions(
@@ -556,21 +565,6 @@ fn put_subscriptions(
         put_str(out, &s.filter)?;
         out.put_u8(s.options.to_byte());
         out.put_u32(s.id.unwrap_or(0));
-    }
-    Ok(())
-}
-
-fn put_recipients(out: &mut BytesMut, recipients: &[Recipient]) -> Result<(), RecordError> {
-    out.put_u32(len_u32(recipients.len())?);
-    for r in recipients {
-        put_str(out, &r.key)?;
-        out.put_u64(r.epoch);
-        out.put_u8(r.qos as u8);
-        out.put_u8(u8::from(r.retain));
-        out.put_u32(len_u32(r.subscription_ids.len())?);
-        for id in &r.subscription_ids {
-            out.put_u32(*id);
-        }
     }
     Ok(())
 }

@@ -134,6 +134,13 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// A list of offsets: a count, then a `u64` each.
+    pub(super) fn offsets(&mut self) -> Result<Offsets<'a>, RecordError> {
+        let count = self.u32()? as usize;
+        let bytes = self.take(count.checked_mul(8).ok_or(RecordError::Truncated)?)?;
+        Ok(Offsets(bytes))
+    }
+
     pub(super) fn owned_recipients(&mut self) -> Result<Vec<Recipient>, RecordError> {
         let mut out = Vec::new();
         self.recipients(|key, epoch, qos, retain, ids| {
@@ -179,5 +186,19 @@ impl<'a> Reader<'a> {
             Ok(_) => Err(RecordError::Message("not a whole PUBLISH".into())),
             Err(e) => Err(RecordError::Message(e.to_string())),
         }
+    }
+}
+
+/// The offsets of an `Acks` record, read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offsets<'a>(&'a [u8]);
+
+impl Iterator for Offsets<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_be_bytes(*head))
     }
 }

@@ -226,7 +226,7 @@ fn many_recipients_are_split_into_records_that_replay_back_to_the_message() {
             subscription_ids: vec![1],
         })
         .collect();
-    let chunks = recipient_chunks(recipients.clone());
+    let chunks = split(&recipients);
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     assert!(chunks.iter().all(|c| {
         c.iter().map(Recipient::encoded_len).sum::<usize>() <= RECIPIENT_BYTES_PER_RECORD
@@ -252,7 +252,56 @@ fn many_recipients_are_split_into_records_that_replay_back_to_the_message() {
         key: "k".repeat(60_000),
         ..recipients[0].clone()
     };
-    let chunks = recipient_chunks(vec![huge; 5]);
+    let chunks = split(&vec![huge; 5]);
     assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [4, 1]);
-    assert_eq!(recipient_chunks(Vec::new()), vec![Vec::<Recipient>::new()]);
+    assert_eq!(split(&[]), vec![Vec::<Recipient>::new()]);
+}
+
+/// The recipient lists the records of a message hold, as
+/// [`recipient_ranges`] splits them.
+fn split(recipients: &[Recipient]) -> Vec<Vec<Recipient>> {
+    recipient_ranges(recipients.iter().map(Recipient::encoded_len))
+        .map(|range| recipients[range].to_vec())
+        .collect()
+}
+
+#[test]
+fn each_recipient_is_placed_in_the_record_that_lists_it() {
+    let lens = [100_000, 100_000, 100_000, 5, 300_000, 1, 1];
+    let ranges: Vec<_> = recipient_ranges(lens).collect();
+    assert_eq!(ranges, [0..2, 2..4, 4..5, 5..7]);
+    let mut split = RecipientSplit::default();
+    let placed: Vec<usize> = lens.iter().map(|&len| split.place(len)).collect();
+    assert_eq!(placed, [0, 0, 1, 1, 2, 3, 3]);
+}
+
+#[test]
+fn acks_list_a_sessions_completions_in_one_record() {
+    let offsets = [7, 8, 1 << 40];
+    let bytes = acks_record("t/c", 3, &offsets).expect("encodes");
+    let decoded = Record::decode(bytes::Bytes::from(bytes.clone())).expect("decodes");
+    assert_eq!(
+        decoded,
+        Record::Acks {
+            key: "t/c".into(),
+            epoch: 3,
+            offsets: offsets.to_vec(),
+        }
+    );
+    assert_eq!(decoded.encode().expect("encodes"), bytes, "one encoding");
+    match Record::replay_view(&bytes, |_, _| {}).expect("replays") {
+        ReplayView::Acks {
+            key,
+            epoch,
+            offsets: read,
+        } => {
+            assert_eq!((key, epoch), ("t/c", 3));
+            assert_eq!(read.collect::<Vec<_>>(), offsets);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A count past the bytes is refused, not read past the end.
+    let mut short = bytes;
+    short.truncate(short.len() - 1);
+    assert!(Record::replay_view(&short, |_, _| {}).is_err());
 }
