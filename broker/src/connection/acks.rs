@@ -157,8 +157,10 @@ type Step<S> = BoxFuture<'static, Result<Vec<Done<S>>, DurableError>>;
 /// Responses waiting for their writes; see the [module docs](self).
 pub(crate) struct AckQueue<K: RecordSink> {
     sink: K,
-    /// Records of this read pass, with the work each one answers.
-    records: Vec<(K::Record, SinkWork<K>)>,
+    /// Records of this read pass, and the work each one answers (same
+    /// index).
+    records: Vec<K::Record>,
+    works: Vec<SinkWork<K>>,
     steps: FuturesOrdered<Step<K::Stored>>,
     /// Responses held, in `records` and `steps`.
     held: usize,
@@ -174,6 +176,7 @@ impl<K: RecordSink> AckQueue<K> {
         Self {
             sink,
             records: Vec::new(),
+            works: Vec::new(),
             steps: FuturesOrdered::new(),
             held: 0,
             publishes: 0,
@@ -187,7 +190,8 @@ impl<K: RecordSink> AckQueue<K> {
         match std::mem::replace(&mut work.write, Write::None) {
             Write::Record(record) => {
                 self.hold(&work);
-                self.records.push((record, work));
+                self.records.push(record);
+                self.works.push(work);
                 None
             }
             Write::None if self.is_empty() => Some(done(None, work)),
@@ -220,9 +224,8 @@ impl<K: RecordSink> AckQueue<K> {
         if self.records.is_empty() {
             return;
         }
-        let (records, works): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.records).into_iter().unzip();
-        let written = self.sink.write(records);
+        let works = std::mem::take(&mut self.works);
+        let written = self.sink.write(std::mem::take(&mut self.records));
         self.steps.push_back(
             async move {
                 match written.await {
