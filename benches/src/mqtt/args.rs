@@ -28,6 +28,10 @@ pub struct CommonArgs {
     /// HTTP path of the WebSocket endpoint (ws, wss).
     #[arg(long, default_value = "/mqtt")]
     pub ws_path: String,
+    /// Connect from this many loopback addresses in turn (127.0.0.1 up):
+    /// one address holds ~28,000 connections to one port.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub source_ips: u8,
     /// Number of clients (connections, publishers or subscribers).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
@@ -85,13 +89,14 @@ impl CommonArgs {
 
     /// Where and how to connect.
     pub fn target(&self) -> anyhow::Result<Target> {
-        Target::new(
+        Ok(Target::new(
             &self.host,
             self.port,
             self.transport,
             self.cafile.as_deref(),
             &self.ws_path,
-        )
+        )?
+        .with_loopback_sources(self.source_ips))
     }
 
     pub(super) fn validate(&self) -> anyhow::Result<()> {
@@ -108,6 +113,31 @@ impl CommonArgs {
 pub struct ConnArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Keep every connection open this long once all are connected (they
+    /// send nothing: keep alive 0).
+    #[arg(long, default_value_t = 0)]
+    pub hold_secs: u64,
+    /// Each client subscribes to this filter (QoS 0; `%i` is replaced by
+    /// its index) once connected.
+    #[arg(long)]
+    pub subscribe: Option<String>,
+    /// The broker's process id: its resident memory (VmRSS) is read before
+    /// the connections open and while they are held, and the report gives
+    /// the bytes per held connection.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+}
+
+impl ConnArgs {
+    /// Connections only: none held longer, no subscription, no memory read.
+    pub fn new(common: CommonArgs) -> ConnArgs {
+        ConnArgs {
+            common,
+            hold_secs: 0,
+            subscribe: None,
+            broker_pid: None,
+        }
+    }
 }
 
 /// Flags of `tidemq-bench mqtt pub`.

@@ -62,15 +62,17 @@ pub enum MqttCommand {
 pub async fn run(command: &MqttCommand) -> anyhow::Result<()> {
     match command {
         MqttCommand::Conn(args) => {
-            let (report, held) = conn::conn(args).await?;
+            let outcome = conn::conn(args).await?;
             let load = serde_json::json!({
                 "load": "conn",
                 "count": args.common.count,
                 "concurrency": args.common.concurrency,
                 "mqtt_version": args.common.mqtt_version,
-                "held": held,
+                "subscribe": args.subscribe,
+                "held": outcome.held,
+                "broker_memory": outcome.memory,
             });
-            print_report(args.common.output, &load, &report);
+            print_report(args.common.output, &load, &outcome.report);
         }
         MqttCommand::Pub(args) => {
             let report = publish::publish(args).await?;

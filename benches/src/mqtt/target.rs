@@ -1,15 +1,17 @@
 //! Where the load tool connects, and over which transport: TCP, TLS,
 //! WebSocket or WebSocket over TLS (`--transport`, `--cafile`,
-//! `--ws-path`).
+//! `--ws-path`), and from which local addresses (`--source-ips`).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use clap::ValueEnum;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -33,8 +35,7 @@ pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 
-/// A broker address and how to reach it; cheap to share between clients.
-#[derive(Clone)]
+/// A broker address and how to reach it; share it between clients.
 pub struct Target {
     /// `host:port`.
     pub addr: String,
@@ -42,6 +43,10 @@ pub struct Target {
     transport: Transport,
     tls: Option<TlsConnector>,
     ws_path: String,
+    /// Local addresses the connections take in turn (none: the kernel's
+    /// choice).
+    sources: Vec<IpAddr>,
+    next_source: AtomicUsize,
 }
 
 impl Target {
@@ -76,13 +81,45 @@ impl Target {
             transport,
             tls,
             ws_path: ws_path.to_string(),
+            sources: Vec::new(),
+            next_source: AtomicUsize::new(0),
         })
+    }
+
+    /// Connections from `count` loopback addresses in turn, 127.0.0.1 up:
+    /// one local address reaches one port with ~28,000 connections at most
+    /// (the ephemeral port range).
+    pub fn with_loopback_sources(mut self, count: u8) -> Target {
+        self.sources = (1..=count.max(1))
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect();
+        self
+    }
+
+    /// A TCP connection, from the next source address if there are several.
+    async fn tcp(&self) -> anyhow::Result<TcpStream> {
+        if self.sources.len() < 2 {
+            return Ok(TcpStream::connect(&self.addr).await?);
+        }
+        let to: SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await?
+            .next()
+            .with_context(|| format!("{} resolves to nothing", self.addr))?;
+        let from =
+            self.sources[self.next_source.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
+        let socket = if to.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        Ok(socket.connect(to).await?)
     }
 
     /// Opens a stream: TCP connect, then the TLS handshake and the
     /// WebSocket upgrade the transport asks for.
     pub async fn open(&self) -> anyhow::Result<Box<dyn Duplex>> {
-        let tcp = TcpStream::connect(&self.addr).await?;
+        let tcp = self.tcp().await?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Duplex> = match &self.tls {
             Some(connector) => {

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tidemq_broker::{Broker, Config};
 use tidemq_broker::{DurableConfig, DurableStore, SessionCatalog};
 use tidemq_proto::mqtt::{Packet, PubResponse};
@@ -29,6 +31,7 @@ fn common(port: u16, count: usize, mqtt_version: u8) -> CommonArgs {
         transport: Default::default(),
         cafile: None,
         ws_path: "/mqtt".into(),
+        source_ips: 1,
         count,
         concurrency: 4,
         mqtt_version,
@@ -71,11 +74,12 @@ async fn loads_run_over_tls_and_websocket() -> anyhow::Result<()> {
             client_prefix: Some(format!("{transport:?}")),
             ..common(addrs[index].1.port(), 5, 4)
         };
-        let (report, held) = conn::conn(&ConnArgs {
-            common: common.clone(),
-        })
-        .await?;
-        assert_eq!((report.success, held), (5, 5), "{transport:?}");
+        let outcome = conn::conn(&ConnArgs::new(common.clone())).await?;
+        assert_eq!(
+            (outcome.report.success, outcome.held),
+            (5, 5),
+            "{transport:?}"
+        );
         let load = PubArgs {
             common,
             topic: "t/%i".into(),
@@ -103,16 +107,27 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
     let port = broker.local_addr().port();
 
     for version in [4, 5] {
-        let conn_args = ConnArgs {
-            common: common(port, 20, version),
-        };
-        let (report, held) = conn::conn(&conn_args).await?;
+        let outcome = conn::conn(&ConnArgs::new(common(port, 20, version))).await?;
         assert_eq!(
-            (report.success, report.failed, held),
+            (outcome.report.success, outcome.report.failed, outcome.held),
             (20, 0, 20),
             "v{version}"
         );
     }
+    // Held and subscribed, from two source addresses, with the memory of
+    // the broker (this process) read around them.
+    let outcome = conn::conn(&ConnArgs {
+        subscribe: Some("idle/%i".into()),
+        broker_pid: Some(std::process::id()),
+        ..ConnArgs::new(CommonArgs {
+            source_ips: 2,
+            ..common(port, 20, 4)
+        })
+    })
+    .await?;
+    assert_eq!(outcome.held, 20);
+    let memory = outcome.memory.context("--broker-pid reads the memory")?;
+    assert!(memory.rss_before > 0 && memory.rss_held > 0, "{memory:?}");
 
     let sub_args = SubArgs {
         common: common(port, 2, 4),

@@ -72,7 +72,7 @@ impl Connection {
         self.finish_writes().await;
         let will = match end {
             End::ClientDisconnect(ReasonCode::Success) | End::Shutdown => None,
-            _ => self.will.take(),
+            _ => self.will.take().map(|will| *will),
         };
         self.detach(will, end);
     }

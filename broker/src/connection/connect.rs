@@ -453,7 +453,7 @@ impl Connection {
             username: connect.username.clone(),
             sys_readable: false,
             keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
-            will: connect.will.clone(),
+            will: connect.will.clone().map(Box::new),
             kick,
             detached: Some(detached),
             connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
@@ -603,7 +603,7 @@ async fn refuse(shared: &Shared, io: &mut Io, protocol: Protocol, reason: Reason
         reason,
         properties: ConnAckProperties::default(),
     });
-    if mqtt::encode(&connack, protocol, &mut io.write_buf).is_ok() {
+    if mqtt::encode(&connack, protocol, io.out()).is_ok() {
         shared.metrics.packets_out.count(&connack);
         let _ = io.flush_within(Duration::from_secs(5)).await;
     }

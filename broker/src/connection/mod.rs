@@ -66,8 +66,8 @@ pub(crate) async fn serve(
     let mut io = Io {
         reader: established.reader,
         writer: established.writer,
-        read_buf: BytesMut::with_capacity(4096),
-        write_buf: BytesMut::with_capacity(4096),
+        read_buf: BytesMut::new(),
+        write_buf: BytesMut::new(),
         bytes_in: shared.metrics.bytes_in.clone(),
         bytes_out: shared.metrics.bytes_out.clone(),
     };
@@ -76,13 +76,18 @@ pub(crate) async fn serve(
         peer,
         certificate_user: established.certificate_user,
     };
-    if let Some(connection) = connect::handshake(&shared, &mut io, origin).await {
+    // The handshake, the close and the linger are boxed: each is large and
+    // lives only briefly, and inline they would size every connection's
+    // task for its whole life.
+    let connected = Box::pin(connect::handshake(&shared, &mut io, origin)).await;
+    // Boxed too, so that this task does not keep a second place for it.
+    if let Some(connection) = connected.map(Box::new) {
         shared.metrics.client_connected();
         let budget = connection.budget.clone();
-        budget.turns(connection.run(&mut io)).await;
+        Box::pin(budget.turns(connection.run(&mut io))).await;
         shared.metrics.clients_connected.dec();
     }
-    io.linger().await;
+    Box::pin(io.linger()).await;
     shared.metrics.connections.dec();
 }
 
@@ -127,7 +132,14 @@ fn expired(timer: Pin<&mut Sleep>, deadline: Instant) -> bool {
 /// How long a closed connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// The socket halves and their buffers.
+/// What the write buffer starts with once there is output.
+const WRITE_CHUNK: usize = 4096;
+
+/// How long a connection with nothing to do keeps its empty buffers.
+const BUFFER_IDLE: Duration = Duration::from_millis(100);
+
+/// The socket halves and their buffers. The buffers hold memory only while
+/// they hold bytes ([`Io::release_idle`]).
 pub(crate) struct Io {
     reader: Reader,
     writer: Writer,
@@ -148,7 +160,7 @@ impl Io {
             if let Some(packet) = mqtt::decode(&mut self.read_buf, protocol, max)? {
                 return Ok(Some(packet));
             }
-            match self.reader.read_buf(&mut self.read_buf).await {
+            match self.reader.read_some(&mut self.read_buf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(n) => self.bytes_in.inc_by(n as u64),
             }
@@ -163,7 +175,9 @@ impl Io {
     async fn linger(&mut self) {
         let _ = self.writer.shutdown().await;
         let drain = async {
-            let mut scratch = [0u8; 4096];
+            // On the heap: an array here would make every connection's
+            // task this much larger for its whole life.
+            let mut scratch = vec![0u8; 4096];
             let mut left = 1usize << 20;
             while let Ok(n @ 1..) = self.reader.read(&mut scratch).await {
                 left = left.saturating_sub(n);
@@ -173,6 +187,34 @@ impl Io {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// The write buffer to encode into, given room for a few packets if
+    /// it holds no memory.
+    fn out(&mut self) -> &mut BytesMut {
+        if self.write_buf.capacity() == 0 {
+            self.write_buf.reserve(WRITE_CHUNK);
+        }
+        &mut self.write_buf
+    }
+
+    /// Whether a buffer holds memory but no bytes.
+    fn holds_spare(&self) -> bool {
+        let spare = |buf: &BytesMut| buf.is_empty() && buf.capacity() > 0;
+        spare(&self.read_buf) || spare(&self.write_buf)
+    }
+
+    /// Gives back the memory of buffers that hold nothing: done once a
+    /// connection has waited [`BUFFER_IDLE`] for anything to do, so that an
+    /// idle connection keeps no buffer and a busy one keeps its own. Bytes
+    /// still shared by messages in flight stay theirs.
+    fn release_idle(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
+        if self.write_buf.is_empty() && self.write_buf.capacity() > 0 {
+            self.write_buf = BytesMut::new();
+        }
     }
 
     /// Writes what the socket takes without waiting.
@@ -239,7 +281,8 @@ pub(crate) struct Connection {
     /// client came in on a loopback listener).
     sys_readable: bool,
     keep_alive: Option<Duration>,
-    will: Option<LastWill>,
+    /// Boxed: most connections have none, and every one pays for the space.
+    will: Option<Box<LastWill>>,
     kick: oneshot::Receiver<Kick>,
     detached: Option<oneshot::Sender<()>>,
     /// Session expiry asked for in CONNECT (5.0 forbids raising it from 0 later).
@@ -289,7 +332,7 @@ type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 
 impl Connection {
     /// The connection loop; see the [module docs](self).
-    async fn run(mut self, io: &mut Io) {
+    async fn run(mut self: Box<Self>, io: &mut Io) {
         // The futures the loop waits on every time live across its turns:
         // made once (and again after they fire), not on every wake-up.
         let mut shutdown = self.shared.shutdown.clone();
@@ -349,10 +392,16 @@ impl Connection {
                 self.last_packet + self.keep_alive.map_or(Duration::ZERO, |k| k + k / 2);
             let stuck_at =
                 self.write_blocked_since.unwrap_or(self.last_packet) + self.write_timeout;
-            arm(idle_timer.as_mut(), idle_until);
+            // One timer for the keep alive and for giving back buffers.
+            let keep_alive_at = (self.keep_alive.is_some() && reading).then_some(idle_until);
+            let release_at = io.holds_spare().then(|| Instant::now() + BUFFER_IDLE);
+            let wake_at = keep_alive_at.into_iter().chain(release_at).min();
+            if let Some(at) = wake_at {
+                arm(idle_timer.as_mut(), at);
+            }
             arm(stuck_timer.as_mut(), stuck_at);
             let ended = tokio::select! {
-                read = io.reader.read_buf(&mut io.read_buf), if reading => match read {
+                read = io.reader.read_some(&mut io.read_buf), if reading => match read {
                     Ok(0) | Err(_) => Some(End::Dropped),
                     Ok(n) => {
                         io.bytes_in.inc_by(n as u64);
@@ -393,8 +442,14 @@ impl Connection {
                 Some(loaded) = self.loading.next(), if !self.loading.is_empty() => {
                     self.finish_load(loaded).err()
                 }
-                () = idle_timer.as_mut(), if self.keep_alive.is_some() && reading => {
-                    expired(idle_timer.as_mut(), idle_until).then_some(End::KeepAliveTimeout)
+                () = idle_timer.as_mut(), if wake_at.is_some() => {
+                    let now = Instant::now();
+                    if release_at.is_some_and(|at| at <= now) {
+                        io.release_idle();
+                    }
+                    // Set again by the next turn, for what is still ahead.
+                    idle_timer.as_mut().reset(far.into());
+                    keep_alive_at.is_some_and(|at| at <= now).then_some(End::KeepAliveTimeout)
                 }
                 () = stuck_timer.as_mut(), if !io.write_buf.is_empty() => {
                     expired(stuck_timer.as_mut(), stuck_at).then_some(End::WriteTimeout)
@@ -409,7 +464,7 @@ impl Connection {
                 break end;
             }
         };
-        self.close(end, io).await;
+        Box::pin((*self).close(end, io)).await;
     }
 
     /// Keeps the write deadline: it runs from when the socket last took

@@ -15,7 +15,7 @@ use crate::session::{DropReason, InflightState};
 impl Connection {
     /// Encodes `packet` into the write buffer.
     pub(super) fn send(&mut self, io: &mut Io, packet: &Packet) {
-        match mqtt::encode(packet, self.protocol, &mut io.write_buf) {
+        match mqtt::encode(packet, self.protocol, io.out()) {
             Ok(()) => self.shared.metrics.packets_out.count(packet),
             Err(e) => {
                 warn!(packet = packet.name(), error = %e, "cannot encode")

@@ -163,7 +163,9 @@ impl Listener {
                                 async move {
                                     let mut shutdown = shared.shutdown.clone();
                                     let established = tokio::select! {
-                                        established = listener.establish(&shared, stream) => established,
+                                        // Boxed: the TLS and WebSocket handshakes are large and
+                                        // live only until the connection is set up.
+                                        established = Box::pin(listener.establish(&shared, stream)) => established,
                                         _ = shutdown.wait_for(|stopping| *stopping) => None,
                                     };
                                     if let Some(established) = established {

@@ -14,7 +14,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// A duplex byte stream of any transport.
@@ -45,7 +46,40 @@ pub(crate) enum Writer {
     },
 }
 
+/// What a read buffer grows by when it has less than [`READ_MIN`] free.
+pub(crate) const READ_CHUNK: usize = 4096;
+const READ_MIN: usize = 1024;
+
 impl Reader {
+    /// Reads what the stream has into `buf`, growing it by [`READ_CHUNK`]
+    /// when it is nearly full; `Ok(0)` at the end of the stream. A TCP
+    /// reader grows the buffer only once the socket is readable, so a
+    /// connection waiting for input needs no buffer of its own: an idle one
+    /// can hold none. Cancel safe.
+    pub(crate) async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Reader::Tcp(half) => loop {
+                half.readable().await?;
+                let had_memory = buf.capacity() > 0;
+                reserve_read(buf);
+                match half.try_read_buf(buf) {
+                    // Readiness was stale: wait again, without a buffer if
+                    // there was none.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if !had_memory {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    read => return read,
+                }
+            },
+            Reader::Other(half) => {
+                reserve_read(buf);
+                half.read_buf(buf).await
+            }
+        }
+    }
+
     /// A reader and a writer over one stream.
     pub(crate) fn split(stream: Box<dyn Duplex>) -> (Reader, Writer) {
         let (read, write) = tokio::io::split(stream);
@@ -56,6 +90,12 @@ impl Reader {
                 unflushed: false,
             },
         )
+    }
+}
+
+fn reserve_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_MIN {
+        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -154,5 +194,42 @@ impl AsyncWrite for Writer {
                 Poll::Ready(Ok(()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::Reader;
+
+    #[tokio::test]
+    async fn a_tcp_reader_waits_without_a_buffer() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        let (read, _write) = server.into_split();
+        let mut reader = Reader::Tcp(read);
+        let mut buf = BytesMut::new();
+
+        client.write_all(b"hello").await?;
+        assert_eq!(reader.read_some(&mut buf).await?, 5);
+        assert_eq!(&buf[..], b"hello");
+        // Released, as an idle connection's is: the socket still counts as
+        // readable until a read finds nothing, and that read must not leave
+        // a buffer behind for the wait.
+        buf = BytesMut::new();
+        let waited = tokio::time::timeout(Duration::from_millis(50), reader.read_some(&mut buf));
+        assert!(waited.await.is_err(), "nothing to read");
+        assert_eq!(buf.capacity(), 0, "no buffer held while waiting");
+
+        client.write_all(b"again").await?;
+        assert_eq!(reader.read_some(&mut buf).await?, 5);
+        assert_eq!(&buf[..], b"again");
+        Ok(())
     }
 }
