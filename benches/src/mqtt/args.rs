@@ -121,6 +121,10 @@ pub struct ConnArgs {
     /// its index) once connected.
     #[arg(long)]
     pub subscribe: Option<String>,
+    /// Persistent sessions (clean session 0; 5.0: a session expiry): each
+    /// CONNECT creates or resumes a session the broker keeps.
+    #[arg(long)]
+    pub persistent: bool,
     /// The broker's process id: its resident memory (VmRSS) is read before
     /// the connections open and while they are held, and the report gives
     /// the bytes per held connection.
@@ -135,6 +139,7 @@ impl ConnArgs {
             common,
             hold_secs: 0,
             subscribe: None,
+            persistent: false,
             broker_pid: None,
         }
     }

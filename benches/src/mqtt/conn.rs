@@ -60,7 +60,12 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<ConnOutcome> {
     };
     // Keep alive 0: held connections send nothing, however long opening the
     // last of them takes.
-    let clients = connect_all(&args.common, 'c', 0, SessionKind::Clean, &recorder).await?;
+    let session = if args.persistent {
+        SessionKind::Persistent
+    } else {
+        SessionKind::Clean
+    };
+    let clients = connect_all(&args.common, 'c', 0, session, &recorder).await?;
     let report = recorder.report();
     ticker.abort();
     let clients = match &args.subscribe {

@@ -69,6 +69,7 @@ pub async fn run(command: &MqttCommand) -> anyhow::Result<()> {
                 "concurrency": args.common.concurrency,
                 "mqtt_version": args.common.mqtt_version,
                 "subscribe": args.subscribe,
+                "persistent": args.persistent,
                 "held": outcome.held,
                 "broker_memory": outcome.memory,
             });

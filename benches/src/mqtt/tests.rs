@@ -127,6 +127,12 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
     .await?;
     assert_eq!(outcome.held, 20);
     let memory = outcome.memory.context("--broker-pid reads the memory")?;
+    let persistent = conn::conn(&ConnArgs {
+        persistent: true,
+        ..ConnArgs::new(common(port, 10, 5))
+    })
+    .await?;
+    assert_eq!(persistent.held, 10, "{:?}", persistent.report);
     assert!(memory.rss_before > 0 && memory.rss_held > 0, "{memory:?}");
 
     let sub_args = SubArgs {

@@ -67,6 +67,11 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     /// Address the listener binds.
     pub bind: SocketAddr,
+    /// Connections the kernel holds, handshake done, until the broker
+    /// accepts them (the listen backlog; the kernel caps it at
+    /// `net.core.somaxconn`). A full queue drops SYNs, which clients resend
+    /// only after a second.
+    pub backlog: u32,
     /// Connections accepted at once; further ones are refused.
     pub max_connections: usize,
     /// Connections open at once from one client address; 0: no limit.
@@ -110,6 +115,7 @@ impl Default for ListenerConfig {
             name: None,
             kind: ListenerKind::Tcp,
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            backlog: 4096,
             max_connections: 100_000,
             max_connections_per_address: 10_000,
             max_connect_rate: 20_000,

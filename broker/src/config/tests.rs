@@ -12,6 +12,7 @@ fn defaults_are_loopback_and_anonymous() {
     let c = Config::load(None, env(&[])).unwrap();
     assert_eq!(c.listener.bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
     assert!(c.listener.allow_anonymous);
+    assert_eq!(c.listener.backlog, 4096, "room for a burst of handshakes");
     c.check_exposure().unwrap();
 }
 
@@ -26,10 +27,15 @@ fn file_then_environment() {
     .unwrap();
     let c = Config::load(
         Some(&path),
-        env(&[("TIDEMQ_MQTT__MAX_PACKET_SIZE", "8192"), ("OTHER", "x")]),
+        env(&[
+            ("TIDEMQ_MQTT__MAX_PACKET_SIZE", "8192"),
+            ("TIDEMQ_LISTENER__BACKLOG", "512"),
+            ("OTHER", "x"),
+        ]),
     )
     .unwrap();
     assert_eq!(c.mqtt.max_packet_size, 8192);
+    assert_eq!(c.listener.backlog, 512);
     assert_eq!(c.listener.bind.port(), 1999);
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
@@ -56,6 +56,20 @@ pub(crate) struct Listener {
     tls: Option<ArcSwap<TlsSettings>>,
 }
 
+/// A listening socket on `addr` with a listen backlog of `backlog`.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted broker binds its port again
+    // while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
 impl Listener {
     /// Loads the TLS settings, if any, and binds.
     pub(crate) async fn bind(config: &ListenerConfig) -> Result<Listener, crate::BrokerError> {
@@ -66,7 +80,7 @@ impl Listener {
         };
         let addr = config.bind;
         let bind_error = |source| crate::BrokerError::Bind { addr, source };
-        let socket = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let socket = listen(addr, config.backlog).map_err(bind_error)?;
         let local_addr = socket.local_addr().map_err(bind_error)?;
         let info = Arc::new(ListenerInfo {
             label: config.label_at(local_addr.port()),
