@@ -132,8 +132,9 @@ fn expired(timer: Pin<&mut Sleep>, deadline: Instant) -> bool {
 /// How long a closed connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// What the write buffer starts with once there is output.
-const WRITE_CHUNK: usize = 4096;
+/// What the write buffer starts with once there is output: room for the
+/// answers an idle client gets; more output grows it.
+const WRITE_FIRST: usize = 512;
 
 /// How long a connection with nothing to do keeps its empty buffers.
 const BUFFER_IDLE: Duration = Duration::from_millis(100);
@@ -193,7 +194,7 @@ impl Io {
     /// it holds no memory.
     fn out(&mut self) -> &mut BytesMut {
         if self.write_buf.capacity() == 0 {
-            self.write_buf.reserve(WRITE_CHUNK);
+            self.write_buf.reserve(WRITE_FIRST);
         }
         &mut self.write_buf
     }

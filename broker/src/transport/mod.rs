@@ -49,10 +49,14 @@ pub(crate) enum Writer {
 /// What a read buffer grows by when it has less than [`READ_MIN`] free.
 pub(crate) const READ_CHUNK: usize = 4096;
 const READ_MIN: usize = 1024;
+/// What an empty read buffer starts with: room for what an idle client
+/// sends (PINGREQ, SUBSCRIBE, a small PUBLISH). One that fills it grows by
+/// [`READ_CHUNK`] on the next read.
+const READ_FIRST: usize = 512;
 
 impl Reader {
-    /// Reads what the stream has into `buf`, growing it by [`READ_CHUNK`]
-    /// when it is nearly full; `Ok(0)` at the end of the stream. A TCP
+    /// Reads what the stream has into `buf`: an empty buffer starts with
+    /// [`READ_FIRST`], a nearly full one grows by [`READ_CHUNK`]; `Ok(0)` at the end of the stream. A TCP
     /// reader grows the buffer only once the socket is readable, so a
     /// connection waiting for input needs no buffer of its own: an idle one
     /// can hold none. Cancel safe.
@@ -94,7 +98,9 @@ impl Reader {
 }
 
 fn reserve_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_MIN {
+    if buf.capacity() == 0 {
+        buf.reserve(READ_FIRST);
+    } else if buf.capacity() - buf.len() < READ_MIN {
         buf.reserve(READ_CHUNK);
     }
 }
