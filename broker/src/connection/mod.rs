@@ -84,7 +84,7 @@ pub(crate) async fn serve(
     if let Some(connection) = connected.map(Box::new) {
         shared.metrics.client_connected();
         let budget = connection.budget.clone();
-        Box::pin(budget.turns(connection.run(&mut io))).await;
+        budget.turns(connection.run(&mut io)).await;
         shared.metrics.clients_connected.dec();
     }
     Box::pin(io.linger()).await;
@@ -111,22 +111,13 @@ async fn write_some(writer: &mut Writer, buf: &[u8]) -> std::io::Result<usize> {
 }
 
 /// Keeps `timer` set no later than `deadline`. An earlier deadline sets it
-/// now; a later one waits until it fires ([`expired`]), so that a busy
-/// connection does not move its timers on every wake-up.
+/// now; a later one waits until the timer fires: the loop then parks it
+/// far ahead and the next turn arms it again. So a busy connection does not
+/// move its timers on every wake-up.
 fn arm(timer: Pin<&mut Sleep>, deadline: Instant) {
     if deadline < timer.deadline().into_std() {
         timer.reset(deadline.into());
     }
-}
-
-/// Whether `deadline` has passed now that `timer` fired; if not, the
-/// timer is set again for it.
-fn expired(timer: Pin<&mut Sleep>, deadline: Instant) -> bool {
-    if Instant::now() >= deadline {
-        return true;
-    }
-    timer.reset(deadline.into());
-    false
 }
 
 /// How long a closed connection keeps reading what the client still sends.
@@ -138,6 +129,11 @@ const WRITE_FIRST: usize = 512;
 
 /// How long a connection with nothing to do keeps its empty buffers.
 const BUFFER_IDLE: Duration = Duration::from_millis(100);
+
+/// Whether `buf` holds memory but no bytes: memory it can give back.
+fn spare(buf: &BytesMut) -> bool {
+    buf.is_empty() && buf.capacity() > 0
+}
 
 /// The socket halves and their buffers. The buffers hold memory only while
 /// they hold bytes ([`Io::release_idle`]).
@@ -201,7 +197,6 @@ impl Io {
 
     /// Whether a buffer holds memory but no bytes.
     fn holds_spare(&self) -> bool {
-        let spare = |buf: &BytesMut| buf.is_empty() && buf.capacity() > 0;
         spare(&self.read_buf) || spare(&self.write_buf)
     }
 
@@ -210,11 +205,10 @@ impl Io {
     /// idle connection keeps no buffer and a busy one keeps its own. Bytes
     /// still shared by messages in flight stay theirs.
     fn release_idle(&mut self) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
-        }
-        if self.write_buf.is_empty() && self.write_buf.capacity() > 0 {
-            self.write_buf = BytesMut::new();
+        for buf in [&mut self.read_buf, &mut self.write_buf] {
+            if spare(buf) {
+                *buf = BytesMut::new();
+            }
         }
     }
 
@@ -448,12 +442,13 @@ impl Connection {
                     if release_at.is_some_and(|at| at <= now) {
                         io.release_idle();
                     }
-                    // Set again by the next turn, for what is still ahead.
+                    // Parked: the next turn arms it for what is still ahead.
                     idle_timer.as_mut().reset(far.into());
                     keep_alive_at.is_some_and(|at| at <= now).then_some(End::KeepAliveTimeout)
                 }
                 () = stuck_timer.as_mut(), if !io.write_buf.is_empty() => {
-                    expired(stuck_timer.as_mut(), stuck_at).then_some(End::WriteTimeout)
+                    stuck_timer.as_mut().reset(far.into());
+                    (Instant::now() >= stuck_at).then_some(End::WriteTimeout)
                 }
                 kick = &mut self.kick => match kick {
                     Ok(Kick::TakenOver { session_continues }) => Some(End::TakenOver { session_continues }),

@@ -47,7 +47,7 @@ pub(crate) enum Writer {
 }
 
 /// What a read buffer grows by when it has less than [`READ_MIN`] free.
-pub(crate) const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 4096;
 const READ_MIN: usize = 1024;
 /// What an empty read buffer starts with: room for what an idle client
 /// sends (PINGREQ, SUBSCRIBE, a small PUBLISH). One that fills it grows by
@@ -56,10 +56,10 @@ const READ_FIRST: usize = 512;
 
 impl Reader {
     /// Reads what the stream has into `buf`: an empty buffer starts with
-    /// [`READ_FIRST`], a nearly full one grows by [`READ_CHUNK`]; `Ok(0)` at the end of the stream. A TCP
-    /// reader grows the buffer only once the socket is readable, so a
-    /// connection waiting for input needs no buffer of its own: an idle one
-    /// can hold none. Cancel safe.
+    /// [`READ_FIRST`], a nearly full one grows by [`READ_CHUNK`]; `Ok(0)` at
+    /// the end of the stream. A TCP reader grows the buffer only once the
+    /// socket is readable, so a connection waiting for input needs no
+    /// buffer of its own: an idle one can hold none. Cancel safe.
     pub(crate) async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Reader::Tcp(half) => loop {
