@@ -101,6 +101,19 @@ async fn receive_all(
     got
 }
 
+/// The packet ids of the next `count` QoS 1/2 PUBLISH packets, left
+/// unacknowledged.
+async fn receive_unacknowledged(sub: &mut Raw, count: usize) -> anyhow::Result<Vec<u16>> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => ids.push(p.packet_id.context("QoS 1 or 2")?),
+            other => bail!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    Ok(ids)
+}
+
 /// Sequence numbers must arrive in order (QoS 1 may repeat a suffix after a
 /// resend, so only first arrivals are checked).
 fn first_arrivals_in_order(seqs: &[u32]) -> bool {
@@ -467,13 +480,7 @@ async fn a_qos2_flow_cut_by_a_crash_resumes_where_it_stood() -> anyhow::Result<(
     }
     // The subscriber answers PUBREC for the first three only, and sees
     // their PUBREL; then the node dies.
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        match sub.recv().await {
-            Some(Packet::Publish(p)) => ids.push(p.packet_id.context("QoS 2")?),
-            other => bail!("expected PUBLISH, got {other:?}"),
-        }
-    }
+    let ids = receive_unacknowledged(&mut sub, 5).await?;
     for id in &ids[..3] {
         sub.send(&Packet::PubRec(PubResponse::success(*id))).await;
     }
@@ -579,13 +586,7 @@ async fn completions_read_in_one_pass_survive_sigkill() -> anyhow::Result<()> {
             .await;
     }
     // Received, not acknowledged yet.
-    let mut ids = Vec::new();
-    for _ in 0..10 {
-        match sub.recv().await {
-            Some(Packet::Publish(p)) => ids.push(p.packet_id.context("QoS 1")?),
-            other => bail!("expected PUBLISH, got {other:?}"),
-        }
-    }
+    let ids = receive_unacknowledged(&mut sub, 10).await?;
     // Seven PUBACKs in one write: the node records them together.
     let mut bytes = bytes::BytesMut::new();
     for id in &ids[..7] {
