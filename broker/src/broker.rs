@@ -126,8 +126,8 @@ pub struct Shared {
     pub(crate) lanes: connection::Lanes,
 }
 
-/// A running broker. Dropping it without [`Broker::shutdown`] leaves the
-/// listeners running until the runtime stops.
+/// A running broker. Dropping it without [`Broker::shutdown`] stops it
+/// without waiting for its connections or closing its message store.
 pub struct Broker {
     shared: Arc<Shared>,
     listeners: Vec<Arc<Listener>>,
@@ -241,12 +241,23 @@ impl Broker {
         Arc::clone(&self.reloader)
     }
 
+    /// Tells the listeners and every connection to stop. Idle connections
+    /// wait on their session's doorbell, not on the shutdown signal
+    /// (`connection::idle`): ring them all. One that goes idle after this
+    /// finds the ring kept for it.
+    fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+        self.shared
+            .sessions
+            .for_each(|session| session.doorbell.ring());
+    }
+
     /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B server
     /// shutting down), waits for the connections to close, then flushes
     /// and closes the message store.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.accept_tasks {
+    pub async fn shutdown(mut self) {
+        self.signal_stop();
+        for task in std::mem::take(&mut self.accept_tasks) {
             let _ = task.await;
         }
         if let Some(store) = &self.shared.durable {
@@ -255,6 +266,15 @@ impl Broker {
                 Err(e) => warn!(error = %e, "closing the message store failed"),
             }
         }
+    }
+}
+
+impl Drop for Broker {
+    /// Dropped without [`Broker::shutdown`]: its connections close as the
+    /// shutdown signal tells them (the listeners already stop when the
+    /// signal's sender is gone).
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 

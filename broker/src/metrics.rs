@@ -68,6 +68,8 @@ pub struct BrokerMetrics {
     pub bytes_out: IntCounter,
     /// Clients past CONNACK, connected now.
     pub clients_connected: IntGauge,
+    /// Connections parked idle: nothing in flight, no buffer held.
+    pub connections_idle: IntGauge,
     /// The most clients connected at once since the start (`$SYS`).
     pub clients_maximum: Arc<AtomicI64>,
     /// TLS handshakes and WebSocket upgrades that failed, by listener and reason.
@@ -213,6 +215,10 @@ impl BrokerMetrics {
                 "tidemq_clients_connected",
                 "Clients connected (past CONNACK)",
             )?,
+            connections_idle: IntGauge::new(
+                "tidemq_connections_idle",
+                "Connections parked with nothing in flight and no buffers (they wait in the smallest state)",
+            )?,
             clients_maximum: Arc::default(),
             handshake_failures: IntCounterVec::new(
                 Opts::new(
@@ -264,6 +270,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.bytes_in.clone()))?;
         registry.register(Box::new(metrics.bytes_out.clone()))?;
         registry.register(Box::new(metrics.clients_connected.clone()))?;
+        registry.register(Box::new(metrics.connections_idle.clone()))?;
         registry.register(Box::new(metrics.handshake_failures.clone()))?;
         registry.register(Box::new(metrics.certificate_expiry.clone()))?;
         registry.register(Box::new(metrics.reloads.clone()))?;

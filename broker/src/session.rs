@@ -4,7 +4,7 @@
 //! it, the QoS 1/2 messages in flight towards it and the QoS 2 packet ids it
 //! has in flight towards the broker. Its state sits behind a plain mutex
 //! that is never held across an `.await`; routers push deliveries in and
-//! ring [`Session::notify`], and the connection task (the only writer to the
+//! ring [`Session::doorbell`], and the connection task (the only writer to the
 //! client's socket) takes them out as its inflight window allows.
 //!
 //! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
@@ -16,13 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::durable::{DiskRef, StoredSession, StoredSubscription};
 use crate::message::Delivery;
 
+mod doorbell;
 mod key;
 mod queue;
+pub use doorbell::Doorbell;
 pub use key::SessionKey;
 pub use queue::{MemoryQueue, Queued};
 
@@ -208,8 +210,9 @@ pub struct SessionState {
     pub attachment: Option<Attachment>,
     /// Bumped on every (re)connect; timers check it to know they are stale.
     pub generation: u64,
-    /// A will waiting for its delay.
-    pub pending_will: Option<PendingWill>,
+    /// A will waiting for its delay. Boxed: most sessions never have one,
+    /// and every one pays for the space.
+    pub pending_will: Option<Box<PendingWill>>,
     /// Stored messages that expired before they were sent: the connection
     /// records them as completed.
     pub expired_stored: Vec<DiskRef>,
@@ -231,8 +234,9 @@ pub struct Session {
     pub key: SessionKey,
     /// The client identifier.
     pub client_id: String,
-    /// Rung when a delivery is queued for the connection to send.
-    pub notify: Notify,
+    /// Rung when a delivery is queued for the connection to send, and when
+    /// the broker shuts down.
+    pub doorbell: Doorbell,
     /// Deliveries dropped for this session.
     pub dropped: AtomicU64,
     state: Mutex<SessionState>,
@@ -252,7 +256,7 @@ impl Session {
         Self {
             key,
             client_id,
-            notify: Notify::new(),
+            doorbell: Doorbell::default(),
             dropped: AtomicU64::new(0),
             state: Mutex::new(SessionState {
                 protocol,
@@ -289,7 +293,7 @@ impl Session {
             }
             state.queue.push(Queued::Ready(Box::new(delivery)))?;
         }
-        self.notify.notify_one();
+        self.doorbell.ring();
         Ok(())
     }
 
@@ -317,7 +321,7 @@ impl Session {
                 (Err(reason), _) => return Err(reason),
             }
         }
-        self.notify.notify_one();
+        self.doorbell.ring();
         Ok(())
     }
 
@@ -350,7 +354,7 @@ impl Session {
         Ok(Attached {
             previous,
             resumable,
-            pending_will: state.pending_will.take(),
+            pending_will: state.pending_will.take().map(|will| *will),
         })
     }
 
@@ -555,6 +559,18 @@ impl SessionState {
         let movable = self.queue.unsent_stored(&below)?;
         // A connected session is about to take its messages: leave them.
         (movable.is_empty() || self.attachment.is_none()).then_some(movable)
+    }
+
+    /// Gives back the room of emptied queues: a session that once had a
+    /// burst keeps no memory for it once its connection is idle.
+    pub fn shrink_idle(&mut self) {
+        self.queue.shrink_if_empty();
+        if self.inflight.is_empty() {
+            self.inflight = VecDeque::new();
+        }
+        if self.expired_stored.is_empty() {
+            self.expired_stored = Vec::new();
+        }
     }
 
     /// Cancels the offline timers (expiry, will delay).

@@ -24,8 +24,8 @@
 //! held) and [`AckQueue::unacked_publishes`] (QoS 1/2 messages not yet
 //! acknowledged, which count against the receive maximum).
 
+use super::ordered::Ordered;
 use futures_util::future::{self, BoxFuture};
-use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use tidemq_proto::mqtt::Packet;
 
@@ -161,7 +161,7 @@ pub(crate) struct AckQueue<K: RecordSink> {
     /// index).
     records: Vec<K::Record>,
     works: Vec<SinkWork<K>>,
-    steps: FuturesOrdered<Step<K::Stored>>,
+    steps: Ordered<Step<K::Stored>>,
     /// Responses held, in `records` and `steps`.
     held: usize,
     /// QoS 1/2 PUBLISH packets held (unacknowledged).
@@ -177,7 +177,7 @@ impl<K: RecordSink> AckQueue<K> {
             sink,
             records: Vec::new(),
             works: Vec::new(),
-            steps: FuturesOrdered::new(),
+            steps: Ordered::new(),
             held: 0,
             publishes: 0,
             qos2: Vec::new(),
@@ -258,6 +258,17 @@ impl<K: RecordSink> AckQueue<K> {
     /// Whether no response is held (queued records included).
     pub(crate) fn is_empty(&self) -> bool {
         self.steps.is_empty() && self.records.is_empty()
+    }
+
+    /// Gives back the memory of an empty queue (its vectors keep their
+    /// capacity between read passes).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.steps.release_if_empty();
+            self.records = Vec::new();
+            self.works = Vec::new();
+            self.qos2 = Vec::new();
+        }
     }
 
     /// Whether a step is waiting for a write (what [`AckQueue::next`]

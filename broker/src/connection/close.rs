@@ -169,11 +169,11 @@ impl Connection {
             let mut will_now = None;
             if let Some(will) = will {
                 if delay > 0 && state.expiry_interval > 0 {
-                    state.pending_will = Some(PendingWill {
+                    state.pending_will = Some(Box::new(PendingWill {
                         will,
                         username: self.username.clone(),
                         generation: state.generation,
-                    });
+                    }));
                 } else {
                     will_now = Some(will);
                 }

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesOrdered;
 use tidemq_proto::mqtt::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, ReasonCode,
 };
@@ -18,6 +17,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
+use super::ordered::Ordered;
 use super::turn::{Budget, Busy};
 use super::{Connection, Io, close};
 use crate::auth::Subscription;
@@ -482,7 +482,7 @@ impl Connection {
             acks: AckQueue::new(StoreSink(Arc::clone(shared))),
             // Packets that came in the CONNECT's read wait in the buffer.
             input_held: true,
-            loading: FuturesOrdered::new(),
+            loading: Ordered::new(),
             completions: Vec::new(),
             budget: Budget::new(super::TURN_BUDGET),
             busy: Busy::default(),

@@ -10,7 +10,9 @@
 mod acks;
 mod close;
 mod connect;
+mod idle;
 mod inbound;
+mod ordered;
 mod outbound;
 mod subscribe;
 mod turn;
@@ -27,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use prometheus::IntCounter;
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
@@ -43,6 +44,7 @@ use crate::message::Delivery;
 use crate::session::{Kick, Session};
 use crate::transport::{Established, ListenerInfo, Reader, Writer};
 use acks::{AckQueue, Done, Work};
+use ordered::Ordered;
 use turn::{Budget, Busy, Lane};
 
 /// Output buffered beyond this stops the connection from taking more work
@@ -315,7 +317,7 @@ pub(crate) struct Connection {
     /// restarts when input resumes.
     input_held: bool,
     /// A read of the stored backlog at the front of the session's queue.
-    loading: FuturesOrdered<BoxFuture<'static, Loaded>>,
+    loading: Ordered<BoxFuture<'static, Loaded>>,
     /// What is left of this turn on the worker.
     budget: Budget,
     /// When a turn last ended with PUBLISH packets still waiting.
@@ -326,8 +328,27 @@ pub(crate) struct Connection {
 type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 
 impl Connection {
-    /// The connection loop; see the [module docs](self).
+    /// The connection loop; see the [module docs](self). It alternates
+    /// between working ([`Connection::work`], whose state is large and
+    /// lives on the heap only while it runs) and, once there has been
+    /// nothing to do for [`BUFFER_IDLE`], waiting idle in the smallest
+    /// state ([`Connection::idle`]).
     async fn run(mut self: Box<Self>, io: &mut Io) {
+        let end = loop {
+            if let Some(end) = Box::pin(self.work(io)).await {
+                break end;
+            }
+            if let Some(end) = self.idle(io).await {
+                break end;
+            }
+        };
+        Box::pin((*self).close(end, io)).await;
+    }
+
+    /// Works until the connection ends (`Some`) or has had nothing to do
+    /// for [`BUFFER_IDLE`] with nothing in flight and no buffer held
+    /// (`None`: it may wait idle).
+    async fn work(&mut self, io: &mut Io) -> Option<End> {
         // The futures the loop waits on every time live across its turns:
         // made once (and again after they fire), not on every wake-up.
         let mut shutdown = self.shared.shutdown.clone();
@@ -339,13 +360,12 @@ impl Connection {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         tokio::pin! {
             let shutting_down = shutting_down;
-            let queued = session.notify.notified();
             let idle_timer = tokio::time::sleep_until(far.into());
             let stuck_timer = tokio::time::sleep_until(far.into());
         }
         // Held only while working, and only once busy (see `turn`).
         let mut lane: Option<Lane> = None;
-        let end = loop {
+        loop {
             if self.budget.spent() {
                 // Whatever is left (packets in the read buffer, queued
                 // deliveries, ready responses) waits for the next turn, and
@@ -358,7 +378,7 @@ impl Connection {
                 take_lane(&mut lane, &self.busy, &self.shared.lanes).await;
             }
             if let Err(end) = self.resume_input(io) {
-                break end;
+                return Some(end);
             }
             if io.write_buf.len() < WRITE_HIGH_WATER {
                 self.pump(io);
@@ -368,7 +388,7 @@ impl Connection {
             let unwritten = io.write_buf.len();
             if let Err(e) = io.try_flush() {
                 tracing::debug!(error = %e, "write failed");
-                break End::Dropped;
+                return Some(End::Dropped);
             }
             self.note_write_progress(unwritten, io);
             if self.budget.spent() {
@@ -387,9 +407,11 @@ impl Connection {
                 self.last_packet + self.keep_alive.map_or(Duration::ZERO, |k| k + k / 2);
             let stuck_at =
                 self.write_blocked_since.unwrap_or(self.last_packet) + self.write_timeout;
-            // One timer for the keep alive and for giving back buffers.
+            // One timer for the keep alive and for settling: giving back
+            // buffers, then waiting idle.
             let keep_alive_at = (self.keep_alive.is_some() && reading).then_some(idle_until);
-            let release_at = io.holds_spare().then(|| Instant::now() + BUFFER_IDLE);
+            let release_at =
+                (io.holds_spare() || self.quiet(io)).then(|| Instant::now() + BUFFER_IDLE);
             let wake_at = keep_alive_at.into_iter().chain(release_at).min();
             if let Some(at) = wake_at {
                 arm(idle_timer.as_mut(), at);
@@ -417,10 +439,7 @@ impl Connection {
                         None
                     }
                 },
-                () = queued.as_mut() => {
-                    queued.set(session.notify.notified());
-                    None
-                }
+                () = session.doorbell.rung() => None,
                 () = Self::store_drained(self.shared.durable.as_ref()), if self.held_by_store() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
@@ -441,6 +460,10 @@ impl Connection {
                     let now = Instant::now();
                     if release_at.is_some_and(|at| at <= now) {
                         io.release_idle();
+                        if self.quiet(io) {
+                            self.release_idle_state();
+                            return None;
+                        }
                     }
                     // Parked: the next turn arms it for what is still ahead.
                     idle_timer.as_mut().reset(far.into());
@@ -450,17 +473,13 @@ impl Connection {
                     stuck_timer.as_mut().reset(far.into());
                     (Instant::now() >= stuck_at).then_some(End::WriteTimeout)
                 }
-                kick = &mut self.kick => match kick {
-                    Ok(Kick::TakenOver { session_continues }) => Some(End::TakenOver { session_continues }),
-                    Err(_) => Some(End::Dropped),
-                },
+                kick = &mut self.kick => Some(idle::kicked(kick)),
                 () = shutting_down.as_mut() => Some(End::Shutdown),
             };
-            if let Some(end) = ended {
-                break end;
+            if ended.is_some() {
+                return ended;
             }
-        };
-        Box::pin((*self).close(end, io)).await;
+        }
     }
 
     /// Keeps the write deadline: it runs from when the socket last took

@@ -97,6 +97,13 @@ impl MemoryQueue {
         self.items.is_empty()
     }
 
+    /// Gives back the queue's room if nothing is queued.
+    pub fn shrink_if_empty(&mut self) {
+        if self.items.is_empty() {
+            self.items = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued.
     pub fn clear(&mut self) {
         self.items.clear();

@@ -84,6 +84,28 @@ impl Reader {
         }
     }
 
+    /// Whether the reader can wait for input without a buffer (TCP; TLS
+    /// and WebSocket streams decode what they read into the caller's
+    /// buffer).
+    pub(crate) fn waits_unbuffered(&self) -> bool {
+        matches!(self, Reader::Tcp(_))
+    }
+
+    /// Ready once the stream has input, has ended or has failed, without
+    /// taking any of it (the caller reads next); registers `cx` otherwise.
+    /// Needs no buffer and no future of its own: a TCP reader peeks one
+    /// byte. The other readers are ready at once: they cannot wait without
+    /// reading.
+    pub(crate) fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Reader::Tcp(half) => {
+                let mut byte = [0u8; 1];
+                half.poll_peek(cx, &mut ReadBuf::new(&mut byte)).map(|_| ())
+            }
+            Reader::Other(_) => Poll::Ready(()),
+        }
+    }
+
     /// A reader and a writer over one stream.
     pub(crate) fn split(stream: Box<dyn Duplex>) -> (Reader, Writer) {
         let (read, write) = tokio::io::split(stream);
