@@ -109,7 +109,7 @@ mod tests {
 
     use super::super::{Connection, Io, serve};
 
-    fn serve_size<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+    fn serve_size<A, B, C, D, E, F: Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
         size_of::<F>()
     }
 

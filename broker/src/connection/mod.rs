@@ -22,6 +22,7 @@ pub(crate) use close::{schedule_expiry, write_offline};
 pub(crate) use turn::Lanes;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,16 +34,18 @@ use futures_util::{FutureExt, StreamExt};
 use prometheus::IntCounter;
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tracing::warn;
 
+use crate::admission::Admitted;
 use crate::broker::Shared;
 use crate::delivery::{StoreSink, Stored};
 use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
 use crate::session::{Kick, Session};
-use crate::transport::{Established, ListenerInfo, Reader, Writer};
+use crate::transport::{Listener, Reader, Writer};
 use acks::{AckQueue, Done, Work};
 use ordered::Ordered;
 use turn::{Budget, Busy, Lane};
@@ -57,40 +60,62 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// or 256 packets written, or a mix.
 const TURN_BUDGET: u32 = 16 * turn::PACKET;
 
-/// Serves one connection, its transport set up, until it closes.
-pub(crate) async fn serve(
+/// Serves one accepted connection until it closes: sets up its transport
+/// (TLS, WebSocket), runs the CONNECT handshake and the connection loop.
+/// Everything the task starts from is an argument: an `async fn` keeps its
+/// arguments' room for its whole life, so the connection's task holds them
+/// once, and the steps that live only briefly (setting up, the handshake,
+/// the close, the linger) are boxed while they run: inline, each would
+/// size every connection's task for its whole life.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(crate) fn serve(
     shared: Arc<Shared>,
-    listener: Arc<ListenerInfo>,
-    established: Established,
+    listener: Arc<Listener>,
+    stream: TcpStream,
     peer: SocketAddr,
-) {
-    shared.metrics.connections.inc();
-    let mut io = Io {
-        reader: established.reader,
-        writer: established.writer,
-        read_buf: BytesMut::new(),
-        write_buf: BytesMut::new(),
-        bytes_in: shared.metrics.bytes_in.clone(),
-        bytes_out: shared.metrics.bytes_out.clone(),
-    };
-    let origin = connect::Origin {
-        listener,
-        peer,
-        certificate_user: established.certificate_user,
-    };
-    // The handshake, the close and the linger are boxed: each is large and
-    // lives only briefly, and inline they would size every connection's
-    // task for its whole life.
-    let connected = Box::pin(connect::handshake(&shared, &mut io, origin)).await;
-    // Boxed too, so that this task does not keep a second place for it.
-    if let Some(connection) = connected.map(Box::new) {
-        shared.metrics.client_connected();
-        let budget = connection.budget.clone();
-        budget.turns(connection.run(&mut io)).await;
-        shared.metrics.clients_connected.dec();
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
+    // A block, not an `async fn`: that would keep its arguments twice
+    // (rust-lang/rust#62958).
+    async move {
+        let Some(established) = Box::pin(listener.establish_until_stop(&shared, stream)).await
+        else {
+            return;
+        };
+        shared.metrics.connections.inc();
+        let mut io = Io {
+            reader: established.reader,
+            writer: established.writer,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            bytes_in: shared.metrics.bytes_in.clone(),
+            bytes_out: shared.metrics.bytes_out.clone(),
+        };
+        let origin = connect::Origin {
+            listener: Arc::clone(&listener.info),
+            peer,
+            certificate_user: established.certificate_user,
+        };
+        // Boxed by the handshake, so that this task keeps no place for it.
+        let connected = Box::pin(async {
+            connect::handshake(&shared, &mut io, origin)
+                .await
+                .map(Box::new)
+        })
+        .await;
+        if let Some(connection) = connected {
+            shared.metrics.client_connected();
+            let budget = connection.budget.clone();
+            budget.turns(connection.run(&mut io)).await;
+            shared.metrics.clients_connected.dec();
+        }
+        Box::pin(io.linger()).await;
+        shared.metrics.connections.dec();
+        drop(admitted);
     }
-    Box::pin(io.linger()).await;
-    shared.metrics.connections.dec();
 }
 
 /// Waits for a lane before working, if the connection is busy and holds

@@ -49,7 +49,7 @@ pub(crate) struct Established {
 
 /// A bound listener.
 pub(crate) struct Listener {
-    info: Arc<ListenerInfo>,
+    pub(crate) info: Arc<ListenerInfo>,
     config: ListenerConfig,
     socket: TcpListener,
     local_addr: SocketAddr,
@@ -174,20 +174,8 @@ impl Listener {
                                 client_id = tracing::field::Empty
                             );
                             connections.spawn(
-                                async move {
-                                    let mut shutdown = shared.shutdown.clone();
-                                    let established = tokio::select! {
-                                        // Boxed: the TLS and WebSocket handshakes are large and
-                                        // live only until the connection is set up.
-                                        established = Box::pin(listener.establish(&shared, stream)) => established,
-                                        _ = shutdown.wait_for(|stopping| *stopping) => None,
-                                    };
-                                    if let Some(established) = established {
-                                        connection::serve(shared, Arc::clone(&listener.info), established, peer).await;
-                                    }
-                                    drop(admitted);
-                                }
-                                .instrument(span),
+                                connection::serve(shared, listener, stream, peer, admitted)
+                                    .instrument(span),
                             );
                         }
                         Err(limit) => {
@@ -223,6 +211,19 @@ impl Listener {
                 "connections did not close in time"
             );
             connections.abort_all();
+        }
+    }
+
+    /// [`Listener::establish`], unless the broker stops first.
+    pub(crate) async fn establish_until_stop(
+        &self,
+        shared: &Shared,
+        stream: TcpStream,
+    ) -> Option<Established> {
+        let mut shutdown = shared.shutdown.clone();
+        tokio::select! {
+            established = self.establish(shared, stream) => established,
+            _ = shutdown.wait_for(|stopping| *stopping) => None,
         }
     }
 

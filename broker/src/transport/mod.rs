@@ -7,7 +7,7 @@ mod listener;
 pub(crate) mod tls;
 mod ws;
 
-pub(crate) use listener::{Established, Listener, ListenerInfo};
+pub(crate) use listener::{Listener, ListenerInfo};
 pub use ws::WsStream;
 
 use std::io;
