@@ -9,7 +9,7 @@ use prometheus::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription};
+use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription, Verified};
 use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::durable::{DurableError, DurableStore, Recovered, SessionCatalog};
@@ -56,6 +56,8 @@ pub struct AuthState {
     pub passwords: Option<PasswordFile>,
     /// Publish/subscribe rules.
     pub acl: Option<AclRules>,
+    /// Logins of this password file verified recently.
+    pub verified: Verified,
 }
 
 impl AuthState {
@@ -98,6 +100,10 @@ impl AuthState {
                 .as_deref()
                 .map(|path| AclRules::load(path, config.auth.acl_default_allow))
                 .transpose()?,
+            verified: Verified::new(
+                Duration::from_secs(config.auth.verified_cache_secs),
+                config.auth.verified_cache_max,
+            ),
         })
     }
 }

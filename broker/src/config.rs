@@ -259,6 +259,12 @@ pub struct AuthConfig {
     pub failure_delay_ms: u64,
     /// The longest such wait, in milliseconds.
     pub failure_delay_max_ms: u64,
+    /// How long a login argon2 verified is remembered, in seconds: the
+    /// same user name and password skip argon2 until then (0: never).
+    pub verified_cache_secs: u64,
+    /// Logins remembered at most; past it a new one is not remembered
+    /// until older ones expire.
+    pub verified_cache_max: usize,
 }
 
 impl Default for AuthConfig {
@@ -271,6 +277,8 @@ impl Default for AuthConfig {
             verify_threads: 2,
             failure_delay_ms: 200,
             failure_delay_max_ms: 10_000,
+            verified_cache_secs: 600,
+            verified_cache_max: 100_000,
         }
     }
 }

@@ -70,6 +70,10 @@ pub struct BrokerMetrics {
     pub clients_connected: IntGauge,
     /// Connections parked idle: nothing in flight, no buffer held.
     pub connections_idle: IntGauge,
+    /// Logins that skipped argon2: verified recently with the same password.
+    pub logins_cached: IntCounter,
+    /// Logins remembered (`auth.verified_cache_max` at most).
+    pub logins_remembered: IntGauge,
     /// The most clients connected at once since the start (`$SYS`).
     pub clients_maximum: Arc<AtomicI64>,
     /// TLS handshakes and WebSocket upgrades that failed, by listener and reason.
@@ -219,6 +223,14 @@ impl BrokerMetrics {
                 "tidemq_connections_idle",
                 "Connections parked with nothing in flight and no buffers (they wait in the smallest state)",
             )?,
+            logins_cached: IntCounter::new(
+                "tidemq_logins_cached_total",
+                "Logins that skipped argon2: the same user name and password were verified within auth.verified_cache_secs",
+            )?,
+            logins_remembered: IntGauge::new(
+                "tidemq_logins_remembered",
+                "Verified logins remembered (auth.verified_cache_max at most; expired ones until pruned)",
+            )?,
             clients_maximum: Arc::default(),
             handshake_failures: IntCounterVec::new(
                 Opts::new(
@@ -271,6 +283,8 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.bytes_out.clone()))?;
         registry.register(Box::new(metrics.clients_connected.clone()))?;
         registry.register(Box::new(metrics.connections_idle.clone()))?;
+        registry.register(Box::new(metrics.logins_cached.clone()))?;
+        registry.register(Box::new(metrics.logins_remembered.clone()))?;
         registry.register(Box::new(metrics.handshake_failures.clone()))?;
         registry.register(Box::new(metrics.certificate_expiry.clone()))?;
         registry.register(Box::new(metrics.reloads.clone()))?;

@@ -226,8 +226,8 @@ async fn a_resumed_session_drops_what_the_acl_now_denies() {
         .shared()
         .auth
         .store(std::sync::Arc::new(tidemq_broker::AuthState {
-            passwords: None,
             acl: Some(acl),
+            ..Default::default()
         }));
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let (mut sub, ack) = Raw::connect_with(addr, Protocol::V5, "resumer", persistent).await;
@@ -286,6 +286,88 @@ async fn repeated_bad_passwords_slow_down() {
     assert!(
         took < std::time::Duration::from_millis(400),
         "waited {took:?}"
+    );
+    broker.shutdown().await;
+}
+
+/// A login argon2 verified is remembered: the same user name and password
+/// skip argon2 (`tidemq_logins_cached_total`), a wrong one is still
+/// refused, and a reloaded password file forgets every remembered login.
+#[tokio::test]
+async fn a_verified_login_is_remembered_until_the_password_file_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = write(
+        dir.path(),
+        "passwords",
+        &format!("alice:{}\n", hash("wonderland")),
+    );
+    let mut config = Config::default();
+    config.auth.password_file = Some(passwords.clone());
+    config.auth.failure_delay_ms = 1;
+    let (broker, registry) = common::start_registered(config).await;
+    let addr = broker.local_addr();
+    let login = |password: &'static [u8]| async move {
+        let (_, ack) = Raw::connect_with(addr, Protocol::V5, "alice-1", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(password));
+        })
+        .await;
+        ack.reason
+    };
+    let cached = || common::sample(&registry, "tidemq_logins_cached_total", &[]);
+
+    assert_eq!(login(b"wonderland").await, ReasonCode::Success);
+    assert_eq!(cached(), 0.0, "the first login is verified with argon2");
+    assert_eq!(login(b"wonderland").await, ReasonCode::Success);
+    assert_eq!(cached(), 1.0, "the second one is remembered");
+    assert_eq!(
+        login(b"looking-glass").await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        login(b"wonderland").await,
+        ReasonCode::Success,
+        "a failure forgets nothing"
+    );
+    assert_eq!(cached(), 2.0);
+
+    std::fs::write(&passwords, format!("alice:{}\n", hash("looking-glass"))).expect("rewrite");
+    assert!(broker.reload(), "reloaded");
+    assert_eq!(
+        login(b"wonderland").await,
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(login(b"looking-glass").await, ReasonCode::Success);
+    assert_eq!(
+        cached(),
+        2.0,
+        "the reloaded file starts with no remembered login"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn remembering_logins_can_be_turned_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::default();
+    config.auth.password_file = Some(write(
+        dir.path(),
+        "passwords",
+        &format!("alice:{}\n", hash("wonderland")),
+    ));
+    config.auth.verified_cache_secs = 0;
+    let (broker, registry) = common::start_registered(config).await;
+    for _ in 0..2 {
+        let (_, ack) = Raw::connect_with(broker.local_addr(), Protocol::V3_1_1, "alice-2", |c| {
+            c.username = Some("alice".into());
+            c.password = Some(Bytes::from_static(b"wonderland"));
+        })
+        .await;
+        assert_eq!(ack.reason, ReasonCode::Success);
+    }
+    assert_eq!(
+        common::sample(&registry, "tidemq_logins_cached_total", &[]),
+        0.0
     );
     broker.shutdown().await;
 }

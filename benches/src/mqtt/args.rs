@@ -45,6 +45,13 @@ pub struct CommonArgs {
     /// process its own prefix (default: `b` and the process id).
     #[arg(long)]
     pub client_prefix: Option<String>,
+    /// User name to log in with; `%c` stands for the client id (one user
+    /// per client). Needs --password.
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    /// Password to log in with.
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
     /// Timeout for a connect, a SUBACK, and a PUBACK/PUBCOMP (milliseconds).
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
@@ -89,14 +96,18 @@ impl CommonArgs {
 
     /// Where and how to connect.
     pub fn target(&self) -> anyhow::Result<Target> {
-        Ok(Target::new(
+        let target = Target::new(
             &self.host,
             self.port,
             self.transport,
             self.cafile.as_deref(),
             &self.ws_path,
         )?
-        .with_loopback_sources(self.source_ips))
+        .with_loopback_sources(self.source_ips);
+        Ok(match (&self.username, &self.password) {
+            (Some(username), Some(password)) => target.with_login(username.clone(), password),
+            _ => target,
+        })
     }
 
     pub(super) fn validate(&self) -> anyhow::Result<()> {

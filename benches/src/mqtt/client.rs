@@ -68,14 +68,15 @@ impl Client {
             session_present: false,
         };
         let persistent = session == SessionKind::Persistent;
+        let (username, password) = target.login(&client_id);
         client.send(&Packet::Connect(Connect {
             protocol,
             clean_start: !persistent,
             keep_alive,
             client_id,
             will: None,
-            username: None,
-            password: None,
+            username,
+            password,
             properties: ConnectProperties {
                 // Only 5.0 encodes properties; 3.1.1 has clean session 0.
                 session_expiry_interval: persistent.then_some(PERSISTENT_EXPIRY_SECS),

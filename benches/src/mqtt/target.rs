@@ -47,6 +47,9 @@ pub struct Target {
     /// choice).
     sources: Vec<IpAddr>,
     next_source: AtomicUsize,
+    /// User name (`%c` stands for the client id) and password sent in
+    /// CONNECT.
+    login: Option<(String, bytes::Bytes)>,
 }
 
 impl Target {
@@ -83,7 +86,26 @@ impl Target {
             ws_path: ws_path.to_string(),
             sources: Vec::new(),
             next_source: AtomicUsize::new(0),
+            login: None,
         })
+    }
+
+    /// Clients log in as `username` (`%c` stands for the client id) with
+    /// `password`.
+    pub fn with_login(mut self, username: String, password: &str) -> Target {
+        self.login = Some((username, bytes::Bytes::copy_from_slice(password.as_bytes())));
+        self
+    }
+
+    /// The user name and password client `client_id` sends, if any.
+    pub fn login(&self, client_id: &str) -> (Option<String>, Option<bytes::Bytes>) {
+        match &self.login {
+            Some((username, password)) => (
+                Some(username.replace("%c", client_id)),
+                Some(password.clone()),
+            ),
+            None => (None, None),
+        }
     }
 
     /// Connections from `count` loopback addresses in turn, 127.0.0.1 up:

@@ -36,6 +36,8 @@ fn common(port: u16, count: usize, mqtt_version: u8) -> CommonArgs {
         concurrency: 4,
         mqtt_version,
         client_prefix: Some(format!("test-v{mqtt_version}")),
+        username: None,
+        password: None,
         timeout_ms: 5000,
         output: Output::Json,
     }
@@ -96,6 +98,44 @@ async fn loads_run_over_tls_and_websocket() -> anyhow::Result<()> {
         );
     }
     broker.shutdown().await;
+    Ok(())
+}
+
+/// `--username` (with `%c` for the client id) and `--password`: the
+/// clients log in, and a wrong password fails every connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_with_a_password() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let passwords = dir.path().join("passwords");
+    let hash = tidemq_broker::PasswordFile::hash_password(b"secret")?;
+    let users: String = (0..3).map(|i| format!("u-login-c-{i}:{hash}\n")).collect();
+    std::fs::write(&passwords, users)?;
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    config.auth.password_file = Some(passwords);
+    let broker = Broker::start(config, &prometheus::Registry::new()).await?;
+    let with = |password: &str| {
+        ConnArgs::new(CommonArgs {
+            client_prefix: Some("login".into()),
+            username: Some("u-%c".into()),
+            password: Some(password.into()),
+            ..common(broker.local_addr().port(), 3, 5)
+        })
+    };
+    let right = conn::conn(&with("secret")).await?;
+    assert_eq!(
+        (right.report.success, right.held),
+        (3, 3),
+        "{:?}",
+        right.report
+    );
+    let wrong = conn::conn(&with("guess")).await?;
+    assert_eq!(
+        (wrong.report.success, wrong.report.failed),
+        (0, 3),
+        "{:?}",
+        wrong.report
+    );
     Ok(())
 }
 

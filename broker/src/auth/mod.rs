@@ -25,10 +25,12 @@ mod acl;
 mod filter;
 mod login;
 mod password;
+mod verified;
 
 pub use acl::{AclRules, Action, Subscription};
 pub use login::Login;
 pub use password::PasswordFile;
+pub use verified::Verified;
 
 use std::path::PathBuf;
 

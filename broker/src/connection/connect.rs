@@ -567,13 +567,26 @@ async fn authenticate(
         (None, _) => Err(ReasonCode::NotAuthorized),
         (Some(user), Some(_)) => {
             let password = connect.password.clone().unwrap_or_default();
-            let name = user.clone();
-            let check = move || {
-                auth.passwords
-                    .as_ref()
-                    .is_some_and(|passwords| passwords.verify(&name, &password))
+            let cached = auth.verified.contains(user, &password);
+            if cached {
+                shared.metrics.logins_cached.inc();
+            }
+            let check = {
+                let (auth, name, password) = (Arc::clone(&auth), user.clone(), password.clone());
+                move || {
+                    auth.passwords
+                        .as_ref()
+                        .is_some_and(|passwords| passwords.verify(&name, &password))
+                }
             };
-            if shared.login.verify(peer.ip(), user, check).await {
+            if shared.login.verify(peer.ip(), user, cached, check).await {
+                if !cached {
+                    auth.verified.insert(user, &password);
+                    shared
+                        .metrics
+                        .logins_remembered
+                        .set(auth.verified.len() as i64);
+                }
                 Ok(())
             } else {
                 Err(ReasonCode::BadUserNameOrPassword)

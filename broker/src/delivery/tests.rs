@@ -41,6 +41,7 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
         auth: ArcSwap::from_pointee(AuthState {
             passwords: None,
             acl: acl.map(|rules| AclRules::parse(rules, false).expect("rules parse")),
+            ..AuthState::default()
         }),
         login: crate::auth::Login::new(
             1,
