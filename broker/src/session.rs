@@ -10,7 +10,7 @@
 //! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
 //! by a durable implementation without touching the connection code.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -203,7 +203,7 @@ pub struct SessionState {
     /// Outbound QoS 1/2 messages in send order.
     pub inflight: VecDeque<Inflight>,
     /// Packet ids of inbound QoS 2 messages received and not yet released.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: BTreeSet<u16>,
     /// Session expiry interval in seconds (`u32::MAX`: never).
     pub expiry_interval: u32,
     /// The connection using this session, if any.
@@ -264,7 +264,7 @@ impl Session {
                 subscriptions: HashMap::new(),
                 queue,
                 inflight: VecDeque::new(),
-                inbound_qos2: HashSet::new(),
+                inbound_qos2: BTreeSet::new(),
                 expiry_interval: 0,
                 attachment: None,
                 generation: 0,

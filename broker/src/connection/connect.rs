@@ -5,7 +5,6 @@
 //! is logged at WARN with every step's duration, and every step feeds the
 //! `tidemq_connect_step_duration_seconds{step}` histogram.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
+use super::alias::TopicAliases;
 use super::ordered::Ordered;
 use super::turn::{Budget, Busy};
 use super::{Connection, Io, close};
@@ -468,14 +468,14 @@ impl Connection {
                 _ => usize::from(config.mqtt.max_inflight),
             },
             receive_maximum: usize::from(config.mqtt.receive_maximum),
-            alias_in: HashMap::new(),
-            alias_in_max: if protocol.is_v5() {
-                config.mqtt.topic_alias_maximum
-            } else {
-                0
-            },
-            alias_out: HashMap::new(),
-            alias_out_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            aliases: TopicAliases::new(
+                if protocol.is_v5() {
+                    config.mqtt.topic_alias_maximum
+                } else {
+                    0
+                },
+                connect.properties.topic_alias_maximum.unwrap_or(0),
+            ),
             last_packet: now,
             write_blocked_since: None,
             write_timeout: config.mqtt.write_timeout(),

@@ -66,7 +66,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, mut publish: Publish, io: &mut Io) -> Result<(), End> {
-        self.resolve_topic_alias(&mut publish)?;
+        self.aliases.resolve(&mut publish).map_err(End::Violation)?;
         let config = self.shared.config.load();
         if publish.retain && !config.mqtt.retain_available {
             return Err(End::Violation(ReasonCode::RetainNotSupported));
@@ -250,25 +250,6 @@ impl Connection {
             }
         }
         self.completions.clear();
-    }
-
-    /// Replaces an inbound topic alias by its topic, or records a new one.
-    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), End> {
-        let Some(alias) = publish.properties.topic_alias.take() else {
-            return Ok(());
-        };
-        if alias == 0 || alias > self.alias_in_max {
-            return Err(End::Violation(ReasonCode::TopicAliasInvalid));
-        }
-        if publish.topic.is_empty() {
-            match self.alias_in.get(&alias) {
-                Some(topic) => publish.topic = topic.clone(),
-                None => return Err(End::Violation(ReasonCode::ProtocolError)),
-            }
-        } else {
-            self.alias_in.insert(alias, publish.topic.clone());
-        }
-        Ok(())
     }
 
     fn on_pubrec(&mut self, rec: PubResponse, io: &mut Io) {

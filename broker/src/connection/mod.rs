@@ -8,6 +8,7 @@
 //! decides about the will and what happens to the session.
 
 mod acks;
+mod alias;
 mod close;
 mod connect;
 mod idle;
@@ -21,7 +22,6 @@ pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};
 pub(crate) use turn::Lanes;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,6 +47,7 @@ use crate::message::Delivery;
 use crate::session::{Kick, Session};
 use crate::transport::{Listener, Reader, Writer};
 use acks::{AckQueue, Done, Work};
+use alias::TopicAliases;
 use ordered::Ordered;
 use turn::{Budget, Busy, Lane};
 
@@ -319,12 +320,8 @@ pub(crate) struct Connection {
     window: usize,
     /// Inbound QoS 2 messages allowed in flight.
     receive_maximum: usize,
-    /// Inbound topic aliases.
-    alias_in: HashMap<u16, String>,
-    alias_in_max: u16,
-    /// Outbound topic aliases the broker assigned.
-    alias_out: HashMap<String, u16>,
-    alias_out_max: u16,
+    /// Topic aliases, both ways.
+    aliases: TopicAliases,
     /// When the last complete packet arrived (keep alive counts packets,
     /// not bytes).
     last_packet: Instant,

@@ -26,12 +26,12 @@ impl Connection {
     /// Encodes a PUBLISH, applying an outbound topic alias, unless it is
     /// larger than the client accepts (then it is dropped, as 5.0 requires).
     fn send_publish(&mut self, mut publish: Publish, io: &mut Io) -> bool {
-        let assigned = self.apply_alias(&mut publish);
+        let assigned = self.aliases.apply(&mut publish);
         let packet = Packet::Publish(publish);
         match mqtt::encoded_len(&packet, self.protocol) {
             Ok(len) if len <= self.max_packet_out => {
                 if let Some((topic, alias)) = assigned {
-                    self.alias_out.insert(topic, alias);
+                    self.aliases.record(topic, alias);
                 }
                 self.send(io, &packet);
                 self.shared.metrics.messages_out.inc();
@@ -42,27 +42,6 @@ impl Connection {
                 false
             }
         }
-    }
-
-    /// Uses a topic alias the client knows, or picks a new one while the
-    /// client's alias maximum allows; a new alias is returned, to be
-    /// recorded only if the packet is sent (the client learns it from that
-    /// packet).
-    fn apply_alias(&self, publish: &mut Publish) -> Option<(String, u16)> {
-        if self.alias_out_max == 0 {
-            return None;
-        }
-        if let Some(&alias) = self.alias_out.get(&publish.topic) {
-            publish.properties.topic_alias = Some(alias);
-            publish.topic.clear();
-            return None;
-        }
-        let next = u16::try_from(self.alias_out.len() + 1).ok()?;
-        if next > self.alias_out_max {
-            return None;
-        }
-        publish.properties.topic_alias = Some(next);
-        Some((publish.topic.clone(), next))
     }
 
     /// Moves queued deliveries into flight as the window and the turn's
