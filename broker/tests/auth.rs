@@ -16,15 +16,22 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// A configuration whose password file (in `dir`) holds one user, alice,
+/// with `password`.
+fn alice(dir: &std::path::Path, password: &str) -> Config {
+    let mut config = Config::default();
+    config.auth.password_file = Some(write(
+        dir,
+        "passwords",
+        &format!("alice:{}\n", hash(password)),
+    ));
+    config
+}
+
 #[tokio::test]
 async fn passwords_and_anonymous_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.auth.password_file = Some(write(
-        dir.path(),
-        "passwords",
-        &format!("alice:{}\n", hash("wonderland")),
-    ));
+    let mut config = alice(dir.path(), "wonderland");
     config.listener.allow_anonymous = false;
     let broker = common::start(config).await;
     let addr = broker.local_addr();
@@ -247,12 +254,7 @@ async fn a_resumed_session_drops_what_the_acl_now_denies() {
 #[tokio::test]
 async fn repeated_bad_passwords_slow_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.auth.password_file = Some(write(
-        dir.path(),
-        "passwords",
-        &format!("alice:{}\n", hash("right")),
-    ));
+    let mut config = alice(dir.path(), "right");
     config.auth.failure_delay_ms = 400;
     let broker = common::start(config).await;
     let addr = broker.local_addr();
@@ -296,13 +298,8 @@ async fn repeated_bad_passwords_slow_down() {
 #[tokio::test]
 async fn a_verified_login_is_remembered_until_the_password_file_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let passwords = write(
-        dir.path(),
-        "passwords",
-        &format!("alice:{}\n", hash("wonderland")),
-    );
-    let mut config = Config::default();
-    config.auth.password_file = Some(passwords.clone());
+    let mut config = alice(dir.path(), "wonderland");
+    let passwords = config.auth.password_file.clone().expect("a password file");
     config.auth.failure_delay_ms = 1;
     let (broker, registry) = common::start_registered(config).await;
     let addr = broker.local_addr();
@@ -349,12 +346,7 @@ async fn a_verified_login_is_remembered_until_the_password_file_changes() {
 #[tokio::test]
 async fn remembering_logins_can_be_turned_off() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.auth.password_file = Some(write(
-        dir.path(),
-        "passwords",
-        &format!("alice:{}\n", hash("wonderland")),
-    ));
+    let mut config = alice(dir.path(), "wonderland");
     config.auth.verified_cache_secs = 0;
     let (broker, registry) = common::start_registered(config).await;
     for _ in 0..2 {

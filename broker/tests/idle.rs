@@ -12,6 +12,18 @@ use common::{Raw, WAIT, publish, sample};
 use tidemq_broker::Config;
 use tidemq_proto::mqtt::{Packet, Protocol, QoS, ReasonCode};
 
+/// Reads until the broker closes and checks it sent one DISCONNECT with
+/// `reason` first.
+async fn closed_with(client: &mut Raw, reason: ReasonCode) {
+    let seen = tokio::time::timeout(WAIT, client.until_closed())
+        .await
+        .expect("closed within the wait");
+    assert!(
+        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == reason),
+        "expected DISCONNECT {reason:?}, got {seen:?}"
+    );
+}
+
 /// Waits until `count` connections are idle; panics after [`WAIT`].
 async fn idle_until(registry: &prometheus::Registry, count: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -51,11 +63,7 @@ async fn an_idle_connection_gets_deliveries_answers_pings_and_is_taken_over() {
 
     idle_until(&registry, 2.0).await;
     let _taker = Raw::connect(addr, Protocol::V5, "idle-sub").await;
-    let seen = subscriber.until_closed().await;
-    assert!(
-        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),
-        "{seen:?}"
-    );
+    closed_with(&mut subscriber, ReasonCode::SessionTakenOver).await;
 }
 
 #[tokio::test]
@@ -67,13 +75,7 @@ async fn an_idle_connection_times_out_on_keep_alive() {
     .await;
     idle_until(&registry, 1.0).await;
     // 1.5 × keep alive after the CONNECT, the broker closes.
-    let seen = tokio::time::timeout(WAIT, client.until_closed())
-        .await
-        .expect("closed within the wait");
-    assert!(
-        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::KeepAliveTimeout),
-        "{seen:?}"
-    );
+    closed_with(&mut client, ReasonCode::KeepAliveTimeout).await;
     idle_until(&registry, 0.0).await;
 }
 
@@ -86,11 +88,7 @@ async fn shutdown_closes_idle_connections_at_once() {
     // then abort it, without a DISCONNECT.
     let stopped = tokio::time::timeout(WAIT, broker.shutdown()).await;
     assert!(stopped.is_ok(), "shutdown finished within the wait");
-    let seen = client.until_closed().await;
-    assert!(
-        matches!(seen.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::ServerShuttingDown),
-        "{seen:?}"
-    );
+    closed_with(&mut client, ReasonCode::ServerShuttingDown).await;
 }
 
 #[tokio::test]
