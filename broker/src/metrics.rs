@@ -10,6 +10,48 @@ use prometheus::{
     Registry, exponential_buckets,
 };
 
+/// The steps of CONNECT handling, each timed in
+/// `tidemq_connect_step_duration_seconds{step}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    /// Reading the CONNECT packet.
+    ReadConnect,
+    /// Checking it.
+    Validate,
+    /// Checking the credentials.
+    Auth,
+    /// Attaching the session.
+    Session,
+    /// Storing a persistent session.
+    Persist,
+    /// Writing CONNACK.
+    Connack,
+}
+
+impl ConnectStep {
+    /// Every step, in order.
+    pub const ALL: [ConnectStep; 6] = [
+        ConnectStep::ReadConnect,
+        ConnectStep::Validate,
+        ConnectStep::Auth,
+        ConnectStep::Session,
+        ConnectStep::Persist,
+        ConnectStep::Connack,
+    ];
+
+    /// The `step` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectStep::ReadConnect => "read_connect",
+            ConnectStep::Validate => "validate",
+            ConnectStep::Auth => "auth",
+            ConnectStep::Session => "session",
+            ConnectStep::Persist => "persist",
+            ConnectStep::Connack => "connack",
+        }
+    }
+}
+
 /// Every broker metric, registered in one registry.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -52,6 +94,10 @@ pub struct BrokerMetrics {
     pub connections_limited: IntCounterVec,
     /// Duration of each CONNECT step.
     pub connect_step_seconds: HistogramVec,
+    /// Its histograms, looked up once: index [`ConnectStep`] `as usize`.
+    pub connect_steps: Vec<Histogram>,
+    /// Handshakes slower than `diagnostics.slow_connect_ms`.
+    pub slow_connects: IntCounter,
     /// Whole CONNECT handling duration.
     pub connect_seconds: Histogram,
     /// Messages written to the message store for persistent sessions.
@@ -97,6 +143,18 @@ impl BrokerMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let latency = exponential_buckets(0.000_05, 2.0, 16)?;
+        let connect_step_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tidemq_connect_step_duration_seconds",
+                "Duration of each step of CONNECT handling",
+            )
+            .buckets(latency.clone()),
+            &["step"],
+        )?;
+        let connect_steps = ConnectStep::ALL
+            .iter()
+            .map(|step| connect_step_seconds.get_metric_with_label_values(&[step.label()]))
+            .collect::<prometheus::Result<_>>()?;
         let metrics = Self {
             connections: IntGauge::new("tidemq_connections", "Open MQTT network connections")?,
             connects: IntCounterVec::new(
@@ -176,13 +234,11 @@ impl BrokerMetrics {
                 ),
                 &["reason"],
             )?,
-            connect_step_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "tidemq_connect_step_duration_seconds",
-                    "Duration of each step of CONNECT handling",
-                )
-                .buckets(latency.clone()),
-                &["step"],
+            connect_step_seconds,
+            connect_steps,
+            slow_connects: IntCounter::new(
+                "tidemq_slow_connects_total",
+                "Handshakes slower than diagnostics.slow_connect_ms (logged at WARN once a second at most)",
             )?,
             connect_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -275,6 +331,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connections_limited.clone()))?;
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
+        registry.register(Box::new(metrics.slow_connects.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;
         registry.register(Box::new(metrics.store_write_seconds.clone()))?;
         registry.register(Box::new(metrics.storage_errors.clone()))?;

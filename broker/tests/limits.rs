@@ -216,3 +216,39 @@ async fn connections_per_address_and_the_connect_rate_are_limited() {
     assert_eq!(limited.with_label_values(&["rate"]).get(), 1);
     broker.shutdown().await;
 }
+
+/// Every handshake over `diagnostics.slow_connect_ms` is counted, and every
+/// step of every handshake feeds its histogram.
+#[tokio::test]
+async fn slow_connects_are_counted_and_every_step_is_timed() {
+    let mut config = Config::default();
+    config.diagnostics.slow_connect_ms = 0;
+    let (broker, registry) = common::start_registered(config).await;
+    for i in 0..3 {
+        let _client = Raw::connect(broker.local_addr(), Protocol::V5, &format!("slow-{i}")).await;
+    }
+    assert_eq!(
+        common::sample(&registry, "tidemq_slow_connects_total", &[]),
+        3.0
+    );
+    let observed = |step: &str| {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "tidemq_connect_step_duration_seconds")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == step))
+            .map(|m| m.get_histogram().get_sample_count())
+            .sum::<u64>()
+    };
+    for step in [
+        "read_connect",
+        "validate",
+        "auth",
+        "session",
+        "persist",
+        "connack",
+    ] {
+        assert_eq!(observed(step), 3, "{step}");
+    }
+}

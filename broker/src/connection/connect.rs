@@ -1,9 +1,7 @@
 //! The CONNECT handshake: read, validate, authenticate, attach the session
 //! (taking it over from another connection if needed), answer CONNACK.
 //!
-//! Each step is timed; a handshake slower than `diagnostics.slow_connect_ms`
-//! is logged at WARN with every step's duration, and every step feeds the
-//! `tidemq_connect_step_duration_seconds{step}` histogram.
+//! Each step is timed ([`super::steps`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +16,7 @@ use tracing::{debug, warn};
 use super::acks::AckQueue;
 use super::alias::TopicAliases;
 use super::ordered::Ordered;
+use super::steps::Steps;
 use super::turn::{Budget, Busy};
 use super::{Connection, Io, close};
 use crate::auth::Subscription;
@@ -26,54 +25,11 @@ use crate::config::Config;
 use crate::delivery::StoreSink;
 use crate::durable::record::unix_ms;
 use crate::durable::{DurableError, catalog};
+use crate::metrics::ConnectStep;
 use crate::session::{
     Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
 };
 use crate::transport::ListenerInfo;
-
-/// Step timings of one handshake.
-struct Steps {
-    started: Instant,
-    last: Instant,
-    steps: Vec<(&'static str, Duration)>,
-}
-
-impl Steps {
-    fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            started: now,
-            last: now,
-            steps: Vec::with_capacity(6),
-        }
-    }
-
-    fn mark(&mut self, step: &'static str) {
-        let now = Instant::now();
-        self.steps.push((step, now - self.last));
-        self.last = now;
-    }
-
-    fn report(&self, shared: &Shared, client_id: &str, slow_ms: u64) {
-        let total = self.started.elapsed();
-        let metrics = &shared.metrics;
-        metrics.connect_seconds.observe(total.as_secs_f64());
-        for (step, took) in &self.steps {
-            metrics
-                .connect_step_seconds
-                .with_label_values(&[step])
-                .observe(took.as_secs_f64());
-        }
-        if total >= Duration::from_millis(slow_ms) {
-            let steps: Vec<String> = self
-                .steps
-                .iter()
-                .map(|(s, d)| format!("{s}={:.2}ms", d.as_secs_f64() * 1e3))
-                .collect();
-            warn!(client_id, total_ms = total.as_secs_f64() * 1e3, steps = %steps.join(" "), "slow connect");
-        }
-    }
-}
 
 /// Where a connection came from.
 pub(super) struct Origin {
@@ -100,7 +56,7 @@ pub(super) async fn handshake(
         connect.username = Some(user);
         connect.password = None;
     }
-    steps.mark("read_connect");
+    steps.mark(ConnectStep::ReadConnect);
     let protocol = connect.protocol;
     let (client_id, assigned) = match validate(&config, &connect) {
         Ok(found) => found,
@@ -110,12 +66,12 @@ pub(super) async fn handshake(
         }
     };
     tracing::Span::current().record("client_id", client_id.as_str());
-    steps.mark("validate");
+    steps.mark(ConnectStep::Validate);
     if let Err(reason) = authenticate(shared, &origin, &connect).await {
         refuse(shared, io, protocol, reason).await;
         return None;
     }
-    steps.mark("auth");
+    steps.mark(ConnectStep::Auth);
     let attached = attach(shared, &config, &origin, &connect, client_id.clone()).await;
     let (mut connection, session_present, existed) = match attached {
         Ok(attached) => attached,
@@ -125,7 +81,7 @@ pub(super) async fn handshake(
         }
     };
     connection.sys_readable = origin.listener.loopback;
-    steps.mark("session");
+    steps.mark(ConnectStep::Session);
 
     // A persistent session is on disk before CONNACK says it exists.
     if let Err(e) = persist(
@@ -143,7 +99,7 @@ pub(super) async fn handshake(
         connection.abandon(existed);
         return None;
     }
-    steps.mark("persist");
+    steps.mark(ConnectStep::Persist);
 
     let connack = connack(&config, &connect, &client_id, assigned, session_present);
     connection.send(io, &connack);
@@ -153,7 +109,7 @@ pub(super) async fn handshake(
         connection.close(super::End::Dropped, io).await;
         return None;
     }
-    steps.mark("connack");
+    steps.mark(ConnectStep::Connack);
     count(shared, "success");
     steps.report(shared, &client_id, config.diagnostics.slow_connect_ms);
     debug!(?protocol, session_present, "client connected");

@@ -15,6 +15,7 @@ mod idle;
 mod inbound;
 mod ordered;
 mod outbound;
+mod steps;
 mod subscribe;
 mod turn;
 
