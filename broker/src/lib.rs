@@ -13,12 +13,12 @@
 //! | `broker` | [`Broker::start`]: shared state, the listeners, reload, shutdown |
 //! | `transport` | listeners and their byte streams: TCP, TLS (rustls), WebSocket, WebSocket over TLS |
 //! | `admission` | which accepted connections are served: count, per-address and rate limits |
-//! | `connection` | one task per client: CONNECT handshake, the `select!` loop, packet handlers, close |
+//! | `connection` | one task per client: CONNECT handshake, the working loop (a `select!`), the idle wait, packet handlers, close |
 //! | `session` | sessions, their queues and inflight windows, the flat-keyed registry |
 //! | `durable` | persistent sessions, their messages and retained messages in the storage engine |
 //! | `router` | subscription matching, shared subscriptions, retained messages |
 //! | `topic_tree` | the tries behind the router |
-//! | `auth` | password file (argon2) and ACL rules |
+//! | `auth` | password file (argon2), logins verified recently, ACL rules |
 //! | `sys` | the `$SYS/broker/...` topics |
 //! | `config` | TOML + `TIDEMQ_` environment configuration of the whole node |
 //! | `metrics` | Prometheus metrics |

@@ -1,9 +1,10 @@
 //! One task per client connection.
 //!
 //! [`serve`] runs the CONNECT handshake ([`connect`]), then the connection
-//! loop: a single `select!` over socket reads, deliveries queued on the
-//! session, the keep-alive deadline, a takeover by another connection, and
-//! broker shutdown. Packet handling lives in [`inbound`]; everything written
+//! loop: while working, a single `select!` over socket reads, deliveries
+//! queued on the session, the keep-alive deadline, a takeover by another
+//! connection, and broker shutdown; after 100 ms with nothing to do, the
+//! much smaller wait of [`idle`]. Packet handling lives in [`inbound`]; everything written
 //! to the socket goes through [`outbound`]. When the loop ends, [`close`]
 //! decides about the will and what happens to the session.
 
