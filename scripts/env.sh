@@ -29,6 +29,9 @@ ensure_system_deps() {
         ensure_package "/usr/lib/llvm-14/lib/clang/*/include/stdbool.h" libclang-common-14-dev
         export LIBCLANG_PATH="${LIBCLANG_PATH:-/usr/lib/llvm-14/lib}"
     fi
+    # The tidemq binary's allocator (tikv-jemalloc-sys) builds jemalloc
+    # with its configure script and make.
+    ensure_package "/usr/bin/make" make
     # The full-disk tests make and mount small filesystems of their own.
     ensure_package "/sbin/mkfs.ext4" e2fsprogs
     ensure_package "/bin/mount" mount
