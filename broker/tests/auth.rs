@@ -3,11 +3,12 @@
 mod common;
 
 use std::io::Write;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use common::{Raw, cheap_hash as hash};
 use tidemq_broker::Config;
-use tidemq_proto::mqtt::{Protocol, QoS, ReasonCode};
+use tidemq_proto::mqtt::{ConnAck, Protocol, QoS, ReasonCode};
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -28,6 +29,21 @@ fn alice(dir: &std::path::Path, password: &str) -> Config {
     config
 }
 
+/// Connects as `user` with `password`; the connection and its CONNACK.
+async fn log_in(
+    addr: SocketAddr,
+    protocol: Protocol,
+    client_id: &str,
+    user: &str,
+    password: &'static [u8],
+) -> (Raw, ConnAck) {
+    Raw::connect_with(addr, protocol, client_id, |c| {
+        c.username = Some(user.into());
+        c.password = Some(Bytes::from_static(password));
+    })
+    .await
+}
+
 #[tokio::test]
 async fn passwords_and_anonymous_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -36,28 +52,16 @@ async fn passwords_and_anonymous_policy() {
     let broker = common::start(config).await;
     let addr = broker.local_addr();
     for protocol in [Protocol::V3_1_1, Protocol::V5] {
-        let (_, ack) = Raw::connect_with(addr, protocol, "ok", |c| {
-            c.username = Some("alice".into());
-            c.password = Some(Bytes::from_static(b"wonderland"));
-        })
-        .await;
+        let (_, ack) = log_in(addr, protocol, "ok", "alice", b"wonderland").await;
         assert_eq!(ack.reason, ReasonCode::Success);
-        let (mut raw, ack) = Raw::connect_with(addr, protocol, "bad", |c| {
-            c.username = Some("alice".into());
-            c.password = Some(Bytes::from_static(b"looking-glass"));
-        })
-        .await;
+        let (mut raw, ack) = log_in(addr, protocol, "bad", "alice", b"looking-glass").await;
         assert_eq!(
             ack.reason,
             ReasonCode::BadUserNameOrPassword,
             "{protocol:?}"
         );
         assert!(raw.until_closed().await.is_empty());
-        let (_, ack) = Raw::connect_with(addr, protocol, "nobody", |c| {
-            c.username = Some("mallory".into());
-            c.password = Some(Bytes::from_static(b"x"));
-        })
-        .await;
+        let (_, ack) = log_in(addr, protocol, "nobody", "mallory", b"x").await;
         assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
         let (_, ack) = Raw::connect_with(addr, protocol, "anon", |_| {}).await;
         assert_eq!(ack.reason, ReasonCode::NotAuthorized, "anonymous refused");
@@ -260,11 +264,7 @@ async fn repeated_bad_passwords_slow_down() {
     let addr = broker.local_addr();
     let attempt = |password: &'static str| async move {
         let started = std::time::Instant::now();
-        let (_c, ack) = Raw::connect_with(addr, Protocol::V5, "guesser", |c| {
-            c.username = Some("alice".into());
-            c.password = Some(Bytes::from_static(password.as_bytes()));
-        })
-        .await;
+        let (_c, ack) = log_in(addr, Protocol::V5, "guesser", "alice", password.as_bytes()).await;
         (ack.reason, started.elapsed())
     };
     let (reason, _) = attempt("wrong-1").await;
@@ -304,12 +304,10 @@ async fn a_verified_login_is_remembered_until_the_password_file_changes() {
     let (broker, registry) = common::start_registered(config).await;
     let addr = broker.local_addr();
     let login = |password: &'static [u8]| async move {
-        let (_, ack) = Raw::connect_with(addr, Protocol::V5, "alice-1", |c| {
-            c.username = Some("alice".into());
-            c.password = Some(Bytes::from_static(password));
-        })
-        .await;
-        ack.reason
+        log_in(addr, Protocol::V5, "alice-1", "alice", password)
+            .await
+            .1
+            .reason
     };
     let cached = || common::sample(&registry, "tidemq_logins_cached_total", &[]);
 
@@ -350,10 +348,13 @@ async fn remembering_logins_can_be_turned_off() {
     config.auth.verified_cache_secs = 0;
     let (broker, registry) = common::start_registered(config).await;
     for _ in 0..2 {
-        let (_, ack) = Raw::connect_with(broker.local_addr(), Protocol::V3_1_1, "alice-2", |c| {
-            c.username = Some("alice".into());
-            c.password = Some(Bytes::from_static(b"wonderland"));
-        })
+        let (_, ack) = log_in(
+            broker.local_addr(),
+            Protocol::V3_1_1,
+            "alice-2",
+            "alice",
+            b"wonderland",
+        )
         .await;
         assert_eq!(ack.reason, ReasonCode::Success);
     }

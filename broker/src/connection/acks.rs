@@ -265,9 +265,9 @@ impl<K: RecordSink> AckQueue<K> {
     pub(crate) fn release_if_empty(&mut self) {
         if self.is_empty() {
             self.steps.release_if_empty();
-            self.records = Vec::new();
-            self.works = Vec::new();
-            self.qos2 = Vec::new();
+            self.records.shrink_to_fit();
+            self.works.shrink_to_fit();
+            self.qos2.shrink_to_fit();
         }
     }
 

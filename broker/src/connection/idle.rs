@@ -50,7 +50,7 @@ impl Connection {
     pub(super) fn release_idle_state(&mut self) {
         self.acks.release_if_empty();
         self.loading.release_if_empty();
-        self.completions = Vec::new();
+        self.completions.shrink_to_fit();
         self.session.lock().shrink_idle();
     }
 

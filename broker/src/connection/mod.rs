@@ -65,11 +65,9 @@ const TURN_BUDGET: u32 = 16 * turn::PACKET;
 
 /// Serves one accepted connection until it closes: sets up its transport
 /// (TLS, WebSocket), runs the CONNECT handshake and the connection loop.
-/// Everything the task starts from is an argument: an `async fn` keeps its
-/// arguments' room for its whole life, so the connection's task holds them
-/// once, and the steps that live only briefly (setting up, the handshake,
-/// the close, the linger) are boxed while they run: inline, each would
-/// size every connection's task for its whole life.
+/// The steps that live only briefly (setting up, the handshake, the close,
+/// the linger) are boxed while they run: inline, each would size every
+/// connection's task for its whole life.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn keeps its arguments twice"
@@ -102,14 +100,9 @@ pub(crate) fn serve(
             peer,
             certificate_user: established.certificate_user,
         };
-        // Boxed by the handshake, so that this task keeps no place for it.
-        let connected = Box::pin(async {
-            connect::handshake(&shared, &mut io, origin)
-                .await
-                .map(Box::new)
-        })
-        .await;
-        if let Some(connection) = connected {
+        let connected = Box::pin(connect::handshake(&shared, &mut io, origin)).await;
+        // Boxed too, so that this task does not keep a second place for it.
+        if let Some(connection) = connected.map(Box::new) {
             shared.metrics.client_connected();
             let budget = connection.budget.clone();
             budget.turns(connection.run(&mut io)).await;
