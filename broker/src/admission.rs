@@ -9,10 +9,10 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,25 +38,34 @@ impl Limited {
 
 /// The listener's limits; owned by its accept loop.
 pub struct Admission {
-    slots: Arc<Semaphore>,
-    per_address: Arc<DashMap<IpAddr, usize>>,
+    places: Arc<Places>,
+    max_connections: usize,
     max_per_address: usize,
     bucket: TokenBucket,
 }
 
+/// The places taken: shared by the listener and every connection it
+/// admitted (one pointer in each).
+struct Places {
+    open: AtomicUsize,
+    per_address: DashMap<IpAddr, usize>,
+}
+
 /// Held by a connection while it is open; gives its places back when dropped.
 pub struct Admitted {
-    _slot: OwnedSemaphorePermit,
-    per_address: Arc<DashMap<IpAddr, usize>>,
+    places: Arc<Places>,
     addr: IpAddr,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.per_address.remove_if_mut(&self.addr, |_, open| {
-            *open = open.saturating_sub(1);
-            *open == 0
-        });
+        self.places
+            .per_address
+            .remove_if_mut(&self.addr, |_, open| {
+                *open = open.saturating_sub(1);
+                *open == 0
+            });
+        self.places.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -65,8 +74,11 @@ impl Admission {
     /// and `rate` new connections a second (0: no limit, for the last two).
     pub fn new(max_connections: usize, max_per_address: usize, rate: u32) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(max_connections)),
-            per_address: Arc::new(DashMap::new()),
+            places: Arc::new(Places {
+                open: AtomicUsize::new(0),
+                per_address: DashMap::new(),
+            }),
+            max_connections,
             max_per_address,
             bucket: TokenBucket::new(rate, Instant::now()),
         }
@@ -77,18 +89,20 @@ impl Admission {
         if !self.bucket.take(now) {
             return Err(Limited::Rate);
         }
-        let slot = Arc::clone(&self.slots)
-            .try_acquire_owned()
-            .map_err(|_| Limited::Connections)?;
-        let mut open = self.per_address.entry(addr).or_insert(0);
+        // Only this (the accept loop) takes places; connections give them
+        // back concurrently, which can only make room.
+        if self.places.open.load(Ordering::Acquire) >= self.max_connections {
+            return Err(Limited::Connections);
+        }
+        let mut open = self.places.per_address.entry(addr).or_insert(0);
         if self.max_per_address > 0 && *open >= self.max_per_address {
             return Err(Limited::PerAddress);
         }
         *open += 1;
         drop(open);
+        self.places.open.fetch_add(1, Ordering::AcqRel);
         Ok(Admitted {
-            _slot: slot,
-            per_address: Arc::clone(&self.per_address),
+            places: Arc::clone(&self.places),
             addr,
         })
     }

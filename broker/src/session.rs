@@ -10,13 +10,12 @@
 //! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
 //! by a durable implementation without touching the connection code.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
-use tokio::sync::oneshot;
 
 use crate::durable::{DiskRef, StoredSession, StoredSubscription};
 use crate::message::Delivery;
@@ -24,9 +23,11 @@ use crate::message::Delivery;
 mod doorbell;
 mod key;
 mod queue;
+mod takeover;
 pub use doorbell::Doorbell;
 pub use key::SessionKey;
 pub use queue::{MemoryQueue, Queued};
+use takeover::Takeover;
 
 /// Why a delivery was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,26 +93,11 @@ pub struct SubscriptionEntry {
     pub acl_filtered: bool,
 }
 
-/// What the connection that currently owns a session can be told.
-#[derive(Debug)]
-pub enum Kick {
-    /// Another connection took the session over; `session_continues` is
-    /// false when the new connection started clean.
-    TakenOver {
-        /// Whether the new connection resumed this session.
-        session_continues: bool,
-    },
-}
-
 /// The live connection attached to a session.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attachment {
     /// Connection id, unique per broker.
     pub connection_id: u64,
-    /// Tells the connection to close.
-    pub kick: oneshot::Sender<Kick>,
-    /// Resolves when the connection has fully detached.
-    pub detached: oneshot::Receiver<()>,
 }
 
 /// What an acknowledgement from the client did to an outbound delivery.
@@ -197,7 +183,9 @@ pub struct SessionState {
     /// User name of the last connection, for the ACL.
     pub username: Option<String>,
     /// Subscriptions by filter (shared ones keep their `$share/...` form).
-    pub subscriptions: HashMap<String, SubscriptionEntry>,
+    /// A B-tree: a session has few, and a hash map would keep 16 bytes of
+    /// hasher keys in every session, idle ones without a subscription too.
+    pub subscriptions: BTreeMap<String, SubscriptionEntry>,
     /// Deliveries not sent yet.
     pub queue: MemoryQueue,
     /// Outbound QoS 1/2 messages in send order.
@@ -208,6 +196,8 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// The connection using this session, if any.
     pub attachment: Option<Attachment>,
+    /// The last takeover, until the connection taken over has detached.
+    takeover: Takeover,
     /// Bumped on every (re)connect; timers check it to know they are stale.
     pub generation: u64,
     /// A will waiting for its delay. Boxed: most sessions never have one,
@@ -261,12 +251,13 @@ impl Session {
             state: Mutex::new(SessionState {
                 protocol,
                 username: None,
-                subscriptions: HashMap::new(),
+                subscriptions: BTreeMap::new(),
                 queue,
                 inflight: VecDeque::new(),
                 inbound_qos2: BTreeSet::new(),
                 expiry_interval: 0,
                 attachment: None,
+                takeover: Takeover::default(),
                 generation: 0,
                 pending_will: None,
                 expired_stored: Vec::new(),
@@ -323,53 +314,6 @@ impl Session {
         }
         self.doorbell.ring();
         Ok(())
-    }
-
-    /// Attaches a connection, in the same step taking the session from the
-    /// connection that had it and cancelling the offline timers. Returns the
-    /// previous attachment (to kick, then wait for) and whether the session
-    /// has state a client may resume; hands `attachment` back when the
-    /// session has ended (look it up in the registry again) or, with
-    /// [`Claim::Owned`], belongs to another user.
-    pub fn attach(
-        &self,
-        attachment: Attachment,
-        claim: Claim<'_>,
-    ) -> Result<Attached, (Attachment, Refusal)> {
-        let mut state = self.lock();
-        if state.ended {
-            return Err((attachment, Refusal::Ended));
-        }
-        if let Claim::Owned { username } = claim
-            && state.generation > 0
-            && state.username.is_some()
-            && state.username.as_deref() != username
-        {
-            return Err((attachment, Refusal::NotOwner));
-        }
-        state.cancel_timers();
-        let previous = state.attachment.replace(attachment);
-        let resumable = state.generation > 0;
-        state.generation += 1;
-        Ok(Attached {
-            previous,
-            resumable,
-            pending_will: state.pending_will.take().map(|will| *will),
-        })
-    }
-
-    /// Releases the attachment of connection `connection_id`, if it still
-    /// has it. Returns whether it did (`false`: taken over meanwhile).
-    pub fn release(&self, connection_id: u64) -> bool {
-        let mut state = self.lock();
-        let ours = state
-            .attachment
-            .as_ref()
-            .is_some_and(|a| a.connection_id == connection_id);
-        if ours {
-            state.attachment = None;
-        }
-        ours
     }
 
     /// Counts a dropped delivery.
@@ -596,6 +540,9 @@ impl SessionState {
 pub struct SessionRegistry {
     sessions: dashmap::DashMap<SessionKey, Arc<Session>>,
     next_connection_id: AtomicU64,
+    /// Notified whenever a connection that was taken over has detached
+    /// ([`Session::depart`]); the connections that took over wait on it.
+    departures: tokio::sync::Notify,
 }
 
 impl SessionRegistry {

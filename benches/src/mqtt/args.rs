@@ -141,6 +141,12 @@ pub struct ConnArgs {
     /// the bytes per held connection.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// With `--broker-pid`: how long the broker settles, every connection
+    /// held, before its memory is read. Allocators give back the pages
+    /// freed after the connect burst over seconds (jemalloc: ~10 s), so a
+    /// short settle reads part of the burst too.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
 }
 
 impl ConnArgs {
@@ -152,6 +158,7 @@ impl ConnArgs {
             subscribe: None,
             persistent: false,
             broker_pid: None,
+            settle_secs: 2,
         }
     }
 }

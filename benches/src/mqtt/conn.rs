@@ -8,8 +8,8 @@
 //! time of the opening phase, which ends when the last handshake finished.
 //!
 //! With `--broker-pid`, the broker's resident memory is read before the
-//! first connection and again once all are held and the broker has had a
-//! moment to settle: the difference over the connections held is the
+//! first connection and again once all are held and the broker has had
+//! `--settle-secs` to settle: the difference over the connections held is the
 //! memory one idle connection costs it.
 
 use std::sync::Arc;
@@ -23,9 +23,6 @@ use tokio::task::JoinSet;
 use super::client::{Client, SessionKind};
 use super::{ConnArgs, connect_all};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
-
-/// How long the broker is given to settle before its memory is read.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// What a `conn` load found.
 #[derive(Debug)]
@@ -75,7 +72,7 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<ConnOutcome> {
     let held = clients.len();
     let memory = match (args.broker_pid, rss_before) {
         (Some(pid), Some(rss_before)) => {
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
             let rss_held = rss_bytes(pid)?;
             let grown = rss_held.saturating_sub(rss_before);
             Some(BrokerMemory {

@@ -62,8 +62,10 @@ impl Connection {
         // does not read gets its DISCONNECT only if it fits in a moment.
         let flush_for = match end {
             End::WriteTimeout => Duration::ZERO,
-            End::TakenOver { .. } | End::Shutdown => self.write_timeout.min(Duration::from_secs(1)),
-            _ => self.write_timeout,
+            End::TakenOver { .. } | End::Shutdown => {
+                self.limits.write_timeout().min(Duration::from_secs(1))
+            }
+            _ => self.limits.write_timeout(),
         };
         if !flush_for.is_zero() {
             let _ = io.flush_within(flush_for).await;
@@ -113,6 +115,21 @@ impl Connection {
             .inc();
     }
 
+    /// Records that this connection has detached, and announces it if a
+    /// connection that took the session over waits for it. Idempotent.
+    fn depart(&self) {
+        if self.session.depart(self.connection_id) {
+            self.shared.sessions.departed();
+        }
+    }
+
+    /// How the connection ends if another one has taken its session over
+    /// (see [`crate::session`]'s takeover). Checked whenever the doorbell
+    /// rang.
+    pub(super) fn ended_by_takeover(&self) -> Option<End> {
+        taken_over(&self.session, self.connection_id)
+    }
+
     /// Releases the session, schedules or publishes the will, and ends or
     /// arms the expiry of the session. A connection that was taken over
     /// touches nothing of the session, which belongs to its new connection.
@@ -122,9 +139,7 @@ impl Connection {
         } else {
             self.went_offline(will);
         }
-        if let Some(detached) = self.detached.take() {
-            let _ = detached.send(());
-        }
+        self.depart();
     }
 
     /// The will of a connection whose session another connection took: it
@@ -370,4 +385,21 @@ pub(super) fn publish_will(
     });
     crate::delivery::publish_detached(shared, &message);
     debug!(topic = %message.topic, "will published");
+}
+
+/// How connection `connection_id` ends if another one has taken `session`
+/// over.
+pub(super) fn taken_over(session: &Session, connection_id: u64) -> Option<End> {
+    session
+        .taken_over(connection_id)
+        .map(|session_continues| End::TakenOver { session_continues })
+}
+
+/// A connection dropped before it detached (its task was cancelled, or the
+/// handshake gave up after attaching) is gone all the same: a connection
+/// that took its session over stops waiting for it.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.depart();
+    }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use tidemq_proto::mqtt::{
     self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, Protocol, ReasonCode,
 };
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
 use super::alias::TopicAliases;
+use super::limits::Limits;
 use super::ordered::Ordered;
 use super::steps::Steps;
 use super::turn::{Budget, Busy};
@@ -27,7 +27,7 @@ use crate::durable::record::unix_ms;
 use crate::durable::{DurableError, catalog};
 use crate::metrics::ConnectStep;
 use crate::session::{
-    Attachment, Claim, Kick, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
+    Attachment, Claim, MemoryQueue, Refusal, Session, SessionKey, SubscriptionEntry,
 };
 use crate::transport::ListenerInfo;
 
@@ -245,13 +245,7 @@ async fn attach(
     let tenant = &origin.listener.tenant;
     let key = SessionKey::new(tenant, &client_id);
     let connection_id = shared.sessions.next_connection_id();
-    let (kick_tx, kick) = oneshot::channel();
-    let (detached, detached_rx) = oneshot::channel();
-    let mut attachment = Attachment {
-        connection_id,
-        kick: kick_tx,
-        detached: detached_rx,
-    };
+    let mut attachment = Attachment { connection_id };
     let claim = if config.auth.sessions_belong_to_their_user {
         Claim::Owned {
             username: connect.username.as_deref(),
@@ -280,7 +274,7 @@ async fn attach(
                 ),
             )
         });
-        match session.attach(attachment, claim) {
+        match session.attach(attachment, claim, !connect.clean_start) {
             Ok(attached) => break (session, existed, attached),
             Err((_, Refusal::NotOwner)) => {
                 debug!(client_id, "the session belongs to another user");
@@ -298,10 +292,14 @@ async fn attach(
         }
     };
     if let Some(previous) = attached.previous {
-        let _ = previous.kick.send(Kick::TakenOver {
-            session_continues: !connect.clean_start,
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(5), previous.detached).await;
+        let limit = Duration::from_secs(5);
+        if !shared
+            .sessions
+            .wait_departure(&session, previous.connection_id, limit)
+            .await
+        {
+            warn!(client_id, "the connection taken over did not close in time");
+        }
     }
     let session_present = existed && attached.resumable && !connect.clean_start;
     if connect.clean_start {
@@ -335,15 +333,7 @@ async fn attach(
     }
     shared.metrics.sessions.set(shared.sessions.len() as i64);
     Ok((
-        Connection::new(
-            shared,
-            config,
-            connect,
-            session,
-            connection_id,
-            kick,
-            detached,
-        ),
+        Connection::new(shared, config, connect, session, connection_id),
         session_present,
         existed,
     ))
@@ -395,8 +385,6 @@ impl Connection {
         connect: &Connect,
         session: Arc<Session>,
         connection_id: u64,
-        kick: oneshot::Receiver<Kick>,
-        detached: oneshot::Sender<()>,
     ) -> Connection {
         let protocol = connect.protocol;
         let keep_alive = keep_alive(config, connect).0;
@@ -408,22 +396,9 @@ impl Connection {
             protocol,
             username: connect.username.clone(),
             sys_readable: false,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+            limits: Limits::new(config, connect, keep_alive),
             will: connect.will.clone().map(Box::new),
-            kick,
-            detached: Some(detached),
             connect_expiry: connect.properties.session_expiry_interval.unwrap_or(0),
-            max_packet_in: config.mqtt.max_packet_size as usize,
-            max_user_properties_in: config.mqtt.max_user_properties,
-            max_packet_out: connect
-                .properties
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m as usize),
-            window: match (protocol, connect.properties.receive_maximum) {
-                (Protocol::V5, Some(max)) => usize::from(max),
-                _ => usize::from(config.mqtt.max_inflight),
-            },
-            receive_maximum: usize::from(config.mqtt.receive_maximum),
             aliases: TopicAliases::new(
                 if protocol.is_v5() {
                     config.mqtt.topic_alias_maximum
@@ -434,7 +409,6 @@ impl Connection {
             ),
             last_packet: now,
             write_blocked_since: None,
-            write_timeout: config.mqtt.write_timeout(),
             acks: AckQueue::new(StoreSink(Arc::clone(shared))),
             // Packets that came in the CONNECT's read wait in the buffer.
             input_held: true,

@@ -79,7 +79,7 @@ impl Connection {
             self.reply(io, Packet::PubRec(PubResponse::success(packet_id)));
             return Ok(());
         }
-        if qos != QoS::AtMostOnce && self.unacknowledged() >= self.receive_maximum {
+        if qos != QoS::AtMostOnce && self.unacknowledged() >= self.limits.receive_maximum() {
             return Err(End::Violation(ReasonCode::ReceiveMaximumExceeded));
         }
         let max_properties = self.shared.config.load().mqtt.max_user_properties;

@@ -1,12 +1,14 @@
 //! One task per client connection.
 //!
-//! [`serve`] runs the CONNECT handshake ([`connect`]), then the connection
-//! loop: while working, a single `select!` over socket reads, deliveries
-//! queued on the session, the keep-alive deadline, a takeover by another
-//! connection, and broker shutdown; after 100 ms with nothing to do, the
-//! much smaller wait of [`idle`]. Packet handling lives in [`inbound`]; everything written
-//! to the socket goes through [`outbound`]. When the loop ends, [`close`]
-//! decides about the will and what happens to the session.
+//! [`serve`] runs the CONNECT handshake ([`connect`]), then the
+//! connection loop, in a task sized for the idle wait (the phases of the
+//! task: [`mod@serve`]). While working, a single `select!` over socket
+//! reads, deliveries queued on the session, the keep-alive deadline, a
+//! takeover by another connection, and broker shutdown; after 100 ms with
+//! nothing to do, the much smaller wait of [`idle`]. Packet handling lives
+//! in [`inbound`]; everything written to the socket goes through
+//! [`outbound`]. When the loop ends, [`close`] decides about the will and
+//! what happens to the session.
 
 mod acks;
 mod alias;
@@ -14,18 +16,19 @@ mod close;
 mod connect;
 mod idle;
 mod inbound;
+mod limits;
 mod ordered;
 mod outbound;
+mod serve;
 mod steps;
 mod subscribe;
 mod turn;
 
 pub(crate) use acks::RecordSink;
 pub(crate) use close::{schedule_expiry, write_offline};
+pub(crate) use serve::serve;
 pub(crate) use turn::Lanes;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,20 +39,18 @@ use futures_util::{FutureExt, StreamExt};
 use prometheus::IntCounter;
 use tidemq_proto::mqtt::{self, DecodeError, LastWill, Packet, Protocol, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tracing::warn;
 
-use crate::admission::Admitted;
 use crate::broker::Shared;
 use crate::delivery::{StoreSink, Stored};
 use crate::durable::{DiskRef, DurableError, DurableStore};
 use crate::message::Delivery;
-use crate::session::{Kick, Session};
-use crate::transport::{Listener, Reader, Writer};
+use crate::session::Session;
+use crate::transport::{Reader, Writer};
 use acks::{AckQueue, Done, Work};
 use alias::TopicAliases;
+use limits::Limits;
 use ordered::Ordered;
 use turn::{Budget, Busy, Lane};
 
@@ -62,57 +63,6 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// [`turn`]): 16 inbound packets (a packet costs a sixteenth more per KiB),
 /// or 256 packets written, or a mix.
 const TURN_BUDGET: u32 = 16 * turn::PACKET;
-
-/// Serves one accepted connection until it closes: sets up its transport
-/// (TLS, WebSocket), runs the CONNECT handshake and the connection loop.
-/// The steps that live only briefly (setting up, the handshake, the close,
-/// the linger) are boxed while they run: inline, each would size every
-/// connection's task for its whole life.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice"
-)]
-pub(crate) fn serve(
-    shared: Arc<Shared>,
-    listener: Arc<Listener>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    admitted: Admitted,
-) -> impl Future<Output = ()> + Send {
-    // A block, not an `async fn`: that would keep its arguments twice
-    // (rust-lang/rust#62958).
-    async move {
-        let Some(established) = Box::pin(listener.establish_until_stop(&shared, stream)).await
-        else {
-            return;
-        };
-        shared.metrics.connections.inc();
-        let mut io = Io {
-            reader: established.reader,
-            writer: established.writer,
-            read_buf: BytesMut::new(),
-            write_buf: BytesMut::new(),
-            bytes_in: shared.metrics.bytes_in.clone(),
-            bytes_out: shared.metrics.bytes_out.clone(),
-        };
-        let origin = connect::Origin {
-            listener: Arc::clone(&listener.info),
-            peer,
-            certificate_user: established.certificate_user,
-        };
-        let connected = Box::pin(connect::handshake(&shared, &mut io, origin)).await;
-        // Boxed too, so that this task does not keep a second place for it.
-        if let Some(connection) = connected.map(Box::new) {
-            shared.metrics.client_connected();
-            let budget = connection.budget.clone();
-            budget.turns(connection.run(&mut io)).await;
-            shared.metrics.clients_connected.dec();
-        }
-        Box::pin(io.linger()).await;
-        shared.metrics.connections.dec();
-        drop(admitted);
-    }
-}
 
 /// Waits for a lane before working, if the connection is busy and holds
 /// none (see [`turn`]).
@@ -298,23 +248,12 @@ pub(crate) struct Connection {
     /// Whether `$SYS` may be read without an ACL rule allowing it (the
     /// client came in on a loopback listener).
     sys_readable: bool,
-    keep_alive: Option<Duration>,
+    /// Packet sizes, windows, keep alive and write timeout.
+    limits: Limits,
     /// Boxed: most connections have none, and every one pays for the space.
     will: Option<Box<LastWill>>,
-    kick: oneshot::Receiver<Kick>,
-    detached: Option<oneshot::Sender<()>>,
     /// Session expiry asked for in CONNECT (5.0 forbids raising it from 0 later).
     connect_expiry: u32,
-    /// Largest packet accepted from the client.
-    max_packet_in: usize,
-    /// `mqtt.max_user_properties` when the client connected.
-    max_user_properties_in: usize,
-    /// Largest packet the client accepts.
-    max_packet_out: usize,
-    /// Outbound QoS 1/2 messages allowed in flight.
-    window: usize,
-    /// Inbound QoS 2 messages allowed in flight.
-    receive_maximum: usize,
     /// Topic aliases, both ways.
     aliases: TopicAliases,
     /// When the last complete packet arrived (keep alive counts packets,
@@ -323,7 +262,6 @@ pub(crate) struct Connection {
     /// Since when output has been waiting for the socket (`None`: nothing
     /// waits); the write timeout runs from here.
     write_blocked_since: Option<Instant>,
-    write_timeout: Duration,
     /// Responses waiting for their store writes, in packet order.
     acks: AckQueue<StoreSink>,
     /// Stored messages completed in this pass, recorded together at its end
@@ -345,23 +283,6 @@ pub(crate) struct Connection {
 type Loaded = Result<Vec<(DiskRef, Option<Delivery>)>, DurableError>;
 
 impl Connection {
-    /// The connection loop; see the [module docs](self). It alternates
-    /// between working ([`Connection::work`], whose state is large and
-    /// lives on the heap only while it runs) and, once there has been
-    /// nothing to do for [`BUFFER_IDLE`], waiting idle in the smallest
-    /// state ([`Connection::idle`]).
-    async fn run(mut self: Box<Self>, io: &mut Io) {
-        let end = loop {
-            if let Some(end) = Box::pin(self.work(io)).await {
-                break end;
-            }
-            if let Some(end) = self.idle(io).await {
-                break end;
-            }
-        };
-        Box::pin((*self).close(end, io)).await;
-    }
-
     /// Works until the connection ends (`Some`) or has had nothing to do
     /// for [`BUFFER_IDLE`] with nothing in flight and no buffer held
     /// (`None`: it may wait idle).
@@ -420,13 +341,17 @@ impl Connection {
             self.input_held |= !reading;
             // Without keep alive (or output waiting) the timer branch is off;
             // its deadline is then never looked at.
-            let idle_until =
-                self.last_packet + self.keep_alive.map_or(Duration::ZERO, |k| k + k / 2);
+            let idle_until = self.last_packet
+                + self
+                    .limits
+                    .keep_alive()
+                    .map_or(Duration::ZERO, |k| k + k / 2);
             let stuck_at =
-                self.write_blocked_since.unwrap_or(self.last_packet) + self.write_timeout;
+                self.write_blocked_since.unwrap_or(self.last_packet) + self.limits.write_timeout();
             // One timer for the keep alive and for settling: giving back
             // buffers, then waiting idle.
-            let keep_alive_at = (self.keep_alive.is_some() && reading).then_some(idle_until);
+            let keep_alive_at =
+                (self.limits.keep_alive().is_some() && reading).then_some(idle_until);
             let release_at =
                 (io.holds_spare() || self.quiet(io)).then(|| Instant::now() + BUFFER_IDLE);
             let wake_at = keep_alive_at.into_iter().chain(release_at).min();
@@ -456,7 +381,7 @@ impl Connection {
                         None
                     }
                 },
-                () = session.doorbell.rung() => None,
+                () = session.doorbell.rung() => self.ended_by_takeover(),
                 () = Self::store_drained(self.shared.durable.as_ref()), if self.held_by_store() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their
@@ -490,7 +415,6 @@ impl Connection {
                     stuck_timer.as_mut().reset(far.into());
                     (Instant::now() >= stuck_at).then_some(End::WriteTimeout)
                 }
-                kick = &mut self.kick => Some(idle::kicked(kick)),
                 () = shutting_down.as_mut() => Some(End::Shutdown),
             };
             if ended.is_some() {
@@ -545,7 +469,7 @@ impl Connection {
     /// Responses held before input stops: the receive maximum (QoS 1/2
     /// messages unacknowledged), and room for the other packets' answers.
     fn max_held(&self) -> usize {
-        self.receive_maximum + 64
+        self.limits.receive_maximum() + 64
     }
 
     /// Handles the packets left in the read buffer once input is accepted
@@ -691,12 +615,12 @@ impl Connection {
                 return Ok(());
             }
             // One user property over the limit is enough to refuse a PUBLISH.
-            let max_user_properties = self.max_user_properties_in.saturating_add(1);
+            let max_user_properties = self.limits.user_properties_in().saturating_add(1);
             let before = io.read_buf.len();
             match mqtt::decode_limited(
                 &mut io.read_buf,
                 self.protocol,
-                self.max_packet_in,
+                self.limits.packet_in(),
                 max_user_properties,
             ) {
                 Ok(Some(packet)) => {

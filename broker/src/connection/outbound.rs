@@ -29,7 +29,7 @@ impl Connection {
         let assigned = self.aliases.apply(&mut publish);
         let packet = Packet::Publish(publish);
         match mqtt::encoded_len(&packet, self.protocol) {
-            Ok(len) if len <= self.max_packet_out => {
+            Ok(len) if len <= self.limits.packet_out() => {
                 if let Some((topic, alias)) = assigned {
                     self.aliases.record(topic, alias);
                 }
@@ -52,11 +52,14 @@ impl Connection {
         let max = usize::try_from(self.budget.left() / turn::WRITE).unwrap_or(usize::MAX);
         let (publishes, expired_stored, load) = {
             let mut state = self.session.lock();
-            let publishes = state.take_sendable(self.window, max, now, |_| expired += 1);
+            let publishes = state.take_sendable(self.limits.window(), max, now, |_| expired += 1);
             let expired_stored = std::mem::take(&mut state.expired_stored);
             // The front of the queue is on disk: read the next stretch.
-            let load = (state.needs_load() && self.loading.is_empty())
-                .then(|| state.queue.leading_stored(self.window.clamp(16, 256)));
+            let load = (state.needs_load() && self.loading.is_empty()).then(|| {
+                state
+                    .queue
+                    .leading_stored(self.limits.window().clamp(16, 256))
+            });
             (publishes, expired_stored, load)
         };
         if expired > 0 {

@@ -3,7 +3,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidemq_proto::mqtt::{Protocol, PublishProperties, QoS};
-use tokio::sync::oneshot;
 
 use super::*;
 use crate::durable::DiskRef;
@@ -48,17 +47,8 @@ fn session(max_messages: usize, max_bytes: usize) -> Session {
     )
 }
 
-fn attachment(connection_id: u64) -> (Attachment, oneshot::Receiver<Kick>) {
-    let (kick, kicked) = oneshot::channel();
-    let (_detached_tx, detached) = oneshot::channel();
-    (
-        Attachment {
-            connection_id,
-            kick,
-            detached,
-        },
-        kicked,
-    )
+fn attachment(connection_id: u64) -> Attachment {
+    Attachment { connection_id }
 }
 
 #[test]
@@ -141,9 +131,9 @@ fn park_and_fill_move_stored_deliveries_between_memory_and_disk() {
 fn a_stored_delivery_over_the_byte_limit_waits_on_disk() {
     let session = session(100, 20);
     session.lock().durable = Some(1);
-    let (attachment, _kicked) = attachment(1);
+    let attachment = attachment(1);
     session
-        .attach(attachment, Claim::Anyone)
+        .attach(attachment, Claim::Anyone, true)
         .expect("not ended");
     session
         .enqueue_stored(delivery(&[0; 15], QoS::AtLeastOnce, Some(at(1))), 1)
@@ -287,12 +277,16 @@ fn qos2_acknowledgements_move_through_their_states() {
 #[test]
 fn attach_takes_the_session_over_in_one_step() {
     let session = session(10, 1000);
-    let (first, _kicked) = attachment(1);
-    let attached = session.attach(first, Claim::Anyone).expect("not ended");
+    let first = attachment(1);
+    let attached = session
+        .attach(first, Claim::Anyone, true)
+        .expect("not ended");
     assert!(attached.previous.is_none());
     assert!(!attached.resumable, "a new session has nothing to resume");
-    let (second, _kicked2) = attachment(2);
-    let attached = session.attach(second, Claim::Anyone).expect("not ended");
+    let second = attachment(2);
+    let attached = session
+        .attach(second, Claim::Anyone, true)
+        .expect("not ended");
     assert_eq!(attached.previous.map(|a| a.connection_id), Some(1));
     assert!(attached.resumable);
     // The old connection's release no longer touches the session.
@@ -306,8 +300,8 @@ fn attach_takes_the_session_over_in_one_step() {
 fn an_ended_session_takes_no_connection() {
     let session = session(10, 1000);
     session.lock().ended = true;
-    let (attachment, _kicked) = attachment(1);
-    let refused = session.attach(attachment, Claim::Anyone).err();
+    let attachment = attachment(1);
+    let refused = session.attach(attachment, Claim::Anyone, true).err();
     assert_eq!(refused.map(|(_, why)| why), Some(Refusal::Ended));
 }
 
@@ -321,9 +315,9 @@ fn attach_cancels_the_offline_timers() {
         let session = session(10, 1000);
         let timer = tokio::spawn(tokio::time::sleep(Duration::from_secs(3600)));
         session.lock().timers.push(timer.abort_handle());
-        let (attachment, _kicked) = attachment(1);
+        let attachment = attachment(1);
         session
-            .attach(attachment, Claim::Anyone)
+            .attach(attachment, Claim::Anyone, true)
             .expect("not ended");
         assert!(timer.await.expect_err("aborted").is_cancelled());
         assert!(session.lock().timers.is_empty());
@@ -353,27 +347,29 @@ fn a_session_belongs_to_the_user_that_used_it() {
     let bob = Claim::Owned {
         username: Some("bob"),
     };
-    let (first, _kicked) = attachment(1);
+    let first = attachment(1);
     session
-        .attach(first, alice)
+        .attach(first, alice, true)
         .expect("a new session is anyone's");
     session.lock().username = Some("alice".into());
-    let (second, _kicked2) = attachment(2);
-    let refused = session.attach(second, bob).err();
+    let second = attachment(2);
+    let refused = session.attach(second, bob, true).err();
     assert_eq!(refused.map(|(_, why)| why), Some(Refusal::NotOwner));
     assert_eq!(
         session.lock().attachment.as_ref().map(|a| a.connection_id),
         Some(1),
         "alice keeps her connection"
     );
-    let (third, _kicked3) = attachment(3);
+    let third = attachment(3);
     session
-        .attach(third, Claim::Anyone)
+        .attach(third, Claim::Anyone, true)
         .expect("the check is off");
-    let (fourth, _kicked4) = attachment(4);
-    session.attach(fourth, alice).expect("alice again");
+    let fourth = attachment(4);
+    session.attach(fourth, alice, true).expect("alice again");
     // An anonymous client's session belongs to nobody.
     session.lock().username = None;
-    let (fifth, _kicked5) = attachment(5);
-    session.attach(fifth, bob).expect("anyone may take it");
+    let fifth = attachment(5);
+    session
+        .attach(fifth, bob, true)
+        .expect("anyone may take it");
 }

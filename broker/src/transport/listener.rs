@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 
 use super::tls::{self, TlsError, TlsSettings};
 use super::ws::Upgrade;
@@ -153,7 +153,9 @@ impl Listener {
             self.config.max_connect_rate,
         );
         info!(listener = self.label(), addr = %self.local_addr, kind = self.info.kind.as_str(), "MQTT listener started");
-        let mut connections = JoinSet::new();
+        // Tracks the connection tasks without an entry per task (a
+        // `JoinSet` keeps one, ~64 bytes, for every connection).
+        let connections = TaskTracker::new();
         let mut shutdown = shared.shutdown.clone();
         // Its first tick is at once: the expiry is reported at start too.
         let mut expiry_check = tokio::time::interval(Duration::from_secs(60));
@@ -164,19 +166,11 @@ impl Listener {
                         Ok(admitted) => {
                             let shared = Arc::clone(&shared);
                             let listener = Arc::clone(&self);
-                            // Every event of the connection carries its
-                            // listener, address and, once CONNECT is read,
-                            // its client id.
-                            let span = tracing::info_span!(
-                                "connection",
-                                listener = %self.info.label,
-                                %peer,
-                                client_id = tracing::field::Empty
-                            );
-                            connections.spawn(
-                                connection::serve(shared, listener, stream, peer, admitted)
-                                    .instrument(span),
-                            );
+                            // Its span is made by the task: it lives only
+                            // while the connection is not idle.
+                            connections.spawn(connection::serve(
+                                shared, listener, stream, peer, admitted,
+                            ));
                         }
                         Err(limit) => {
                             shared.metrics.connections_refused.inc();
@@ -194,23 +188,20 @@ impl Listener {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 _ = expiry_check.tick(), if self.tls.is_some() => self.report_expiry(&shared),
                 _ = shutdown.changed() => break,
             }
         }
         info!(listener = self.label(), "MQTT listener stopped");
         // Connections see the same shutdown signal and close themselves.
-        let drained = tokio::time::timeout(Duration::from_secs(10), async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
+        connections.close();
+        let drained = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
         if drained.is_err() {
+            // They end with the runtime.
             warn!(
                 remaining = connections.len(),
                 "connections did not close in time"
             );
-            connections.abort_all();
         }
     }
 
