@@ -92,7 +92,7 @@ pub(crate) async fn restore(
                     id: sub.id,
                     acl_filtered: acl == Subscription::Filtered,
                 };
-                state.subscriptions.insert(sub.filter.clone(), entry);
+                state.subscriptions.insert(&sub.filter, entry);
                 shared.router.subscribe(&key, &sub.filter, entry);
             }
             for (at, delivery) in released {

@@ -222,7 +222,7 @@ impl Router {
 
     /// Removes every subscription of a session (when it ends).
     pub fn remove_session(&self, session: &Session) {
-        let filters: Vec<String> = session.lock().subscriptions.keys().cloned().collect();
+        let filters: Vec<Box<str>> = session.lock().subscriptions.filters().collect();
         for filter in filters {
             self.unsubscribe(&session.key, &filter);
         }

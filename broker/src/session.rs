@@ -10,7 +10,7 @@
 //! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
 //! by a durable implementation without touching the connection code.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -23,10 +23,12 @@ use crate::message::Delivery;
 mod doorbell;
 mod key;
 mod queue;
+mod subscriptions;
 mod takeover;
 pub use doorbell::Doorbell;
 pub use key::SessionKey;
 pub use queue::{MemoryQueue, Queued};
+pub use subscriptions::Subscriptions;
 use takeover::Takeover;
 
 /// Why a delivery was not queued.
@@ -183,9 +185,7 @@ pub struct SessionState {
     /// User name of the last connection, for the ACL.
     pub username: Option<String>,
     /// Subscriptions by filter (shared ones keep their `$share/...` form).
-    /// A B-tree: a session has few, and a hash map would keep 16 bytes of
-    /// hasher keys in every session, idle ones without a subscription too.
-    pub subscriptions: BTreeMap<String, SubscriptionEntry>,
+    pub subscriptions: Subscriptions,
     /// Deliveries not sent yet.
     pub queue: MemoryQueue,
     /// Outbound QoS 1/2 messages in send order.
@@ -251,7 +251,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 protocol,
                 username: None,
-                subscriptions: BTreeMap::new(),
+                subscriptions: Subscriptions::new(),
                 queue,
                 inflight: VecDeque::new(),
                 inbound_qos2: BTreeSet::new(),
@@ -469,7 +469,7 @@ impl SessionState {
                 .subscriptions
                 .iter()
                 .map(|(filter, entry)| StoredSubscription {
-                    filter: filter.clone(),
+                    filter: filter.to_string(),
                     options: entry.options,
                     id: entry.id,
                 })
@@ -509,6 +509,7 @@ impl SessionState {
     /// burst keeps no memory for it once its connection is idle.
     pub fn shrink_idle(&mut self) {
         self.queue.shrink_if_empty();
+        self.subscriptions.shrink_to_fit();
         if self.inflight.is_empty() {
             self.inflight = VecDeque::new();
         }

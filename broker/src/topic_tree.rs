@@ -21,6 +21,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
+mod entries;
+use entries::Entries;
+
 /// Subscriptions indexed by topic-filter level, for matching published topics.
 ///
 /// Each filter holds any number of entries, one per key (typically a client id).
@@ -42,10 +45,10 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let idx = self.trie.find_or_insert(filter);
         let subscribers = &mut self.trie.nodes[idx].payload;
-        if subscribers.entries.is_empty() {
+        if subscribers.entries.is_none() {
             subscribers.filter = filter.into();
         }
-        let previous = subscribers.entries.insert(key, value);
+        let previous = Entries::insert(&mut subscribers.entries, key, value);
         if previous.is_none() {
             self.len += 1;
         }
@@ -56,9 +59,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let idx = self.trie.find(filter)?;
         let subscribers = &mut self.trie.nodes[idx].payload;
-        let removed = subscribers.entries.remove(key)?;
+        let removed = Entries::remove(&mut subscribers.entries, key)?;
         self.len -= 1;
-        if subscribers.entries.is_empty() {
+        if subscribers.entries.is_none() {
             self.trie.prune(idx);
         }
         Some(removed)
@@ -68,7 +71,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     #[cfg(test)]
     pub fn get(&self, filter: &str, key: &K) -> Option<&V> {
         let idx = self.trie.find(filter)?;
-        self.trie.nodes[idx].payload.entries.get(key)
+        self.trie.nodes[idx].payload.entries.as_ref()?.get(key)
     }
 
     /// Calls `f(filter, key, value)` for every entry whose filter matches `topic`.
@@ -84,8 +87,8 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         }
         let mut emit = |idx: usize| {
             let subscribers = &self.trie.nodes[idx].payload;
-            for (key, value) in &subscribers.entries {
-                f(&subscribers.filter, key, value);
+            if let Some(entries) = &subscribers.entries {
+                entries.for_each(|key, value| f(&subscribers.filter, key, value));
             }
         };
         let dollar = topic.starts_with('$');
@@ -304,14 +307,16 @@ fn split_level(rest: &str) -> (&str, Option<&str>) {
 struct Subscribers<K, V> {
     /// The full filter, kept so matches can report it without rebuilding it from the path.
     filter: Box<str>,
-    entries: HashMap<K, V>,
+    /// `None` when no one subscribes (the node is then pruned unless it
+    /// has children).
+    entries: Option<Entries<K, V>>,
 }
 
 impl<K, V> Default for Subscribers<K, V> {
     fn default() -> Self {
         Self {
             filter: Box::default(),
-            entries: HashMap::new(),
+            entries: None,
         }
     }
 }
@@ -329,7 +334,7 @@ trait Payload: Default {
 
 impl<K, V> Payload for Subscribers<K, V> {
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_none()
     }
 }
 

@@ -356,7 +356,7 @@ fn recheck_subscriptions(
         .lock()
         .subscriptions
         .iter()
-        .map(|(filter, entry)| (filter.clone(), *entry))
+        .map(|(filter, entry)| (filter.to_string(), *entry))
         .collect();
     // The router's lock is never taken under the session's.
     for (filter, mut entry) in subscriptions {
@@ -370,7 +370,7 @@ fn recheck_subscriptions(
                 let filtered = decision == Subscription::Filtered;
                 if entry.acl_filtered != filtered {
                     entry.acl_filtered = filtered;
-                    session.lock().subscriptions.insert(filter.clone(), entry);
+                    session.lock().subscriptions.insert(&filter, entry);
                     shared.router.subscribe(&session.key, &filter, entry);
                 }
             }

@@ -131,7 +131,7 @@ impl Connection {
                 self.count_refused("too_many_subscriptions");
                 return Err(ReasonCode::QuotaExceeded);
             }
-            state.subscriptions.insert(request.filter.clone(), entry);
+            state.subscriptions.insert(&request.filter, entry);
         }
         let existed = self
             .shared
