@@ -7,7 +7,7 @@
 //! `tidemq_connections_refused_total` and
 //! `tidemq_connections_limited_total{reason}`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -51,17 +51,26 @@ struct Places {
     per_address: DashMap<IpAddr, usize>,
 }
 
-/// Held by a connection while it is open; gives its places back when dropped.
+/// Held by a connection while it is open; gives its places back when
+/// dropped. Keeps the client's address for the connection, which needs it
+/// too (its spans).
 pub struct Admitted {
     places: Arc<Places>,
-    addr: IpAddr,
+    peer: SocketAddr,
+}
+
+impl Admitted {
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.places
             .per_address
-            .remove_if_mut(&self.addr, |_, open| {
+            .remove_if_mut(&self.peer.ip(), |_, open| {
                 *open = open.saturating_sub(1);
                 *open == 0
             });
@@ -84,8 +93,8 @@ impl Admission {
         }
     }
 
-    /// Admits a connection from `addr`, or says which limit it hit.
-    pub fn admit(&mut self, addr: IpAddr, now: Instant) -> Result<Admitted, Limited> {
+    /// Admits a connection from `peer`, or says which limit it hit.
+    pub fn admit(&mut self, peer: SocketAddr, now: Instant) -> Result<Admitted, Limited> {
         if !self.bucket.take(now) {
             return Err(Limited::Rate);
         }
@@ -94,7 +103,7 @@ impl Admission {
         if self.places.open.load(Ordering::Acquire) >= self.max_connections {
             return Err(Limited::Connections);
         }
-        let mut open = self.places.per_address.entry(addr).or_insert(0);
+        let mut open = self.places.per_address.entry(peer.ip()).or_insert(0);
         if self.max_per_address > 0 && *open >= self.max_per_address {
             return Err(Limited::PerAddress);
         }
@@ -103,7 +112,7 @@ impl Admission {
         self.places.open.fetch_add(1, Ordering::AcqRel);
         Ok(Admitted {
             places: Arc::clone(&self.places),
-            addr,
+            peer,
         })
     }
 }
@@ -142,20 +151,21 @@ impl TokenBucket {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::time::{Duration, Instant};
 
     use super::{Admission, Limited};
 
-    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    const A: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 40001);
+    const B: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 40001);
 
     #[test]
     fn each_limit_refuses_and_gives_places_back() {
         let now = Instant::now();
         let mut admission = Admission::new(3, 2, 0);
         let a1 = admission.admit(A, now).expect("room");
-        let _a2 = admission.admit(A, now).expect("room");
+        let other_port = SocketAddr::new(A.ip(), 40002);
+        let _a2 = admission.admit(other_port, now).expect("room");
         assert_eq!(admission.admit(A, now).err(), Some(Limited::PerAddress));
         let _b1 = admission.admit(B, now).expect("another address");
         assert_eq!(admission.admit(B, now).err(), Some(Limited::Connections));

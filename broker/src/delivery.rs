@@ -206,7 +206,7 @@ pub(crate) fn route(
 pub(crate) fn may_receive(auth: &AuthState, session: &Session, topic: &str) -> bool {
     // The ACL takes no lock of its own, so it may run under the session's.
     let state = session.lock();
-    auth.may_receive(state.username.as_deref(), &session.client_id, topic)
+    auth.may_receive(state.username.as_deref(), session.client_id(), topic)
 }
 
 /// Encodes the record of `message` for its persistent recipients.

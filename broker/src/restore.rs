@@ -61,7 +61,6 @@ pub(crate) async fn restore(
         };
         let session = Session::new(
             key.clone(),
-            key.client_id().to_string(),
             stored.protocol,
             MemoryQueue::new(
                 config.session.max_stored_messages,

@@ -222,8 +222,6 @@ pub struct SessionState {
 pub struct Session {
     /// `{tenant}/{client_id}`.
     pub key: SessionKey,
-    /// The client identifier.
-    pub client_id: String,
     /// Rung when a delivery is queued for the connection to send, and when
     /// the broker shuts down.
     pub doorbell: Doorbell,
@@ -241,11 +239,15 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The client identifier (part of the key).
+    pub fn client_id(&self) -> &str {
+        self.key.client_id()
+    }
+
     /// A new, empty session.
-    pub fn new(key: SessionKey, client_id: String, protocol: Protocol, queue: MemoryQueue) -> Self {
+    pub fn new(key: SessionKey, protocol: Protocol, queue: MemoryQueue) -> Self {
         Self {
             key,
-            client_id,
             doorbell: Doorbell::default(),
             dropped: AtomicU64::new(0),
             state: Mutex::new(SessionState {

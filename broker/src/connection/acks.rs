@@ -162,10 +162,11 @@ pub(crate) struct AckQueue<K: RecordSink> {
     records: Vec<K::Record>,
     works: Vec<SinkWork<K>>,
     steps: Ordered<Step<K::Stored>>,
-    /// Responses held, in `records` and `steps`.
-    held: usize,
+    /// Responses held, in `records` and `steps` (at most the receive
+    /// maximum, a `u16`, and a few more: see `Connection::max_held`).
+    held: u32,
     /// QoS 1/2 PUBLISH packets held (unacknowledged).
-    publishes: usize,
+    publishes: u32,
     /// Inbound QoS 2 packet ids held (their write is not done yet).
     qos2: Vec<u16>,
 }
@@ -279,12 +280,12 @@ impl<K: RecordSink> AckQueue<K> {
 
     /// Responses held.
     pub(crate) fn len(&self) -> usize {
-        self.held
+        self.held as usize
     }
 
     /// QoS 1/2 PUBLISH packets held: received, not yet acknowledged.
     pub(crate) fn unacked_publishes(&self) -> usize {
-        self.publishes
+        self.publishes as usize
     }
 
     /// Whether an inbound QoS 2 message with this packet id is being written.
@@ -317,13 +318,13 @@ impl<K: RecordSink> AckQueue<K> {
 
     fn hold(&mut self, work: &SinkWork<K>) {
         self.held += 1;
-        self.publishes += usize::from(work.publish);
+        self.publishes += u32::from(work.publish);
         self.qos2.extend(work.qos2);
     }
 
     fn release(&mut self, done: &Done<K::Stored>) {
         self.held = self.held.saturating_sub(1);
-        self.publishes = self.publishes.saturating_sub(usize::from(done.publish));
+        self.publishes = self.publishes.saturating_sub(u32::from(done.publish));
         if let Some(id) = done.qos2 {
             self.qos2.retain(|held| *held != id);
         }

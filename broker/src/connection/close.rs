@@ -123,19 +123,12 @@ impl Connection {
         }
     }
 
-    /// How the connection ends if another one has taken its session over
-    /// (see [`crate::session`]'s takeover). Checked whenever the doorbell
-    /// rang.
-    pub(super) fn ended_by_takeover(&self) -> Option<End> {
-        taken_over(&self.session, self.connection_id)
-    }
-
     /// Releases the session, schedules or publishes the will, and ends or
     /// arms the expiry of the session. A connection that was taken over
     /// touches nothing of the session, which belongs to its new connection.
     fn detach(&mut self, will: Option<LastWill>, end: End) {
         if !self.session.release(self.connection_id) {
-            self.taken_over(will, end);
+            self.will_after_takeover(will, end);
         } else {
             self.went_offline(will);
         }
@@ -145,7 +138,7 @@ impl Connection {
     /// The will of a connection whose session another connection took: it
     /// goes out unless the session continues and the will is delayed (the
     /// new connection came before the delay passed).
-    fn taken_over(&self, will: Option<LastWill>, end: End) {
+    fn will_after_takeover(&self, will: Option<LastWill>, end: End) {
         let Some(will) = will else { return };
         let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
         let continues = matches!(
@@ -186,7 +179,7 @@ impl Connection {
                 if delay > 0 && state.expiry_interval > 0 {
                     state.pending_will = Some(Box::new(PendingWill {
                         will,
-                        username: self.username.clone(),
+                        username: self.username.as_deref().map(String::from),
                         generation: state.generation,
                     }));
                 } else {
@@ -261,7 +254,7 @@ pub(crate) async fn write_offline(
     stored: StoredSession,
 ) {
     if let Err(e) = catalog.put(&stored, false).await {
-        debug!(client = %session.client_id, error = %e, "cannot mark a session offline in the meta service");
+        debug!(client = %session.client_id(), error = %e, "cannot mark a session offline in the meta service");
         return;
     }
     // A reconnect's write, or the end of the session (its record
@@ -279,7 +272,7 @@ pub(crate) async fn write_offline(
         None => Ok(()),
     };
     if let Err(e) = result {
-        warn!(client = %session.client_id, error = %e, "cannot correct a session's record in the meta service");
+        warn!(client = %session.client_id(), error = %e, "cannot correct a session's record in the meta service");
     }
 }
 
@@ -338,7 +331,7 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
         .metrics
         .subscriptions
         .set(shared.router.subscription_count() as i64);
-    debug!(client = %session.client_id, "session ended");
+    debug!(client = %session.client_id(), "session ended");
 }
 
 /// Publishes a will message as if its client had sent it.
@@ -387,12 +380,15 @@ pub(super) fn publish_will(
     debug!(topic = %message.topic, "will published");
 }
 
-/// How connection `connection_id` ends if another one has taken `session`
-/// over.
-pub(super) fn taken_over(session: &Session, connection_id: u64) -> Option<End> {
-    session
-        .taken_over(connection_id)
-        .map(|session_continues| End::TakenOver { session_continues })
+impl End {
+    /// How connection `connection_id` ends if another one has taken
+    /// `session` over (see [`crate::session`]'s takeover). Checked whenever
+    /// the doorbell rang.
+    pub(super) fn taken_over(session: &Session, connection_id: u64) -> Option<End> {
+        session
+            .taken_over(connection_id)
+            .map(|session_continues| End::TakenOver { session_continues })
+    }
 }
 
 /// A connection dropped before it detached (its task was cancelled, or the

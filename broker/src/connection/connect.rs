@@ -266,7 +266,6 @@ async fn attach(
         let (session, existed) = shared.sessions.get_or_insert_with(&key, || {
             Session::new(
                 key.clone(),
-                client_id.clone(),
                 connect.protocol,
                 MemoryQueue::new(
                     config.session.max_queued_messages,
@@ -360,9 +359,9 @@ fn recheck_subscriptions(
         .collect();
     // The router's lock is never taken under the session's.
     for (filter, mut entry) in subscriptions {
-        match auth.subscription(username, &session.client_id, &filter, sys_readable) {
+        match auth.subscription(username, session.client_id(), &filter, sys_readable) {
             Subscription::Refused => {
-                warn!(client = %session.client_id, %filter, "the ACL now denies a subscription: dropped");
+                warn!(client = %session.client_id(), %filter, "the ACL now denies a subscription: dropped");
                 session.lock().subscriptions.remove(&filter);
                 shared.router.unsubscribe(&session.key, &filter);
             }
@@ -394,7 +393,7 @@ impl Connection {
             session,
             connection_id,
             protocol,
-            username: connect.username.clone(),
+            username: connect.username.as_deref().map(Box::from),
             sys_readable: false,
             limits: Limits::new(config, connect, keep_alive),
             will: connect.will.clone().map(Box::new),

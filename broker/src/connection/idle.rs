@@ -16,7 +16,7 @@ use std::task::Poll;
 
 use prometheus::IntGauge;
 
-use super::{Connection, End, Io, close};
+use super::{Connection, End, Io};
 
 impl Connection {
     /// Whether the connection can wait idle: nothing in flight or held
@@ -58,7 +58,7 @@ impl Connection {
             // working loop sees it). A ring while the connection was
             // working was kept: this is ready at once.
             if self.session.doorbell.poll_rung(cx).is_ready() {
-                return Poll::Ready(close::taken_over(&self.session, self.connection_id));
+                return Poll::Ready(End::taken_over(&self.session, self.connection_id));
             }
             // Input, the end of the stream or an error: the working loop
             // reads it.
@@ -96,7 +96,7 @@ mod tests {
 
     use super::super::{Connection, Io, serve};
 
-    fn serve_size<A, B, C, D, E, F: Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+    fn serve_size<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
         size_of::<F>()
     }
 

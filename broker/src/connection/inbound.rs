@@ -340,7 +340,7 @@ impl Connection {
         auth.acl.as_ref().is_none_or(|acl| {
             acl.check(
                 self.username.as_deref(),
-                &self.session.client_id,
+                self.session.client_id(),
                 action,
                 topic,
             )

@@ -244,7 +244,7 @@ pub(crate) struct Connection {
     session: Arc<Session>,
     connection_id: u64,
     protocol: Protocol,
-    username: Option<String>,
+    username: Option<Box<str>>,
     /// Whether `$SYS` may be read without an ACL rule allowing it (the
     /// client came in on a loopback listener).
     sys_readable: bool,
@@ -381,7 +381,7 @@ impl Connection {
                         None
                     }
                 },
-                () = session.doorbell.rung() => self.ended_by_takeover(),
+                () = session.doorbell.rung() => End::taken_over(&self.session, self.connection_id),
                 () = Self::store_drained(self.shared.durable.as_ref()), if self.held_by_store() => None,
                 Some(released) = self.acks.next(), if self.acks.has_steps() => {
                     // Take every other step that is ready too, so that their

@@ -105,7 +105,7 @@ impl Connection {
         }
         let acl = self.shared.auth.load().subscription(
             self.username.as_deref(),
-            &self.session.client_id,
+            self.session.client_id(),
             &request.filter,
             self.sys_readable,
         );

@@ -56,9 +56,12 @@ pub(super) fn packet_units(size: usize) -> u32 {
 
 /// What a connection may still do in its current turn; shared between the
 /// connection and the [`Turns`] wrapper that refills it.
+/// One pointer: every connection keeps one for its life.
 #[derive(Clone)]
-pub(crate) struct Budget {
-    left: Arc<AtomicU32>,
+pub(crate) struct Budget(Arc<Turn>);
+
+struct Turn {
+    left: AtomicU32,
     per_turn: u32,
 }
 
@@ -66,24 +69,25 @@ impl Budget {
     /// A budget of `per_turn` units per poll (at least one).
     pub(crate) fn new(per_turn: u32) -> Self {
         let per_turn = per_turn.max(1);
-        Self {
-            left: Arc::new(AtomicU32::new(per_turn)),
+        Self(Arc::new(Turn {
+            left: AtomicU32::new(per_turn),
             per_turn,
-        }
+        }))
     }
 
     /// Charges `units` of work done in this turn.
     pub(super) fn charge(&self, units: u32) {
         // Only the task that owns the budget charges or refills it, one poll
         // at a time: a plain load and store suffice.
-        let left = self.left.load(Ordering::Relaxed);
-        self.left
+        let left = self.0.left.load(Ordering::Relaxed);
+        self.0
+            .left
             .store(left.saturating_sub(units), Ordering::Relaxed);
     }
 
     /// Units left in this turn.
     pub(super) fn left(&self) -> u32 {
-        self.left.load(Ordering::Relaxed)
+        self.0.left.load(Ordering::Relaxed)
     }
 
     /// Whether this turn's budget is spent: the connection should yield.
@@ -100,7 +104,7 @@ impl Budget {
     }
 
     fn refill(&self) {
-        self.left.store(self.per_turn, Ordering::Relaxed);
+        self.0.left.store(self.0.per_turn, Ordering::Relaxed);
     }
 }
 

@@ -80,7 +80,6 @@ fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Ar
     let (session, _) = shared.sessions.get_or_insert_with(&key, || {
         Session::new(
             key.clone(),
-            id.into(),
             Protocol::V5,
             MemoryQueue::new(100, 1 << 20),
         )

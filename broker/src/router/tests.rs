@@ -40,7 +40,6 @@ fn registry(ids: &[&str]) -> (SessionRegistry, Vec<SessionKey>) {
             registry.get_or_insert_with(&key, || {
                 Session::new(
                     key.clone(),
-                    id.to_string(),
                     Protocol::V5,
                     MemoryQueue::new(10, 1000),
                 )
@@ -54,7 +53,7 @@ fn registry(ids: &[&str]) -> (SessionRegistry, Vec<SessionKey>) {
 fn clients(targets: &[RouteTarget]) -> Vec<String> {
     let mut out: Vec<String> = targets
         .iter()
-        .map(|t| t.session.client_id.clone())
+        .map(|t| t.session.client_id().to_string())
         .collect();
     out.sort();
     out

@@ -163,7 +163,6 @@ mod tests {
     fn session() -> Session {
         Session::new(
             SessionKey::new("default", "c"),
-            "c".into(),
             Protocol::V5,
             MemoryQueue::new(10, 1000),
         )

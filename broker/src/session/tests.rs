@@ -41,7 +41,6 @@ fn at(offset: u64) -> DiskRef {
 fn session(max_messages: usize, max_bytes: usize) -> Session {
     Session::new(
         SessionKey::new("default", "c"),
-        "c".into(),
         Protocol::V5,
         MemoryQueue::new(max_messages, max_bytes),
     )

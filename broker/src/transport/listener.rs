@@ -162,14 +162,14 @@ impl Listener {
         loop {
             tokio::select! {
                 accepted = self.socket.accept() => match accepted {
-                    Ok((stream, peer)) => match admission.admit(peer.ip(), Instant::now()) {
+                    Ok((stream, peer)) => match admission.admit(peer, Instant::now()) {
                         Ok(admitted) => {
                             let shared = Arc::clone(&shared);
                             let listener = Arc::clone(&self);
                             // Its span is made by the task: it lives only
                             // while the connection is not idle.
                             connections.spawn(connection::serve(
-                                shared, listener, stream, peer, admitted,
+                                shared, listener, stream, admitted,
                             ));
                         }
                         Err(limit) => {
