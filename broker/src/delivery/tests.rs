@@ -78,11 +78,7 @@ fn message(topic: &str, publisher: &str) -> Arc<Message> {
 fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Arc<Session> {
     let key = SessionKey::new("default", id);
     let (session, _) = shared.sessions.get_or_insert_with(&key, || {
-        Session::new(
-            key.clone(),
-            Protocol::V5,
-            MemoryQueue::new(100, 1 << 20),
-        )
+        Session::new(key.clone(), Protocol::V5, MemoryQueue::new(100, 1 << 20))
     });
     session.lock().durable = Some(1);
     let entry = SubscriptionEntry {

@@ -38,11 +38,7 @@ fn registry(ids: &[&str]) -> (SessionRegistry, Vec<SessionKey>) {
         .map(|id| {
             let key = SessionKey::new("default", id);
             registry.get_or_insert_with(&key, || {
-                Session::new(
-                    key.clone(),
-                    Protocol::V5,
-                    MemoryQueue::new(10, 1000),
-                )
+                Session::new(key.clone(), Protocol::V5, MemoryQueue::new(10, 1000))
             });
             key
         })

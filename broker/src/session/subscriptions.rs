@@ -73,7 +73,9 @@ impl Subscriptions {
 
     /// Every subscription, in filter order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &SubscriptionEntry)> {
-        self.entries.iter().map(|(filter, entry)| (&**filter, entry))
+        self.entries
+            .iter()
+            .map(|(filter, entry)| (&**filter, entry))
     }
 
     /// A copy of every filter, in order.
