@@ -45,10 +45,10 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let idx = self.trie.find_or_insert(filter);
         let subscribers = &mut self.trie.nodes[idx].payload;
-        if subscribers.entries.is_none() {
+        if subscribers.entries.is_empty() {
             subscribers.filter = filter.into();
         }
-        let previous = Entries::insert(&mut subscribers.entries, key, value);
+        let previous = subscribers.entries.insert(key, value);
         if previous.is_none() {
             self.len += 1;
         }
@@ -59,9 +59,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let idx = self.trie.find(filter)?;
         let subscribers = &mut self.trie.nodes[idx].payload;
-        let removed = Entries::remove(&mut subscribers.entries, key)?;
+        let removed = subscribers.entries.remove(key)?;
         self.len -= 1;
-        if subscribers.entries.is_none() {
+        if subscribers.entries.is_empty() {
             self.trie.prune(idx);
         }
         Some(removed)
@@ -71,7 +71,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
     #[cfg(test)]
     pub fn get(&self, filter: &str, key: &K) -> Option<&V> {
         let idx = self.trie.find(filter)?;
-        self.trie.nodes[idx].payload.entries.as_ref()?.get(key)
+        self.trie.nodes[idx].payload.entries.get(key)
     }
 
     /// Calls `f(filter, key, value)` for every entry whose filter matches `topic`.
@@ -87,9 +87,9 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTree<K, V> {
         }
         let mut emit = |idx: usize| {
             let subscribers = &self.trie.nodes[idx].payload;
-            if let Some(entries) = &subscribers.entries {
-                entries.for_each(|key, value| f(&subscribers.filter, key, value));
-            }
+            subscribers
+                .entries
+                .for_each(|key, value| f(&subscribers.filter, key, value));
         };
         let dollar = topic.starts_with('$');
         // Each item is a node and the part of the topic still to be matched below it.
@@ -307,16 +307,14 @@ fn split_level(rest: &str) -> (&str, Option<&str>) {
 struct Subscribers<K, V> {
     /// The full filter, kept so matches can report it without rebuilding it from the path.
     filter: Box<str>,
-    /// `None` when no one subscribes (the node is then pruned unless it
-    /// has children).
-    entries: Option<Entries<K, V>>,
+    entries: Entries<K, V>,
 }
 
 impl<K, V> Default for Subscribers<K, V> {
     fn default() -> Self {
         Self {
             filter: Box::default(),
-            entries: None,
+            entries: Entries::Empty,
         }
     }
 }
@@ -334,7 +332,7 @@ trait Payload: Default {
 
 impl<K, V> Payload for Subscribers<K, V> {
     fn is_empty(&self) -> bool {
-        self.entries.is_none()
+        self.entries.is_empty()
     }
 }
 

@@ -168,6 +168,7 @@ impl Live {
         )
     }
 }
+
 #[cfg(test)]
 mod tests {
     /// What every connection keeps for its life stays within the

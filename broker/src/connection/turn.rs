@@ -55,8 +55,8 @@ pub(super) fn packet_units(size: usize) -> u32 {
 }
 
 /// What a connection may still do in its current turn; shared between the
-/// connection and the [`Turns`] wrapper that refills it.
-/// One pointer: every connection keeps one for its life.
+/// connection and the [`Turns`] wrapper that refills it. One pointer:
+/// every connection keeps one for its life.
 #[derive(Clone)]
 pub(crate) struct Budget(Arc<Turn>);
 

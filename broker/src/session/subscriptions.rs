@@ -51,6 +51,7 @@ impl Subscriptions {
     }
 
     /// The subscription on `filter`.
+    #[cfg(test)]
     pub fn get(&self, filter: &str) -> Option<&SubscriptionEntry> {
         let at = self.position(filter).ok()?;
         Some(&self.entries[at].1)
