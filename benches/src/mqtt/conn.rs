@@ -11,6 +11,11 @@
 //! first connection and again once all are held and the broker has had
 //! `--settle-secs` to settle: the difference over the connections held is the
 //! memory one idle connection costs it.
+//!
+//! The CPU time the tool and (with `--broker-pid`) the broker spent during
+//! the opening phase, per connection, is reported too: on one machine the
+//! two share the cores, so the tool's share bounds the rate any broker can
+//! be measured at.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +38,17 @@ pub struct ConnOutcome {
     pub held: usize,
     /// The broker's memory, with `--broker-pid`.
     pub memory: Option<BrokerMemory>,
+    /// CPU time spent while the connections were opened.
+    pub cpu: OpeningCpu,
+}
+
+/// CPU time (user + system) per connection opened, over the opening phase.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct OpeningCpu {
+    /// This process's, microseconds.
+    pub tool_us_per_connect: f64,
+    /// The broker's, with `--broker-pid`, microseconds.
+    pub broker_us_per_connect: Option<f64>,
 }
 
 /// The broker's resident memory before and with the connections.
@@ -62,8 +78,21 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<ConnOutcome> {
     } else {
         SessionKind::Clean
     };
+    let tool_before = cpu_seconds(None)?;
+    let broker_before = args
+        .broker_pid
+        .map(|pid| cpu_seconds(Some(pid)))
+        .transpose()?;
     let clients = connect_all(&args.common, 'c', 0, session, &recorder).await?;
     let report = recorder.report();
+    let per_connect = |spent: f64| spent * 1e6 / (clients.len().max(1) as f64);
+    let cpu = OpeningCpu {
+        tool_us_per_connect: per_connect(cpu_seconds(None)? - tool_before),
+        broker_us_per_connect: match (args.broker_pid, broker_before) {
+            (Some(pid), Some(before)) => Some(per_connect(cpu_seconds(Some(pid))? - before)),
+            _ => None,
+        },
+    };
     ticker.abort();
     let clients = match &args.subscribe {
         Some(filter) => subscribe_each(args, filter, clients).await,
@@ -101,6 +130,7 @@ pub async fn conn(args: &ConnArgs) -> anyhow::Result<ConnOutcome> {
         report,
         held,
         memory,
+        cpu,
     })
 }
 
@@ -149,4 +179,31 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .with_context(|| format!("no VmRSS in {path}"))?
         .parse()?;
     Ok(kib * 1024)
+}
+
+/// The CPU time (user + system) a process has used, seconds; this one's
+/// with `None`.
+pub fn cpu_seconds(pid: Option<u32>) -> anyhow::Result<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name is in parentheses and may hold spaces, so fields are
+    // counted after its last parenthesis, from 3 (the state); utime and
+    // stime are 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("no command name in {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| -> anyhow::Result<f64> {
+        let field = fields
+            .get(n - 3)
+            .with_context(|| format!("{path} has no field {n}"))?;
+        Ok(field.parse::<f64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_second)
 }

@@ -72,6 +72,7 @@ pub async fn run(command: &MqttCommand) -> anyhow::Result<()> {
                 "persistent": args.persistent,
                 "held": outcome.held,
                 "broker_memory": outcome.memory,
+                "opening_cpu": outcome.cpu,
             });
             print_report(args.common.output, &load, &outcome.report);
         }

@@ -134,6 +134,7 @@ impl Target {
         } else {
             TcpSocket::new_v6()?
         };
+        bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::new(from, 0))?;
         Ok(socket.connect(to).await?)
     }
@@ -161,5 +162,31 @@ impl Target {
             .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
         Ok(Box::new(tidemq_broker::WsStream::new(ws)))
+    }
+}
+
+/// Lets `connect()`, not `bind()`, choose the local port of a socket bound to
+/// a source address (`IP_BIND_ADDRESS_NO_PORT`). `bind()` alone must pick a
+/// port no other socket on that address holds, whatever it connects to, so a
+/// run exhausts the address's ports at ~28,000 connections in all; chosen at
+/// `connect()`, a port only has to be unique for the one destination.
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to an int with its
+    // size, as setsockopt(2) asks.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -167,6 +167,9 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
     .await?;
     assert_eq!(outcome.held, 20);
     let memory = outcome.memory.context("--broker-pid reads the memory")?;
+    let cpu = outcome.cpu;
+    assert!(cpu.broker_us_per_connect.is_some(), "{cpu:?}");
+    assert!(cpu.tool_us_per_connect >= 0.0, "{cpu:?}");
     let persistent = conn::conn(&ConnArgs {
         persistent: true,
         ..ConnArgs::new(common(port, 10, 5))
@@ -214,6 +217,43 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
     );
     assert_eq!(received.latency_samples, received.success);
     assert_eq!((received.failed, received.timeout), (0, 0));
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// The tool's closed connections leave no TIME_WAIT on its own ports: it
+/// waits for the broker to close first after DISCONNECT. A TIME_WAIT of the
+/// tool's is a socket of state 06 in `/proc/net/tcp` whose remote end is
+/// the broker's port (the broker's own have it as their local end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_leaves_the_time_wait_to_the_broker() -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    let broker = Broker::start(config, &prometheus::Registry::new()).await?;
+    let port = broker.local_addr().port();
+    let outcome = conn::conn(&ConnArgs::new(CommonArgs {
+        source_ips: 2,
+        ..common(port, 20, 4)
+    }))
+    .await?;
+    assert_eq!(outcome.held, 20);
+    let time_waits = |remote: bool| -> anyhow::Result<usize> {
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        let port = format!(":{port:04X}");
+        Ok(table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 3 && f[3] == "06")
+            .filter(|f| f[if remote { 2 } else { 1 }].ends_with(&port))
+            .count())
+    };
+    assert_eq!(time_waits(true)?, 0, "TIME_WAITs on the tool's ports");
+    assert_eq!(
+        time_waits(false)?,
+        20,
+        "the broker closed every connection first"
+    );
     broker.shutdown().await;
     Ok(())
 }
