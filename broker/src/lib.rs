@@ -67,6 +67,7 @@ mod connection;
 mod delivery;
 mod durable;
 mod http;
+mod log_every;
 mod message;
 mod metrics;
 mod node;

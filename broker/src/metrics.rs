@@ -61,6 +61,8 @@ pub struct BrokerMetrics {
     pub connects: IntCounterVec,
     /// Connections refused at accept because of `max_connections`.
     pub connections_refused: IntCounter,
+    /// Failed `accept()` calls, usually for want of file descriptors.
+    pub accept_errors: IntCounter,
     /// Turns a connection ended with work left, its budget spent.
     pub turns_yielded: IntCounter,
     /// Times a busy connection found every lane taken (`runtime.busy_lanes`).
@@ -236,6 +238,10 @@ impl BrokerMetrics {
             )?,
             connect_step_seconds,
             connect_steps,
+            accept_errors: IntCounter::new(
+                "tidemq_accept_errors_total",
+                "Failed accepts, usually the open-file limit: the connection waits in the listen backlog (logged at WARN once a second at most)",
+            )?,
             slow_connects: IntCounter::new(
                 "tidemq_slow_connects_total",
                 "Handshakes slower than diagnostics.slow_connect_ms (logged at WARN once a second at most)",
@@ -332,6 +338,7 @@ impl BrokerMetrics {
         registry.register(Box::new(metrics.connect_step_seconds.clone()))?;
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.slow_connects.clone()))?;
+        registry.register(Box::new(metrics.accept_errors.clone()))?;
         registry.register(Box::new(metrics.messages_stored.clone()))?;
         registry.register(Box::new(metrics.store_write_seconds.clone()))?;
         registry.register(Box::new(metrics.storage_errors.clone()))?;

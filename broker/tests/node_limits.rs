@@ -1,12 +1,13 @@
 //! Limits of the node as a whole, whatever each client does: sessions held,
 //! retained messages (count and bytes), stored messages of every persistent
-//! session together. Each is refused with its reason code and counted.
+//! session together, and open files. Each is refused with its reason code
+//! (or waits in the listen backlog) and counted.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use common::process::NodeProcess;
 use common::{Raw, disconnect, persistent};
 use tidemq_broker::Config;
@@ -141,5 +142,75 @@ async fn stored_messages_of_all_sessions_stop_at_their_total() -> anyhow::Result
         sub.recv_within(Duration::from_millis(200)).await,
         Some(Packet::Publish(_))
     ));
+    Ok(())
+}
+
+/// The node raises its soft open-file limit to the hard one at start. Past
+/// the hard one a connection waits in the listen backlog: the failed
+/// accepts are counted, and it is served once a descriptor is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_open_file_limit_wait_in_the_backlog() -> anyhow::Result<()> {
+    const HARD: usize = 128;
+    let dir = tempfile::tempdir()?;
+    let node = NodeProcess::start_with_open_files(dir.path(), &[], 64, HARD as u64)?;
+    let pid = node.pid().context("the node runs")?;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .context("no open-file limit")?
+        .split_whitespace()
+        .take(2)
+        .collect();
+    assert_eq!(
+        open_files,
+        ["128", "128"],
+        "the soft limit raised to the hard one"
+    );
+
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let room = HARD
+        .checked_sub(in_use)
+        .context("the node starts with room")?;
+    let mut clients = Vec::new();
+    for i in 0..room + 5 {
+        let mut raw = Raw::tcp(node.mqtt, Protocol::V5).await;
+        raw.send(&Packet::Connect(common::connect_packet(
+            Protocol::V5,
+            &format!("fd-{i}"),
+        )))
+        .await;
+        clients.push(raw);
+    }
+    let (mut served, mut waiting) = (Vec::new(), Vec::new());
+    for mut raw in clients {
+        match raw.recv_within(Duration::from_millis(500)).await {
+            Some(Packet::ConnAck(ack)) if ack.reason == ReasonCode::Success => served.push(raw),
+            None => waiting.push(raw),
+            other => anyhow::bail!("expected a CONNACK or nothing, got {other:?}"),
+        }
+    }
+    ensure!(
+        !waiting.is_empty(),
+        "all {} served under {HARD} files",
+        served.len()
+    );
+    ensure!(
+        served.len() + 5 >= room,
+        "only {} of {room} served",
+        served.len()
+    );
+    // Descriptors freed: the waiting connections are accepted and served.
+    for raw in served.drain(..10) {
+        disconnect(raw).await;
+    }
+    for raw in &mut waiting {
+        match raw.recv_within(Duration::from_secs(5)).await {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::Success),
+            other => anyhow::bail!("a waiting connection got {other:?}"),
+        }
+    }
+    drop((served, waiting));
+    ensure!(node.metric("tidemq_accept_errors_total")? > 0.0);
     Ok(())
 }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 use tidemq_broker::{Config, Node};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 /// jemalloc, not glibc's malloc: the node allocates and frees on every
 /// message across threads, and with jemalloc the node's CPU per QoS 1
@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     args.apply(&mut config);
+    open_file_limit(&config);
     let node_id = config.meta.node_id;
     let node = Node::start(config).context("starting the node")?;
     let waited = node.block_on(async {
@@ -135,4 +136,52 @@ fn main() -> anyhow::Result<()> {
     info!("shutting down");
     node.shutdown();
     waited
+}
+
+/// File descriptors the node keeps besides its connections: the stores'
+/// files, the meta service's RocksDB, sockets of the gRPC and HTTP servers.
+const FILES_BESIDES_CONNECTIONS: u64 = 1024;
+
+/// Raises the soft open-file limit to the hard one, as a server holding a
+/// socket per client must (a shell's default soft limit is often 1,024),
+/// and warns when even the hard limit is below what the listeners'
+/// `max_connections` allow: connections past it wait in the listen backlog
+/// (`tidemq_accept_errors_total`).
+fn open_file_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and a pointer to an rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: a valid resource and a pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            warn!(error = %std::io::Error::last_os_error(), soft = before, "cannot raise the open-file limit");
+            limit.rlim_cur = before;
+        } else {
+            info!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open-file limit"
+            );
+        }
+    }
+    let wanted: u64 = config
+        .all_listeners()
+        .map(|listener| listener.max_connections as u64)
+        .sum::<u64>()
+        .saturating_add(FILES_BESIDES_CONNECTIONS);
+    if limit.rlim_cur < wanted {
+        warn!(
+            open_files = limit.rlim_cur,
+            max_connections_and_files = wanted,
+            "the open-file limit is below the listeners' max_connections: connections past it wait in the listen backlog; raise it (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }

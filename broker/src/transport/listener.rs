@@ -18,6 +18,11 @@ use crate::admission::Admission;
 use crate::broker::Shared;
 use crate::config::{CertificateIdentity, ListenerConfig, ListenerKind};
 use crate::connection;
+use crate::durable::record::unix_ms;
+use crate::log_every::LogEvery;
+
+/// Failed accepts logged so far, one a second at most across listeners.
+static ACCEPT_ERROR_LOG: LogEvery = LogEvery::new(1000);
 
 /// What a connection needs to know of the listener it came in on.
 pub(crate) struct ListenerInfo {
@@ -183,8 +188,17 @@ impl Listener {
                         }
                     },
                     Err(e) => {
-                        // Usually out of file descriptors: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
+                        // Usually out of file descriptors: the connection
+                        // stays in the backlog. Back off instead of spinning.
+                        shared.metrics.accept_errors.inc();
+                        if let Some(held) = ACCEPT_ERROR_LOG.admit(unix_ms()) {
+                            warn!(
+                                listener = self.label(),
+                                error = %e,
+                                accept_errors_not_logged = held,
+                                "accept failed; the connection waits in the listen backlog"
+                            );
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },

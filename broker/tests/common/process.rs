@@ -17,6 +17,8 @@ pub struct NodeProcess {
     data_dir: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Soft and hard open-file limits to start it with.
+    open_files: Option<(u64, u64)>,
     /// The bound MQTT address.
     pub mqtt: SocketAddr,
     /// The bound gRPC address of the meta service.
@@ -40,7 +42,26 @@ impl NodeProcess {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> anyhow::Result<NodeProcess> {
-        let mut node = NodeProcess {
+        let mut node = Self::unstarted(data_dir, env, args);
+        node.restart()?;
+        Ok(node)
+    }
+
+    /// Like [`NodeProcess::start`], under soft and hard open-file limits.
+    pub fn start_with_open_files(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        soft: u64,
+        hard: u64,
+    ) -> anyhow::Result<NodeProcess> {
+        let mut node = Self::unstarted(data_dir, env, &[]);
+        node.open_files = Some((soft, hard));
+        node.restart()?;
+        Ok(node)
+    }
+
+    fn unstarted(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> NodeProcess {
+        NodeProcess {
             child: None,
             data_dir: data_dir.to_path_buf(),
             env: env
@@ -48,13 +69,12 @@ impl NodeProcess {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            open_files: None,
             mqtt: SocketAddr::from(([0, 0, 0, 0], 0)),
             grpc: SocketAddr::from(([0, 0, 0, 0], 0)),
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
             listeners: Vec::new(),
-        };
-        node.restart()?;
-        Ok(node)
+        }
     }
 
     /// (Re)starts the process with the same data directory and environment.
@@ -74,6 +94,24 @@ impl NodeProcess {
             .stderr(Stdio::inherit());
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: between fork and exec the closure calls only
+            // setrlimit, which is async-signal-safe, and allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command.spawn().context("spawning tidemq")?;
         let stdout = child.stdout.take().context("stdout")?;
