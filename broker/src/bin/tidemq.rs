@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     args.apply(&mut config);
-    open_file_limit(&config);
+    fit_open_files(&mut config);
     let node_id = config.meta.node_id;
     let node = Node::start(config).context("starting the node")?;
     let waited = node.block_on(async {
@@ -138,50 +138,72 @@ fn main() -> anyhow::Result<()> {
     waited
 }
 
-/// File descriptors the node keeps besides its connections: the stores'
-/// files, the meta service's RocksDB, sockets of the gRPC and HTTP servers.
+/// File descriptors kept for the node's own files (the stores' segments,
+/// the meta service's RocksDB, the gRPC and HTTP servers' sockets) when
+/// the open-file limit is large; half the limit when it is small.
 const FILES_BESIDES_CONNECTIONS: u64 = 1024;
 
 /// Raises the soft open-file limit to the hard one, as a server holding a
 /// socket per client must (a shell's default soft limit is often 1,024),
-/// and warns when even the hard limit is below what the listeners'
-/// `max_connections` allow: connections past it wait in the listen backlog
-/// (`tidemq_accept_errors_total`).
-fn open_file_limit(config: &Config) {
+/// and lowers the listeners' `max_connections` when together they would
+/// leave fewer than [`FILES_BESIDES_CONNECTIONS`] descriptors for files:
+/// a node whose connections took every descriptor could not open a new
+/// segment or SST file. Connections past the lowered limit are refused at
+/// accept and counted, like any past `max_connections`.
+fn fit_open_files(config: &mut Config) {
+    let open_files = match raise_open_file_limit() {
+        Ok(open_files) => open_files,
+        Err(error) => {
+            warn!(%error, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let reserve = FILES_BESIDES_CONNECTIONS.min(open_files / 2);
+    let available = open_files - reserve;
+    let wanted: u64 = config
+        .all_listeners()
+        .map(|listener| listener.max_connections as u64)
+        .sum();
+    if wanted <= available {
+        return;
+    }
+    let listeners = std::iter::once(&mut config.listener).chain(config.listeners.iter_mut());
+    for listener in listeners {
+        let fitted = (listener.max_connections as u64).saturating_mul(available) / wanted;
+        listener.max_connections = usize::try_from(fitted.max(1)).unwrap_or(usize::MAX);
+    }
+    warn!(
+        open_files,
+        kept_for_files = reserve,
+        max_connections = ?config.all_listeners().map(|l| l.max_connections).collect::<Vec<_>>(),
+        "the open-file limit is below the listeners' max_connections: lowered them (raise the hard limit: ulimit -Hn, systemd LimitNOFILE=)"
+    );
+}
+
+/// Sets the soft open-file limit to the hard one; returns the limit now in
+/// force.
+fn raise_open_file_limit() -> std::io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: a valid resource and a pointer to an rlimit to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
-        return;
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(limit.rlim_cur);
     }
     let before = limit.rlim_cur;
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: a valid resource and a pointer to an initialised rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            warn!(error = %std::io::Error::last_os_error(), soft = before, "cannot raise the open-file limit");
-            limit.rlim_cur = before;
-        } else {
-            info!(
-                from = before,
-                to = limit.rlim_cur,
-                "raised the open-file limit"
-            );
-        }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a valid resource and a pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let wanted: u64 = config
-        .all_listeners()
-        .map(|listener| listener.max_connections as u64)
-        .sum::<u64>()
-        .saturating_add(FILES_BESIDES_CONNECTIONS);
-    if limit.rlim_cur < wanted {
-        warn!(
-            open_files = limit.rlim_cur,
-            max_connections_and_files = wanted,
-            "the open-file limit is below the listeners' max_connections: connections past it wait in the listen backlog; raise it (ulimit -Hn, LimitNOFILE=) or lower max_connections"
-        );
-    }
+    info!(
+        from = before,
+        to = limit.rlim_cur,
+        "raised the open-file limit"
+    );
+    Ok(limit.rlim_cur)
 }
