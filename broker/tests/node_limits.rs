@@ -184,29 +184,23 @@ async fn connections_stop_short_of_the_open_file_limit() -> anyhow::Result<()> {
         disconnect(raw).await;
     }
 
-    // Idle HTTP connections take all but about ten descriptors (the node
-    // opens and closes a few of its own meanwhile).
+    // Idle HTTP connections take every descriptor left (those past it
+    // wait in the HTTP listener's backlog).
     let in_use = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count);
-    let taken = HARD - 10 - in_use()?;
-    let accepted = HARD - 12;
-    let http: Vec<_> = (0..taken)
+    let http: Vec<_> = (0..HARD)
         .map(|_| std::net::TcpStream::connect(node.http))
         .collect::<Result<_, _>>()?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while in_use()? < accepted {
+    while in_use()? < HARD - 2 {
         ensure!(
             Instant::now() < deadline,
-            "the HTTP connections were not accepted: {} descriptors in use, {taken} connections",
+            "the HTTP connections were not accepted: {} descriptors in use",
             in_use()?
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (served, mut waiting) = connect_many(node.mqtt, 20).await?;
-    ensure!(
-        !waiting.is_empty(),
-        "all 20 served with ten descriptors free"
-    );
-    ensure!(served.len() >= 5, "only {} served", served.len());
+    ensure!(!waiting.is_empty(), "all 20 served with no descriptor free");
     drop(http);
     for raw in &mut waiting {
         match raw.recv_within(Duration::from_secs(5)).await {
