@@ -179,14 +179,32 @@ impl Client {
         }
     }
 
-    /// Sends DISCONNECT (normal disconnection), closes the sending side and
-    /// waits up to `timeout` for the broker to close the connection, which
-    /// it does once it has handled the DISCONNECT: a persistent session is
-    /// offline when this returns `Ok`. Packets still arriving are dropped.
+    /// Sends DISCONNECT (normal disconnection) and waits up to `timeout`
+    /// for the broker to close the connection, which it does once it has
+    /// handled the DISCONNECT: a persistent session is offline when this
+    /// returns `Ok`. Packets still arriving are dropped.
     pub async fn disconnect_and_wait(mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.disconnect_until_closed(timeout).await
+    }
+
+    /// Sends DISCONNECT (normal disconnection) and closes the socket once
+    /// the broker has closed its end, or after a second.
+    pub async fn disconnect(mut self) {
+        let _ = self.disconnect_until_closed(Duration::from_secs(1)).await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Sends DISCONNECT and reads, dropping what arrives, until the broker
+    /// closes the connection or `timeout` passes.
+    ///
+    /// The broker closes first on DISCONNECT [MQTT-3.14.4-1], so the
+    /// connection's TIME_WAIT stays on the broker's side. Were the tool to
+    /// close first, each run would leave its ports in TIME_WAIT for a minute,
+    /// and the next run's `connect()` would spend its CPU looking for a free
+    /// port (up to 2 ms per connect here after a few runs).
+    async fn disconnect_until_closed(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.send(&Packet::Disconnect(Disconnect::default()))?;
         self.flush().await?;
-        self.stream.shutdown().await?;
         tokio::time::timeout(timeout, async {
             loop {
                 self.read_buf.clear();
@@ -197,33 +215,5 @@ impl Client {
         })
         .await
         .context("the broker did not close the connection after DISCONNECT")?
-    }
-
-    /// Sends DISCONNECT (normal disconnection) and closes the socket once
-    /// the broker has closed its end, or after a second.
-    ///
-    /// The broker closes first on DISCONNECT [MQTT-3.14.4-1], so the
-    /// connection's TIME_WAIT stays on the broker's side. Were the tool to
-    /// close first, each run would leave its ports in TIME_WAIT for a minute,
-    /// and the next run's `connect()` would spend its CPU looking for a free
-    /// port (up to 2 ms per connect here after a few runs).
-    pub async fn disconnect(mut self) {
-        if self
-            .send(&Packet::Disconnect(Disconnect::default()))
-            .is_ok()
-            && self.flush().await.is_ok()
-        {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                loop {
-                    self.read_buf.clear();
-                    match self.stream.read_buf(&mut self.read_buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            })
-            .await;
-        }
-        let _ = self.stream.shutdown().await;
     }
 }
