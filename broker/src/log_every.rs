@@ -21,9 +21,15 @@ impl LogEvery {
         }
     }
 
+    /// `Some(events held back since the last one)` if an event now may be
+    /// logged.
+    pub(crate) fn admit_now(&self) -> Option<u64> {
+        self.admit(crate::durable::record::unix_ms())
+    }
+
     /// `Some(events held back since the last one)` if an event at `now_ms`
     /// may be logged.
-    pub(crate) fn admit(&self, now_ms: u64) -> Option<u64> {
+    fn admit(&self, now_ms: u64) -> Option<u64> {
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == 0 || now_ms >= last.saturating_add(self.every_ms);
         if due

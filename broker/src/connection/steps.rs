@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::broker::Shared;
-use crate::durable::record::unix_ms;
 use crate::log_every::LogEvery;
 use crate::metrics::ConnectStep;
 
@@ -58,7 +57,7 @@ impl Steps {
             return;
         }
         metrics.slow_connects.inc();
-        if let Some(held) = SLOW_LOG.admit(unix_ms()) {
+        if let Some(held) = SLOW_LOG.admit_now() {
             warn!(
                 client_id,
                 total_ms = total.as_secs_f64() * 1e3,

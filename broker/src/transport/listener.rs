@@ -18,7 +18,6 @@ use crate::admission::Admission;
 use crate::broker::Shared;
 use crate::config::{CertificateIdentity, ListenerConfig, ListenerKind};
 use crate::connection;
-use crate::durable::record::unix_ms;
 use crate::log_every::LogEvery;
 
 /// Failed accepts logged so far, one a second at most across listeners.
@@ -191,7 +190,7 @@ impl Listener {
                         // Usually out of file descriptors: the connection
                         // stays in the backlog. Back off instead of spinning.
                         shared.metrics.accept_errors.inc();
-                        if let Some(held) = ACCEPT_ERROR_LOG.admit(unix_ms()) {
+                        if let Some(held) = ACCEPT_ERROR_LOG.admit_now() {
                             warn!(
                                 listener = self.label(),
                                 error = %e,
