@@ -627,6 +627,11 @@ impl Config {
         std::iter::once(&self.listener).chain(&self.listeners)
     }
 
+    /// [`Config::all_listeners`], to change them.
+    pub fn all_listeners_mut(&mut self) -> impl Iterator<Item = &mut ListenerConfig> {
+        std::iter::once(&mut self.listener).chain(&mut self.listeners)
+    }
+
     /// Refuses an anonymous listener on a non-loopback address unless the
     /// configuration explicitly allows it.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {

@@ -167,8 +167,7 @@ fn fit_open_files(config: &mut Config) {
     if wanted <= available {
         return;
     }
-    let listeners = std::iter::once(&mut config.listener).chain(config.listeners.iter_mut());
-    for listener in listeners {
+    for listener in config.all_listeners_mut() {
         let fitted = (listener.max_connections as u64).saturating_mul(available) / wanted;
         listener.max_connections = usize::try_from(fitted.max(1)).unwrap_or(usize::MAX);
     }
