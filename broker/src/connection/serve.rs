@@ -179,7 +179,6 @@ mod tests {
     fn a_live_connection_and_its_session_fit_their_size_classes() {
         let live = size_of::<super::Live>();
         let session = size_of::<crate::session::Session>() + 2 * size_of::<usize>();
-        println!("Live {live}, session's Arc {session}");
         assert!(live <= 448, "Live: {live} bytes");
         assert!(session <= 384, "Session in its Arc: {session} bytes");
     }
