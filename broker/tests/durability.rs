@@ -328,16 +328,27 @@ fn message_partitions(data_dir: &Path) -> anyhow::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// Bytes of the message partitions' segment files.
+/// Bytes of the message partitions' segment files. The broker trims while
+/// this reads, so a file or partition that vanishes between the listing and
+/// its size counts as zero bytes.
 fn message_bytes(data_dir: &Path) -> anyhow::Result<u64> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut total = 0;
     for id in message_partitions(data_dir)? {
         let partition = data_dir
             .join("messages")
             .join("partitions")
             .join(id.to_string());
-        for file in std::fs::read_dir(&partition)? {
-            total += file?.metadata()?.len();
+        let files = match std::fs::read_dir(&partition) {
+            Err(e) if gone(&e) => continue,
+            files => files?,
+        };
+        for file in files {
+            match file.and_then(|f| f.metadata()) {
+                Ok(meta) => total += meta.len(),
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(total)
