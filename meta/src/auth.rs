@@ -98,10 +98,12 @@ impl Interceptor for AttachSecret {
 }
 
 /// Refuses incoming calls without the secret (lets all through without one).
+/// Every service of a node's gRPC server is wrapped in it, the ones given
+/// by [`crate::ExtraServices`] too.
 #[derive(Clone)]
-pub(crate) struct RequireSecret {
-    pub secret: Option<ClusterSecret>,
-    pub refused: IntCounter,
+pub struct RequireSecret {
+    pub(crate) secret: Option<ClusterSecret>,
+    pub(crate) refused: IntCounter,
 }
 
 impl Interceptor for RequireSecret {

@@ -343,6 +343,27 @@ impl MetaClient {
             .map(|r| r.nodes)
     }
 
+    /// Adds and removes routes of broker node `node_id` in the metadata
+    /// group; returns the log index they were applied at.
+    pub async fn set_routes(
+        &self,
+        node_id: u64,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> Result<u64, MetaError> {
+        let request = pb::SetRoutesRequest {
+            node_id,
+            add,
+            remove,
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.set_routes(request).await }
+        })
+        .await
+        .map(|reply| reply.index)
+    }
+
     /// Sets one cluster configuration key and refreshes the local cache.
     pub async fn set_cluster_config(&self, key: &str, value: &str) -> Result<(), MetaError> {
         let request = pb::SetClusterConfigRequest {

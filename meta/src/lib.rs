@@ -150,7 +150,7 @@
 
 pub mod auth;
 mod batcher;
-mod channels;
+pub mod channels;
 mod client;
 pub mod error;
 pub mod grpc;
@@ -165,16 +165,17 @@ pub mod types;
 
 pub use openraft;
 
-pub use crate::auth::ClusterSecret;
+pub use crate::auth::{ClusterSecret, RequireSecret};
 pub use crate::batcher::BatchLimits;
 pub use crate::client::MetaClient;
 pub use crate::error::{MetaError, StoreError};
-pub use crate::node::{MetaConfig, MetaNodeHandle, MetaRuntimes};
+pub use crate::node::{ExtraServices, MetaConfig, MetaNodeHandle, MetaRuntimes};
 pub use crate::routing::GroupRouter;
 pub use crate::store::{
     MetaLogStore, MetaSnapshotBuilder, MetaSnapshotData, MetaState, MetaStateMachine, RocksPool,
-    StoreOptions, open, open_with,
+    RouteWatch, StoreOptions, open, open_with,
 };
 pub use crate::types::{
-    MetaNode, MetaRequest, MetaResponse, NodeId, NodeInfo, Session, Subscription, TypeConfig,
+    MetaNode, MetaRequest, MetaResponse, NodeId, NodeInfo, Route, RouteChange, RouteUpdate,
+    Session, Subscription, TypeConfig,
 };

@@ -13,6 +13,7 @@ use tidemq_proto::grpc::v1::raft_service_server::RaftServiceServer;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
@@ -126,10 +127,31 @@ impl MetaRuntimes {
     }
 }
 
+/// gRPC services the node's server carries besides its own (the broker's
+/// link between nodes), under the same cluster secret: given the routes so
+/// far and the secret check, it adds its services, each wrapped in that
+/// check (`InterceptedService::new(service, require)`).
+pub struct ExtraServices(Box<dyn FnOnce(Routes, RequireSecret) -> Routes + Send>);
+
+impl ExtraServices {
+    /// Services added by `add`.
+    pub fn new(add: impl FnOnce(Routes, RequireSecret) -> Routes + Send + 'static) -> Self {
+        ExtraServices(Box::new(add))
+    }
+}
+
+impl std::fmt::Debug for ExtraServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraServices(..)")
+    }
+}
+
 /// A running meta node. Dropping it leaves the tasks running until the
 /// runtime stops; call [`MetaNodeHandle::shutdown`].
 pub struct MetaNodeHandle {
     rafts: Arc<Vec<Raft<TypeConfig>>>,
+    /// The metadata group's state, for the route watcher.
+    metadata: crate::store::MetaState,
     tasks: Vec<JoinHandle<()>>,
     closed: Option<crate::store::StoreClosed>,
     local_addr: SocketAddr,
@@ -173,14 +195,25 @@ impl MetaNodeHandle {
         Self::start_on(config, registry, MetaRuntimes::current()).await
     }
 
-    /// Opens the store, starts every group's Raft on `runtimes.raft`
-    /// (bootstrapping a new cluster when the store is empty), serves gRPC on
-    /// `runtimes.grpc`, and, when [`MetaConfig::join`] is set, joins the
-    /// running cluster before returning.
+    /// [`MetaNodeHandle::start_serving`] with no extra services.
     pub async fn start_on(
         config: MetaConfig,
         registry: &Registry,
         runtimes: MetaRuntimes,
+    ) -> Result<MetaNodeHandle, MetaError> {
+        Self::start_serving(config, registry, runtimes, None).await
+    }
+
+    /// Opens the store, starts every group's Raft on `runtimes.raft`
+    /// (bootstrapping a new cluster when the store is empty), serves gRPC on
+    /// `runtimes.grpc`, and, when [`MetaConfig::join`] is set, joins the
+    /// running cluster before returning. `extra` services are served beside
+    /// the meta service's own.
+    pub async fn start_serving(
+        config: MetaConfig,
+        registry: &Registry,
+        runtimes: MetaRuntimes,
+        extra: Option<ExtraServices>,
     ) -> Result<MetaNodeHandle, MetaError> {
         let groups = 1 + config.data_raft_group_num;
         // Bound inside the gRPC runtime so its reactor owns the listener.
@@ -230,19 +263,24 @@ impl MetaNodeHandle {
             secret: config.secret.clone(),
             refused: grpc_metrics.unauthenticated.clone(),
         };
+        let metadata = states[crate::GroupRouter::METADATA_GROUP as usize].clone();
         let meta = MetaServer::new(Arc::clone(&rafts), states, batchers, grpc_metrics, channels);
         let raft = RaftServer::new(Arc::clone(&rafts));
+        let mut routes = Routes::new(InterceptedService::new(
+            RaftServiceServer::new(raft).max_decoding_message_size(MAX_RAFT_MESSAGE),
+            require.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            MetaServiceServer::new(meta).max_decoding_message_size(MAX_META_MESSAGE),
+            require.clone(),
+        ));
+        if let Some(ExtraServices(add)) = extra {
+            routes = add(routes, require);
+        }
         let (stop, mut stopped) = watch::channel(false);
         let server = runtimes.grpc.spawn(async move {
             let result = grpc_server()
-                .add_service(InterceptedService::new(
-                    RaftServiceServer::new(raft).max_decoding_message_size(MAX_RAFT_MESSAGE),
-                    require.clone(),
-                ))
-                .add_service(InterceptedService::new(
-                    MetaServiceServer::new(meta).max_decoding_message_size(MAX_META_MESSAGE),
-                    require,
-                ))
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })
@@ -254,6 +292,7 @@ impl MetaNodeHandle {
         info!(node_id = config.node_id, %local_addr, groups, "meta node started");
         let handle = MetaNodeHandle {
             rafts,
+            metadata,
             tasks,
             closed,
             local_addr,
@@ -277,6 +316,13 @@ impl MetaNodeHandle {
     /// The Raft instance of each group.
     pub fn rafts(&self) -> &Arc<Vec<Raft<TypeConfig>>> {
         &self.rafts
+    }
+
+    /// Registers this node's route watcher (one per node; a second call
+    /// replaces the first) and reads the route table: see
+    /// [`crate::MetaState::watch_routes`].
+    pub async fn watch_routes(&self) -> Result<crate::RouteWatch, MetaError> {
+        Ok(self.metadata.watch_routes().await?)
     }
 
     /// Stops serving, shuts every group's Raft down cleanly and waits until

@@ -144,6 +144,17 @@ pub enum MetaRequest {
         /// The value.
         value: String,
     },
+    /// Add and remove routes of one broker node (metadata group only):
+    /// `add` are filters the node now has local subscribers of, `remove`
+    /// filters it no longer has any of.
+    SetRoutes {
+        /// The broker node.
+        node_id: NodeId,
+        /// Filters to route to it.
+        add: Vec<String>,
+        /// Filters no longer routed to it.
+        remove: Vec<String>,
+    },
     /// Independent requests coalesced into one Raft entry; each gets its own
     /// outcome in [`MetaResponse::Batch`].
     Batch(Vec<MetaRequest>),
@@ -174,6 +185,50 @@ pub enum MetaResponse {
         /// Why.
         reason: String,
     },
+    /// `SetRoutes` was applied at this log index of the metadata group.
+    Routes {
+        /// The index of its entry.
+        index: u64,
+    },
     /// One outcome per request of a [`MetaRequest::Batch`], in order.
     Batch(Vec<MetaResponse>),
+}
+
+/// A route of the cluster: broker node `node_id` has local subscribers of
+/// `filter`. One per node and filter, however many clients share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    /// The topic filter (for a shared subscription, its inner filter).
+    pub filter: String,
+    /// The node.
+    pub node_id: NodeId,
+}
+
+/// One route written by an applied `SetRoutes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteChange {
+    /// The route.
+    pub route: Route,
+    /// Whether it now exists (added) or not (removed).
+    pub present: bool,
+}
+
+/// What the metadata group applied, as a node's route watcher sees it
+/// ([`crate::MetaNodeHandle::watch_routes`]), in apply order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteUpdate {
+    /// Entries up to log index `applied` are applied; `changes` are the
+    /// route writes among them, in order (often none).
+    Applied {
+        /// The last applied index.
+        applied: u64,
+        /// The routes written.
+        changes: Vec<RouteChange>,
+    },
+    /// A snapshot replaced the whole state at `applied`: read the routes
+    /// again.
+    Reload {
+        /// The snapshot's last index.
+        applied: u64,
+    },
 }

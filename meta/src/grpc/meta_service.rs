@@ -224,6 +224,13 @@ fn approximate_size(request: &MetaRequest) -> usize {
             .iter()
             .map(|s| s.client_key.len() + s.payload.len() + 48)
             .sum(),
+        MetaRequest::SetRoutes { add, remove, .. } => {
+            add.iter()
+                .chain(remove)
+                .map(|f| f.len() + 24)
+                .sum::<usize>()
+                + 32
+        }
         _ => 128,
     }
 }
@@ -588,6 +595,27 @@ impl MetaService for MetaServer {
             )
             .await?;
             Ok(pb::Ack {})
+        })
+        .await
+    }
+
+    async fn set_routes(
+        &self,
+        request: Request<pb::SetRoutesRequest>,
+    ) -> Result<Response<pb::SetRoutesReply>, Status> {
+        let request = request.into_inner();
+        self.observe("SetRoutes", async move {
+            let request = MetaRequest::SetRoutes {
+                node_id: request.node_id,
+                add: request.add,
+                remove: request.remove,
+            };
+            match self.write(GroupRouter::METADATA_GROUP, request).await? {
+                MetaResponse::Routes { index } => Ok(pb::SetRoutesReply { index }),
+                other => Err(MetaError::Raft {
+                    reason: format!("SetRoutes answered with {other:?}"),
+                }),
+            }
         })
         .await
     }

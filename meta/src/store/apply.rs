@@ -15,7 +15,8 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use super::keys::{self, GroupCfs};
 use crate::error::StoreError;
 use crate::types::{
-    Entry, LogId, MetaRequest, MetaResponse, NodeInfo, StoredMembership, Subscription,
+    Entry, LogId, MetaRequest, MetaResponse, NodeInfo, Route, RouteChange, StoredMembership,
+    Subscription,
 };
 
 /// What one `apply` produced.
@@ -23,6 +24,8 @@ pub(crate) struct Applied {
     pub(crate) responses: Vec<MetaResponse>,
     pub(crate) last_applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
+    /// The routes `SetRoutes` wrote, in order.
+    pub(crate) routes: Vec<RouteChange>,
 }
 
 /// A write batch that reads its own writes: later requests of the same batch
@@ -32,6 +35,9 @@ struct Txn<'a> {
     cf: std::sync::Arc<rocksdb::BoundColumnFamily<'a>>,
     batch: WriteBatch,
     written: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The log index of the entry being applied.
+    index: u64,
+    routes: Vec<RouteChange>,
 }
 
 impl Txn<'_> {
@@ -77,10 +83,13 @@ pub(crate) fn apply_entries(
         cf,
         batch: WriteBatch::default(),
         written: HashMap::new(),
+        index: 0,
+        routes: Vec::new(),
     };
     let mut responses = Vec::with_capacity(entries.len());
     for entry in entries {
         last_applied = Some(entry.log_id);
+        txn.index = entry.log_id.index;
         let response = match entry.payload {
             EntryPayload::Blank => MetaResponse::Empty,
             EntryPayload::Normal(request) => apply_request(&mut txn, request)?,
@@ -105,6 +114,7 @@ pub(crate) fn apply_entries(
         responses,
         last_applied,
         membership,
+        routes: txn.routes,
     })
 }
 
@@ -215,6 +225,28 @@ fn apply_request(txn: &mut Txn<'_>, request: MetaRequest) -> Result<MetaResponse
             }
             txn.put(keys::config_key(&key), value.into_bytes());
             MetaResponse::Ok
+        }
+        MetaRequest::SetRoutes {
+            node_id,
+            add,
+            remove,
+        } => {
+            if let Some(reason) = add.iter().chain(&remove).find_map(|f| bad_key("filter", f)) {
+                return Ok(rejected(reason));
+            }
+            for (filters, present) in [(add, true), (remove, false)] {
+                for filter in filters {
+                    let key = keys::route_key(&filter, node_id);
+                    let route = Route { filter, node_id };
+                    if present {
+                        txn.put(key, super::to_json(&route, "route")?);
+                    } else {
+                        txn.delete(key);
+                    }
+                    txn.routes.push(RouteChange { route, present });
+                }
+            }
+            MetaResponse::Routes { index: txn.index }
         }
         MetaRequest::Batch(requests) => {
             let mut responses = Vec::with_capacity(requests.len());

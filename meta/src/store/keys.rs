@@ -90,6 +90,14 @@ pub(crate) fn node_key(node_id: NodeId) -> Vec<u8> {
 /// `n/`
 pub(crate) const NODE_PREFIX: &[u8] = b"n/";
 
+/// `r/{filter}\0{node_id:020}`: a filter's routes sort together, by node.
+pub(crate) fn route_key(filter: &str, node_id: NodeId) -> Vec<u8> {
+    format!("r/{filter}{SUB_SEPARATOR}{node_id:020}").into_bytes()
+}
+
+/// `r/`
+pub(crate) const ROUTE_PREFIX: &[u8] = b"r/";
+
 /// `c/{key}`
 pub(crate) fn config_key(key: &str) -> Vec<u8> {
     format!("c/{key}").into_bytes()
@@ -131,6 +139,13 @@ mod tests {
         let prefix = subscription_prefix("t/a");
         assert!(subscription_key("t/a", "x/y").starts_with(&prefix));
         assert!(!subscription_key("t/a/b", "c").starts_with(&prefix));
+    }
+
+    #[test]
+    fn route_keys_group_a_filter_by_node() {
+        assert!(route_key("a", 2) < route_key("a", 10));
+        assert_ne!(route_key("a/b", 1), route_key("a", 1));
+        assert!(route_key("a", 1).starts_with(ROUTE_PREFIX));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod log_store;
 mod log_writer;
 mod pool;
 mod reader;
+mod routes;
 mod slot;
 mod snapshot;
 mod snapshot_data;
@@ -26,6 +27,7 @@ pub use self::log_store::MetaLogStore;
 
 pub use self::pool::RocksPool;
 pub use self::reader::MetaState;
+pub use self::routes::RouteWatch;
 pub use self::slot::MetaSnapshotBuilder;
 pub use self::snapshot_data::MetaSnapshotData;
 pub use self::state_machine::MetaStateMachine;
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: StoreMetrics,
     pub(crate) db: Arc<DB>,
     pub(crate) snapshot_dir: PathBuf,
+    /// The metadata group's applied route changes go here.
+    pub(crate) routes: routes::RouteSink,
     /// Dropped last: tells waiters the threads are joined and the DB closed.
     pub(crate) closed: ClosedGuard,
 }
@@ -157,6 +161,7 @@ pub async fn open_with(
         metrics,
         db,
         snapshot_dir,
+        routes: routes::RouteSink::default(),
         closed: ClosedGuard(closed),
     });
 

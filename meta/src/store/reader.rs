@@ -28,6 +28,14 @@ impl MetaState {
         self.cfs.group
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn cfs(&self) -> &GroupCfs {
+        &self.cfs
+    }
+
     /// The session stored under `client_key`.
     pub async fn get_session(&self, client_key: &str) -> Result<Option<Session>, StoreError> {
         let cf = Arc::clone(&self.cfs.sm);

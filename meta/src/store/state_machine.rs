@@ -17,7 +17,8 @@ use super::snapshot_data::{Encoding, MetaSnapshotData};
 use crate::error::StoreError;
 use crate::metrics::as_ms;
 use crate::types::{
-    Entry, LogId, MetaResponse, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, MetaResponse, RouteUpdate, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 
 /// The state machine of one group. openraft owns it; read through
@@ -120,6 +121,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             responses,
             last_applied,
             membership,
+            routes,
         } = self
             .shared
             .run("apply", move |db| {
@@ -129,6 +131,12 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             .map_err(|e| e.into_raft(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         self.last_applied = last_applied;
         self.membership = membership;
+        if self.cfs.group == crate::GroupRouter::METADATA_GROUP {
+            self.shared.routes.send(RouteUpdate::Applied {
+                applied: last_applied.map_or(0, |id| id.index),
+                changes: routes,
+            });
+        }
         self.apply_duration.observe(as_ms(started.elapsed()));
         Ok(responses)
     }
@@ -177,6 +185,11 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             })?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        if self.cfs.group == crate::GroupRouter::METADATA_GROUP {
+            self.shared.routes.send(RouteUpdate::Reload {
+                applied: meta.last_log_id.map_or(0, |id| id.index),
+            });
+        }
         tracing::info!(group = self.cfs.group, id = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
