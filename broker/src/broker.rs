@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::{AclRules, AuthError, Login, PasswordFile, Subscription, Verified};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::connection;
 use crate::durable::{DurableError, DurableStore, Recovered, SessionCatalog};
@@ -130,6 +131,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The lanes busy connections take turns through.
     pub(crate) lanes: connection::Lanes,
+    /// Routing to the other nodes, when the broker runs in a node.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// A running broker. Dropping it without [`Broker::shutdown`] stops it
@@ -160,6 +163,19 @@ impl Broker {
         store: Option<(DurableStore, Recovered)>,
         catalog: SessionCatalog,
     ) -> Result<Broker, BrokerError> {
+        Self::start_in(config, registry, store, catalog, None).await
+    }
+
+    /// Like [`Broker::start_with_store`], as one node of `cluster`: its
+    /// subscriptions become routes and its publishes go to the other nodes
+    /// too.
+    pub(crate) async fn start_in(
+        config: Config,
+        registry: &Registry,
+        store: Option<(DurableStore, Recovered)>,
+        catalog: SessionCatalog,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Broker, BrokerError> {
         config.validate()?;
         config.check_exposure()?;
         let auth = AuthState::load(&config)?;
@@ -184,12 +200,15 @@ impl Broker {
             auth: ArcSwap::from_pointee(auth),
             login,
             sessions: SessionRegistry::default(),
-            router: Router::default(),
+            router: cluster
+                .as_ref()
+                .map_or_else(Router::default, |c| Router::in_cluster(c.local_filters())),
             metrics,
             durable,
             catalog,
             shutdown,
             lanes,
+            cluster,
         });
         if let Some(recovered) = recovered {
             crate::restore::restore(&shared, recovered).await?;
@@ -197,6 +216,16 @@ impl Broker {
                 Arc::clone(&shared),
                 trim_interval,
             ));
+        }
+        if let Some(cluster) = &shared.cluster {
+            let stale = shared.router.reconcile_routes();
+            if stale > 0 {
+                info!(
+                    routes = stale,
+                    "removing routes no subscription wants any more"
+                );
+            }
+            cluster.serve(&shared);
         }
         if !sys_interval.is_zero() {
             tokio::spawn(crate::sys::publish_loop(Arc::clone(&shared), sys_interval));

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cluster;
 mod listener;
 mod meta;
+pub use cluster::ClusterConfig;
 pub use listener::{CertificateIdentity, ListenerConfig, ListenerKind};
 pub use meta::MetaServiceConfig;
 
@@ -73,6 +75,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The message store of persistent sessions (`{data_dir}/messages`).
     pub storage: StorageConfig,
+    /// Routing between the nodes of a cluster.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             meta: MetaServiceConfig::default(),
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -585,6 +590,12 @@ impl Config {
         {
             return invalid(
                 "storage.partitions, io_threads and trim_interval_ms must be at least 1, segment_bytes at least 4096",
+            );
+        }
+        let c = &self.cluster;
+        if c.link_queue_messages == 0 || c.link_batch_messages == 0 || c.link_batch_bytes == 0 {
+            return invalid(
+                "cluster.link_queue_messages, link_batch_messages and link_batch_bytes must be at least 1",
             );
         }
         if self.mqtt.max_packet_size < 64 {

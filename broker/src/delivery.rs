@@ -121,6 +121,17 @@ impl Waiting {
     }
 }
 
+/// Where a message is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Published on this node: retained here, queued for the local
+    /// subscribers and forwarded to the other nodes with matching routes.
+    Cluster,
+    /// Forwarded by another node, or this node's own `$SYS` value: queued
+    /// for the local subscribers only.
+    Local,
+}
+
 /// Routes `message`: queues the in-memory deliveries now, and returns what
 /// the store must write before the publisher is acknowledged and the
 /// persistent deliveries are queued.
@@ -128,12 +139,15 @@ pub(crate) fn route(
     shared: &Shared,
     message: &Arc<Message>,
     origin: Option<Origin>,
+    scope: Scope,
 ) -> Result<(RouteOutcome, ToStore), DurableError> {
     let config = shared.config.load();
     let queue_qos0 = config.session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
+    // A message forwarded by another node is that node's to retain.
+    let retains = message.retain && scope == Scope::Cluster;
     // Retained first: a message the broker cannot retain is not routed.
-    if message.retain {
+    if retains {
         match shared.router.retain(message, config.mqtt.retain_limits()) {
             Ok(count) => shared.metrics.retained.set(count as i64),
             Err(RetainRefused) => {
@@ -183,10 +197,15 @@ pub(crate) fn route(
             None => outcome.enqueue(&session, delivery, queue_qos0),
         }
     }
+    if scope == Scope::Cluster
+        && let Some(cluster) = &shared.cluster
+    {
+        outcome.forwarded = cluster.forward(message);
+    }
     let Some(store) = shared.durable.clone() else {
         return Ok((outcome, ToStore::Nothing));
     };
-    if durable.is_empty() && !message.retain {
+    if durable.is_empty() && !retains {
         return Ok((outcome, ToStore::Nothing));
     }
     outcome.delivered += durable.len();
@@ -196,7 +215,7 @@ pub(crate) fn route(
         Some(pending_record(&store, message, origin, durable)?)
     };
     let to_store = match record {
-        Some(record) if !message.retain => ToStore::Record(record),
+        Some(record) if !retains => ToStore::Record(record),
         record => ToStore::Write(write_alone(shared, store, Arc::clone(message), record)),
     };
     Ok((outcome, to_store))
@@ -366,10 +385,16 @@ fn write_alone(
     .boxed()
 }
 
-/// Routes a message nobody waits for (a will): stored deliveries are
-/// queued when their write completes.
-pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>) {
-    let write = match route(shared, message, None) {
+/// Routes a message another node forwarded: to this node's subscribers
+/// only, stored deliveries queued when their write completes.
+pub(crate) fn publish_forwarded(shared: &Arc<Shared>, message: &Arc<Message>) {
+    publish_detached(shared, message, Scope::Local);
+}
+
+/// Routes a message nobody waits for (a will, a `$SYS` value, a forwarded
+/// message): stored deliveries are queued when their write completes.
+pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>, scope: Scope) {
+    let write = match route(shared, message, None, scope) {
         Ok((outcome, to_store)) => {
             outcome.count_drops(&shared.metrics);
             match to_store {

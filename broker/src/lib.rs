@@ -62,6 +62,7 @@
 mod admission;
 mod auth;
 mod broker;
+mod cluster;
 mod config;
 mod connection;
 mod delivery;

@@ -31,12 +31,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prometheus::Registry;
+use tidemq_meta::channels::ChannelPool;
 use tidemq_meta::runtime::{RuntimeMonitor, build_runtime};
 use tidemq_meta::{MetaClient, MetaError, MetaNodeHandle, MetaRuntimes};
 use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError};
+use crate::cluster::ClusterParts;
 use crate::config::{Config, ConfigError};
 use crate::durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 use crate::http::{Endpoints, HttpServer};
@@ -160,15 +162,25 @@ impl Node {
         )
         .map_err(NodeError::Runtime)?;
 
-        // Meta first: the broker will keep its sessions there.
+        // Meta first: the broker will keep its sessions there. Its gRPC
+        // server carries the links between the brokers too.
+        let (cluster_parts, link_service) = match ClusterParts::new(&config.cluster, &registry) {
+            Ok(parts) => parts,
+            Err(e) => {
+                drop(monitor);
+                runtimes.shutdown();
+                return Err(NodeError::Metrics(e));
+            }
+        };
         let meta_runtimes = MetaRuntimes {
             raft: runtimes.raft.handle().clone(),
             grpc: runtimes.grpc.handle().clone(),
         };
-        let meta = match runtimes.grpc.block_on(MetaNodeHandle::start_on(
+        let meta = match runtimes.grpc.block_on(MetaNodeHandle::start_serving(
             meta_config,
             &registry,
             meta_runtimes,
+            Some(link_service),
         )) {
             Ok(meta) => meta,
             Err(e) => {
@@ -180,6 +192,26 @@ impl Node {
 
         let http_bind = config.http.bind;
         let node_id = config.meta.node_id;
+        let cluster = MetaClient::with_secret(
+            [meta.local_addr().to_string()],
+            Duration::from_secs(30),
+            secret.clone(),
+        )
+        .and_then(|client| {
+            let channels = ChannelPool::new(secret.clone());
+            runtimes
+                .broker
+                .block_on(cluster_parts.start(&meta, node_id, client, channels))
+        });
+        let cluster = match cluster {
+            Ok(cluster) => cluster,
+            Err(e) => {
+                runtimes.grpc.block_on(meta.shutdown());
+                drop(monitor);
+                runtimes.shutdown();
+                return Err(NodeError::Meta(e));
+            }
+        };
         let store = if config.storage.enabled {
             let durable = DurableConfig {
                 dir: config.data_dir.join("messages"),
@@ -228,9 +260,13 @@ impl Node {
         };
         // The broker's accept loop and connections are spawned on the
         // runtime it is started from.
-        let started = runtimes
-            .broker
-            .block_on(Broker::start_with_store(config, &registry, store, catalog));
+        let started = runtimes.broker.block_on(Broker::start_in(
+            config,
+            &registry,
+            store,
+            catalog,
+            Some(cluster),
+        ));
         let broker = match started {
             Ok(broker) => broker,
             Err(e) => {

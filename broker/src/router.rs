@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use tidemq_proto::mqtt::{QoS, SubscriptionOptions};
 
+use crate::cluster::LocalFilters;
 use crate::message::{Delivery, Message};
 use crate::session::{DropReason, Session, SessionKey, SessionRegistry, SubscriptionEntry};
 use crate::topic_tree::{RetainTree, SubscriptionTree};
@@ -40,6 +41,12 @@ struct SharedGroup {
     next: AtomicUsize,
 }
 
+/// The filter a subscription routes by between nodes: a shared
+/// subscription's inner filter, any other as it is.
+pub(crate) fn route_filter(filter: &str) -> &str {
+    split_filter(filter).1
+}
+
 /// Where a filter goes in the tree.
 fn split_filter(filter: &str) -> (Option<&str>, &str) {
     match tidemq_proto::mqtt::parse_shared_filter(filter) {
@@ -52,6 +59,9 @@ fn split_filter(filter: &str) -> (Option<&str>, &str) {
 #[derive(Default)]
 pub struct Router {
     subscriptions: RwLock<SubscriptionTree<SubKey, SubValue>>,
+    /// In a cluster: the filters with local subscribers, told to the route
+    /// keeper as they come and go.
+    local: Option<LocalFilters>,
     retained: RwLock<Retained>,
     /// The broker's own `$SYS` values: apart from the clients' retained
     /// messages, never counted against their limits.
@@ -101,6 +111,8 @@ pub struct RouteOutcome {
     /// Persistent sessions not given the message because every session
     /// together holds `session.max_stored_messages_total`.
     pub dropped_stored_limit: usize,
+    /// Other nodes of the cluster the message was forwarded to.
+    pub forwarded: usize,
     /// The message was to be retained and the retained messages are at
     /// their limit: it was not routed at all.
     pub retain_refused: bool,
@@ -157,11 +169,41 @@ impl RouteOutcome {
 }
 
 impl Router {
+    /// A router of a cluster node, telling `local` which filters have local
+    /// subscribers.
+    pub(crate) fn in_cluster(local: LocalFilters) -> Router {
+        Router {
+            local: Some(local),
+            ..Router::default()
+        }
+    }
+
+    /// Removes the routes this node wrote for filters it no longer has
+    /// subscribers of (after a restart); returns how many.
+    pub(crate) fn reconcile_routes(&self) -> usize {
+        let _tree = self.write_subscriptions();
+        self.local.as_ref().map_or(0, LocalFilters::reconcile)
+    }
+
     /// Adds or replaces `client`'s subscription to `filter`. Returns whether
     /// it already existed.
     pub fn subscribe(&self, client: &SessionKey, filter: &str, entry: SubscriptionEntry) -> bool {
-        let (group, inner) = split_filter(filter);
+        let (_, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
+        let existed = Self::insert(&mut tree, client, filter, entry);
+        if !existed && let Some(local) = &self.local {
+            local.added(inner);
+        }
+        existed
+    }
+
+    fn insert(
+        tree: &mut SubscriptionTree<SubKey, SubValue>,
+        client: &SessionKey,
+        filter: &str,
+        entry: SubscriptionEntry,
+    ) -> bool {
+        let (group, inner) = split_filter(filter);
         match group {
             None => tree
                 .insert(
@@ -198,8 +240,21 @@ impl Router {
 
     /// Removes `client`'s subscription to `filter`. Returns whether it existed.
     pub fn unsubscribe(&self, client: &SessionKey, filter: &str) -> bool {
-        let (group, inner) = split_filter(filter);
+        let (_, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
+        let removed = Self::remove(&mut tree, client, filter);
+        if removed && let Some(local) = &self.local {
+            local.removed(inner);
+        }
+        removed
+    }
+
+    fn remove(
+        tree: &mut SubscriptionTree<SubKey, SubValue>,
+        client: &SessionKey,
+        filter: &str,
+    ) -> bool {
+        let (group, inner) = split_filter(filter);
         match group {
             None => tree
                 .remove(inner, &SubKey::Client(client.clone()))

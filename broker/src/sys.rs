@@ -239,5 +239,9 @@ fn publish(shared: &Arc<Shared>, topic: String, value: String) {
     shared.router.retain_sys(&Arc::new(message(true)));
     // Routed unretained: the store keeps retained messages on disk, and a
     // `$SYS` value is stale after a restart anyway.
-    crate::delivery::publish_detached(shared, &Arc::new(message(false)));
+    crate::delivery::publish_detached(
+        shared,
+        &Arc::new(message(false)),
+        crate::delivery::Scope::Local,
+    );
 }

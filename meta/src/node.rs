@@ -318,6 +318,11 @@ impl MetaNodeHandle {
         &self.rafts
     }
 
+    /// The metadata group's state as this node has applied it.
+    pub fn metadata(&self) -> &crate::store::MetaState {
+        &self.metadata
+    }
+
     /// Registers this node's route watcher (one per node; a second call
     /// replaces the first) and reads the route table: see
     /// [`crate::MetaState::watch_routes`].

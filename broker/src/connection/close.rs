@@ -376,7 +376,7 @@ pub(super) fn publish_will(
             .message_expiry_interval
             .map(|secs| std::time::Instant::now() + Duration::from_secs(u64::from(secs))),
     });
-    crate::delivery::publish_detached(shared, &message);
+    crate::delivery::publish_detached(shared, &message, crate::delivery::Scope::Cluster);
     debug!(topic = %message.topic, "will published");
 }
 

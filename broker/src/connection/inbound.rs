@@ -193,15 +193,18 @@ impl Connection {
             }),
             _ => None,
         };
-        let (outcome, to_store) = delivery::route(&self.shared, &message, origin).map_err(|e| {
-            delivery::count_storage_error(&self.shared.metrics);
-            tracing::warn!(error = %e, "cannot store a message");
-            End::ServerError
-        })?;
+        let (outcome, to_store) =
+            delivery::route(&self.shared, &message, origin, delivery::Scope::Cluster).map_err(
+                |e| {
+                    delivery::count_storage_error(&self.shared.metrics);
+                    tracing::warn!(error = %e, "cannot store a message");
+                    End::ServerError
+                },
+            )?;
         outcome.count_drops(&self.shared.metrics);
         let reason = if outcome.retain_refused {
             ReasonCode::QuotaExceeded
-        } else if outcome.delivered == 0 && outcome.dropped() == 0 {
+        } else if outcome.delivered == 0 && outcome.dropped() == 0 && outcome.forwarded == 0 {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success

@@ -43,6 +43,7 @@ impl Connection {
         drop(config);
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut added = Vec::new();
+        let mut granted = Vec::new();
         let mut retained = Vec::new();
         let mut retained_sent = HashSet::new();
         let id = subscribe.properties.subscription_identifier;
@@ -55,6 +56,7 @@ impl Connection {
             match self.subscribe_one(request, id) {
                 Ok(made) => {
                     reasons.push(ReasonCode::granted(request.options.qos));
+                    granted.push(request.filter.clone());
                     added.push(StoredSubscription {
                         filter: request.filter.clone(),
                         options: made.entry.options,
@@ -79,10 +81,28 @@ impl Connection {
         });
         // Retained messages are queued after SUBACK, so the client sees the
         // grant first; a persistent session's subscriptions are on disk
-        // before SUBACK.
-        let write = match self.persist_subscriptions(added, Vec::new()) {
-            Some(write) => Write::Alone(write.map(|r| r.map(|()| None)).boxed()),
-            None => Write::None,
+        // before SUBACK, and in a cluster every other node routes to the
+        // new subscriptions before it.
+        let persist = self.persist_subscriptions(added, Vec::new());
+        let routes = self
+            .shared
+            .cluster
+            .as_ref()
+            .and_then(|cluster| cluster.routes_ready(granted));
+        let write = match (persist, routes) {
+            (None, None) => Write::None,
+            (persist, routes) => Write::Alone(
+                async move {
+                    if let Some(persist) = persist {
+                        persist.await?;
+                    }
+                    if let Some(routes) = routes {
+                        routes.await;
+                    }
+                    Ok(None)
+                }
+                .boxed(),
+            ),
         };
         self.respond(
             io,

@@ -59,6 +59,7 @@ async fn shared(dir: &std::path::Path, acl: Option<&str>) -> Arc<Shared> {
             1,
             prometheus::IntCounter::new("lane_waits", "test").expect("counter"),
         ),
+        cluster: None,
     })
 }
 
@@ -94,7 +95,7 @@ fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Ar
 }
 
 fn record(shared: &Shared, topic: &str, publisher: &str) -> PendingRecord {
-    match route(shared, &message(topic, publisher), None).expect("routes") {
+    match route(shared, &message(topic, publisher), None, Scope::Cluster).expect("routes") {
         (_, ToStore::Record(record)) => record,
         _ => panic!("a persistent subscriber needs a record"),
     }
@@ -148,16 +149,26 @@ async fn a_filtered_subscription_gets_only_what_the_acl_allows() {
     let rules = "deny subscribe * t/secret\nallow all * #";
     let shared = shared(dir.path(), Some(rules)).await;
     let session = subscriber(&shared, "sub", "t/#", true);
-    let (outcome, to_store) =
-        route(&shared, &message("t/secret", "default/p"), None).expect("routes");
+    let (outcome, to_store) = route(
+        &shared,
+        &message("t/secret", "default/p"),
+        None,
+        Scope::Cluster,
+    )
+    .expect("routes");
     assert_eq!(outcome.dropped_not_authorized, 1);
     assert_eq!(outcome.delivered, 0);
     assert!(
         matches!(to_store, ToStore::Nothing),
         "nothing to store for nobody"
     );
-    let (outcome, to_store) =
-        route(&shared, &message("t/open", "default/p"), None).expect("routes");
+    let (outcome, to_store) = route(
+        &shared,
+        &message("t/open", "default/p"),
+        None,
+        Scope::Cluster,
+    )
+    .expect("routes");
     assert_eq!(outcome.delivered, 1);
     assert!(matches!(to_store, ToStore::Record(_)));
     assert!(may_receive(&shared.auth.load(), &session, "t/open"));

@@ -1,0 +1,267 @@
+//! Outbound links: one long-lived `BrokerLink.Forward` stream per peer,
+//! fed from a bounded queue in publish order and cut into batches by count
+//! and bytes, like the storage writer's.
+//!
+//! A link connects when its first message arrives and reconnects after an
+//! error; what was in a batch the stream lost is lost (forwarding is at
+//! most once until the hand-off logs of `docs/cluster.md` exist).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus::{IntCounterVec, IntGaugeVec};
+use tidemq_meta::NodeId;
+use tidemq_meta::channels::ChannelPool;
+use tidemq_proto::grpc::v1 as pb;
+use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::Peers;
+use crate::log_every::LogEvery;
+
+/// Batches in flight on one stream before the sender waits (HTTP/2 flow
+/// control pushes back past this).
+const BATCHES_IN_FLIGHT: usize = 8;
+
+/// Largest batch a link sends or accepts.
+pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The limits of every link.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkLimits {
+    pub(crate) queue_messages: usize,
+    pub(crate) batch_messages: usize,
+    pub(crate) batch_bytes: usize,
+}
+
+/// Per-peer link counters.
+#[derive(Clone)]
+pub(crate) struct LinkMetrics {
+    pub(crate) messages: IntCounterVec,
+    pub(crate) bytes: IntCounterVec,
+    pub(crate) batches: IntCounterVec,
+    pub(crate) dropped: IntCounterVec,
+    pub(crate) connects: IntCounterVec,
+    pub(crate) queued: IntGaugeVec,
+}
+
+/// Why a message did not go into a peer's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotQueued {
+    QueueFull,
+}
+
+/// The queues of the links to every peer, created on first use.
+pub(crate) struct Links {
+    me: NodeId,
+    queues: DashMap<NodeId, mpsc::Sender<pb::ForwardedMessage>>,
+    peers: Arc<Peers>,
+    channels: ChannelPool,
+    limits: LinkLimits,
+    metrics: LinkMetrics,
+}
+
+impl Links {
+    pub(crate) fn new(
+        me: NodeId,
+        peers: Arc<Peers>,
+        channels: ChannelPool,
+        limits: LinkLimits,
+        metrics: LinkMetrics,
+    ) -> Self {
+        Links {
+            me,
+            queues: DashMap::new(),
+            peers,
+            channels,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Queues `message` for `peer`, starting its link on first use (on the
+    /// calling task's runtime).
+    pub(crate) fn send(
+        &self,
+        peer: NodeId,
+        message: pb::ForwardedMessage,
+    ) -> Result<(), NotQueued> {
+        let queue = self
+            .queues
+            .entry(peer)
+            .or_insert_with(|| self.start(peer))
+            .clone();
+        let label = [peer.to_string()];
+        match queue.try_send(message) {
+            Ok(()) => {
+                self.metrics.queued.with_label_values(&label).inc();
+                Ok(())
+            }
+            Err(_) => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&[label[0].as_str(), "queue_full"])
+                    .inc();
+                Err(NotQueued::QueueFull)
+            }
+        }
+    }
+
+    fn start(&self, peer: NodeId) -> mpsc::Sender<pb::ForwardedMessage> {
+        let (tx, rx) = mpsc::channel(self.limits.queue_messages);
+        let link = Link {
+            me: self.me,
+            peer,
+            label: peer.to_string(),
+            peers: Arc::clone(&self.peers),
+            channels: self.channels.clone(),
+            limits: self.limits,
+            metrics: self.metrics.clone(),
+            sequence: 0,
+        };
+        tokio::spawn(link.run(rx));
+        tx
+    }
+}
+
+/// The sending end of one peer's link.
+struct Link {
+    me: NodeId,
+    peer: NodeId,
+    label: String,
+    peers: Arc<Peers>,
+    channels: ChannelPool,
+    limits: LinkLimits,
+    metrics: LinkMetrics,
+    sequence: u64,
+}
+
+impl Link {
+    async fn run(mut self, mut queue: mpsc::Receiver<pb::ForwardedMessage>) {
+        let log = LogEvery::new(1000);
+        let mut backoff = Duration::from_millis(50);
+        while let Some(first) = queue.recv().await {
+            self.taken(1);
+            let Some(stream) = self.connect(&log).await else {
+                self.drop_messages(1, "unreachable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            };
+            backoff = Duration::from_millis(50);
+            self.stream(first, &mut queue, stream).await;
+        }
+    }
+
+    /// Opens the stream to the peer's current address.
+    async fn connect(&self, log: &LogEvery) -> Option<mpsc::Sender<pb::ForwardBatch>> {
+        let addr = self.peers.addr_of(self.peer)?;
+        let channel = match self.channels.get(&addr) {
+            Ok(channel) => channel,
+            Err(e) => {
+                warn!(peer = self.peer, %addr, error = %e, "cannot reach a peer");
+                return None;
+            }
+        };
+        let mut client = BrokerLinkClient::new(channel)
+            .max_encoding_message_size(MAX_BATCH_BYTES)
+            .max_decoding_message_size(MAX_BATCH_BYTES);
+        let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+        match client.forward(ReceiverStream::new(rx)).await {
+            Ok(response) => {
+                self.metrics
+                    .connects
+                    .with_label_values(&[&self.label])
+                    .inc();
+                info!(peer = self.peer, %addr, "link to peer up");
+                let mut acks = response.into_inner();
+                // Acks only confirm; draining them keeps the peer sending.
+                tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} });
+                Some(tx)
+            }
+            Err(status) => {
+                if let Some(held) = log.admit_now() {
+                    warn!(peer = self.peer, %addr, error = %status, held, "cannot open the link to a peer");
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends batches on `stream` until it breaks or the queue closes.
+    async fn stream(
+        &mut self,
+        first: pb::ForwardedMessage,
+        queue: &mut mpsc::Receiver<pb::ForwardedMessage>,
+        stream: mpsc::Sender<pb::ForwardBatch>,
+    ) {
+        let mut next = Some(first);
+        loop {
+            let first = match next.take() {
+                Some(message) => message,
+                None => match queue.recv().await {
+                    Some(message) => {
+                        self.taken(1);
+                        message
+                    }
+                    None => return,
+                },
+            };
+            let mut bytes = first.publish.len();
+            let mut messages = vec![first];
+            while messages.len() < self.limits.batch_messages && bytes < self.limits.batch_bytes {
+                match queue.try_recv() {
+                    Ok(message) => {
+                        bytes += message.publish.len();
+                        messages.push(message);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.taken(messages.len() - 1);
+            self.sequence += 1;
+            let count = messages.len();
+            let batch = pb::ForwardBatch {
+                origin: self.me,
+                sequence: self.sequence,
+                messages,
+            };
+            if stream.send(batch).await.is_err() {
+                warn!(
+                    peer = self.peer,
+                    lost = count,
+                    "link to peer broken; reconnecting"
+                );
+                self.drop_messages(count, "link_broken");
+                return;
+            }
+            let label = [self.label.as_str()];
+            self.metrics.batches.with_label_values(&label).inc();
+            self.metrics
+                .messages
+                .with_label_values(&label)
+                .inc_by(count as u64);
+            self.metrics
+                .bytes
+                .with_label_values(&label)
+                .inc_by(bytes as u64);
+        }
+    }
+
+    fn taken(&self, count: usize) {
+        self.metrics
+            .queued
+            .with_label_values(&[&self.label])
+            .sub(count as i64);
+    }
+
+    fn drop_messages(&self, count: usize, reason: &str) {
+        self.metrics
+            .dropped
+            .with_label_values(&[&self.label, reason])
+            .inc_by(count as u64);
+    }
+}

@@ -1,0 +1,411 @@
+//! The brokers of a cluster routing to each other (`docs/cluster.md`).
+//!
+//! - [`keeper`]: this node's routes (one per filter with local
+//!   subscribers) written to the metadata Raft group.
+//! - [`table`]: every node's routes as this node has applied them, matched
+//!   on each publish.
+//! - [`link`]: one batched gRPC stream per peer carrying the messages that
+//!   peer's subscribers match; [`service`] is its receiving end.
+//!
+//! A SUBACK that made a route goes out once every other member of the
+//! metadata group has applied it ([`Cluster::routes_ready`]), so a message
+//! published anywhere after the SUBACK finds the route.
+
+mod keeper;
+mod link;
+mod service;
+mod table;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tidemq_meta::channels::ChannelPool;
+use tidemq_meta::openraft::Raft;
+use tidemq_meta::{ExtraServices, MetaClient, MetaError, MetaNodeHandle, NodeId, TypeConfig};
+use tidemq_proto::grpc::v1 as pb;
+use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
+use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS};
+use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
+use tracing::warn;
+
+pub(crate) use self::keeper::LocalFilters;
+use self::keeper::{KeeperMetrics, RouteKeeper};
+use self::link::{LinkLimits, LinkMetrics, Links};
+use self::service::LinkService;
+use self::table::{RaftView, RouteTable};
+use crate::broker::Shared;
+use crate::config::ClusterConfig;
+use crate::log_every::LogEvery;
+use crate::message::Message;
+
+/// The members of the metadata group, where their gRPC servers are.
+pub(crate) struct Peers {
+    me: NodeId,
+    raft: Raft<TypeConfig>,
+}
+
+impl Peers {
+    /// The gRPC address of member `node`.
+    pub(crate) fn addr_of(&self, node: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let node = metrics.membership_config.membership().get_node(&node)?;
+        Some(node.addr.clone())
+    }
+
+    /// Every member but this node, with its address.
+    fn others(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.me)
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+}
+
+/// What exists before the meta service starts: the route table and the
+/// link service the meta gRPC server will carry.
+pub struct ClusterParts {
+    table: Arc<RouteTable>,
+    broker: Arc<OnceLock<Arc<Shared>>>,
+    metrics: ClusterMetrics,
+    config: ClusterConfig,
+}
+
+impl ClusterParts {
+    /// Registers the cluster's metrics; the returned services go to the
+    /// meta service's gRPC server ([`MetaNodeHandle::start_serving`]).
+    pub fn new(
+        config: &ClusterConfig,
+        registry: &Registry,
+    ) -> Result<(ClusterParts, ExtraServices), prometheus::Error> {
+        let metrics = ClusterMetrics::register(registry)?;
+        let table = Arc::new(RouteTable::new(
+            metrics.routes.clone(),
+            metrics.route_lag.clone(),
+        ));
+        let broker = Arc::new(OnceLock::new());
+        let service = LinkService {
+            broker: Arc::clone(&broker),
+            table: Arc::clone(&table),
+            received: metrics.received.clone(),
+            malformed: metrics.malformed.clone(),
+        };
+        let extra = ExtraServices::new(move |routes, require| {
+            routes.add_service(InterceptedService::new(service.server(), require))
+        });
+        let parts = ClusterParts {
+            table,
+            broker,
+            metrics,
+            config: config.clone(),
+        };
+        Ok((parts, extra))
+    }
+
+    /// Reads the route table and starts following it and writing this
+    /// node's routes through `client`, on the calling task's runtime.
+    pub async fn start(
+        self,
+        meta: &MetaNodeHandle,
+        node_id: NodeId,
+        client: MetaClient,
+        channels: ChannelPool,
+    ) -> Result<Arc<Cluster>, MetaError> {
+        let ClusterParts {
+            table,
+            broker,
+            metrics,
+            config,
+        } = self;
+        let watch = meta.watch_routes().await?;
+        let mine = watch
+            .routes
+            .iter()
+            .filter(|r| r.node_id == node_id)
+            .map(|r| (r.filter.clone(), watch.applied))
+            .collect::<Vec<_>>();
+        let raft = meta.rafts()[tidemq_meta::GroupRouter::METADATA_GROUP as usize].clone();
+        let follow_table = Arc::clone(&table);
+        let state = meta.metadata().clone();
+        let view = RaftView(raft.clone());
+        tokio::spawn(async move { follow_table.follow(state, watch, view).await });
+        let keeper = Arc::new(RouteKeeper::new(node_id, mine, metrics.keeper()));
+        tokio::spawn(Arc::clone(&keeper).run(client));
+        let peers = Arc::new(Peers { me: node_id, raft });
+        let limits = LinkLimits {
+            queue_messages: config.link_queue_messages,
+            batch_messages: config.link_batch_messages,
+            batch_bytes: config.link_batch_bytes,
+        };
+        let links = Links::new(
+            node_id,
+            Arc::clone(&peers),
+            channels.clone(),
+            limits,
+            metrics.link.clone(),
+        );
+        Ok(Arc::new(Cluster {
+            me: node_id,
+            table,
+            keeper,
+            links,
+            peers,
+            channels,
+            route_wait: config.route_wait(),
+            confirmed: DashMap::new(),
+            broker,
+            metrics,
+            wait_log: LogEvery::new(1000),
+        }))
+    }
+}
+
+/// A node's part in routing between the brokers of its cluster.
+pub struct Cluster {
+    me: NodeId,
+    table: Arc<RouteTable>,
+    keeper: Arc<RouteKeeper>,
+    links: Links,
+    peers: Arc<Peers>,
+    channels: ChannelPool,
+    route_wait: Duration,
+    /// The highest route index each peer is known to have applied.
+    confirmed: DashMap<NodeId, u64>,
+    broker: Arc<OnceLock<Arc<Shared>>>,
+    metrics: ClusterMetrics,
+    wait_log: LogEvery,
+}
+
+impl Cluster {
+    /// The router's side of the route keeper.
+    pub(crate) fn local_filters(&self) -> LocalFilters {
+        LocalFilters::new(Arc::clone(&self.keeper))
+    }
+
+    /// Lets the link service hand forwarded messages to `shared`.
+    pub(crate) fn serve(&self, shared: &Arc<Shared>) {
+        let _ = self.broker.set(Arc::clone(shared));
+    }
+
+    /// Queues `message` for every other node with a matching route; returns
+    /// how many took it.
+    pub(crate) fn forward(&self, message: &Message) -> usize {
+        let nodes = self.table.nodes_for(&message.topic, self.me);
+        if nodes.is_empty() {
+            return 0;
+        }
+        let Some(forwarded) = encode(message) else {
+            return 0;
+        };
+        nodes
+            .into_iter()
+            .filter(|node| self.links.send(*node, forwarded.clone()).is_ok())
+            .count()
+    }
+
+    /// What a SUBACK granting `filters` waits for: their routes written
+    /// and applied by every other member, at most `cluster.route_wait_ms`.
+    /// `None` when there is no other member (or no filter).
+    pub(crate) fn routes_ready(
+        self: &Arc<Self>,
+        filters: Vec<String>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let peers = self.peers.others();
+        if peers.is_empty() || filters.is_empty() {
+            return None;
+        }
+        Some(Arc::clone(self).wait_for_routes(filters, peers))
+    }
+
+    async fn wait_for_routes(self: Arc<Self>, filters: Vec<String>, peers: Vec<(NodeId, String)>) {
+        let deadline = Instant::now() + self.route_wait;
+        let mut index = 0;
+        for filter in &filters {
+            let written = self.keeper.written_at(crate::router::route_filter(filter));
+            match tokio::time::timeout_at(deadline, written).await {
+                Ok(at) => index = index.max(at.unwrap_or(0)),
+                Err(_) => return self.timed_out(None, "the route write"),
+            }
+        }
+        let behind = peers
+            .into_iter()
+            .filter(|(id, _)| self.confirmed.get(id).is_none_or(|at| *at < index));
+        let waits = behind.map(|(id, addr)| self.peer_applied(id, addr, index, deadline));
+        futures_util::future::join_all(waits).await;
+    }
+
+    /// Asks `peer` to answer once its route table has applied `index`.
+    async fn peer_applied(&self, peer: NodeId, addr: String, index: u64, deadline: Instant) {
+        let Ok(channel) = self.channels.get(&addr) else {
+            return self.timed_out(Some(peer), "a bad address");
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let request = pb::RoutesAppliedRequest {
+            index,
+            wait_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        };
+        let mut client = BrokerLinkClient::new(channel);
+        let call = client.routes_applied(request);
+        let grace = Duration::from_millis(200);
+        match tokio::time::timeout_at(deadline + grace, call).await {
+            Ok(Ok(reply)) if reply.get_ref().applied >= index => {
+                let applied = reply.get_ref().applied;
+                let mut at = self.confirmed.entry(peer).or_insert(0);
+                *at = (*at).max(applied);
+            }
+            _ => self.timed_out(Some(peer), "the peer's route table"),
+        }
+    }
+
+    fn timed_out(&self, peer: Option<NodeId>, waiting_for: &str) {
+        self.metrics.route_wait_timeouts.inc();
+        if let Some(held) = self.wait_log.admit_now() {
+            warn!(
+                ?peer,
+                waiting_for, held, "SUBACK sent before its route reached every node"
+            );
+        }
+    }
+}
+
+/// A message as a link carries it: an MQTT 5.0 PUBLISH with the expiry
+/// left, and its publisher.
+fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
+    let mut properties = message.properties.clone();
+    properties.message_expiry_interval = message.remaining_expiry(std::time::Instant::now());
+    let publish = Publish {
+        dup: false,
+        qos: message.qos,
+        retain: message.retain,
+        topic: message.topic.clone(),
+        packet_id: (message.qos != QoS::AtMostOnce).then_some(1),
+        properties,
+        payload: message.payload.clone(),
+    };
+    let mut buf = BytesMut::new();
+    if let Err(e) = mqtt::encode(&Packet::Publish(publish), Protocol::V5, &mut buf) {
+        warn!(topic = %message.topic, error = %e, "cannot encode a message for a peer");
+        return None;
+    }
+    Some(pb::ForwardedMessage {
+        publish: buf.to_vec(),
+        publisher: message.publisher.as_deref().unwrap_or_default().to_string(),
+    })
+}
+
+/// The cluster's metrics.
+struct ClusterMetrics {
+    routes: IntGauge,
+    route_lag: IntGauge,
+    route_writes: IntCounter,
+    route_write_errors: IntCounter,
+    route_wait_timeouts: IntCounter,
+    received: IntCounter,
+    malformed: IntCounter,
+    link: LinkMetrics,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: M,
+        ) -> Result<M, prometheus::Error> {
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        }
+        let counter = |name: &str, help: &str| reg(registry, IntCounter::new(name, help)?);
+        let per_peer = |name: &str, help: &str, labels: &[&str]| {
+            reg(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(ClusterMetrics {
+            routes: reg(
+                registry,
+                IntGauge::new(
+                    "tidemq_cluster_routes",
+                    "Routes (filter, node) in this node's route table",
+                )?,
+            )?,
+            route_lag: reg(
+                registry,
+                IntGauge::new(
+                    "tidemq_cluster_route_table_lag",
+                    "Metadata group entries this node's route table has not applied yet",
+                )?,
+            )?,
+            route_writes: counter(
+                "tidemq_cluster_route_writes_total",
+                "SetRoutes writes of this node's routes",
+            )?,
+            route_write_errors: counter(
+                "tidemq_cluster_route_write_errors_total",
+                "Failed SetRoutes writes (each is retried)",
+            )?,
+            route_wait_timeouts: counter(
+                "tidemq_cluster_route_wait_timeouts_total",
+                "SUBACKs sent before a node answered that it applied the new route",
+            )?,
+            received: counter(
+                "tidemq_cluster_received_messages_total",
+                "Messages other nodes forwarded to this one",
+            )?,
+            malformed: counter(
+                "tidemq_cluster_received_malformed_total",
+                "Forwarded messages that did not decode (dropped)",
+            )?,
+            link: LinkMetrics {
+                messages: per_peer(
+                    "tidemq_cluster_forwarded_messages_total",
+                    "Messages sent to a peer",
+                    &["peer"],
+                )?,
+                bytes: per_peer(
+                    "tidemq_cluster_forwarded_bytes_total",
+                    "PUBLISH bytes sent to a peer",
+                    &["peer"],
+                )?,
+                batches: per_peer(
+                    "tidemq_cluster_forwarded_batches_total",
+                    "Batches sent to a peer",
+                    &["peer"],
+                )?,
+                dropped: per_peer(
+                    "tidemq_cluster_forward_dropped_total",
+                    "Messages for a peer that were not sent (queue_full, unreachable, link_broken)",
+                    &["peer", "reason"],
+                )?,
+                connects: per_peer(
+                    "tidemq_cluster_link_connects_total",
+                    "Links opened to a peer",
+                    &["peer"],
+                )?,
+                queued: reg(
+                    registry,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "tidemq_cluster_forward_queued",
+                            "Messages queued for a peer",
+                        ),
+                        &["peer"],
+                    )?,
+                )?,
+            },
+        })
+    }
+
+    fn keeper(&self) -> KeeperMetrics {
+        KeeperMetrics {
+            writes: self.route_writes.clone(),
+            write_errors: self.route_write_errors.clone(),
+        }
+    }
+}

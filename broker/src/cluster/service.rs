@@ -1,0 +1,117 @@
+//! The receiving end of the links: `BrokerLink` on the node's gRPC server.
+//! A forwarded message goes to this node's own subscribers only (it is
+//! never forwarded again, so there are no loops), in the order its stream
+//! carried it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tidemq_proto::grpc::v1 as pb;
+use tidemq_proto::grpc::v1::broker_link_server::BrokerLink;
+use tidemq_proto::mqtt::{self, Packet, Protocol};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use super::link::MAX_BATCH_BYTES;
+use super::table::RouteTable;
+use crate::broker::Shared;
+use crate::message::Message;
+
+/// Longest a `RoutesApplied` call waits, whatever it asks for.
+const MAX_ROUTES_WAIT: Duration = Duration::from_secs(10);
+
+/// `BrokerLink` of this node.
+pub(crate) struct LinkService {
+    /// Set once the broker is serving; calls before that are refused.
+    pub(crate) broker: Arc<OnceLock<Arc<Shared>>>,
+    pub(crate) table: Arc<RouteTable>,
+    pub(crate) received: prometheus::IntCounter,
+    pub(crate) malformed: prometheus::IntCounter,
+}
+
+impl LinkService {
+    /// The generated server of this service, with the link's message limit.
+    pub(crate) fn server(
+        self,
+    ) -> tidemq_proto::grpc::v1::broker_link_server::BrokerLinkServer<LinkService> {
+        tidemq_proto::grpc::v1::broker_link_server::BrokerLinkServer::new(self)
+            .max_decoding_message_size(MAX_BATCH_BYTES)
+    }
+}
+
+/// The message a peer forwarded, decoded.
+pub(crate) fn decode(forwarded: pb::ForwardedMessage) -> Result<Message, String> {
+    let mut buf = BytesMut::from(&forwarded.publish[..]);
+    match mqtt::decode(&mut buf, Protocol::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(publish))) => {
+            let publisher = (!forwarded.publisher.is_empty()).then(|| forwarded.publisher.into());
+            Ok(Message::from_publish(publish, publisher))
+        }
+        Ok(Some(other)) => Err(format!("a {} packet, not a PUBLISH", other.type_number())),
+        Ok(None) => Err("a truncated PUBLISH".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl BrokerLink for LinkService {
+    type ForwardStream = ReceiverStream<Result<pb::ForwardAck, Status>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let shared = self
+            .broker
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("the broker is still starting"))?;
+        let mut batches = request.into_inner();
+        let (acks, rx) = mpsc::channel(16);
+        let (received, malformed) = (self.received.clone(), self.malformed.clone());
+        tokio::spawn(async move {
+            loop {
+                let batch = match batches.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return,
+                    Err(status) => {
+                        debug!(error = %status, "a peer's link closed");
+                        return;
+                    }
+                };
+                for forwarded in batch.messages {
+                    match decode(forwarded) {
+                        Ok(message) => {
+                            received.inc();
+                            crate::delivery::publish_forwarded(&shared, &Arc::new(message));
+                        }
+                        Err(reason) => {
+                            malformed.inc();
+                            warn!(origin = batch.origin, %reason, "a peer forwarded a bad message");
+                        }
+                    }
+                }
+                let ack = pb::ForwardAck {
+                    sequence: batch.sequence,
+                };
+                if acks.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn routes_applied(
+        &self,
+        request: Request<pb::RoutesAppliedRequest>,
+    ) -> Result<Response<pb::RoutesAppliedReply>, Status> {
+        let request = request.into_inner();
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_ROUTES_WAIT);
+        let applied = self.table.wait_applied(request.index, wait).await;
+        Ok(Response::new(pb::RoutesAppliedReply { applied }))
+    }
+}

@@ -1,0 +1,43 @@
+//! `[cluster]`: routing between the brokers of a cluster.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[cluster]`: how a node routes messages to the other nodes of its
+/// cluster (see `docs/cluster.md`). The members are the meta service's
+/// (`[meta] peers` / `join`); a node alone has no one to route to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Longest a SUBACK waits for a new route to be applied by every other
+    /// node, in milliseconds. A node that has not answered by then is
+    /// passed over (counted in `tidemq_cluster_route_wait_timeouts_total`).
+    pub route_wait_ms: u64,
+    /// Messages queued for one peer, at most; past it a message for that
+    /// peer is dropped and counted
+    /// (`tidemq_cluster_forward_dropped_total{reason="queue_full"}`).
+    pub link_queue_messages: usize,
+    /// Messages in one batch on a link, at most.
+    pub link_batch_messages: usize,
+    /// Bytes of one batch on a link, about at most.
+    pub link_batch_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            route_wait_ms: 3000,
+            link_queue_messages: 65_536,
+            link_batch_messages: 512,
+            link_batch_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// [`ClusterConfig::route_wait_ms`] as a duration.
+    pub fn route_wait(&self) -> Duration {
+        Duration::from_millis(self.route_wait_ms)
+    }
+}
