@@ -1,0 +1,244 @@
+//! Brokers clustered through the meta service's Raft groups, as three real
+//! `tidemq` processes: a message published on any node reaches the
+//! subscribers on every node, once per subscriber and in publish order; a
+//! message published right after a SUBACK on another node is never missed;
+//! a restarted node removes the routes its clean sessions left and keeps
+//! those of its persistent sessions, which receive what other nodes
+//! published while they were offline.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::process::NodeProcess;
+use common::{Raw, persistent};
+use tidemq_proto::mqtt::{Packet, Protocol, QoS, Unsubscribe, UnsubscribeProperties};
+
+/// Three nodes forming one cluster, each with its own data directory.
+struct TestCluster {
+    nodes: Vec<NodeProcess>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    /// Starts three nodes at once (a lone voter of three elects no
+    /// leader, so none of them is ready before the others start) and
+    /// waits until every node's `/health` says all groups have leaders.
+    fn start() -> anyhow::Result<TestCluster> {
+        let listeners: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()?;
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| Ok(l.local_addr()?.to_string()))
+            .collect::<anyhow::Result<_>>()?;
+        drop(listeners);
+        let peers = format!(
+            "[{}]",
+            addrs
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| format!("\"{}={addr}\"", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<_, _>>()?;
+        let nodes = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..3)
+                .map(|i| {
+                    let (dir, addr, peers) = (dirs[i].path(), &addrs[i], &peers);
+                    scope.spawn(move || {
+                        let id = (i + 1).to_string();
+                        NodeProcess::start(
+                            dir,
+                            &[
+                                ("TIDEMQ_META__NODE_ID", id.as_str()),
+                                ("TIDEMQ_META__PEERS", peers.as_str()),
+                                ("TIDEMQ_META__GRPC_ADDR", addr.as_str()),
+                            ],
+                        )
+                    })
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|start| start.join().expect("a start thread"))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let cluster = TestCluster { nodes, _dirs: dirs };
+        for node in &cluster.nodes {
+            cluster.healthy(node)?;
+        }
+        Ok(cluster)
+    }
+
+    fn healthy(&self, node: &NodeProcess) -> anyhow::Result<()> {
+        let (status, body) =
+            node.http_until("/health", Duration::from_secs(30), |s, _| s == 200)?;
+        ensure!(status == 200, "node not healthy: {body}");
+        Ok(())
+    }
+
+    fn mqtt(&self, node: usize) -> std::net::SocketAddr {
+        self.nodes[node].mqtt
+    }
+
+    /// Waits until every node's route table holds `routes` routes.
+    async fn routes_everywhere(&self, routes: f64) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            node.metric_until(
+                "tidemq_cluster_routes",
+                Duration::from_secs(10),
+                "the route table did not settle",
+                |n| n == routes,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn unsubscribe(raw: &mut Raw, packet_id: u16, filter: &str) -> anyhow::Result<()> {
+    raw.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id,
+        filters: vec![filter.to_string()],
+        properties: UnsubscribeProperties::default(),
+    }))
+    .await;
+    match raw.recv().await {
+        Some(Packet::UnsubAck(ack)) if ack.packet_id == packet_id => Ok(()),
+        other => anyhow::bail!("expected UNSUBACK, got {other:?}"),
+    }
+}
+
+/// The next PUBLISH's topic and payload, acknowledged.
+async fn next_message(raw: &mut Raw) -> (String, Vec<u8>) {
+    let publish = raw.expect_publish().await;
+    (publish.topic.to_string(), publish.payload.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_one_node_reaches_subscribers_on_every_node_once_and_in_order()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start()?;
+    let mut subscribers = Vec::new();
+    for node in 0..3 {
+        let mut sub = Raw::connect(cluster.mqtt(node), Protocol::V5, &format!("sub-{node}")).await;
+        sub.subscribe(1, "fan/#", QoS::AtLeastOnce).await;
+        // A second filter of the same subscriber matching the same topic:
+        // one route per node and filter, one copy per node.
+        sub.subscribe(2, "fan/+/x", QoS::AtLeastOnce).await;
+        subscribers.push(sub);
+    }
+    cluster.routes_everywhere(6.0).await?;
+
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "pub").await;
+    const COUNT: u32 = 200;
+    for seq in 0..COUNT {
+        let qos = if seq % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let packet_id = u16::try_from(seq % 60_000 + 1)?;
+        publisher
+            .publish("fan/a/x", &seq.to_be_bytes(), qos, false, packet_id)
+            .await;
+    }
+    for (node, sub) in subscribers.iter_mut().enumerate() {
+        for seq in 0..COUNT {
+            // Overlapping subscriptions of one client get one copy.
+            let (topic, payload) = next_message(sub).await;
+            ensure!(topic == "fan/a/x", "node {node}: topic {topic}");
+            ensure!(
+                payload == seq.to_be_bytes(),
+                "node {node}: expected {seq}, got {payload:?}"
+            );
+        }
+        sub.expect_silence().await;
+    }
+    let forwarded = cluster.nodes[0]
+        .metric("tidemq_cluster_forwarded_messages_total{peer=\"2\"}")
+        .context("metrics")?;
+    ensure!(
+        forwarded == f64::from(COUNT),
+        "one copy per message to node 2, not one per route: {forwarded}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_another_node_right_after_suback_is_never_missed()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start()?;
+    let mut sub = Raw::connect(cluster.mqtt(1), Protocol::V5, "rounds-sub").await;
+    let mut publisher = Raw::connect(cluster.mqtt(2), Protocol::V5, "rounds-pub").await;
+    const ROUNDS: u16 = 1000;
+    for round in 0..ROUNDS {
+        // A new filter every round: each SUBACK waits for a new route.
+        let filter = format!("round/{round}");
+        let ack = sub.subscribe(1, &filter, QoS::AtLeastOnce).await;
+        ensure!(ack.reasons.len() == 1, "{ack:?}");
+        publisher
+            .publish(&filter, &round.to_be_bytes(), QoS::AtLeastOnce, false, 1)
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(3), sub.expect_publish())
+            .await
+            .with_context(|| format!("round {round}: the publish after SUBACK was lost"))?;
+        ensure!(got.topic == filter.as_str(), "round {round}: {}", got.topic);
+        unsubscribe(&mut sub, 2, &filter).await?;
+    }
+    let timeouts = cluster.nodes[1].metric("tidemq_cluster_route_wait_timeouts_total")?;
+    ensure!(
+        timeouts == 0.0,
+        "{timeouts} SUBACKs did not wait for their route"
+    );
+    cluster.routes_everywhere(0.0).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_drops_its_clean_sessions_routes_and_keeps_its_persistent_ones()
+-> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    let mut clean = Raw::connect(cluster.mqtt(1), Protocol::V5, "clean").await;
+    clean.subscribe(1, "gone/#", QoS::AtMostOnce).await;
+    let (mut kept, _) = persistent(cluster.mqtt(1), "kept").await;
+    kept.subscribe(1, "kept/#", QoS::AtLeastOnce).await;
+    cluster.routes_everywhere(2.0).await?;
+
+    cluster.nodes[1].sigkill()?;
+    drop((clean, kept));
+    cluster.nodes[1].restart()?;
+    cluster.healthy(&cluster.nodes[1])?;
+    cluster.routes_everywhere(1.0).await?;
+
+    // The persistent session is offline on node 2; a QoS 1 message from
+    // node 1 is stored there and delivered when it comes back.
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "pub").await;
+    publisher
+        .publish("kept/a", b"while offline", QoS::AtLeastOnce, false, 1)
+        .await;
+    publisher
+        .publish("gone/a", b"nobody", QoS::AtLeastOnce, false, 2)
+        .await;
+    cluster.nodes[1]
+        .metric_until(
+            "tidemq_cluster_received_messages_total",
+            Duration::from_secs(10),
+            "node 2 did not receive the forwarded message",
+            |n| n >= 1.0,
+        )
+        .await?;
+    let (mut kept, present) = persistent(cluster.mqtt(1), "kept").await;
+    ensure!(present, "the persistent session survived the restart");
+    let (topic, payload) = next_message(&mut kept).await;
+    ensure!(topic == "kept/a" && payload == b"while offline", "{topic}");
+    kept.expect_silence().await;
+    let received = cluster.nodes[1].metric("tidemq_cluster_received_messages_total")?;
+    ensure!(received == 1.0, "gone/a was not forwarded: {received}");
+    Ok(())
+}
