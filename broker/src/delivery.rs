@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::broker::AuthState;
 use crate::broker::Shared;
+use crate::cluster::Confirms;
 use crate::connection::RecordSink;
 use crate::durable::record::{RecipientRef, RecipientSplit};
 use crate::durable::{AppendGuard, DiskRef, DurableError, DurableStore, Origin, record};
@@ -132,15 +133,17 @@ pub(crate) enum Scope {
     Local,
 }
 
-/// Routes `message`: queues the in-memory deliveries now, and returns what
-/// the store must write before the publisher is acknowledged and the
-/// persistent deliveries are queued.
+/// Routes `message`: queues the in-memory deliveries now and forwards it to
+/// the other nodes with matching routes, and returns what the store must
+/// write before the publisher is acknowledged and the persistent
+/// deliveries are queued, and the other nodes' confirmations the
+/// acknowledgement waits for too.
 pub(crate) fn route(
     shared: &Shared,
     message: &Arc<Message>,
     origin: Option<Origin>,
     scope: Scope,
-) -> Result<(RouteOutcome, ToStore), DurableError> {
+) -> Result<(RouteOutcome, ToStore, Confirms), DurableError> {
     let config = shared.config.load();
     let queue_qos0 = config.session.queue_qos0_offline;
     let mut outcome = RouteOutcome::default();
@@ -157,7 +160,7 @@ pub(crate) fn route(
                     .with_label_values(&["retained_limit"])
                     .inc();
                 outcome.retain_refused = true;
-                return Ok((outcome, ToStore::Nothing));
+                return Ok((outcome, ToStore::Nothing, Confirms::default()));
             }
         }
     }
@@ -197,16 +200,17 @@ pub(crate) fn route(
             None => outcome.enqueue(&session, delivery, queue_qos0),
         }
     }
+    let mut confirms = Confirms::default();
     if scope == Scope::Cluster
         && let Some(cluster) = &shared.cluster
     {
-        outcome.forwarded = cluster.forward(message);
+        (outcome.forwarded, confirms) = cluster.forward(message);
     }
     let Some(store) = shared.durable.clone() else {
-        return Ok((outcome, ToStore::Nothing));
+        return Ok((outcome, ToStore::Nothing, confirms));
     };
     if durable.is_empty() && !retains {
-        return Ok((outcome, ToStore::Nothing));
+        return Ok((outcome, ToStore::Nothing, confirms));
     }
     outcome.delivered += durable.len();
     let record = if durable.is_empty() {
@@ -218,7 +222,7 @@ pub(crate) fn route(
         Some(record) if !retains => ToStore::Record(record),
         record => ToStore::Write(write_alone(shared, store, Arc::clone(message), record)),
     };
-    Ok((outcome, to_store))
+    Ok((outcome, to_store, confirms))
 }
 
 /// Whether the ACL lets `session` receive a message on `topic`.
@@ -386,16 +390,36 @@ fn write_alone(
 }
 
 /// Routes a message another node forwarded: to this node's subscribers
-/// only, stored deliveries queued when their write completes.
-pub(crate) fn publish_forwarded(shared: &Arc<Shared>, message: &Arc<Message>) {
-    publish_detached(shared, message, Scope::Local);
+/// only. The returned future ends once its stored deliveries are written
+/// and queued (`None`: nothing to store).
+pub(crate) fn publish_forwarded(
+    shared: &Arc<Shared>,
+    message: &Arc<Message>,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let write = route_detached(shared, message, Scope::Local)?;
+    let shared = Arc::clone(shared);
+    Some(async move { enqueue_stored(&shared, write.await) })
 }
 
-/// Routes a message nobody waits for (a will, a `$SYS` value, a forwarded
-/// message): stored deliveries are queued when their write completes.
+/// Routes a message nobody waits for (a will, a `$SYS` value): stored
+/// deliveries are queued when their write completes.
 pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>, scope: Scope) {
-    let write = match route(shared, message, None, scope) {
-        Ok((outcome, to_store)) => {
+    if let Some(write) = route_detached(shared, message, scope) {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move { enqueue_stored(&shared, write.await) });
+    }
+}
+
+type DetachedWrite = BoxFuture<'static, Result<Option<Stored>, DurableError>>;
+
+/// Routes `message` and returns its store write, if it has one.
+fn route_detached(
+    shared: &Arc<Shared>,
+    message: &Arc<Message>,
+    scope: Scope,
+) -> Option<DetachedWrite> {
+    match route(shared, message, None, scope) {
+        Ok((outcome, to_store, _)) => {
             outcome.count_drops(&shared.metrics);
             match to_store {
                 ToStore::Nothing => None,
@@ -409,22 +433,18 @@ pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>, sco
         }
         Err(e) => {
             count_storage_error(&shared.metrics);
-            warn!(error = %e, "cannot store a will for its persistent subscribers");
+            warn!(topic = %message.topic, error = %e, "cannot store a message for its persistent subscribers");
             None
         }
-    };
-    if let Some(write) = write {
-        let shared = Arc::clone(shared);
-        tokio::spawn(async move {
-            match write.await {
-                Ok(Some(stored)) => stored.enqueue(&shared.metrics),
-                Ok(None) => {}
-                // The write counted the failure in `tidemq_storage_errors_total`.
-                Err(e) => {
-                    warn!(error = %e, "cannot store a will for its persistent subscribers");
-                }
-            }
-        });
+    }
+}
+
+fn enqueue_stored(shared: &Shared, written: Result<Option<Stored>, DurableError>) {
+    match written {
+        Ok(Some(stored)) => stored.enqueue(&shared.metrics),
+        Ok(None) => {}
+        // The write counted the failure in `tidemq_storage_errors_total`.
+        Err(e) => warn!(error = %e, "cannot store a message for its persistent subscribers"),
     }
 }
 

@@ -4,7 +4,8 @@
 //! message published right after a SUBACK on another node is never missed;
 //! a restarted node removes the routes its clean sessions left and keeps
 //! those of its persistent sessions, which receive what other nodes
-//! published while they were offline.
+//! published while they were offline; a QoS 1 PUBACK means every node
+//! the message went to has stored it for its persistent sessions.
 
 mod common;
 
@@ -240,5 +241,47 @@ async fn a_restarted_node_drops_its_clean_sessions_routes_and_keeps_its_persiste
     kept.expect_silence().await;
     let received = cluster.nodes[1].metric("tidemq_cluster_received_messages_total")?;
     ensure!(received == 1.0, "gone/a was not forwarded: {received}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_puback_means_the_subscribers_node_stored_it_even_if_killed_right_after()
+-> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    let (mut sub, _) = persistent(cluster.mqtt(1), "stored-sub").await;
+    sub.subscribe(1, "stored/#", QoS::AtLeastOnce).await;
+    common::disconnect(sub).await;
+    cluster.routes_everywhere(1.0).await?;
+
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "stored-pub").await;
+    const COUNT: u16 = 300;
+    for seq in 0..COUNT {
+        let ack = publisher
+            .publish(
+                "stored/a",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq + 1,
+            )
+            .await
+            .context("PUBACK")?;
+        ensure!(!ack.reason.is_error(), "{ack:?}");
+    }
+    // Acknowledged: so on node 2's disk, whatever happens to it now.
+    cluster.nodes[1].sigkill()?;
+    cluster.nodes[1].restart()?;
+    cluster.healthy(&cluster.nodes[1])?;
+
+    let (mut sub, present) = persistent(cluster.mqtt(1), "stored-sub").await;
+    ensure!(present, "the session survived");
+    for seq in 0..COUNT {
+        let (_, payload) = next_message(&mut sub).await;
+        ensure!(
+            payload == seq.to_be_bytes(),
+            "expected {seq}, got {payload:?}"
+        );
+    }
+    sub.expect_silence().await;
     Ok(())
 }

@@ -4,9 +4,13 @@
 //!
 //! A link connects when its first message arrives and reconnects after an
 //! error; what was in a batch the stream lost is lost (forwarding is at
-//! most once until the hand-off logs of `docs/cluster.md` exist).
+//! most once until the hand-off logs of `docs/cluster.md` exist). A QoS 1/2
+//! message carries a confirmation, completed when the peer acknowledges its
+//! batch (routed, and stored for its persistent sessions); a lost batch
+//! drops its confirmations, so nobody waits for it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -15,7 +19,7 @@ use tidemq_meta::NodeId;
 use tidemq_meta::channels::ChannelPool;
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
@@ -48,6 +52,16 @@ pub(crate) struct LinkMetrics {
     pub(crate) queued: IntGaugeVec,
 }
 
+/// A message for a peer, and who waits for the peer to confirm it.
+pub(crate) struct Outgoing {
+    pub(crate) message: pb::ForwardedMessage,
+    pub(crate) confirm: Option<oneshot::Sender<()>>,
+}
+
+/// The confirmations of the batches a stream sent and the peer has not
+/// acknowledged yet, by batch sequence number; dropped with the stream.
+type Unconfirmed = Arc<Mutex<HashMap<u64, Vec<oneshot::Sender<()>>>>>;
+
 /// Why a message did not go into a peer's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotQueued {
@@ -57,7 +71,7 @@ pub(crate) enum NotQueued {
 /// The queues of the links to every peer, created on first use.
 pub(crate) struct Links {
     me: NodeId,
-    queues: DashMap<NodeId, mpsc::Sender<pb::ForwardedMessage>>,
+    queues: DashMap<NodeId, mpsc::Sender<Outgoing>>,
     peers: Arc<Peers>,
     channels: ChannelPool,
     limits: LinkLimits,
@@ -84,11 +98,7 @@ impl Links {
 
     /// Queues `message` for `peer`, starting its link on first use (on the
     /// calling task's runtime).
-    pub(crate) fn send(
-        &self,
-        peer: NodeId,
-        message: pb::ForwardedMessage,
-    ) -> Result<(), NotQueued> {
+    pub(crate) fn send(&self, peer: NodeId, message: Outgoing) -> Result<(), NotQueued> {
         let queue = self
             .queues
             .entry(peer)
@@ -110,7 +120,7 @@ impl Links {
         }
     }
 
-    fn start(&self, peer: NodeId) -> mpsc::Sender<pb::ForwardedMessage> {
+    fn start(&self, peer: NodeId) -> mpsc::Sender<Outgoing> {
         let (tx, rx) = mpsc::channel(self.limits.queue_messages);
         let link = Link {
             me: self.me,
@@ -140,24 +150,27 @@ struct Link {
 }
 
 impl Link {
-    async fn run(mut self, mut queue: mpsc::Receiver<pb::ForwardedMessage>) {
+    async fn run(mut self, mut queue: mpsc::Receiver<Outgoing>) {
         let log = LogEvery::new(1000);
         let mut backoff = Duration::from_millis(50);
         while let Some(first) = queue.recv().await {
             self.taken(1);
-            let Some(stream) = self.connect(&log).await else {
+            let Some((stream, unconfirmed)) = self.connect(&log).await else {
                 self.drop_messages(1, "unreachable");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             };
             backoff = Duration::from_millis(50);
-            self.stream(first, &mut queue, stream).await;
+            self.stream(first, &mut queue, stream, unconfirmed).await;
         }
     }
 
     /// Opens the stream to the peer's current address.
-    async fn connect(&self, log: &LogEvery) -> Option<mpsc::Sender<pb::ForwardBatch>> {
+    async fn connect(
+        &self,
+        log: &LogEvery,
+    ) -> Option<(mpsc::Sender<pb::ForwardBatch>, Unconfirmed)> {
         let addr = self.peers.addr_of(self.peer)?;
         let channel = match self.channels.get(&addr) {
             Ok(channel) => channel,
@@ -178,9 +191,25 @@ impl Link {
                     .inc();
                 info!(peer = self.peer, %addr, "link to peer up");
                 let mut acks = response.into_inner();
-                // Acks only confirm; draining them keeps the peer sending.
-                tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} });
-                Some(tx)
+                let unconfirmed = Unconfirmed::default();
+                let confirming = Arc::clone(&unconfirmed);
+                tokio::spawn(async move {
+                    while let Ok(Some(ack)) = acks.message().await {
+                        let done = confirming
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&ack.sequence);
+                        for confirm in done.into_iter().flatten() {
+                            let _ = confirm.send(());
+                        }
+                    }
+                    // The stream ended: what it did not confirm never will be.
+                    confirming
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                });
+                Some((tx, unconfirmed))
             }
             Err(status) => {
                 if let Some(held) = log.admit_now() {
@@ -194,9 +223,10 @@ impl Link {
     /// Sends batches on `stream` until it breaks or the queue closes.
     async fn stream(
         &mut self,
-        first: pb::ForwardedMessage,
-        queue: &mut mpsc::Receiver<pb::ForwardedMessage>,
+        first: Outgoing,
+        queue: &mut mpsc::Receiver<Outgoing>,
         stream: mpsc::Sender<pb::ForwardBatch>,
+        unconfirmed: Unconfirmed,
     ) {
         let mut next = Some(first);
         loop {
@@ -210,20 +240,28 @@ impl Link {
                     None => return,
                 },
             };
-            let mut bytes = first.publish.len();
-            let mut messages = vec![first];
-            while messages.len() < self.limits.batch_messages && bytes < self.limits.batch_bytes {
-                match queue.try_recv() {
-                    Ok(message) => {
-                        bytes += message.publish.len();
-                        messages.push(message);
-                    }
-                    Err(_) => break,
+            let mut bytes = 0;
+            let mut messages = Vec::new();
+            let mut confirms = Vec::new();
+            let mut next_out = Some(first);
+            while let Some(out) = next_out.take() {
+                bytes += out.message.publish.len();
+                messages.push(out.message);
+                confirms.extend(out.confirm);
+                if messages.len() < self.limits.batch_messages && bytes < self.limits.batch_bytes {
+                    next_out = queue.try_recv().ok();
                 }
             }
             self.taken(messages.len() - 1);
             self.sequence += 1;
             let count = messages.len();
+            if !confirms.is_empty() {
+                // Before the send: the peer's ack may come back at once.
+                unconfirmed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(self.sequence, confirms);
+            }
             let batch = pb::ForwardBatch {
                 origin: self.me,
                 sequence: self.sequence,

@@ -28,13 +28,14 @@ use tidemq_meta::{ExtraServices, MetaClient, MetaError, MetaNodeHandle, NodeId, 
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
 use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tracing::warn;
 
 pub(crate) use self::keeper::LocalFilters;
 use self::keeper::{KeeperMetrics, RouteKeeper};
-use self::link::{LinkLimits, LinkMetrics, Links};
+use self::link::{LinkLimits, LinkMetrics, Links, Outgoing};
 use self::service::LinkService;
 use self::table::{RaftView, RouteTable};
 use crate::broker::Shared;
@@ -161,6 +162,7 @@ impl ClusterParts {
             peers,
             channels,
             route_wait: config.route_wait(),
+            forward_wait: config.forward_wait(),
             confirmed: DashMap::new(),
             broker,
             metrics,
@@ -178,6 +180,7 @@ pub struct Cluster {
     peers: Arc<Peers>,
     channels: ChannelPool,
     route_wait: Duration,
+    forward_wait: Duration,
     /// The highest route index each peer is known to have applied.
     confirmed: DashMap<NodeId, u64>,
     broker: Arc<OnceLock<Arc<Shared>>>,
@@ -197,19 +200,39 @@ impl Cluster {
     }
 
     /// Queues `message` for every other node with a matching route; returns
-    /// how many took it.
-    pub(crate) fn forward(&self, message: &Message) -> usize {
+    /// how many took it, and for QoS 1/2 what confirms they routed it.
+    pub(crate) fn forward(&self, message: &Message) -> (usize, Confirms) {
+        let mut confirms = Confirms::default();
         let nodes = self.table.nodes_for(&message.topic, self.me);
         if nodes.is_empty() {
-            return 0;
+            return (0, confirms);
         }
         let Some(forwarded) = encode(message) else {
-            return 0;
+            return (0, confirms);
         };
-        nodes
-            .into_iter()
-            .filter(|node| self.links.send(*node, forwarded.clone()).is_ok())
-            .count()
+        if message.qos != QoS::AtMostOnce {
+            confirms.wait = self.forward_wait;
+            confirms.timeouts = Some(self.metrics.forward_wait_timeouts.clone());
+        }
+        let mut queued = 0;
+        for node in nodes {
+            let (confirm, confirmed) = match message.qos {
+                QoS::AtMostOnce => (None, None),
+                _ => {
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+            };
+            let out = Outgoing {
+                message: forwarded.clone(),
+                confirm,
+            };
+            if self.links.send(node, out).is_ok() {
+                queued += 1;
+                confirms.waits.extend(confirmed);
+            }
+        }
+        (queued, confirms)
     }
 
     /// What a SUBACK granting `filters` waits for: their routes written
@@ -277,6 +300,33 @@ impl Cluster {
     }
 }
 
+/// What a QoS 1/2 publisher's acknowledgement waits for besides its own
+/// node: each node it was forwarded to routing it, at most
+/// `cluster.forward_wait_ms`. A node whose link broke is not waited for.
+#[derive(Default)]
+pub(crate) struct Confirms {
+    waits: Vec<oneshot::Receiver<()>>,
+    wait: Duration,
+    timeouts: Option<IntCounter>,
+}
+
+impl Confirms {
+    /// Nothing to wait for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waits.is_empty()
+    }
+
+    /// Waits for every confirmation (or its link's end), at most the wait.
+    pub(crate) async fn confirmed(self) {
+        let all = futures_util::future::join_all(self.waits);
+        if tokio::time::timeout(self.wait, all).await.is_err()
+            && let Some(timeouts) = self.timeouts
+        {
+            timeouts.inc();
+        }
+    }
+}
+
 /// A message as a link carries it: an MQTT 5.0 PUBLISH with the expiry
 /// left, and its publisher.
 fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
@@ -309,6 +359,7 @@ struct ClusterMetrics {
     route_writes: IntCounter,
     route_write_errors: IntCounter,
     route_wait_timeouts: IntCounter,
+    forward_wait_timeouts: IntCounter,
     received: IntCounter,
     malformed: IntCounter,
     link: LinkMetrics,
@@ -353,6 +404,10 @@ impl ClusterMetrics {
             route_wait_timeouts: counter(
                 "tidemq_cluster_route_wait_timeouts_total",
                 "SUBACKs sent before a node answered that it applied the new route",
+            )?,
+            forward_wait_timeouts: counter(
+                "tidemq_cluster_forward_wait_timeouts_total",
+                "QoS 1/2 acknowledgements sent before every node the message went to confirmed it",
             )?,
             received: counter(
                 "tidemq_cluster_received_messages_total",

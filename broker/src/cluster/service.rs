@@ -1,7 +1,9 @@
 //! The receiving end of the links: `BrokerLink` on the node's gRPC server.
 //! A forwarded message goes to this node's own subscribers only (it is
 //! never forwarded again, so there are no loops), in the order its stream
-//! carried it.
+//! carried it. A batch is acknowledged once its messages are queued for
+//! the online subscribers and written for the persistent ones; the next
+//! batch is routed meanwhile, so acknowledgements may come out of order.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -82,11 +84,15 @@ impl BrokerLink for LinkService {
                         return;
                     }
                 };
+                let mut writes = Vec::new();
                 for forwarded in batch.messages {
                     match decode(forwarded) {
                         Ok(message) => {
                             received.inc();
-                            crate::delivery::publish_forwarded(&shared, &Arc::new(message));
+                            writes.extend(crate::delivery::publish_forwarded(
+                                &shared,
+                                &Arc::new(message),
+                            ));
                         }
                         Err(reason) => {
                             malformed.inc();
@@ -97,8 +103,16 @@ impl BrokerLink for LinkService {
                 let ack = pb::ForwardAck {
                     sequence: batch.sequence,
                 };
-                if acks.send(Ok(ack)).await.is_err() {
-                    return;
+                if writes.is_empty() {
+                    if acks.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                } else {
+                    let acks = acks.clone();
+                    tokio::spawn(async move {
+                        futures_util::future::join_all(writes).await;
+                        let _ = acks.send(Ok(ack)).await;
+                    });
                 }
             }
         });

@@ -14,6 +14,11 @@ pub struct ClusterConfig {
     /// node, in milliseconds. A node that has not answered by then is
     /// passed over (counted in `tidemq_cluster_route_wait_timeouts_total`).
     pub route_wait_ms: u64,
+    /// Longest a QoS 1/2 publisher's PUBACK/PUBREC waits for the other
+    /// nodes to confirm they routed (and stored) the message, in
+    /// milliseconds; past it the acknowledgement goes out anyway (counted
+    /// in `tidemq_cluster_forward_wait_timeouts_total`).
+    pub forward_wait_ms: u64,
     /// Messages queued for one peer, at most; past it a message for that
     /// peer is dropped and counted
     /// (`tidemq_cluster_forward_dropped_total{reason="queue_full"}`).
@@ -28,6 +33,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             route_wait_ms: 3000,
+            forward_wait_ms: 5000,
             link_queue_messages: 65_536,
             link_batch_messages: 512,
             link_batch_bytes: 1024 * 1024,
@@ -39,5 +45,10 @@ impl ClusterConfig {
     /// [`ClusterConfig::route_wait_ms`] as a duration.
     pub fn route_wait(&self) -> Duration {
         Duration::from_millis(self.route_wait_ms)
+    }
+
+    /// [`ClusterConfig::forward_wait_ms`] as a duration.
+    pub fn forward_wait(&self) -> Duration {
+        Duration::from_millis(self.forward_wait_ms)
     }
 }

@@ -7,11 +7,13 @@ use tidemq_proto::mqtt::{
 };
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 use super::acks::{Work, Write};
 use super::{Connection, End, Io};
 use crate::auth::Action;
+use crate::cluster::Confirms;
 use crate::delivery::{self, PendingRecord, Stored, ToStore};
 use crate::durable::{DiskRef, DurableError, Origin};
 use crate::message::Message;
@@ -193,7 +195,7 @@ impl Connection {
             }),
             _ => None,
         };
-        let (outcome, to_store) =
+        let (outcome, to_store, confirms) =
             delivery::route(&self.shared, &message, origin, delivery::Scope::Cluster).map_err(
                 |e| {
                     delivery::count_storage_error(&self.shared.metrics);
@@ -210,9 +212,17 @@ impl Connection {
             ReasonCode::Success
         };
         let write = match to_store {
-            ToStore::Nothing => Write::None,
-            ToStore::Record(record) => Write::Record(record),
-            ToStore::Write(write) => Write::Alone(write.map(|r| r.map(Some)).boxed()),
+            ToStore::Nothing if confirms.is_empty() => Write::None,
+            ToStore::Record(record) if confirms.is_empty() => Write::Record(record),
+            // The other nodes' confirmations: the record waits with them
+            // instead of joining this pass's shared write.
+            ToStore::Nothing => Write::Alone(confirms.confirmed().map(|()| Ok(None)).boxed()),
+            ToStore::Record(record) => {
+                let write = delivery::write_records(&self.shared, vec![record])
+                    .map(|r| r.map(|mut stored| stored.pop()));
+                Write::Alone(wait_both(write, confirms))
+            }
+            ToStore::Write(write) => Write::Alone(wait_both(write.map(|r| r.map(Some)), confirms)),
         };
         Ok((reason, write))
     }
@@ -349,4 +359,17 @@ impl Connection {
             )
         })
     }
+}
+
+/// A store write and the other nodes' confirmations, side by side.
+fn wait_both(
+    write: impl Future<Output = Result<Option<Stored>, DurableError>> + Send + 'static,
+    confirms: Confirms,
+) -> BoxFuture<'static, Result<Option<Stored>, DurableError>> {
+    async move {
+        futures_util::future::join(write, confirms.confirmed())
+            .await
+            .0
+    }
+    .boxed()
 }

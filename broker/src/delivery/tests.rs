@@ -96,7 +96,7 @@ fn subscriber(shared: &Shared, id: &str, filter: &str, acl_filtered: bool) -> Ar
 
 fn record(shared: &Shared, topic: &str, publisher: &str) -> PendingRecord {
     match route(shared, &message(topic, publisher), None, Scope::Cluster).expect("routes") {
-        (_, ToStore::Record(record)) => record,
+        (_, ToStore::Record(record), _) => record,
         _ => panic!("a persistent subscriber needs a record"),
     }
 }
@@ -149,7 +149,7 @@ async fn a_filtered_subscription_gets_only_what_the_acl_allows() {
     let rules = "deny subscribe * t/secret\nallow all * #";
     let shared = shared(dir.path(), Some(rules)).await;
     let session = subscriber(&shared, "sub", "t/#", true);
-    let (outcome, to_store) = route(
+    let (outcome, to_store, _) = route(
         &shared,
         &message("t/secret", "default/p"),
         None,
@@ -162,7 +162,7 @@ async fn a_filtered_subscription_gets_only_what_the_acl_allows() {
         matches!(to_store, ToStore::Nothing),
         "nothing to store for nobody"
     );
-    let (outcome, to_store) = route(
+    let (outcome, to_store, _) = route(
         &shared,
         &message("t/open", "default/p"),
         None,
