@@ -9,8 +9,8 @@
 #   DATA=/tmp/tidemq-cluster scripts/cluster.sh
 #
 # Node N serves MQTT on 127.0.0.1:188N, gRPC on 127.0.0.1:122N and HTTP on
-# 127.0.0.1:909N. What a cluster shares today, and what it does not yet
-# (messages published on one node do not reach subscribers on another):
+# 127.0.0.1:909N. A message published on any node reaches the subscribers
+# on every node; what a cluster shares today, and what it does not yet:
 # docs/cluster.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Cross-node throughput and latency of a 3-node cluster against one node
+# (issue 15), on release binaries, every process on this machine. For each
+# QoS (0 and 1) and each shape, on fresh nodes and data directories:
+#
+#   single   one node; publishers and subscribers on it;
+#   cluster  three nodes forming one cluster (three processes); the
+#            publishers on node 1, the subscribers on node 2, so every
+#            message crosses a link (node 3 is the third Raft voter).
+#
+# PAIRS publishers on bench/%i, each with its own subscriber (clean
+# sessions, QoS as the run's), SECS seconds; QoS 0 publishers send RATE
+# messages/s each, QoS 1 keep INFLIGHT unacknowledged. storage.sync =
+# always, as everywhere in docs/benchmarks.md. Latency is publish-to-
+# delivery, measured by the subscribers (one clock: one machine).
+#
+# Prints a markdown row per run: received messages/s, latency quantiles,
+# the publishers' acknowledged rate (QoS 1), and the nodes' CPU seconds.
+#
+# Usage: benches/cluster-bench.sh [ROUNDS]   (ROUNDS [1]: repeats of the
+#   whole single/cluster sequence, alternating, in one sitting)
+# Sizes: PAIRS [50], SECS [10], RATE [2000], INFLIGHT [10], PAYLOAD [64].
+# BIN_DIR: use binaries already built (tidemq, tidemq-bench). KEEP=1 keeps
+#   the work directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+for tool in jq curl python3; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+done
+rounds=${1:-1}
+PAIRS=${PAIRS:-50} SECS=${SECS:-10} RATE=${RATE:-2000} INFLIGHT=${INFLIGHT:-10} PAYLOAD=${PAYLOAD:-64}
+if [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release -q -p tidemq-broker --bin tidemq -p tidemq-bench
+fi
+bin=${BIN_DIR:-$CARGO_TARGET_DIR/release}
+work=$(mktemp -d /tmp/cluster-bench.XXXXXX)
+source benches/node-lib.sh
+
+# start_nodes N: N nodes (one cluster when N > 1) under $work/run; sets
+# mqtt_ports and node_pids once every node's /health is 200.
+start_nodes() {
+    local n=$1 peers="" i
+    rm -rf "$work/run"
+    mqtt_ports=() node_pids=()
+    local grpc=() http=()
+    for i in $(seq "$n"); do
+        mqtt_ports+=("$(free_port)") grpc+=("$(free_port)") http+=("$(free_port)")
+        peers+="${peers:+, }\"$i=127.0.0.1:${grpc[$((i - 1))]}\""
+    done
+    for i in $(seq "$n"); do
+        local cluster_env=()
+        [ "$n" -gt 1 ] && cluster_env=(TIDEMQ_META__NODE_ID="$i" TIDEMQ_META__PEERS="[$peers]")
+        mkdir -p "$work/run/node$i"
+        env RUST_LOG=warn TIDEMQ_STORAGE__SYNC=always "${cluster_env[@]}" \
+            "$bin/tidemq" --data-dir "$work/run/node$i" \
+            --bind "127.0.0.1:${mqtt_ports[$((i - 1))]}" \
+            --meta-grpc-addr "127.0.0.1:${grpc[$((i - 1))]}" \
+            --http-bind "127.0.0.1:${http[$((i - 1))]}" >"$work/run/node$i/log" 2>&1 &
+        node_pids+=($!)
+        pids+=($!)
+    done
+    for i in $(seq "$n"); do
+        local tries=0
+        until curl -sf "http://127.0.0.1:${http[$((i - 1))]}/health" >/dev/null; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 600 ] || { echo "node $i not healthy; see $work/run/node$i/log" >&2; exit 1; }
+            sleep 0.1
+        done
+    done
+}
+
+stop_nodes() {
+    for pid in "${node_pids[@]}"; do
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+nodes_cpu() {
+    local total=0 pid
+    for pid in "${node_pids[@]}"; do total=$(awk -v a="$total" -v b="$(cpu_secs "$pid")" 'BEGIN { print a + b }'); done
+    echo "$total"
+}
+
+# run SHAPE QOS: one measured run; prints its row.
+run() {
+    local shape=$1 qos=$2
+    if [ "$shape" = single ]; then start_nodes 1; else start_nodes 3; fi
+    local pub_port=${mqtt_ports[0]} sub_port=${mqtt_ports[0]}
+    [ "$shape" = cluster ] && sub_port=${mqtt_ports[1]}
+    bench sub --port "$sub_port" --client-prefix s --count "$PAIRS" --topic 'bench/%i' --qos "$qos" \
+        --duration-secs $((SECS + 30)) --idle-secs 2 >"$work/sub.json" 2>"$work/sub.err" &
+    local sub=$!
+    pids+=("$sub")
+    for _ in $(seq 300); do grep -q '^ready:' "$work/sub.err" && break; sleep 0.1; done
+    local before
+    before=$(nodes_cpu)
+    local load=(--rate-per-client "$RATE")
+    [ "$qos" = 1 ] && load=(--inflight "$INFLIGHT")
+    bench pub --port "$pub_port" --client-prefix p --count "$PAIRS" --topic 'bench/%i' --qos "$qos" \
+        --payload-size "$PAYLOAD" --duration-secs "$SECS" "${load[@]}" >"$work/pub.json" 2>"$work/pub.err"
+    local cpu
+    cpu=$(awk -v a="$before" -v b="$(nodes_cpu)" 'BEGIN { printf "%.1f", b - a }')
+    wait "$sub" || true
+    local acked="-"
+    [ "$qos" = 1 ] && acked=$(printf '%.0f' "$(field "$work/pub.json" report avg_ops_per_sec)")
+    printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$shape" "$qos" \
+        "$(field "$work/sub.json" report avg_ops_per_sec)" \
+        "$(field "$work/sub.json" report p50_us)" "$(field "$work/sub.json" report p99_us)" \
+        "$(field "$work/sub.json" report p999_us)" "$(field "$work/sub.json" report max_us)" \
+        "$acked" "$cpu"
+    stop_nodes
+}
+
+echo "| shape | QoS | received msg/s | p50 µs | p99 µs | p99.9 µs | max µs | acked msg/s | nodes' CPU s |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for _ in $(seq "$rounds"); do
+    for qos in 0 1; do
+        run single "$qos"
+        run cluster "$qos"
+    done
+done
