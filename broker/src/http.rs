@@ -4,14 +4,26 @@
 //! - `/metrics`: every metric of the node's one [`Registry`] (broker, meta
 //!   service, runtimes) in the Prometheus text format.
 //! - `/health`: `200` with a small JSON body while every Raft group of the
-//!   meta service has a leader, `503` with the same body otherwise:
+//!   meta service has a leader and the node's route table has caught up
+//!   with the metadata group since the start (it refuses clients until
+//!   then: CONNACK 0x88, 3.1.1 0x03), `503` with the same body otherwise
+//!   (`"status"`: `"no_leader"` or `"catching_up"`):
 //!
 //! ```text
 //! {"status":"ok","node_id":1,"mqtt":"127.0.0.1:1883","grpc":"127.0.0.1:1228",
-//!  "meta_leader":true,"groups":2,"groups_led":2,"groups_without_leader":[]}
+//!  "meta_leader":true,"groups":2,"groups_led":2,"groups_without_leader":[],
+//!  "leaders":[1,1],
+//!  "cluster":{"caught_up":true,"leader":1,"routes":3,"routes_applied":41,"route_table_lag":0,
+//!   "members":[{"id":1,"addr":"127.0.0.1:1221","voter":true},
+//!    {"id":2,"addr":"127.0.0.1:1222","voter":true,"link":"up","queued":0,"routes_confirmed":41}]}}
 //! ```
 //!
-//! `meta_leader` says whether this node leads the metadata group (0).
+//! `meta_leader` says whether this node leads the metadata group (0);
+//! `leaders` is each group's leader (`null`: none). `cluster` is this node's
+//! view of the brokers' cluster: the metadata group's members (a learner is
+//! not a voter), and for each other member this node's link to it (`idle`:
+//! nothing sent yet, `up`, `down`), the messages queued for it and the
+//! highest route index it confirmed having applied.
 //!
 //! - `/admin/reload`: what SIGHUP does (passwords, ACL, certificates); `200`
 //!   with `{"reloaded":true,"failed":[]}`, or `500` with what kept its old
@@ -57,6 +69,8 @@ pub(crate) struct Endpoints {
     pub unauthorized: prometheus::IntCounter,
     /// Reloads the broker's files.
     pub reloader: Arc<crate::broker::Reloader>,
+    /// The node's part in its cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Endpoints {
@@ -203,12 +217,14 @@ async fn health(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> 
         return unauthorized();
     }
     let mut without_leader = Vec::new();
+    let mut leaders = Vec::new();
     let mut led = 0;
     let mut meta_leader = false;
     for (group, raft) in endpoints.rafts.iter().enumerate() {
         let leader = raft.metrics().borrow().current_leader;
+        leaders.push(leader);
         match leader {
-            None => without_leader.push(group.to_string()),
+            None => without_leader.push(group),
             Some(id) if id == endpoints.node_id => {
                 led += 1;
                 meta_leader |= group == 0;
@@ -216,19 +232,26 @@ async fn health(State(endpoints): State<Arc<Endpoints>>, headers: HeaderMap) -> 
             Some(_) => {}
         }
     }
-    let healthy = without_leader.is_empty();
-    // Addresses and numbers only: nothing here needs JSON escaping.
-    let body = format!(
-        r#"{{"status":"{}","node_id":{},"mqtt":"{}","grpc":"{}","meta_leader":{},"groups":{},"groups_led":{},"groups_without_leader":[{}]}}"#,
-        if healthy { "ok" } else { "no_leader" },
-        endpoints.node_id,
-        endpoints.mqtt,
-        endpoints.grpc,
-        meta_leader,
-        endpoints.rafts.len(),
-        led,
-        without_leader.join(","),
-    );
+    let caught_up = endpoints.cluster.as_ref().is_none_or(|c| c.caught_up());
+    let healthy = without_leader.is_empty() && caught_up;
+    let state = match (without_leader.is_empty(), caught_up) {
+        (false, _) => "no_leader",
+        (true, false) => "catching_up",
+        (true, true) => "ok",
+    };
+    let body = serde_json::json!({
+        "status": state,
+        "node_id": endpoints.node_id,
+        "mqtt": endpoints.mqtt.to_string(),
+        "grpc": endpoints.grpc.to_string(),
+        "meta_leader": meta_leader,
+        "groups": endpoints.rafts.len(),
+        "groups_led": led,
+        "groups_without_leader": without_leader,
+        "leaders": leaders,
+        "cluster": endpoints.cluster.as_ref().map(|c| c.status()),
+    })
+    .to_string();
     let status = if healthy {
         StatusCode::OK
     } else {

@@ -28,6 +28,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
@@ -265,7 +266,7 @@ impl Node {
             &registry,
             store,
             catalog,
-            Some(cluster),
+            Some(Arc::clone(&cluster)),
         ));
         let broker = match started {
             Ok(broker) => broker,
@@ -287,10 +288,11 @@ impl Node {
             node_id,
             mqtt: broker.local_addr(),
             grpc: meta.local_addr(),
-            rafts: std::sync::Arc::clone(meta.rafts()),
+            rafts: Arc::clone(meta.rafts()),
             token: http_token,
             unauthorized: http_unauthorized,
             reloader: broker.reloader(),
+            cluster: Some(cluster),
         };
         let http = match HttpServer::start(runtimes.grpc.handle(), http_bind, endpoints) {
             Ok(http) => http,

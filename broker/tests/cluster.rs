@@ -169,6 +169,18 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_once_and_in_ord
         forwarded == f64::from(COUNT),
         "one copy per message to node 2, not one per route: {forwarded}"
     );
+
+    // /health: the members as node 1 sees them, its links up.
+    let (_, body) = common::process::http_get(cluster.nodes[0].http, "/health")?;
+    let health: serde_json::Value = serde_json::from_str(&body)?;
+    let view = &health["cluster"];
+    ensure!(view["caught_up"] == true && view["routes"] == 6, "{body}");
+    let members = view["members"].as_array().context("members")?;
+    ensure!(members.len() == 3, "{body}");
+    for member in members.iter().filter(|m| m["id"] != 1) {
+        ensure!(member["voter"] == true && member["link"] == "up", "{body}");
+        ensure!(member["queued"] == 0, "{body}");
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The node's endpoints, on the real `tidemq` binary: `/metrics` carries
-//! every part's metrics, `/health` follows the meta service's leadership,
+//! every part's metrics, `/health` follows the meta service's leadership
+//! (and a node without a leader refuses clients),
 //! the in-process meta service answers gRPC and keeps its data across a
 //! restart. Plus the same node started in-process through [`Node`].
 
@@ -125,7 +126,7 @@ async fn restart_on_the_same_data_dir_keeps_meta_data() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_503_while_a_group_has_no_leader() -> anyhow::Result<()> {
+async fn health_is_503_and_clients_are_refused_while_a_group_has_no_leader() -> anyhow::Result<()> {
     // A two-member cluster whose other member never comes: node 1 (lowest
     // id) initializes it but can never win an election alone.
     let absent = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -139,8 +140,23 @@ async fn health_is_503_while_a_group_has_no_leader() -> anyhow::Result<()> {
     ensure!(status == 503, "/health: {status} {body}");
     ensure!(body.contains(r#""status":"no_leader""#), "{body}");
     ensure!(body.contains(r#""groups_without_leader":[0,1]"#), "{body}");
-    // MQTT is served all the same.
-    std::net::TcpStream::connect(node.mqtt)?;
+    ensure!(body.contains(r#""caught_up":false"#), "{body}");
+    // Its route table cannot catch up, so it takes no clients: a 3.1.1
+    // CONNECT gets CONNACK 0x03 (server unavailable).
+    use std::io::{Read, Write};
+    let mut mqtt = std::net::TcpStream::connect(node.mqtt)?;
+    mqtt.set_read_timeout(Some(WAIT))?;
+    let connect = [
+        &[0x10, 17, 0, 4][..],
+        b"MQTT",
+        &[4, 2, 0, 60, 0, 5],
+        b"probe",
+    ]
+    .concat();
+    mqtt.write_all(&connect)?;
+    let mut connack = [0; 4];
+    mqtt.read_exact(&mut connack)?;
+    ensure!(connack == [0x20, 2, 0, 3], "CONNACK {connack:?}");
     ensure!(node.sigterm()?.success());
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! drops its confirmations, so nobody waits for it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,10 +69,73 @@ pub(crate) enum NotQueued {
     QueueFull,
 }
 
+/// Where a link stands, for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// Not opened yet: nothing was sent to the peer.
+    Idle,
+    /// Its stream is open.
+    Up,
+    /// Its last attempt to open or use the stream failed.
+    Down,
+}
+
+impl LinkState {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            LinkState::Idle => "idle",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// A link's queue and its state, shared by the link task and [`Links`].
+#[derive(Clone)]
+struct LinkHandle {
+    queue: mpsc::Sender<Outgoing>,
+    state: Arc<StateCell>,
+}
+
+/// A [`LinkState`] and the number of the stream it is about, so that the
+/// end of an old stream cannot mark its successor down.
+#[derive(Default)]
+struct StateCell(AtomicU64);
+
+impl StateCell {
+    fn get(&self) -> LinkState {
+        match self.0.load(Ordering::Relaxed) & 0xff {
+            s if s == LinkState::Up as u64 => LinkState::Up,
+            s if s == LinkState::Down as u64 => LinkState::Down,
+            _ => LinkState::Idle,
+        }
+    }
+
+    /// Stream `stream` is up.
+    fn up(&self, stream: u64) {
+        self.0
+            .store(stream << 8 | LinkState::Up as u64, Ordering::Relaxed);
+    }
+
+    /// Stream `stream` ended, unless a newer one is up already.
+    fn ended(&self, stream: u64) {
+        let up = stream << 8 | LinkState::Up as u64;
+        let down = stream << 8 | LinkState::Down as u64;
+        let _ = self
+            .0
+            .compare_exchange(up, down, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// No stream could be opened.
+    fn unreachable(&self) {
+        self.0.store(LinkState::Down as u64, Ordering::Relaxed);
+    }
+}
+
 /// The queues of the links to every peer, created on first use.
 pub(crate) struct Links {
     me: NodeId,
-    queues: DashMap<NodeId, mpsc::Sender<Outgoing>>,
+    queues: DashMap<NodeId, LinkHandle>,
     peers: Arc<Peers>,
     channels: ChannelPool,
     limits: LinkLimits,
@@ -103,6 +167,7 @@ impl Links {
             .queues
             .entry(peer)
             .or_insert_with(|| self.start(peer))
+            .queue
             .clone();
         let label = [peer.to_string()];
         match queue.try_send(message) {
@@ -120,9 +185,22 @@ impl Links {
         }
     }
 
-    fn start(&self, peer: NodeId) -> mpsc::Sender<Outgoing> {
+    /// The state of the link to `peer` and the messages queued for it.
+    pub(crate) fn state(&self, peer: NodeId) -> (LinkState, usize) {
+        let Some(handle) = self.queues.get(&peer) else {
+            return (LinkState::Idle, 0);
+        };
+        let state = handle.state.get();
+        let queued = handle.queue.max_capacity() - handle.queue.capacity();
+        (state, queued)
+    }
+
+    fn start(&self, peer: NodeId) -> LinkHandle {
         let (tx, rx) = mpsc::channel(self.limits.queue_messages);
+        let state = Arc::new(StateCell::default());
         let link = Link {
+            state: Arc::clone(&state),
+            streams: 0,
             me: self.me,
             peer,
             label: peer.to_string(),
@@ -133,12 +211,15 @@ impl Links {
             sequence: 0,
         };
         tokio::spawn(link.run(rx));
-        tx
+        LinkHandle { queue: tx, state }
     }
 }
 
 /// The sending end of one peer's link.
 struct Link {
+    state: Arc<StateCell>,
+    /// Streams opened so far.
+    streams: u64,
     me: NodeId,
     peer: NodeId,
     label: String,
@@ -156,19 +237,28 @@ impl Link {
         while let Some(first) = queue.recv().await {
             self.taken(1);
             let Some((stream, unconfirmed)) = self.connect(&log).await else {
-                self.drop_messages(1, "unreachable");
+                // Everything queued goes too: nobody waits on a peer that
+                // cannot be reached (until the hand-off logs exist).
+                self.state.unreachable();
+                let mut lost = 1;
+                while queue.try_recv().is_ok() {
+                    lost += 1;
+                }
+                self.taken(lost - 1);
+                self.drop_messages(lost, "unreachable");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             };
             backoff = Duration::from_millis(50);
             self.stream(first, &mut queue, stream, unconfirmed).await;
+            self.state.ended(self.streams);
         }
     }
 
     /// Opens the stream to the peer's current address.
     async fn connect(
-        &self,
+        &mut self,
         log: &LogEvery,
     ) -> Option<(mpsc::Sender<pb::ForwardBatch>, Unconfirmed)> {
         let addr = self.peers.addr_of(self.peer)?;
@@ -193,6 +283,8 @@ impl Link {
                 let mut acks = response.into_inner();
                 let unconfirmed = Unconfirmed::default();
                 let confirming = Arc::clone(&unconfirmed);
+                let (state, stream) = (Arc::clone(&self.state), self.streams);
+                state.up(stream);
                 tokio::spawn(async move {
                     while let Ok(Some(ack)) = acks.message().await {
                         let done = confirming
@@ -204,6 +296,7 @@ impl Link {
                         }
                     }
                     // The stream ended: what it did not confirm never will be.
+                    state.ended(stream);
                     confirming
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

@@ -16,6 +16,7 @@ mod link;
 mod service;
 mod table;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use tidemq_proto::mqtt::{self, Packet, Protocol, Publish, QoS};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub(crate) use self::keeper::LocalFilters;
 use self::keeper::{KeeperMetrics, RouteKeeper};
@@ -56,6 +57,29 @@ impl Peers {
         let metrics = metrics.borrow();
         let node = metrics.membership_config.membership().get_node(&node)?;
         Some(node.addr.clone())
+    }
+
+    /// Every member of the metadata group: id, address, and whether it
+    /// votes (a learner does not).
+    fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// The metadata group's leader, as this node knows it.
+    fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The last log index this node holds of the metadata group.
+    fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
     }
 
     /// Every member but this node, with its address.
@@ -140,6 +164,7 @@ impl ClusterParts {
         let view = RaftView(raft.clone());
         tokio::spawn(async move { follow_table.follow(state, watch, view).await });
         let keeper = Arc::new(RouteKeeper::new(node_id, mine, metrics.keeper()));
+        let client_for_catch_up = client.clone();
         tokio::spawn(Arc::clone(&keeper).run(client));
         let peers = Arc::new(Peers { me: node_id, raft });
         let limits = LinkLimits {
@@ -154,7 +179,7 @@ impl ClusterParts {
             limits,
             metrics.link.clone(),
         );
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             me: node_id,
             table,
             keeper,
@@ -167,7 +192,10 @@ impl ClusterParts {
             broker,
             metrics,
             wait_log: LogEvery::new(1000),
-        }))
+            caught_up: AtomicBool::new(false),
+        });
+        tokio::spawn(Arc::clone(&cluster).catch_up(client_for_catch_up));
+        Ok(cluster)
     }
 }
 
@@ -186,12 +214,57 @@ pub struct Cluster {
     broker: Arc<OnceLock<Arc<Shared>>>,
     metrics: ClusterMetrics,
     wait_log: LogEvery,
+    /// Whether the route table has caught up with the metadata group since
+    /// the start; clients are refused until then.
+    caught_up: AtomicBool,
 }
 
 impl Cluster {
     /// The router's side of the route keeper.
     pub(crate) fn local_filters(&self) -> LocalFilters {
         LocalFilters::new(Arc::clone(&self.keeper))
+    }
+
+    /// Whether the node takes clients: not before its route table has
+    /// caught up with the metadata group, or its clients' publishes would
+    /// miss subscribers on other nodes. A node alone has no one else's
+    /// routes to miss.
+    pub(crate) fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) || self.peers.others().is_empty()
+    }
+
+    async fn catch_up(self: Arc<Self>, client: MetaClient) {
+        wait_caught_up(&self.table, &self.peers, &client).await;
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// This node's view of the cluster, for `/health`: the metadata
+    /// group's leader, the route table, and each member with, for the
+    /// others, this node's link to it.
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let members: Vec<_> = self
+            .peers
+            .members()
+            .into_iter()
+            .map(|(id, addr, voter)| {
+                let mut member = serde_json::json!({"id": id, "addr": addr, "voter": voter});
+                if id != self.me {
+                    let (link, queued) = self.links.state(id);
+                    member["link"] = link.name().into();
+                    member["queued"] = queued.into();
+                    member["routes_confirmed"] = self.confirmed.get(&id).map(|at| *at).into();
+                }
+                member
+            })
+            .collect();
+        serde_json::json!({
+            "caught_up": self.caught_up(),
+            "leader": self.peers.leader(),
+            "routes": self.metrics.routes.get(),
+            "routes_applied": self.table.applied(),
+            "route_table_lag": self.metrics.route_lag.get(),
+            "members": members,
+        })
     }
 
     /// Lets the link service hand forwarded messages to `shared`.
@@ -298,6 +371,63 @@ impl Cluster {
             );
         }
     }
+}
+
+/// Waits until `table` has applied what the metadata group's leader held
+/// when asked. Waits as long as it takes (a node cut off from the majority
+/// does not catch up), saying why every few seconds.
+async fn wait_caught_up(table: &RouteTable, peers: &Peers, client: &MetaClient) {
+    let started = Instant::now();
+    let log = LogEvery::new(5000);
+    loop {
+        let target = match peers.leader() {
+            Some(leader) if leader == peers.me => Ok(peers.last_log_index()),
+            Some(leader) => leader_log_index(peers, client, leader).await,
+            None => Err("no leader of the metadata group yet".to_string()),
+        };
+        match target {
+            Ok(target) => {
+                let applied = table.wait_applied(target, Duration::from_secs(1)).await;
+                if applied >= target {
+                    info!(
+                        applied,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "route table caught up"
+                    );
+                    return;
+                }
+                if let Some(held) = log.admit_now() {
+                    warn!(
+                        applied,
+                        target, held, "catching up with the route table before serving clients"
+                    );
+                }
+            }
+            Err(why) => {
+                if let Some(held) = log.admit_now() {
+                    warn!(reason = %why, held, "cannot catch up with the route table yet; not serving clients");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The last log index of the metadata group at its leader `leader`.
+async fn leader_log_index(
+    peers: &Peers,
+    client: &MetaClient,
+    leader: NodeId,
+) -> Result<u64, String> {
+    let addr = peers
+        .addr_of(leader)
+        .ok_or_else(|| format!("the leader {leader} is not a member"))?;
+    let groups = client.raft_status(&addr).await.map_err(|e| e.to_string())?;
+    groups
+        .iter()
+        .find(|g| g.group == tidemq_meta::GroupRouter::METADATA_GROUP)
+        .and_then(|g| g.last_log_index)
+        .ok_or_else(|| format!("node {leader} reports no metadata group log"))
 }
 
 /// What a QoS 1/2 publisher's acknowledgement waits for besides its own

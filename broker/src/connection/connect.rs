@@ -66,6 +66,11 @@ pub(super) async fn handshake(
         }
     };
     tracing::Span::current().record("client_id", client_id.as_str());
+    if shared.cluster.as_ref().is_some_and(|c| !c.caught_up()) {
+        // Its publishes would miss subscribers on other nodes.
+        refuse(shared, io, protocol, ReasonCode::ServerUnavailable).await;
+        return None;
+    }
     steps.mark(ConnectStep::Validate);
     if let Err(reason) = authenticate(shared, &origin, &connect).await {
         refuse(shared, io, protocol, reason).await;
