@@ -16,13 +16,13 @@ use tracing::warn;
 
 use crate::broker::AuthState;
 use crate::broker::Shared;
-use crate::cluster::Confirms;
+use crate::cluster::{Confirms, Forwarded};
 use crate::connection::RecordSink;
 use crate::durable::record::{RecipientRef, RecipientSplit};
 use crate::durable::{AppendGuard, DiskRef, DurableError, DurableStore, Origin, record};
 use crate::message::{Delivery, Message};
 use crate::metrics::BrokerMetrics;
-use crate::router::{RetainRefused, RouteOutcome, RouteTarget};
+use crate::router::{RetainRefused, RouteOutcome, RouteTarget, Shares};
 use crate::session::Session;
 
 /// The store write of a published message, resolving once it is on disk.
@@ -123,14 +123,30 @@ impl Waiting {
 }
 
 /// Where a message is routed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Scope {
     /// Published on this node: retained here, queued for the local
     /// subscribers and forwarded to the other nodes with matching routes.
     Cluster,
-    /// Forwarded by another node, or this node's own `$SYS` value: queued
-    /// for the local subscribers only.
+    /// This node's own `$SYS` value: queued for the local subscribers only.
     Local,
+    /// Forwarded by another node: queued for the local subscriptions it
+    /// names only.
+    Forwarded(Shares),
+}
+
+/// Forwards `message` to the other nodes when it was published here, and
+/// says which of this node's subscriptions get it.
+fn forward(shared: &Shared, message: &Message, scope: Scope) -> (Forwarded, Shares) {
+    match (scope, &shared.cluster) {
+        (Scope::Cluster, Some(cluster)) => {
+            let mut forwarded = cluster.forward(message);
+            let shares = forwarded.local_shares();
+            (forwarded, shares)
+        }
+        (Scope::Cluster | Scope::Local, _) => (Forwarded::default(), Shares::All),
+        (Scope::Forwarded(shares), _) => (Forwarded::default(), shares),
+    }
 }
 
 /// Routes `message`: queues the in-memory deliveries now and forwards it to
@@ -164,6 +180,11 @@ pub(crate) fn route(
             }
         }
     }
+    // Forwarded before the local routing: which shared groups are served
+    // here depends on it.
+    let (forwarded, shares) = forward(shared, message, scope);
+    outcome.forwarded = forwarded.nodes;
+    let confirms = forwarded.confirms;
     let mut durable = Vec::new();
     // Loaded only for a subscription the ACL partly allows.
     let mut auth = None;
@@ -171,7 +192,7 @@ pub(crate) fn route(
         .durable
         .as_ref()
         .is_some_and(DurableStore::stored_full);
-    for target in shared.router.targets(message, &shared.sessions) {
+    for target in shared.router.targets_of(message, &shared.sessions, &shares) {
         let RouteTarget {
             session,
             delivery,
@@ -199,12 +220,6 @@ pub(crate) fn route(
             Some(epoch) => durable.push((session, epoch, delivery)),
             None => outcome.enqueue(&session, delivery, queue_qos0),
         }
-    }
-    let mut confirms = Confirms::default();
-    if scope == Scope::Cluster
-        && let Some(cluster) = &shared.cluster
-    {
-        (outcome.forwarded, confirms) = cluster.forward(message);
     }
     let Some(store) = shared.durable.clone() else {
         return Ok((outcome, ToStore::Nothing, confirms));
@@ -389,14 +404,15 @@ fn write_alone(
     .boxed()
 }
 
-/// Routes a message another node forwarded: to this node's subscribers
-/// only. The returned future ends once its stored deliveries are written
-/// and queued (`None`: nothing to store).
+/// Routes a message another node forwarded: to the subscriptions of this
+/// node that `shares` names. The returned future ends once its stored
+/// deliveries are written and queued (`None`: nothing to store).
 pub(crate) fn publish_forwarded(
     shared: &Arc<Shared>,
     message: &Arc<Message>,
+    shares: Shares,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let write = route_detached(shared, message, Scope::Local)?;
+    let write = route_detached(shared, message, Scope::Forwarded(shares))?;
     let shared = Arc::clone(shared);
     Some(async move { enqueue_stored(&shared, write.await) })
 }

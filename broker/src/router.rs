@@ -21,6 +21,10 @@ use crate::message::{Delivery, Message};
 use crate::session::{DropReason, Session, SessionKey, SessionRegistry, SubscriptionEntry};
 use crate::topic_tree::{RetainTree, SubscriptionTree};
 
+mod shares;
+
+pub use self::shares::{ShareId, Shares};
+
 /// The key of a subscription tree entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SubKey {
@@ -39,12 +43,6 @@ enum SubValue {
 struct SharedGroup {
     members: Vec<(SessionKey, SubscriptionEntry)>,
     next: AtomicUsize,
-}
-
-/// The filter a subscription routes by between nodes: a shared
-/// subscription's inner filter, any other as it is.
-pub(crate) fn route_filter(filter: &str) -> &str {
-    split_filter(filter).1
 }
 
 /// Where a filter goes in the tree.
@@ -188,11 +186,10 @@ impl Router {
     /// Adds or replaces `client`'s subscription to `filter`. Returns whether
     /// it already existed.
     pub fn subscribe(&self, client: &SessionKey, filter: &str, entry: SubscriptionEntry) -> bool {
-        let (_, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
         let existed = Self::insert(&mut tree, client, filter, entry);
         if !existed && let Some(local) = &self.local {
-            local.added(inner);
+            local.added(filter);
         }
         existed
     }
@@ -240,11 +237,10 @@ impl Router {
 
     /// Removes `client`'s subscription to `filter`. Returns whether it existed.
     pub fn unsubscribe(&self, client: &SessionKey, filter: &str) -> bool {
-        let (_, inner) = split_filter(filter);
         let mut tree = self.write_subscriptions();
         let removed = Self::remove(&mut tree, client, filter);
         if removed && let Some(local) = &self.local {
-            local.removed(inner);
+            local.removed(filter);
         }
         removed
     }
@@ -294,6 +290,17 @@ impl Router {
     /// The sessions `message` goes to, each with its delivery (QoS, retain
     /// flag, subscription identifiers), without queueing anything.
     pub fn targets(&self, message: &Arc<Message>, sessions: &SessionRegistry) -> Vec<RouteTarget> {
+        self.targets_of(message, sessions, &Shares::All)
+    }
+
+    /// Like [`Router::targets`], to the subscriptions `shares` names only.
+    pub fn targets_of(
+        &self,
+        message: &Arc<Message>,
+        sessions: &SessionRegistry,
+        shares: &Shares,
+    ) -> Vec<RouteTarget> {
+        let plain = shares.plain();
         // Collect targets under the read lock, look sessions up after.
         let mut targets: HashMap<SessionKey, Target> = HashMap::new();
         {
@@ -301,14 +308,19 @@ impl Router {
                 .subscriptions
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            tree.for_each_match(&message.topic, |_, key, value| match (key, value) {
+            tree.for_each_match(&message.topic, |filter, key, value| match (key, value) {
                 (SubKey::Client(client), SubValue::Client(entry)) => {
-                    if entry.options.no_local && message.publisher.as_deref() == Some(&**client) {
+                    if !plain
+                        || entry.options.no_local && message.publisher.as_deref() == Some(&**client)
+                    {
                         return;
                     }
                     targets.entry(client.clone()).or_default().merge(entry);
                 }
-                (SubKey::Shared(_), SubValue::Shared(group)) => {
+                (SubKey::Shared(name), SubValue::Shared(group)) => {
+                    if !shares.group(name, filter) {
+                        return;
+                    }
                     if let Some((client, entry)) = pick_member(group, sessions) {
                         targets.entry(client).or_default().merge(&entry);
                     }

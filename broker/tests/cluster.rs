@@ -5,7 +5,8 @@
 //! a restarted node removes the routes its clean sessions left and keeps
 //! those of its persistent sessions, which receive what other nodes
 //! published while they were offline; a QoS 1 PUBACK means every node
-//! the message went to has stored it for its persistent sessions.
+//! the message went to has stored it for its persistent sessions; a shared
+//! subscription group with members on every node gets each message once.
 
 mod common;
 
@@ -295,5 +296,64 @@ async fn a_qos1_puback_means_the_subscribers_node_stored_it_even_if_killed_right
         );
     }
     sub.expect_silence().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_with_members_on_every_node_gets_each_message_once() -> anyhow::Result<()> {
+    let cluster = TestCluster::start()?;
+    let mut members = Vec::new();
+    for node in 0..3 {
+        let mut member =
+            Raw::connect(cluster.mqtt(node), Protocol::V5, &format!("member-{node}")).await;
+        member
+            .subscribe(1, "$share/g/work/#", QoS::AtLeastOnce)
+            .await;
+        members.push(member);
+    }
+    // A plain subscriber beside a member: it gets every message.
+    let mut plain = Raw::connect(cluster.mqtt(2), Protocol::V5, "plain").await;
+    plain.subscribe(1, "work/#", QoS::AtLeastOnce).await;
+    cluster.routes_everywhere(4.0).await?;
+
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "work-pub").await;
+    const COUNT: u16 = 300;
+    for seq in 0..COUNT {
+        publisher
+            .publish(
+                "work/a",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq + 1,
+            )
+            .await;
+    }
+    for seq in 0..COUNT {
+        let (_, payload) = next_message(&mut plain).await;
+        ensure!(
+            payload == seq.to_be_bytes(),
+            "plain: expected {seq}, got {payload:?}"
+        );
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (node, member) in members.iter_mut().enumerate() {
+        let mut got = 0;
+        while let Some(Packet::Publish(p)) = member.recv_within(Duration::from_millis(500)).await {
+            member.ack(&p).await;
+            let seq = u16::from_be_bytes(p.payload[..2].try_into()?);
+            ensure!(
+                seen.insert(seq, node).is_none(),
+                "message {seq} reached the group twice"
+            );
+            got += 1;
+        }
+        ensure!(got > 0, "the member on node {} got no share", node + 1);
+    }
+    ensure!(
+        seen.len() == usize::from(COUNT),
+        "the group got {} of {COUNT}",
+        seen.len()
+    );
     Ok(())
 }

@@ -16,7 +16,7 @@ mod link;
 mod service;
 mod table;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ use crate::broker::Shared;
 use crate::config::ClusterConfig;
 use crate::log_every::LogEvery;
 use crate::message::Message;
+use crate::router::{ShareId, Shares};
 
 /// The members of the metadata group, where their gRPC servers are.
 pub(crate) struct Peers {
@@ -188,6 +189,7 @@ impl ClusterParts {
             channels,
             route_wait: config.route_wait(),
             forward_wait: config.forward_wait(),
+            share_turn: AtomicUsize::new(0),
             confirmed: DashMap::new(),
             broker,
             metrics,
@@ -209,6 +211,8 @@ pub struct Cluster {
     channels: ChannelPool,
     route_wait: Duration,
     forward_wait: Duration,
+    /// Picks the node of a shared group with members on several.
+    share_turn: AtomicUsize,
     /// The highest route index each peer is known to have applied.
     confirmed: DashMap<NodeId, u64>,
     broker: Arc<OnceLock<Arc<Shared>>>,
@@ -272,23 +276,25 @@ impl Cluster {
         let _ = self.broker.set(Arc::clone(shared));
     }
 
-    /// Queues `message` for every other node with a matching route; returns
-    /// how many took it, and for QoS 1/2 what confirms they routed it.
-    pub(crate) fn forward(&self, message: &Message) -> (usize, Confirms) {
-        let mut confirms = Confirms::default();
-        let nodes = self.table.nodes_for(&message.topic, self.me);
-        if nodes.is_empty() {
-            return (0, confirms);
+    /// Queues `message` for every other node with a matching route: once
+    /// per node, whatever number of routes match there, each shared group
+    /// on one node only (the nodes with members take turns). Returns what
+    /// is routed here, how many nodes took it, and for QoS 1/2 what
+    /// confirms they routed it.
+    pub(crate) fn forward(&self, message: &Message) -> Forwarded {
+        let mut forwarded = Forwarded::default();
+        let plan = self.plan(message);
+        if plan.is_empty() {
+            return forwarded;
         }
-        let Some(forwarded) = encode(message) else {
-            return (0, confirms);
+        let Some(encoded) = encode(message) else {
+            return forwarded;
         };
         if message.qos != QoS::AtMostOnce {
-            confirms.wait = self.forward_wait;
-            confirms.timeouts = Some(self.metrics.forward_wait_timeouts.clone());
+            forwarded.confirms.wait = self.forward_wait;
+            forwarded.confirms.timeouts = Some(self.metrics.forward_wait_timeouts.clone());
         }
-        let mut queued = 0;
-        for node in nodes {
+        for (node, plain, shares) in plan {
             let (confirm, confirmed) = match message.qos {
                 QoS::AtMostOnce => (None, None),
                 _ => {
@@ -296,16 +302,43 @@ impl Cluster {
                     (Some(tx), Some(rx))
                 }
             };
-            let out = Outgoing {
-                message: forwarded.clone(),
-                confirm,
+            for share in &shares {
+                forwarded.elsewhere.push(share.clone());
+            }
+            let message = pb::ForwardedMessage {
+                plain,
+                shares: shares.iter().map(ShareId::to_filter).collect(),
+                ..encoded.clone()
             };
-            if self.links.send(node, out).is_ok() {
-                queued += 1;
-                confirms.waits.extend(confirmed);
+            if self.links.send(node, Outgoing { message, confirm }).is_ok() {
+                forwarded.nodes += 1;
+                forwarded.confirms.waits.extend(confirmed);
             }
         }
-        (queued, confirms)
+        forwarded
+    }
+
+    /// Which other nodes get `message`: whether for their plain
+    /// subscribers, and for which shared groups.
+    fn plan(&self, message: &Message) -> Vec<(NodeId, bool, Vec<ShareId>)> {
+        let matches = self.table.matches(&message.topic, self.me);
+        let mut plan: Vec<(NodeId, bool, Vec<ShareId>)> = matches
+            .plain
+            .into_iter()
+            .map(|node| (node, true, Vec::new()))
+            .collect();
+        for (share, nodes) in matches.groups {
+            let turn = self.share_turn.fetch_add(1, Ordering::Relaxed);
+            let node = nodes[turn % nodes.len()];
+            if node == self.me {
+                continue;
+            }
+            match plan.iter_mut().find(|(n, _, _)| *n == node) {
+                Some((_, _, shares)) => shares.push(share),
+                None => plan.push((node, false, vec![share])),
+            }
+        }
+        plan
     }
 
     /// What a SUBACK granting `filters` waits for: their routes written
@@ -326,7 +359,7 @@ impl Cluster {
         let deadline = Instant::now() + self.route_wait;
         let mut index = 0;
         for filter in &filters {
-            let written = self.keeper.written_at(crate::router::route_filter(filter));
+            let written = self.keeper.written_at(filter);
             match tokio::time::timeout_at(deadline, written).await {
                 Ok(at) => index = index.max(at.unwrap_or(0)),
                 Err(_) => return self.timed_out(None, "the route write"),
@@ -430,6 +463,28 @@ async fn leader_log_index(
         .ok_or_else(|| format!("node {leader} reports no metadata group log"))
 }
 
+/// What [`Cluster::forward`] did with a message.
+#[derive(Default)]
+pub(crate) struct Forwarded {
+    /// The nodes it was queued for.
+    pub(crate) nodes: usize,
+    /// The shared groups another node was picked for: this node's members
+    /// do not get it.
+    pub(crate) elsewhere: Vec<ShareId>,
+    /// What its acknowledgement waits for.
+    pub(crate) confirms: Confirms,
+}
+
+impl Forwarded {
+    /// Which of this node's subscriptions get the message.
+    pub(crate) fn local_shares(&mut self) -> Shares {
+        match std::mem::take(&mut self.elsewhere) {
+            elsewhere if elsewhere.is_empty() => Shares::All,
+            elsewhere => Shares::Except(elsewhere),
+        }
+    }
+}
+
 /// What a QoS 1/2 publisher's acknowledgement waits for besides its own
 /// node: each node it was forwarded to routing it, at most
 /// `cluster.forward_wait_ms`. A node whose link broke is not waited for.
@@ -458,7 +513,7 @@ impl Confirms {
 }
 
 /// A message as a link carries it: an MQTT 5.0 PUBLISH with the expiry
-/// left, and its publisher.
+/// left, and its publisher (whom it is for is set per node).
 fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
     let mut properties = message.properties.clone();
     properties.message_expiry_interval = message.remaining_expiry(std::time::Instant::now());
@@ -479,6 +534,8 @@ fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
     Some(pb::ForwardedMessage {
         publish: buf.to_vec(),
         publisher: message.publisher.as_deref().unwrap_or_default().to_string(),
+        plain: false,
+        shares: Vec::new(),
     })
 }
 

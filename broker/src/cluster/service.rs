@@ -21,6 +21,7 @@ use super::link::MAX_BATCH_BYTES;
 use super::table::RouteTable;
 use crate::broker::Shared;
 use crate::message::Message;
+use crate::router::{ShareId, Shares};
 
 /// Longest a `RoutesApplied` call waits, whatever it asks for.
 const MAX_ROUTES_WAIT: Duration = Duration::from_secs(10);
@@ -44,13 +45,23 @@ impl LinkService {
     }
 }
 
-/// The message a peer forwarded, decoded.
-pub(crate) fn decode(forwarded: pb::ForwardedMessage) -> Result<Message, String> {
+/// The message a peer forwarded, decoded, and which of this node's
+/// subscriptions get it.
+pub(crate) fn decode(forwarded: pb::ForwardedMessage) -> Result<(Message, Shares), String> {
+    let groups = forwarded
+        .shares
+        .iter()
+        .map(|filter| ShareId::parse(filter).ok_or_else(|| format!("a bad share {filter:?}")))
+        .collect::<Result<_, _>>()?;
+    let shares = Shares::Only {
+        plain: forwarded.plain,
+        groups,
+    };
     let mut buf = BytesMut::from(&forwarded.publish[..]);
     match mqtt::decode(&mut buf, Protocol::V5, usize::MAX) {
         Ok(Some(Packet::Publish(publish))) => {
             let publisher = (!forwarded.publisher.is_empty()).then(|| forwarded.publisher.into());
-            Ok(Message::from_publish(publish, publisher))
+            Ok((Message::from_publish(publish, publisher), shares))
         }
         Ok(Some(other)) => Err(format!("a {} packet, not a PUBLISH", other.type_number())),
         Ok(None) => Err("a truncated PUBLISH".into()),
@@ -87,11 +98,12 @@ impl BrokerLink for LinkService {
                 let mut writes = Vec::new();
                 for forwarded in batch.messages {
                     match decode(forwarded) {
-                        Ok(message) => {
+                        Ok((message, shares)) => {
                             received.inc();
                             writes.extend(crate::delivery::publish_forwarded(
                                 &shared,
                                 &Arc::new(message),
+                                shares,
                             ));
                         }
                         Err(reason) => {

@@ -1,5 +1,8 @@
 //! [`RouteTable`]: this node's copy of the cluster's routes, applied from
-//! the metadata Raft group, and how far that copy reaches.
+//! the metadata Raft group, and how far that copy reaches. A route is a
+//! (filter, node) pair; a shared subscription's route names its group
+//! (`$share/{group}/{filter}`), so that a group gets each message on one
+//! node only.
 
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
@@ -8,13 +11,48 @@ use tidemq_meta::{MetaState, NodeId, Route, RouteUpdate, RouteWatch};
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::router::ShareId;
 use crate::topic_tree::SubscriptionTree;
+
+/// A route in the tree (at its inner filter): the node, and the shared
+/// group when it is one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RouteKey {
+    node: NodeId,
+    group: Option<Box<str>>,
+}
+
+impl RouteKey {
+    /// The tree filter and key of route `filter` of `node`.
+    fn of(filter: &str, node: NodeId) -> (&str, RouteKey) {
+        match tidemq_proto::mqtt::parse_shared_filter(filter) {
+            Ok(Some(shared)) => (
+                shared.filter,
+                RouteKey {
+                    node,
+                    group: Some(shared.group.into()),
+                },
+            ),
+            _ => (filter, RouteKey { node, group: None }),
+        }
+    }
+}
+
+/// The routes a topic matches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Matches {
+    /// The nodes other than this one with plain subscribers, each once.
+    pub(crate) plain: Vec<NodeId>,
+    /// Each shared group with the nodes (this one included) that have
+    /// members of it, in id order.
+    pub(crate) groups: Vec<(ShareId, Vec<NodeId>)>,
+}
 
 /// Which nodes have subscribers for which filters, matched on every
 /// publish; `applied` is the metadata group's log index the table
 /// reflects.
 pub(crate) struct RouteTable {
-    tree: RwLock<SubscriptionTree<NodeId, ()>>,
+    tree: RwLock<SubscriptionTree<RouteKey, ()>>,
     applied: watch::Sender<u64>,
     routes: prometheus::IntGauge,
     lag: prometheus::IntGauge,
@@ -30,16 +68,29 @@ impl RouteTable {
         }
     }
 
-    /// The nodes other than `me` with a route matching `topic`, each once.
-    pub(crate) fn nodes_for(&self, topic: &str, me: NodeId) -> Vec<NodeId> {
-        let mut nodes = Vec::new();
+    /// The routes matching `topic`: other nodes with plain subscribers, and
+    /// the shared groups with the nodes that have their members.
+    pub(crate) fn matches(&self, topic: &str, me: NodeId) -> Matches {
+        let mut found = Matches::default();
         let tree = self.tree.read().unwrap_or_else(PoisonError::into_inner);
-        tree.for_each_match(topic, |_, node, ()| {
-            if *node != me && !nodes.contains(node) {
-                nodes.push(*node);
+        tree.for_each_match(topic, |filter, key, ()| match &key.group {
+            None => {
+                if key.node != me && !found.plain.contains(&key.node) {
+                    found.plain.push(key.node);
+                }
             }
+            Some(group) => match found.groups.iter_mut().find(|(id, _)| id.is(group, filter)) {
+                Some((_, nodes)) => nodes.push(key.node),
+                None => found
+                    .groups
+                    .push((ShareId::new(group, filter), vec![key.node])),
+            },
         });
-        nodes
+        drop(tree);
+        for (_, nodes) in &mut found.groups {
+            nodes.sort_unstable();
+        }
+        found
     }
 
     /// The metadata group's index the table has applied.
@@ -62,7 +113,8 @@ impl RouteTable {
     fn load(&self, routes: Vec<Route>, applied: u64) {
         let mut tree = SubscriptionTree::new();
         for route in routes {
-            tree.insert(&route.filter, route.node_id, ());
+            let (filter, key) = RouteKey::of(&route.filter, route.node_id);
+            tree.insert(filter, key, ());
         }
         self.routes.set(tree.len() as i64);
         *self.tree.write().unwrap_or_else(PoisonError::into_inner) = tree;
@@ -97,10 +149,11 @@ impl RouteTable {
                         let mut tree = self.tree.write().unwrap_or_else(PoisonError::into_inner);
                         for change in changes {
                             let Route { filter, node_id } = change.route;
+                            let (filter, key) = RouteKey::of(&filter, node_id);
                             if change.present {
-                                tree.insert(&filter, node_id, ());
+                                tree.insert(filter, key, ());
                             } else {
-                                tree.remove(&filter, &node_id);
+                                tree.remove(filter, &key);
                             }
                         }
                         self.routes.set(tree.len() as i64);
@@ -130,5 +183,44 @@ pub(crate) struct RaftView(pub(crate) tidemq_meta::openraft::Raft<tidemq_meta::T
 impl RaftView {
     fn last_log_index(&self) -> u64 {
         self.0.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(filter: &str, node_id: NodeId) -> Route {
+        Route {
+            filter: filter.to_string(),
+            node_id,
+        }
+    }
+
+    #[test]
+    fn a_topic_matches_plain_routes_once_per_node_and_groups_with_their_nodes() {
+        let gauge = |name| prometheus::IntGauge::new(name, "test").unwrap();
+        let table = RouteTable::new(gauge("routes"), gauge("lag"));
+        let routes = vec![
+            route("a/#", 2),
+            route("a/+", 2),
+            route("a/+", 3),
+            route("a/#", 1),
+            route("$share/g/a/#", 3),
+            route("$share/g/a/#", 1),
+            route("$share/h/b/#", 2),
+        ];
+        table.load(routes, 9);
+        let mut found = table.matches("a/x", 1);
+        found.plain.sort_unstable();
+        assert_eq!(
+            found.plain,
+            [2, 3],
+            "this node is left out, node 2 counted once"
+        );
+        assert_eq!(found.groups, [(ShareId::new("g", "a/#"), vec![1, 3])]);
+        assert_eq!(table.applied(), 9);
+        assert_eq!(table.matches("b/x", 1).groups.len(), 1);
+        assert_eq!(table.matches("c", 1), Matches::default());
     }
 }

@@ -116,6 +116,26 @@ fn no_local_skips_the_publisher() {
 }
 
 #[test]
+fn shares_choose_between_plain_subscribers_and_groups() {
+    let (sessions, keys) = registry(&["plain", "member", "other"]);
+    let router = Router::default();
+    router.subscribe(&keys[0], "jobs/#", entry(QoS::AtMostOnce, None));
+    router.subscribe(&keys[1], "$share/g/jobs/#", entry(QoS::AtMostOnce, None));
+    router.subscribe(&keys[2], "$share/h/jobs/#", entry(QoS::AtMostOnce, None));
+    let jobs = message("jobs/1", QoS::AtMostOnce, None);
+    let to = |shares: Shares| clients(&router.targets_of(&jobs, &sessions, &shares));
+    assert_eq!(to(Shares::All), ["member", "other", "plain"]);
+    let g = ShareId::new("g", "jobs/#");
+    assert_eq!(to(Shares::Except(vec![g.clone()])), ["other", "plain"]);
+    let only = |plain| Shares::Only {
+        plain,
+        groups: vec![g.clone()],
+    };
+    assert_eq!(to(only(false)), ["member"]);
+    assert_eq!(to(only(true)), ["member", "plain"]);
+}
+
+#[test]
 fn a_shared_group_delivers_each_message_to_one_member_in_turn() {
     let (sessions, keys) = registry(&["a", "b"]);
     let router = Router::default();
