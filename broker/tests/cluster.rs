@@ -6,7 +6,8 @@
 //! those of its persistent sessions, which receive what other nodes
 //! published while they were offline; a QoS 1 PUBACK means every node
 //! the message went to has stored it for its persistent sessions; a shared
-//! subscription group with members on every node gets each message once.
+//! subscription group with members on every node gets each message once,
+//! and a dead node's share goes to the others until it returns.
 
 mod common;
 
@@ -354,6 +355,93 @@ async fn a_shared_group_with_members_on_every_node_gets_each_message_once() -> a
         seen.len() == usize::from(COUNT),
         "the group got {} of {COUNT}",
         seen.len()
+    );
+    Ok(())
+}
+
+/// Reads QoS 1 messages until none comes for a while; returns their
+/// two-byte sequence numbers.
+async fn drain(raw: &mut Raw) -> anyhow::Result<Vec<u16>> {
+    let mut seqs = Vec::new();
+    while let Some(Packet::Publish(p)) = raw.recv_within(Duration::from_millis(500)).await {
+        raw.ack(&p).await;
+        seqs.push(u16::from_be_bytes(p.payload[..2].try_into()?));
+    }
+    Ok(seqs)
+}
+
+/// Waits until node `from`'s `/health` says its link to node `to` is
+/// `state`.
+fn link_is(cluster: &TestCluster, from: usize, to: u64, state: &str) -> anyhow::Result<()> {
+    let (_, body) =
+        cluster.nodes[from].http_until("/health", Duration::from_secs(10), |_, body| {
+            serde_json::from_str::<serde_json::Value>(body).is_ok_and(|health| {
+                health["cluster"]["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["id"] == to && m["link"] == state))
+            })
+        })?;
+    ensure!(
+        body.contains(state),
+        "node {} never saw its link to {to} {state}: {body}",
+        from + 1
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_share_goes_to_the_other_members_until_it_returns() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    let mut m2 = Raw::connect(cluster.mqtt(1), Protocol::V5, "m2").await;
+    m2.subscribe(1, "$share/g/job/#", QoS::AtLeastOnce).await;
+    let (mut m3, _) = persistent(cluster.mqtt(2), "m3").await;
+    m3.subscribe(1, "$share/g/job/#", QoS::AtLeastOnce).await;
+    cluster.routes_everywhere(2.0).await?;
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "job-pub").await;
+    let mut publish = async |range: std::ops::Range<u16>| {
+        for seq in range {
+            publisher
+                .publish(
+                    "job/x",
+                    &seq.to_be_bytes(),
+                    QoS::AtLeastOnce,
+                    false,
+                    seq + 1,
+                )
+                .await;
+        }
+    };
+    publish(0..10).await;
+    ensure!(!drain(&mut m2).await?.is_empty() && !drain(&mut m3).await?.is_empty());
+
+    // Node 3 dies: once node 1 sees its link down, node 2's member gets
+    // every message of the group.
+    cluster.nodes[2].sigkill()?;
+    drop(m3);
+    link_is(&cluster, 0, 3, "down")?;
+    publish(100..200).await;
+    ensure!(
+        drain(&mut m2).await? == (100..200).collect::<Vec<_>>(),
+        "node 2 took the whole share"
+    );
+
+    // Back: the persistent member resumes on node 3 and gets its share again.
+    cluster.nodes[2].restart()?;
+    cluster.healthy(&cluster.nodes[2])?;
+    let (mut m3, present) = persistent(cluster.mqtt(2), "m3").await;
+    ensure!(present);
+    link_is(&cluster, 0, 3, "up")?;
+    publish(200..300).await;
+    let (on2, on3) = (drain(&mut m2).await?, drain(&mut m3).await?);
+    ensure!(
+        !on2.is_empty() && !on3.is_empty(),
+        "both members served: {on2:?} {on3:?}"
+    );
+    let mut all: Vec<u16> = on2.into_iter().chain(on3).collect();
+    all.sort_unstable();
+    ensure!(
+        all == (200..300).collect::<Vec<_>>(),
+        "each message once: {all:?}"
     );
     Ok(())
 }

@@ -20,8 +20,9 @@ use tidemq_meta::NodeId;
 use tidemq_meta::channels::ChannelPool;
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tracing::{info, warn};
 
 use super::Peers;
@@ -95,6 +96,8 @@ impl LinkState {
 struct LinkHandle {
     queue: mpsc::Sender<Outgoing>,
     state: Arc<StateCell>,
+    /// Cuts a reconnect's backoff short.
+    retry: Arc<Notify>,
 }
 
 /// A [`LinkState`] and the number of the stream it is about, so that the
@@ -185,6 +188,40 @@ impl Links {
         }
     }
 
+    /// Whether the link to `peer` could not open or lost its stream and has
+    /// not reopened it yet.
+    pub(crate) fn is_down(&self, peer: NodeId) -> bool {
+        self.queues
+            .get(&peer)
+            .is_some_and(|handle| handle.state.get() == LinkState::Down)
+    }
+
+    /// Waits until the link to `peer` is not down (reconnecting at once if
+    /// it is), until `deadline` at most; returns whether it is.
+    pub(crate) async fn ensure_up(&self, peer: NodeId, deadline: tokio::time::Instant) -> bool {
+        let handle = self
+            .queues
+            .entry(peer)
+            .or_insert_with(|| self.start(peer))
+            .clone();
+        while handle.state.get() == LinkState::Down {
+            handle.retry.notify_one();
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Counts a message for `peer` not sent because its link is down.
+    pub(crate) fn passed_over(&self, peer: NodeId) {
+        self.metrics
+            .dropped
+            .with_label_values(&[peer.to_string().as_str(), "peer_down"])
+            .inc();
+    }
+
     /// The state of the link to `peer` and the messages queued for it.
     pub(crate) fn state(&self, peer: NodeId) -> (LinkState, usize) {
         let Some(handle) = self.queues.get(&peer) else {
@@ -198,8 +235,10 @@ impl Links {
     fn start(&self, peer: NodeId) -> LinkHandle {
         let (tx, rx) = mpsc::channel(self.limits.queue_messages);
         let state = Arc::new(StateCell::default());
+        let retry = Arc::new(Notify::new());
         let link = Link {
             state: Arc::clone(&state),
+            retry: Arc::clone(&retry),
             streams: 0,
             me: self.me,
             peer,
@@ -211,13 +250,18 @@ impl Links {
             sequence: 0,
         };
         tokio::spawn(link.run(rx));
-        LinkHandle { queue: tx, state }
+        LinkHandle {
+            queue: tx,
+            state,
+            retry,
+        }
     }
 }
 
 /// The sending end of one peer's link.
 struct Link {
     state: Arc<StateCell>,
+    retry: Arc<Notify>,
     /// Streams opened so far.
     streams: u64,
     me: NodeId,
@@ -231,36 +275,44 @@ struct Link {
 }
 
 impl Link {
+    /// Connects, streams until the stream ends, reconnects; while the peer
+    /// cannot be reached, what is queued for it is dropped. Ends when the
+    /// queue closes.
     async fn run(mut self, mut queue: mpsc::Receiver<Outgoing>) {
         let log = LogEvery::new(1000);
         let mut backoff = Duration::from_millis(50);
-        while let Some(first) = queue.recv().await {
-            self.taken(1);
-            let Some((stream, unconfirmed)) = self.connect(&log).await else {
-                // Everything queued goes too: nobody waits on a peer that
-                // cannot be reached (until the hand-off logs exist).
+        loop {
+            let Some(open) = self.connect(&log).await else {
+                // Nobody waits on a peer that cannot be reached (until the
+                // hand-off logs exist): everything queued goes.
                 self.state.unreachable();
-                let mut lost = 1;
+                let mut lost = 0;
                 while queue.try_recv().is_ok() {
                     lost += 1;
                 }
-                self.taken(lost - 1);
+                self.taken(lost);
                 self.drop_messages(lost, "unreachable");
-                tokio::time::sleep(backoff).await;
+                if queue.is_closed() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = self.retry.notified() => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             };
             backoff = Duration::from_millis(50);
-            self.stream(first, &mut queue, stream, unconfirmed).await;
+            let queue_open = self.stream(&mut queue, open).await;
             self.state.ended(self.streams);
+            if !queue_open {
+                return;
+            }
         }
     }
 
     /// Opens the stream to the peer's current address.
-    async fn connect(
-        &mut self,
-        log: &LogEvery,
-    ) -> Option<(mpsc::Sender<pb::ForwardBatch>, Unconfirmed)> {
+    async fn connect(&mut self, log: &LogEvery) -> Option<OpenStream> {
         let addr = self.peers.addr_of(self.peer)?;
         let channel = match self.channels.get(&addr) {
             Ok(channel) => channel,
@@ -275,34 +327,25 @@ impl Link {
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
         match client.forward(ReceiverStream::new(rx)).await {
             Ok(response) => {
+                self.streams += 1;
                 self.metrics
                     .connects
                     .with_label_values(&[&self.label])
                     .inc();
                 info!(peer = self.peer, %addr, "link to peer up");
-                let mut acks = response.into_inner();
+                self.state.up(self.streams);
                 let unconfirmed = Unconfirmed::default();
-                let confirming = Arc::clone(&unconfirmed);
-                let (state, stream) = (Arc::clone(&self.state), self.streams);
-                state.up(stream);
-                tokio::spawn(async move {
-                    while let Ok(Some(ack)) = acks.message().await {
-                        let done = confirming
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&ack.sequence);
-                        for confirm in done.into_iter().flatten() {
-                            let _ = confirm.send(());
-                        }
-                    }
-                    // The stream ended: what it did not confirm never will be.
-                    state.ended(stream);
-                    confirming
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clear();
-                });
-                Some((tx, unconfirmed))
+                let (ended_tx, ended) = oneshot::channel();
+                tokio::spawn(confirm_acks(
+                    response.into_inner(),
+                    Arc::clone(&unconfirmed),
+                    ended_tx,
+                ));
+                Some(OpenStream {
+                    batches: tx,
+                    unconfirmed,
+                    ended,
+                })
             }
             Err(status) => {
                 if let Some(held) = log.admit_now() {
@@ -313,61 +356,38 @@ impl Link {
         }
     }
 
-    /// Sends batches on `stream` until it breaks or the queue closes.
-    async fn stream(
-        &mut self,
-        first: Outgoing,
-        queue: &mut mpsc::Receiver<Outgoing>,
-        stream: mpsc::Sender<pb::ForwardBatch>,
-        unconfirmed: Unconfirmed,
-    ) {
-        let mut next = Some(first);
+    /// Sends batches on `open` until it ends; returns whether the queue is
+    /// still open.
+    async fn stream(&mut self, queue: &mut mpsc::Receiver<Outgoing>, mut open: OpenStream) -> bool {
         loop {
-            let first = match next.take() {
-                Some(message) => message,
-                None => match queue.recv().await {
-                    Some(message) => {
-                        self.taken(1);
-                        message
-                    }
-                    None => return,
+            let first = tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return false,
                 },
-            };
-            let mut bytes = 0;
-            let mut messages = Vec::new();
-            let mut confirms = Vec::new();
-            let mut next_out = Some(first);
-            while let Some(out) = next_out.take() {
-                bytes += out.message.publish.len();
-                messages.push(out.message);
-                confirms.extend(out.confirm);
-                if messages.len() < self.limits.batch_messages && bytes < self.limits.batch_bytes {
-                    next_out = queue.try_recv().ok();
+                _ = &mut open.ended => {
+                    warn!(peer = self.peer, "link to peer closed; reconnecting");
+                    return true;
                 }
-            }
-            self.taken(messages.len() - 1);
-            self.sequence += 1;
-            let count = messages.len();
+            };
+            self.taken(1);
+            let (batch, confirms, bytes) = self.batch(first, queue);
+            let count = batch.messages.len();
             if !confirms.is_empty() {
                 // Before the send: the peer's ack may come back at once.
-                unconfirmed
+                open.unconfirmed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(self.sequence, confirms);
+                    .insert(batch.sequence, confirms);
             }
-            let batch = pb::ForwardBatch {
-                origin: self.me,
-                sequence: self.sequence,
-                messages,
-            };
-            if stream.send(batch).await.is_err() {
+            if open.batches.send(batch).await.is_err() {
                 warn!(
                     peer = self.peer,
                     lost = count,
                     "link to peer broken; reconnecting"
                 );
                 self.drop_messages(count, "link_broken");
-                return;
+                return true;
             }
             let label = [self.label.as_str()];
             self.metrics.batches.with_label_values(&label).inc();
@@ -382,6 +402,35 @@ impl Link {
         }
     }
 
+    /// `first` and what follows it in the queue, up to a batch's limits:
+    /// the batch, its messages' confirmations and its PUBLISH bytes.
+    fn batch(
+        &mut self,
+        first: Outgoing,
+        queue: &mut mpsc::Receiver<Outgoing>,
+    ) -> (pb::ForwardBatch, Vec<oneshot::Sender<()>>, usize) {
+        let mut bytes = 0;
+        let mut messages = Vec::new();
+        let mut confirms = Vec::new();
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            bytes += out.message.publish.len();
+            messages.push(out.message);
+            confirms.extend(out.confirm);
+            if messages.len() < self.limits.batch_messages && bytes < self.limits.batch_bytes {
+                next = queue.try_recv().ok();
+            }
+        }
+        self.taken(messages.len() - 1);
+        self.sequence += 1;
+        let batch = pb::ForwardBatch {
+            origin: self.me,
+            sequence: self.sequence,
+            messages,
+        };
+        (batch, confirms, bytes)
+    }
+
     fn taken(&self, count: usize) {
         self.metrics
             .queued
@@ -390,9 +439,43 @@ impl Link {
     }
 
     fn drop_messages(&self, count: usize, reason: &str) {
-        self.metrics
-            .dropped
-            .with_label_values(&[&self.label, reason])
-            .inc_by(count as u64);
+        if count > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&[&self.label, reason])
+                .inc_by(count as u64);
+        }
     }
+}
+
+/// An open `Forward` stream: where batches go, the confirmations of those
+/// not acknowledged yet, and the signal that the peer's side ended.
+struct OpenStream {
+    batches: mpsc::Sender<pb::ForwardBatch>,
+    unconfirmed: Unconfirmed,
+    ended: oneshot::Receiver<()>,
+}
+
+/// Completes the confirmations of the batches the peer acknowledges, until
+/// its side of the stream ends; then drops the rest (they never will be)
+/// and says so on `ended`.
+async fn confirm_acks(
+    mut acks: Streaming<pb::ForwardAck>,
+    unconfirmed: Unconfirmed,
+    ended: oneshot::Sender<()>,
+) {
+    while let Ok(Some(ack)) = acks.message().await {
+        let done = unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ack.sequence);
+        for confirm in done.into_iter().flatten() {
+            let _ = confirm.send(());
+        }
+    }
+    unconfirmed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+    let _ = ended.send(());
 }

@@ -237,8 +237,27 @@ impl Cluster {
         self.caught_up.load(Ordering::Acquire) || self.peers.others().is_empty()
     }
 
+    /// Catches up with the route table, then asks every other member to
+    /// have its link to this node up (after a restart, theirs may still be
+    /// waiting to reconnect), so that what they forward after a client's
+    /// SUBACK here reaches it; a member that does not answer within
+    /// `cluster.route_wait_ms` is not waited for.
     async fn catch_up(self: Arc<Self>, client: MetaClient) {
         wait_caught_up(&self.table, &self.peers, &client).await;
+        let deadline = Instant::now() + self.route_wait;
+        let asks = self.peers.others().into_iter().map(|(peer, addr)| {
+            let this = &self;
+            async move {
+                if let Err(why) = this.ask_applied(&addr, 0, deadline).await {
+                    warn!(
+                        peer,
+                        waiting_for = why,
+                        "a member's link to this node is not up"
+                    );
+                }
+            }
+        });
+        futures_util::future::join_all(asks).await;
         self.caught_up.store(true, Ordering::Release);
     }
 
@@ -269,6 +288,13 @@ impl Cluster {
             "route_table_lag": self.metrics.route_lag.get(),
             "members": members,
         })
+    }
+
+    /// Waits until this node's link to `peer` is not down, until
+    /// `deadline` at most; returns whether it is.
+    pub(crate) async fn link_ready(&self, peer: NodeId, deadline: Instant) -> bool {
+        let stranger = self.peers.addr_of(peer).is_none();
+        peer == self.me || stranger || self.links.ensure_up(peer, deadline).await
     }
 
     /// Lets the link service hand forwarded messages to `shared`.
@@ -319,15 +345,23 @@ impl Cluster {
     }
 
     /// Which other nodes get `message`: whether for their plain
-    /// subscribers, and for which shared groups.
+    /// subscribers, and for which shared groups. A node whose link is down
+    /// is passed over: its shares go to the other nodes with members.
     fn plan(&self, message: &Message) -> Vec<(NodeId, bool, Vec<ShareId>)> {
         let matches = self.table.matches(&message.topic, self.me);
-        let mut plan: Vec<(NodeId, bool, Vec<ShareId>)> = matches
-            .plain
-            .into_iter()
-            .map(|node| (node, true, Vec::new()))
-            .collect();
-        for (share, nodes) in matches.groups {
+        let mut plan: Vec<(NodeId, bool, Vec<ShareId>)> = Vec::new();
+        for node in matches.plain {
+            if self.links.is_down(node) {
+                self.links.passed_over(node);
+            } else {
+                plan.push((node, true, Vec::new()));
+            }
+        }
+        for (share, mut nodes) in matches.groups {
+            nodes.retain(|node| *node == self.me || !self.links.is_down(*node));
+            if nodes.is_empty() {
+                continue;
+            }
             let turn = self.share_turn.fetch_add(1, Ordering::Relaxed);
             let node = nodes[turn % nodes.len()];
             if node == self.me {
@@ -374,11 +408,29 @@ impl Cluster {
 
     /// Asks `peer` to answer once its route table has applied `index`.
     async fn peer_applied(&self, peer: NodeId, addr: String, index: u64, deadline: Instant) {
-        let Ok(channel) = self.channels.get(&addr) else {
-            return self.timed_out(Some(peer), "a bad address");
-        };
+        match self.ask_applied(&addr, index, deadline).await {
+            Ok(applied) if applied >= index => {
+                let mut at = self.confirmed.entry(peer).or_insert(0);
+                *at = (*at).max(applied);
+            }
+            Ok(_) => self.timed_out(Some(peer), "the peer's route table"),
+            Err(why) => self.timed_out(Some(peer), why),
+        }
+    }
+
+    /// `RoutesApplied` to the member at `addr`: the route index it has
+    /// applied once it reached `index` (or `deadline` came), with its link
+    /// to this node up.
+    async fn ask_applied(
+        &self,
+        addr: &str,
+        index: u64,
+        deadline: Instant,
+    ) -> Result<u64, &'static str> {
+        let channel = self.channels.get(addr).map_err(|_| "a bad address")?;
         let left = deadline.saturating_duration_since(Instant::now());
         let request = pb::RoutesAppliedRequest {
+            node_id: self.me,
             index,
             wait_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
         };
@@ -386,12 +438,9 @@ impl Cluster {
         let call = client.routes_applied(request);
         let grace = Duration::from_millis(200);
         match tokio::time::timeout_at(deadline + grace, call).await {
-            Ok(Ok(reply)) if reply.get_ref().applied >= index => {
-                let applied = reply.get_ref().applied;
-                let mut at = self.confirmed.entry(peer).or_insert(0);
-                *at = (*at).max(applied);
-            }
-            _ => self.timed_out(Some(peer), "the peer's route table"),
+            Ok(Ok(reply)) => Ok(reply.get_ref().applied),
+            Ok(Err(_)) => Err("the peer's answer"),
+            Err(_) => Err("the peer's route table"),
         }
     }
 

@@ -137,7 +137,16 @@ impl BrokerLink for LinkService {
     ) -> Result<Response<pb::RoutesAppliedReply>, Status> {
         let request = request.into_inner();
         let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_ROUTES_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
         let applied = self.table.wait_applied(request.index, wait).await;
+        // What this node forwards to the asker after its SUBACK must find
+        // a link that is not down (after the asker's restart, say).
+        let cluster = self.broker.get().and_then(|shared| shared.cluster.clone());
+        if let Some(cluster) = cluster
+            && !cluster.link_ready(request.node_id, deadline).await
+        {
+            return Err(Status::unavailable("the link to the asking node is down"));
+        }
         Ok(Response::new(pb::RoutesAppliedReply { applied }))
     }
 }
