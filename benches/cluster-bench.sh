@@ -17,6 +17,18 @@
 # Prints a markdown row per run: received messages/s, latency quantiles,
 # the publishers' acknowledged rate (QoS 1), and the nodes' CPU seconds.
 #
+# MODE=subscribe: the subscribe rate instead. SUBSCRIBERS clients each
+#   subscribe to FILTERS filters of their own, one SUBSCRIBE after the
+#   other (100,000 by default: 1,000 x 100), on one node, or on node 2 of
+#   the cluster, where every new filter is a route written through Raft
+#   and each SUBACK waits until the other nodes applied it. Prints the
+#   SUBACK rate and latency and the route count node 1 then holds.
+# MODE=kill: KILL_AT [5] seconds into SECS seconds of QoS 1 between the
+#   other two nodes (publishers on the lower id, subscribers on the
+#   higher), node KILL [3] is SIGKILLed (node 1 leads every Raft group of a
+#   fresh cluster). Prints the subscribers' rate and latency per second,
+#   and which Raft groups the killed node led.
+#
 # Usage: benches/cluster-bench.sh [ROUNDS]   (ROUNDS [1]: repeats of the
 #   whole single/cluster sequence, alternating, in one sitting)
 # Sizes: PAIRS [50], SECS [10], RATE [2000], INFLIGHT [10], PAYLOAD [64].
@@ -31,7 +43,7 @@ done
 rounds=${1:-1}
 PAIRS=${PAIRS:-50} SECS=${SECS:-10} RATE=${RATE:-2000} INFLIGHT=${INFLIGHT:-10} PAYLOAD=${PAYLOAD:-64}
 if [ -z "${BIN_DIR:-}" ]; then
-    cargo build --release -q -p tidemq-broker --bin tidemq -p tidemq-bench
+    cargo build --release -q -p tidemq-broker -p tidemq-bench --bins
 fi
 bin=${BIN_DIR:-$CARGO_TARGET_DIR/release}
 work=$(mktemp -d /tmp/cluster-bench.XXXXXX)
@@ -42,10 +54,10 @@ source benches/node-lib.sh
 start_nodes() {
     local n=$1 peers="" i
     rm -rf "$work/run"
-    mqtt_ports=() node_pids=()
-    local grpc=() http=()
+    mqtt_ports=() node_pids=() http_ports=()
+    local grpc=()
     for i in $(seq "$n"); do
-        mqtt_ports+=("$(free_port)") grpc+=("$(free_port)") http+=("$(free_port)")
+        mqtt_ports+=("$(free_port)") grpc+=("$(free_port)") http_ports+=("$(free_port)")
         peers+="${peers:+, }\"$i=127.0.0.1:${grpc[$((i - 1))]}\""
     done
     for i in $(seq "$n"); do
@@ -56,13 +68,13 @@ start_nodes() {
             "$bin/tidemq" --data-dir "$work/run/node$i" \
             --bind "127.0.0.1:${mqtt_ports[$((i - 1))]}" \
             --meta-grpc-addr "127.0.0.1:${grpc[$((i - 1))]}" \
-            --http-bind "127.0.0.1:${http[$((i - 1))]}" >"$work/run/node$i/log" 2>&1 &
+            --http-bind "127.0.0.1:${http_ports[$((i - 1))]}" >"$work/run/node$i/log" 2>&1 &
         node_pids+=($!)
         pids+=($!)
     done
     for i in $(seq "$n"); do
         local tries=0
-        until curl -sf "http://127.0.0.1:${http[$((i - 1))]}/health" >/dev/null; do
+        until curl -sf "http://127.0.0.1:${http_ports[$((i - 1))]}/health" >/dev/null; do
             tries=$((tries + 1))
             [ "$tries" -lt 600 ] || { echo "node $i not healthy; see $work/run/node$i/log" >&2; exit 1; }
             sleep 0.1
@@ -112,6 +124,65 @@ run() {
         "$acked" "$cpu"
     stop_nodes
 }
+
+# subscribe SHAPE: one subscribe-rate run; prints its row. The route count
+# is read on node 1 once every SUBACK is in, the subscribers still there.
+subscribe() {
+    local shape=$1 sub_port
+    if [ "$shape" = single ]; then start_nodes 1; sub_port=${mqtt_ports[0]}; else start_nodes 3; sub_port=${mqtt_ports[1]}; fi
+    bench sub --port "$sub_port" --client-prefix s --count "${SUBSCRIBERS:-1000}" --topic 'sub/%i' \
+        --filters-per-client "${FILTERS:-100}" --duration-secs 600 >/dev/null 2>"$work/sub.err" &
+    local sub=$!
+    pids+=("$sub")
+    until grep -q '^ready:' "$work/sub.err"; do
+        kill -0 "$sub" 2>/dev/null || { cat "$work/sub.err" >&2; exit 1; }
+        sleep 0.1
+    done
+    local line routes
+    line=$(grep '^subscribed:' "$work/sub.err" | sed 's/^subscribed: //')
+    routes=$(curl -sf "http://$(node_http_of 0)/metrics" | awk '$1 == "tidemq_cluster_routes" { print $2 }')
+    kill "$sub" 2>/dev/null || true
+    wait "$sub" 2>/dev/null || true
+    printf '| %s | %s | %s |\n' "$shape" "$line" "${routes:--}"
+    stop_nodes
+}
+
+# kill: one run of MODE=kill.
+kill_run() {
+    start_nodes 3
+    local victim=$((${KILL:-3} - 1)) others=() i led
+    for i in 0 1 2; do [ "$i" = "$victim" ] || others+=("$i"); done
+    led=$(curl -sf "http://$(node_http_of "$victim")/health" |
+        jq -c --argjson id "$((victim + 1))" '[.leaders | to_entries[] | select(.value == $id) | .key]')
+    bench sub --port "${mqtt_ports[${others[1]}]}" --client-prefix s --count "$PAIRS" --topic 'bench/%i' --qos 1 \
+        --duration-secs $((SECS + 30)) --idle-secs 2 >"$work/sub.json" 2>"$work/sub.err" &
+    local sub=$!
+    pids+=("$sub")
+    for _ in $(seq 300); do grep -q '^ready:' "$work/sub.err" && break; sleep 0.1; done
+    (sleep "${KILL_AT:-5}"; kill -9 "${node_pids[$victim]}") &
+    bench pub --port "${mqtt_ports[${others[0]}]}" --client-prefix p --count "$PAIRS" --topic 'bench/%i' --qos 1 \
+        --payload-size "$PAYLOAD" --duration-secs "$SECS" --inflight "$INFLIGHT" >"$work/pub.json" 2>"$work/pub.err"
+    wait "$sub" || true
+    echo "publishers on node $((others[0] + 1)), subscribers on node $((others[1] + 1));" \
+        "node $((victim + 1)) led groups $led, SIGKILLed at ${KILL_AT:-5} s"
+    echo "| second | received msg/s | p50 µs | p99 µs |"
+    echo "|---|---|---|---|"
+    jq -r 'select(.sec != null) | "| \(.sec) | \(.ops_per_sec | floor) | \(.p50_us) | \(.p99_us) |"' "$work/sub.json"
+    stop_nodes
+}
+
+node_http_of() { echo "127.0.0.1:${http_ports[$1]}"; }
+
+case "${MODE:-}" in
+    subscribe)
+        echo "| shape | subscribed | routes on node 1 |"
+        echo "|---|---|---|"
+        for _ in $(seq "$rounds"); do subscribe single; subscribe cluster; done
+        exit 0 ;;
+    kill)
+        kill_run
+        exit 0 ;;
+esac
 
 echo "| shape | QoS | received msg/s | p50 µs | p99 µs | p99.9 µs | max µs | acked msg/s | nodes' CPU s |"
 echo "|---|---|---|---|---|---|---|---|---|"

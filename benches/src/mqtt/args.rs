@@ -215,6 +215,11 @@ pub struct SubArgs {
     /// Stop once no message arrived for this long after the first one (0: never).
     #[arg(long, default_value_t = 0)]
     pub idle_secs: u64,
+    /// Filters each subscriber subscribes to, one SUBSCRIBE after the other:
+    /// the first is `--topic`, the others `{topic}/f{j}`. The SUBACK rate
+    /// and latency go to stderr (`subscribed:`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub filters_per_client: u32,
     /// Persistent sessions: clean session 0 (3.1.1) or a session expiry of
     /// 3600 s (5.0), so that the broker stores their QoS 1/2 messages. The
     /// sessions outlive the run.

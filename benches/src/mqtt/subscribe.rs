@@ -89,21 +89,27 @@ async fn subscribe_all(
     args: &SubArgs,
     clients: Vec<(usize, Client)>,
 ) -> anyhow::Result<Vec<Client>> {
+    let acks = Arc::new(Recorder::new(0));
     let mut tasks = JoinSet::new();
     for (index, mut client) in clients {
-        let (filter, qos, timeout) = (
+        let (base, qos, timeout) = (
             topic_for(&args.topic, index),
             args.qos(),
             args.common.timeout(),
         );
+        let (filters, acks) = (args.filters_per_client, Arc::clone(&acks));
         tasks.spawn(async move {
-            match client.subscribe(filter, qos, timeout).await {
-                Ok(()) => Some(client),
-                Err(e) => {
+            for j in 0..filters {
+                let filter = if j == 0 { base.clone() } else { format!("{base}/f{j}") };
+                let sent = Instant::now();
+                if let Err(e) = client.subscribe(filter, qos, timeout).await {
+                    acks.failure();
                     note_error("subscribe failed", &e);
-                    None
+                    return None;
                 }
+                acks.success(sent.elapsed());
             }
+            Some(client)
         });
     }
     let mut subscribed = Vec::new();
@@ -111,6 +117,17 @@ async fn subscribe_all(
         subscribed.extend(joined.ok().flatten());
     }
     anyhow::ensure!(!subscribed.is_empty(), "no subscription was acknowledged");
+    let report = acks.report();
+    eprintln!(
+        "subscribed: {} filters in {:.2} s, {:.0}/s, SUBACK p50={}us p99={}us max={}us, {} failed",
+        report.success,
+        report.seconds,
+        report.avg_ops_per_sec,
+        report.p50_us,
+        report.p99_us,
+        report.max_us,
+        report.failed
+    );
     Ok(subscribed)
 }
 
