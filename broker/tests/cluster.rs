@@ -7,7 +7,8 @@
 //! published while they were offline; a QoS 1 PUBACK means every node
 //! the message went to has stored it for its persistent sessions; a shared
 //! subscription group with members on every node gets each message once,
-//! and a dead node's share goes to the others until it returns.
+//! and a dead node's share goes to the others until it returns; a node
+//! without a majority grants no subscription that needs a new route.
 
 mod common;
 
@@ -17,7 +18,10 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use common::process::NodeProcess;
 use common::{Raw, persistent};
-use tidemq_proto::mqtt::{Packet, Protocol, QoS, Unsubscribe, UnsubscribeProperties};
+use tidemq_proto::mqtt::{
+    Packet, Protocol, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscribeProperties,
+    SubscriptionOptions, Unsubscribe, UnsubscribeProperties,
+};
 
 /// Three nodes forming one cluster, each with its own data directory.
 struct TestCluster {
@@ -30,6 +34,11 @@ impl TestCluster {
     /// leader, so none of them is ready before the others start) and
     /// waits until every node's `/health` says all groups have leaders.
     fn start() -> anyhow::Result<TestCluster> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`TestCluster::start`], with more environment for every node.
+    fn start_with(env: &[(&str, &str)]) -> anyhow::Result<TestCluster> {
         let listeners: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<_, _>>()?;
@@ -56,14 +65,13 @@ impl TestCluster {
                     let (dir, addr, peers) = (dirs[i].path(), &addrs[i], &peers);
                     scope.spawn(move || {
                         let id = (i + 1).to_string();
-                        NodeProcess::start(
-                            dir,
-                            &[
-                                ("TIDEMQ_META__NODE_ID", id.as_str()),
-                                ("TIDEMQ_META__PEERS", peers.as_str()),
-                                ("TIDEMQ_META__GRPC_ADDR", addr.as_str()),
-                            ],
-                        )
+                        let mut all = vec![
+                            ("TIDEMQ_META__NODE_ID", id.as_str()),
+                            ("TIDEMQ_META__PEERS", peers.as_str()),
+                            ("TIDEMQ_META__GRPC_ADDR", addr.as_str()),
+                        ];
+                        all.extend_from_slice(env);
+                        NodeProcess::start(dir, &all)
                     })
                 })
                 .collect();
@@ -443,5 +451,62 @@ async fn a_dead_nodes_share_goes_to_the_other_members_until_it_returns() -> anyh
         all == (200..300).collect::<Vec<_>>(),
         "each message once: {all:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_a_new_route_is_not_granted_and_the_rest_goes_on() -> anyhow::Result<()>
+{
+    let mut cluster = TestCluster::start_with(&[("TIDEMQ_CLUSTER__ROUTE_WAIT_MS", "1000")])?;
+    let mut old = Raw::connect(cluster.mqtt(1), Protocol::V5, "old").await;
+    old.subscribe(1, "old/#", QoS::AtLeastOnce).await;
+    cluster.routes_everywhere(1.0).await?;
+
+    // Node 2 alone: nodes 1 and 3 are gone.
+    cluster.nodes[0].sigkill()?;
+    cluster.nodes[2].sigkill()?;
+    let mut late = Raw::connect(cluster.mqtt(1), Protocol::V5, "late").await;
+    // An existing route needs no consensus: granted, and local traffic flows.
+    let ack = late.subscribe(1, "old/#", QoS::AtLeastOnce).await;
+    ensure!(
+        ack.reasons == [ReasonCode::granted(QoS::AtLeastOnce)],
+        "{ack:?}"
+    );
+    let mut local = Raw::connect(cluster.mqtt(1), Protocol::V5, "local-pub").await;
+    local
+        .publish("old/x", b"still", QoS::AtLeastOnce, false, 1)
+        .await;
+    ensure!(next_message(&mut old).await.1 == b"still");
+    ensure!(next_message(&mut late).await.1 == b"still");
+    // A new route needs the majority: no SUBACK, DISCONNECT 0x80.
+    late.send(&Packet::Subscribe(Subscribe {
+        packet_id: 2,
+        filters: vec![SubscribeFilter {
+            filter: "new/#".to_string(),
+            options: SubscriptionOptions::default(),
+        }],
+        properties: SubscribeProperties::default(),
+    }))
+    .await;
+    match late.until_closed().await.as_slice() {
+        [Packet::Disconnect(d)] => ensure!(d.reason == ReasonCode::UnspecifiedError, "{d:?}"),
+        other => anyhow::bail!("expected DISCONNECT without SUBACK, got {other:?}"),
+    }
+    let refused = cluster.nodes[1].metric("tidemq_cluster_route_write_timeouts_total")?;
+    ensure!(refused == 1.0, "{refused}");
+
+    // Healed: the same SUBSCRIBE is granted and routed from another node.
+    cluster.nodes[0].restart()?;
+    cluster.nodes[2].restart()?;
+    for node in &cluster.nodes {
+        cluster.healthy(node)?;
+    }
+    let mut late = Raw::connect(cluster.mqtt(1), Protocol::V5, "late").await;
+    late.subscribe(1, "new/#", QoS::AtLeastOnce).await;
+    let mut remote = Raw::connect(cluster.mqtt(0), Protocol::V5, "remote-pub").await;
+    remote
+        .publish("new/x", b"healed", QoS::AtLeastOnce, false, 1)
+        .await;
+    ensure!(next_message(&mut late).await.1 == b"healed");
     Ok(())
 }

@@ -100,7 +100,11 @@ async fn subscribe_all(
         let (filters, acks) = (args.filters_per_client, Arc::clone(&acks));
         tasks.spawn(async move {
             for j in 0..filters {
-                let filter = if j == 0 { base.clone() } else { format!("{base}/f{j}") };
+                let filter = if j == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}/f{j}")
+                };
                 let sent = Instant::now();
                 if let Err(e) = client.subscribe(filter, qos, timeout).await {
                     acks.failure();

@@ -185,6 +185,9 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
         duration_secs: 20,
         expect: 0,
         idle_secs: 1,
+        // The second filter of each matches nothing published: each message
+        // still arrives once.
+        filters_per_client: 2,
         persistent: false,
     };
     let subscribers = tokio::spawn(async move { subscribe::subscribe(&sub_args).await });
@@ -351,6 +354,7 @@ async fn persistent_subscribers_leave_stored_sessions_behind() -> anyhow::Result
             duration_secs: 20,
             expect: 0,
             idle_secs: 1,
+            filters_per_client: 1,
             persistent: true,
         };
         sub_args.common.client_prefix = Some(format!("persistent-v{version}"));

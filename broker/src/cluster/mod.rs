@@ -377,11 +377,14 @@ impl Cluster {
 
     /// What a SUBACK granting `filters` waits for: their routes written
     /// and applied by every other member, at most `cluster.route_wait_ms`.
-    /// `None` when there is no other member (or no filter).
+    /// `None` when there is no other member (or no filter). A route write
+    /// that does not commit by then (no majority) fails the wait: the
+    /// subscription needs consensus this node cannot get. A member that
+    /// does not answer is passed over (counted).
     pub(crate) fn routes_ready(
         self: &Arc<Self>,
         filters: Vec<String>,
-    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+    ) -> Option<impl Future<Output = Result<(), MetaError>> + Send + 'static> {
         let peers = self.peers.others();
         if peers.is_empty() || filters.is_empty() {
             return None;
@@ -389,14 +392,25 @@ impl Cluster {
         Some(Arc::clone(self).wait_for_routes(filters, peers))
     }
 
-    async fn wait_for_routes(self: Arc<Self>, filters: Vec<String>, peers: Vec<(NodeId, String)>) {
+    async fn wait_for_routes(
+        self: Arc<Self>,
+        filters: Vec<String>,
+        peers: Vec<(NodeId, String)>,
+    ) -> Result<(), MetaError> {
         let deadline = Instant::now() + self.route_wait;
         let mut index = 0;
         for filter in &filters {
             let written = self.keeper.written_at(filter);
             match tokio::time::timeout_at(deadline, written).await {
                 Ok(at) => index = index.max(at.unwrap_or(0)),
-                Err(_) => return self.timed_out(None, "the route write"),
+                Err(_) => {
+                    self.metrics.route_write_timeouts.inc();
+                    return Err(MetaError::NoQuorum {
+                        reason: format!(
+                            "the route of {filter:?} did not commit within cluster.route_wait_ms"
+                        ),
+                    });
+                }
             }
         }
         let behind = peers
@@ -404,6 +418,7 @@ impl Cluster {
             .filter(|(id, _)| self.confirmed.get(id).is_none_or(|at| *at < index));
         let waits = behind.map(|(id, addr)| self.peer_applied(id, addr, index, deadline));
         futures_util::future::join_all(waits).await;
+        Ok(())
     }
 
     /// Asks `peer` to answer once its route table has applied `index`.
@@ -595,6 +610,7 @@ struct ClusterMetrics {
     route_writes: IntCounter,
     route_write_errors: IntCounter,
     route_wait_timeouts: IntCounter,
+    route_write_timeouts: IntCounter,
     forward_wait_timeouts: IntCounter,
     received: IntCounter,
     malformed: IntCounter,
@@ -640,6 +656,10 @@ impl ClusterMetrics {
             route_wait_timeouts: counter(
                 "tidemq_cluster_route_wait_timeouts_total",
                 "SUBACKs sent before a node answered that it applied the new route",
+            )?,
+            route_write_timeouts: counter(
+                "tidemq_cluster_route_write_timeouts_total",
+                "SUBSCRIBEs refused because their new route did not commit in time (no majority)",
             )?,
             forward_wait_timeouts: counter(
                 "tidemq_cluster_forward_wait_timeouts_total",

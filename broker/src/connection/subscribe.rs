@@ -97,7 +97,10 @@ impl Connection {
                         persist.await?;
                     }
                     if let Some(routes) = routes {
-                        routes.await;
+                        // No majority for a new route: the connection ends
+                        // without SUBACK (the subscription is not in force
+                        // everywhere, so it is not granted).
+                        routes.await.map_err(DurableError::Meta)?;
                     }
                     Ok(None)
                 }
