@@ -179,6 +179,12 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_once_and_in_ord
         forwarded == f64::from(COUNT),
         "one copy per message to node 2, not one per route: {forwarded}"
     );
+    let timed = cluster.nodes[0].metric("tidemq_cluster_forward_seconds_count{peer=\"2\"}")?;
+    let batches = cluster.nodes[0].metric("tidemq_cluster_forwarded_batches_total{peer=\"2\"}")?;
+    ensure!(
+        timed > 0.0 && timed <= batches,
+        "every acknowledged batch timed: {timed} of {batches}"
+    );
 
     // /health: the members as node 1 sees them, its links up.
     let (_, body) = common::process::http_get(cluster.nodes[0].http, "/health")?;

@@ -52,6 +52,7 @@ pub(crate) struct LinkMetrics {
     pub(crate) dropped: IntCounterVec,
     pub(crate) connects: IntCounterVec,
     pub(crate) queued: IntGaugeVec,
+    pub(crate) latency: prometheus::HistogramVec,
 }
 
 /// A message for a peer, and who waits for the peer to confirm it.
@@ -60,9 +61,16 @@ pub(crate) struct Outgoing {
     pub(crate) confirm: Option<oneshot::Sender<()>>,
 }
 
-/// The confirmations of the batches a stream sent and the peer has not
-/// acknowledged yet, by batch sequence number; dropped with the stream.
-type Unconfirmed = Arc<Mutex<HashMap<u64, Vec<oneshot::Sender<()>>>>>;
+/// The batches a stream sent and the peer has not acknowledged yet, by
+/// batch sequence number: when each went, and its messages'
+/// confirmations; dropped with the stream.
+type Unconfirmed = Arc<Mutex<HashMap<u64, Sent>>>;
+
+/// A batch on its way.
+struct Sent {
+    at: std::time::Instant,
+    confirms: Vec<oneshot::Sender<()>>,
+}
 
 /// Why a message did not go into a peer's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +347,7 @@ impl Link {
                 tokio::spawn(confirm_acks(
                     response.into_inner(),
                     Arc::clone(&unconfirmed),
+                    self.metrics.latency.with_label_values(&[&self.label]),
                     ended_tx,
                 ));
                 Some(OpenStream {
@@ -373,13 +382,15 @@ impl Link {
             self.taken(1);
             let (batch, confirms, bytes) = self.batch(first, queue);
             let count = batch.messages.len();
-            if !confirms.is_empty() {
-                // Before the send: the peer's ack may come back at once.
-                open.unconfirmed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(batch.sequence, confirms);
-            }
+            // Before the send: the peer's ack may come back at once.
+            let sent = Sent {
+                at: std::time::Instant::now(),
+                confirms,
+            };
+            open.unconfirmed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(batch.sequence, sent);
             if open.batches.send(batch).await.is_err() {
                 warn!(
                     peer = self.peer,
@@ -456,12 +467,13 @@ struct OpenStream {
     ended: oneshot::Receiver<()>,
 }
 
-/// Completes the confirmations of the batches the peer acknowledges, until
-/// its side of the stream ends; then drops the rest (they never will be)
-/// and says so on `ended`.
+/// Completes the confirmations of the batches the peer acknowledges (and
+/// times each batch's round trip), until its side of the stream ends; then
+/// drops the rest (they never will be) and says so on `ended`.
 async fn confirm_acks(
     mut acks: Streaming<pb::ForwardAck>,
     unconfirmed: Unconfirmed,
+    latency: prometheus::Histogram,
     ended: oneshot::Sender<()>,
 ) {
     while let Ok(Some(ack)) = acks.message().await {
@@ -469,7 +481,9 @@ async fn confirm_acks(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&ack.sequence);
-        for confirm in done.into_iter().flatten() {
+        let Some(sent) = done else { continue };
+        latency.observe(sent.at.elapsed().as_secs_f64());
+        for confirm in sent.confirms {
             let _ = confirm.send(());
         }
     }

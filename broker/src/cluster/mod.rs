@@ -6,6 +6,7 @@
 //!   on each publish.
 //! - [`link`]: one batched gRPC stream per peer carrying the messages that
 //!   peer's subscribers match; [`service`] is its receiving end.
+//! - [`metrics`]: what all of them count.
 //!
 //! A SUBACK that made a route goes out once every other member of the
 //! metadata group has applied it ([`Cluster::routes_ready`]), so a message
@@ -13,6 +14,7 @@
 
 mod keeper;
 mod link;
+mod metrics;
 mod service;
 mod table;
 
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, Registry};
 use tidemq_meta::channels::ChannelPool;
 use tidemq_meta::openraft::Raft;
 use tidemq_meta::{ExtraServices, MetaClient, MetaError, MetaNodeHandle, NodeId, TypeConfig};
@@ -35,8 +37,9 @@ use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 pub(crate) use self::keeper::LocalFilters;
-use self::keeper::{KeeperMetrics, RouteKeeper};
-use self::link::{LinkLimits, LinkMetrics, Links, Outgoing};
+use self::keeper::RouteKeeper;
+use self::link::{LinkLimits, Links, Outgoing};
+use self::metrics::ClusterMetrics;
 use self::service::LinkService;
 use self::table::{RaftView, RouteTable};
 use crate::broker::Shared;
@@ -601,122 +604,4 @@ fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
         plain: false,
         shares: Vec::new(),
     })
-}
-
-/// The cluster's metrics.
-struct ClusterMetrics {
-    routes: IntGauge,
-    route_lag: IntGauge,
-    route_writes: IntCounter,
-    route_write_errors: IntCounter,
-    route_wait_timeouts: IntCounter,
-    route_write_timeouts: IntCounter,
-    forward_wait_timeouts: IntCounter,
-    received: IntCounter,
-    malformed: IntCounter,
-    link: LinkMetrics,
-}
-
-impl ClusterMetrics {
-    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        fn reg<M: prometheus::core::Collector + Clone + 'static>(
-            registry: &Registry,
-            metric: M,
-        ) -> Result<M, prometheus::Error> {
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        }
-        let counter = |name: &str, help: &str| reg(registry, IntCounter::new(name, help)?);
-        let per_peer = |name: &str, help: &str, labels: &[&str]| {
-            reg(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
-        };
-        Ok(ClusterMetrics {
-            routes: reg(
-                registry,
-                IntGauge::new(
-                    "tidemq_cluster_routes",
-                    "Routes (filter, node) in this node's route table",
-                )?,
-            )?,
-            route_lag: reg(
-                registry,
-                IntGauge::new(
-                    "tidemq_cluster_route_table_lag",
-                    "Metadata group entries this node's route table has not applied yet",
-                )?,
-            )?,
-            route_writes: counter(
-                "tidemq_cluster_route_writes_total",
-                "SetRoutes writes of this node's routes",
-            )?,
-            route_write_errors: counter(
-                "tidemq_cluster_route_write_errors_total",
-                "Failed SetRoutes writes (each is retried)",
-            )?,
-            route_wait_timeouts: counter(
-                "tidemq_cluster_route_wait_timeouts_total",
-                "SUBACKs sent before a node answered that it applied the new route",
-            )?,
-            route_write_timeouts: counter(
-                "tidemq_cluster_route_write_timeouts_total",
-                "SUBSCRIBEs refused because their new route did not commit in time (no majority)",
-            )?,
-            forward_wait_timeouts: counter(
-                "tidemq_cluster_forward_wait_timeouts_total",
-                "QoS 1/2 acknowledgements sent before every node the message went to confirmed it",
-            )?,
-            received: counter(
-                "tidemq_cluster_received_messages_total",
-                "Messages other nodes forwarded to this one",
-            )?,
-            malformed: counter(
-                "tidemq_cluster_received_malformed_total",
-                "Forwarded messages that did not decode (dropped)",
-            )?,
-            link: LinkMetrics {
-                messages: per_peer(
-                    "tidemq_cluster_forwarded_messages_total",
-                    "Messages sent to a peer",
-                    &["peer"],
-                )?,
-                bytes: per_peer(
-                    "tidemq_cluster_forwarded_bytes_total",
-                    "PUBLISH bytes sent to a peer",
-                    &["peer"],
-                )?,
-                batches: per_peer(
-                    "tidemq_cluster_forwarded_batches_total",
-                    "Batches sent to a peer",
-                    &["peer"],
-                )?,
-                dropped: per_peer(
-                    "tidemq_cluster_forward_dropped_total",
-                    "Messages for a peer that were not sent (queue_full, unreachable, link_broken)",
-                    &["peer", "reason"],
-                )?,
-                connects: per_peer(
-                    "tidemq_cluster_link_connects_total",
-                    "Links opened to a peer",
-                    &["peer"],
-                )?,
-                queued: reg(
-                    registry,
-                    IntGaugeVec::new(
-                        Opts::new(
-                            "tidemq_cluster_forward_queued",
-                            "Messages queued for a peer",
-                        ),
-                        &["peer"],
-                    )?,
-                )?,
-            },
-        })
-    }
-
-    fn keeper(&self) -> KeeperMetrics {
-        KeeperMetrics {
-            writes: self.route_writes.clone(),
-            write_errors: self.route_write_errors.clone(),
-        }
-    }
 }
