@@ -193,9 +193,10 @@ impl Node {
 
         let http_bind = config.http.bind;
         let node_id = config.meta.node_id;
+        let meta_timeout = config.meta.client_timeout();
         let cluster = MetaClient::with_secret(
             [meta.local_addr().to_string()],
-            Duration::from_secs(30),
+            meta_timeout,
             secret.clone(),
         )
         .and_then(|client| {
@@ -229,7 +230,7 @@ impl Node {
             // Session changes are written through the meta service too.
             let catalog = match MetaClient::with_secret(
                 [meta.local_addr().to_string()],
-                Duration::from_secs(30),
+                meta_timeout,
                 secret,
             ) {
                 Ok(client) => SessionCatalog::Meta { client, node_id },

@@ -8,7 +8,8 @@
 //! the message went to has stored it for its persistent sessions; a shared
 //! subscription group with members on every node gets each message once,
 //! and a dead node's share goes to the others until it returns; a node
-//! without a majority grants no subscription that needs a new route.
+//! without a majority grants no subscription that needs a new route and no
+//! new persistent session, and serves the rest.
 
 mod common;
 
@@ -463,7 +464,10 @@ async fn a_dead_nodes_share_goes_to_the_other_members_until_it_returns() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_majority_a_new_route_is_not_granted_and_the_rest_goes_on() -> anyhow::Result<()>
 {
-    let mut cluster = TestCluster::start_with(&[("TIDEMQ_CLUSTER__ROUTE_WAIT_MS", "1000")])?;
+    let mut cluster = TestCluster::start_with(&[
+        ("TIDEMQ_CLUSTER__ROUTE_WAIT_MS", "1000"),
+        ("TIDEMQ_META__CLIENT_TIMEOUT_MS", "1500"),
+    ])?;
     let mut old = Raw::connect(cluster.mqtt(1), Protocol::V5, "old").await;
     old.subscribe(1, "old/#", QoS::AtLeastOnce).await;
     cluster.routes_everywhere(1.0).await?;
@@ -500,6 +504,19 @@ async fn without_a_majority_a_new_route_is_not_granted_and_the_rest_goes_on() ->
     }
     let refused = cluster.nodes[1].metric("tidemq_cluster_route_write_timeouts_total")?;
     ensure!(refused == 1.0, "{refused}");
+    // A new persistent session needs its meta write: CONNACK 0x03 (server
+    // unavailable) once meta.client_timeout_ms has passed.
+    let started = std::time::Instant::now();
+    let (_, ack) = Raw::connect_with(cluster.mqtt(1), Protocol::V3_1_1, "new-persistent", |c| {
+        c.clean_start = false;
+    })
+    .await;
+    ensure!(ack.reason == ReasonCode::ServerUnavailable, "{ack:?}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused after {:?}",
+        started.elapsed()
+    );
 
     // Healed: the same SUBSCRIBE is granted and routed from another node.
     cluster.nodes[0].restart()?;

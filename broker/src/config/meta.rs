@@ -39,6 +39,12 @@ pub struct MetaServiceConfig {
     pub snapshot_keep_logs: u64,
     /// gRPC requests slower than this are logged at WARN, in milliseconds.
     pub slow_request_ms: u64,
+    /// Longest the broker waits for one call to the meta service (a
+    /// persistent session's write, a route write), retries after a leader
+    /// change included, in milliseconds. Past it the call fails: a CONNECT
+    /// that needed it gets CONNACK 0x88 (3.1.1: 0x03), for example when
+    /// this node is cut off from the majority.
+    pub client_timeout_ms: u64,
     /// Requests coalesced into one Raft entry, at most.
     pub batch_max_requests: usize,
     /// Approximate bytes of one coalesced Raft entry, at most.
@@ -75,6 +81,7 @@ impl Default for MetaServiceConfig {
             snapshot_after: meta.snapshot_after_entries,
             snapshot_keep_logs: meta.snapshot_keep_logs,
             slow_request_ms: millis(meta.slow_request),
+            client_timeout_ms: 10_000,
             batch_max_requests: meta.batch.max_requests,
             batch_max_bytes: meta.batch.max_bytes,
             batch_max_inflight: meta.batch.max_inflight,
@@ -89,6 +96,11 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl MetaServiceConfig {
+    /// [`MetaServiceConfig::client_timeout_ms`] as a duration.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms)
+    }
+
     /// The members listed in `peers`, parsed.
     pub fn members(&self) -> Result<Vec<(u64, String)>, ConfigError> {
         self.peers
