@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tidemq_meta::NodeId;
 use tidemq_meta::channels::ChannelPool;
 use tidemq_proto::grpc::v1 as pb;
@@ -53,6 +53,49 @@ pub(crate) struct LinkMetrics {
     pub(crate) connects: IntCounterVec,
     pub(crate) queued: IntGaugeVec,
     pub(crate) latency: prometheus::HistogramVec,
+}
+
+impl LinkMetrics {
+    /// The series of `peer`, looked up once for its link's life.
+    fn of(&self, peer: NodeId) -> PeerMetrics {
+        let label = peer.to_string();
+        let one = [label.as_str()];
+        PeerMetrics {
+            messages: self.messages.with_label_values(&one),
+            bytes: self.bytes.with_label_values(&one),
+            batches: self.batches.with_label_values(&one),
+            queue_full: self
+                .dropped
+                .with_label_values(&[label.as_str(), "queue_full"]),
+            peer_down: self
+                .dropped
+                .with_label_values(&[label.as_str(), "peer_down"]),
+            unreachable: self
+                .dropped
+                .with_label_values(&[label.as_str(), "unreachable"]),
+            link_broken: self
+                .dropped
+                .with_label_values(&[label.as_str(), "link_broken"]),
+            connects: self.connects.with_label_values(&one),
+            queued: self.queued.with_label_values(&one),
+            latency: self.latency.with_label_values(&one),
+        }
+    }
+}
+
+/// One peer's series of [`LinkMetrics`].
+#[derive(Clone)]
+struct PeerMetrics {
+    messages: IntCounter,
+    bytes: IntCounter,
+    batches: IntCounter,
+    queue_full: IntCounter,
+    peer_down: IntCounter,
+    unreachable: IntCounter,
+    link_broken: IntCounter,
+    connects: IntCounter,
+    queued: IntGauge,
+    latency: prometheus::Histogram,
 }
 
 /// A message for a peer, and who waits for the peer to confirm it.
@@ -106,6 +149,7 @@ struct LinkHandle {
     state: Arc<StateCell>,
     /// Cuts a reconnect's backoff short.
     retry: Arc<Notify>,
+    metrics: PeerMetrics,
 }
 
 /// A [`LinkState`] and the number of the stream it is about, so that the
@@ -174,23 +218,14 @@ impl Links {
     /// Queues `message` for `peer`, starting its link on first use (on the
     /// calling task's runtime).
     pub(crate) fn send(&self, peer: NodeId, message: Outgoing) -> Result<(), NotQueued> {
-        let queue = self
-            .queues
-            .entry(peer)
-            .or_insert_with(|| self.start(peer))
-            .queue
-            .clone();
-        let label = [peer.to_string()];
-        match queue.try_send(message) {
+        let link = self.queues.entry(peer).or_insert_with(|| self.start(peer));
+        match link.queue.try_send(message) {
             Ok(()) => {
-                self.metrics.queued.with_label_values(&label).inc();
+                link.metrics.queued.inc();
                 Ok(())
             }
             Err(_) => {
-                self.metrics
-                    .dropped
-                    .with_label_values(&[label[0].as_str(), "queue_full"])
-                    .inc();
+                link.metrics.queue_full.inc();
                 Err(NotQueued::QueueFull)
             }
         }
@@ -224,10 +259,9 @@ impl Links {
 
     /// Counts a message for `peer` not sent because its link is down.
     pub(crate) fn passed_over(&self, peer: NodeId) {
-        self.metrics
-            .dropped
-            .with_label_values(&[peer.to_string().as_str(), "peer_down"])
-            .inc();
+        if let Some(link) = self.queues.get(&peer) {
+            link.metrics.peer_down.inc();
+        }
     }
 
     /// The state of the link to `peer` and the messages queued for it.
@@ -244,17 +278,17 @@ impl Links {
         let (tx, rx) = mpsc::channel(self.limits.queue_messages);
         let state = Arc::new(StateCell::default());
         let retry = Arc::new(Notify::new());
+        let metrics = self.metrics.of(peer);
         let link = Link {
             state: Arc::clone(&state),
             retry: Arc::clone(&retry),
             streams: 0,
             me: self.me,
             peer,
-            label: peer.to_string(),
             peers: Arc::clone(&self.peers),
             channels: self.channels.clone(),
             limits: self.limits,
-            metrics: self.metrics.clone(),
+            metrics: metrics.clone(),
             sequence: 0,
         };
         tokio::spawn(link.run(rx));
@@ -262,6 +296,7 @@ impl Links {
             queue: tx,
             state,
             retry,
+            metrics,
         }
     }
 }
@@ -274,11 +309,10 @@ struct Link {
     streams: u64,
     me: NodeId,
     peer: NodeId,
-    label: String,
     peers: Arc<Peers>,
     channels: ChannelPool,
     limits: LinkLimits,
-    metrics: LinkMetrics,
+    metrics: PeerMetrics,
     sequence: u64,
 }
 
@@ -299,7 +333,7 @@ impl Link {
                     lost += 1;
                 }
                 self.taken(lost);
-                self.drop_messages(lost, "unreachable");
+                self.metrics.unreachable.inc_by(lost as u64);
                 if queue.is_closed() {
                     return;
                 }
@@ -336,10 +370,7 @@ impl Link {
         match client.forward(ReceiverStream::new(rx)).await {
             Ok(response) => {
                 self.streams += 1;
-                self.metrics
-                    .connects
-                    .with_label_values(&[&self.label])
-                    .inc();
+                self.metrics.connects.inc();
                 info!(peer = self.peer, %addr, "link to peer up");
                 self.state.up(self.streams);
                 let unconfirmed = Unconfirmed::default();
@@ -347,7 +378,7 @@ impl Link {
                 tokio::spawn(confirm_acks(
                     response.into_inner(),
                     Arc::clone(&unconfirmed),
-                    self.metrics.latency.with_label_values(&[&self.label]),
+                    self.metrics.latency.clone(),
                     ended_tx,
                 ));
                 Some(OpenStream {
@@ -397,19 +428,12 @@ impl Link {
                     lost = count,
                     "link to peer broken; reconnecting"
                 );
-                self.drop_messages(count, "link_broken");
+                self.metrics.link_broken.inc_by(count as u64);
                 return true;
             }
-            let label = [self.label.as_str()];
-            self.metrics.batches.with_label_values(&label).inc();
-            self.metrics
-                .messages
-                .with_label_values(&label)
-                .inc_by(count as u64);
-            self.metrics
-                .bytes
-                .with_label_values(&label)
-                .inc_by(bytes as u64);
+            self.metrics.batches.inc();
+            self.metrics.messages.inc_by(count as u64);
+            self.metrics.bytes.inc_by(bytes as u64);
         }
     }
 
@@ -443,19 +467,7 @@ impl Link {
     }
 
     fn taken(&self, count: usize) {
-        self.metrics
-            .queued
-            .with_label_values(&[&self.label])
-            .sub(count as i64);
-    }
-
-    fn drop_messages(&self, count: usize, reason: &str) {
-        if count > 0 {
-            self.metrics
-                .dropped
-                .with_label_values(&[&self.label, reason])
-                .inc_by(count as u64);
-        }
+        self.metrics.queued.sub(count as i64);
     }
 }
 
