@@ -167,8 +167,9 @@ impl RouteKeeper {
 }
 
 /// How many local subscriptions each filter has (a shared subscription's
-/// members count for its inner filter), kept by the router under its lock:
-/// the first and the last of a filter tell the keeper.
+/// members count for its whole `$share/{group}/{filter}`, so that a group
+/// has a route of its own), kept by the router under its lock: the first
+/// and the last of a filter tell the keeper.
 pub(crate) struct LocalFilters {
     counts: Mutex<HashMap<Box<str>, usize>>,
     keeper: Arc<RouteKeeper>,
