@@ -9,7 +9,8 @@
 //! subscription group with members on every node gets each message once,
 //! and a dead node's share goes to the others until it returns; a node
 //! without a majority grants no subscription that needs a new route and no
-//! new persistent session, and serves the rest.
+//! new persistent session, and serves the rest. Mosquitto's clients see
+//! the cluster as one broker.
 
 mod common;
 
@@ -531,5 +532,49 @@ async fn without_a_majority_a_new_route_is_not_granted_and_the_rest_goes_on() ->
         .publish("new/x", b"healed", QoS::AtLeastOnce, false, 1)
         .await;
     ensure!(next_message(&mut late).await.1 == b"healed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_see_one_broker_across_the_nodes() -> anyhow::Result<()> {
+    let cluster = TestCluster::start()?;
+    let port = |node: usize| cluster.mqtt(node).port().to_string();
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(2),
+            "-t",
+            "mosq/#",
+            "-q",
+            "1",
+            "-v",
+        ])
+        .args(["-C", "2", "-W", "20", "-V", "mqttv5"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("mosquitto_sub (package mosquitto-clients) runs")?;
+    // Its SUBACK, so its route, is in once every node holds the route.
+    cluster.routes_everywhere(1.0).await?;
+    for (node, version, payload) in [(0, "mqttv311", "from-1"), (1, "mqttv5", "from-2")] {
+        let status = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port(node), "-V", version])
+            .args(["-t", &format!("mosq/{payload}"), "-m", payload, "-q", "1"])
+            .status()
+            .await?;
+        ensure!(
+            status.success(),
+            "mosquitto_pub to node {}: {status}",
+            node + 1
+        );
+    }
+    let out = tokio::time::timeout(Duration::from_secs(25), sub.wait_with_output()).await??;
+    let got = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        got == "mosq/from-1 from-1\nmosq/from-2 from-2\n",
+        "mosquitto_sub printed {got:?}"
+    );
     Ok(())
 }
