@@ -165,14 +165,16 @@ impl Node {
 
         // Meta first: the broker will keep its sessions there. Its gRPC
         // server carries the links between the brokers too.
-        let (cluster_parts, link_service) = match ClusterParts::new(&config.cluster, &registry) {
-            Ok(parts) => parts,
-            Err(e) => {
-                drop(monitor);
-                runtimes.shutdown();
-                return Err(NodeError::Metrics(e));
-            }
-        };
+        let node_id = config.meta.node_id;
+        let (cluster_parts, link_service) =
+            match ClusterParts::new(node_id, &config.cluster, &registry) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    drop(monitor);
+                    runtimes.shutdown();
+                    return Err(NodeError::Metrics(e));
+                }
+            };
         let meta_runtimes = MetaRuntimes {
             raft: runtimes.raft.handle().clone(),
             grpc: runtimes.grpc.handle().clone(),
@@ -192,21 +194,20 @@ impl Node {
         };
 
         let http_bind = config.http.bind;
-        let node_id = config.meta.node_id;
-        let meta_timeout = config.meta.client_timeout();
-        let cluster = MetaClient::with_secret(
+        // One client of the local meta server for the route keeper and the
+        // session catalog.
+        let started = MetaClient::with_secret(
             [meta.local_addr().to_string()],
-            meta_timeout,
+            config.meta.client_timeout(),
             secret.clone(),
         )
         .and_then(|client| {
-            let channels = ChannelPool::new(secret.clone());
-            runtimes
-                .broker
-                .block_on(cluster_parts.start(&meta, node_id, client, channels))
+            let channels = ChannelPool::new(secret);
+            let start = cluster_parts.start(&meta, client.clone(), channels);
+            Ok((client, runtimes.broker.block_on(start)?))
         });
-        let cluster = match cluster {
-            Ok(cluster) => cluster,
+        let (client, cluster) = match started {
+            Ok(started) => started,
             Err(e) => {
                 runtimes.grpc.block_on(meta.shutdown());
                 drop(monitor);
@@ -228,19 +229,7 @@ impl Node {
                 max_message_age: config.session.max_message_age(),
             };
             // Session changes are written through the meta service too.
-            let catalog = match MetaClient::with_secret(
-                [meta.local_addr().to_string()],
-                meta_timeout,
-                secret,
-            ) {
-                Ok(client) => SessionCatalog::Meta { client, node_id },
-                Err(e) => {
-                    runtimes.grpc.block_on(meta.shutdown());
-                    drop(monitor);
-                    runtimes.shutdown();
-                    return Err(NodeError::Meta(e));
-                }
-            };
+            let catalog = SessionCatalog::Meta { client, node_id };
             match runtimes
                 .broker
                 .block_on(DurableStore::open(&durable, &registry))

@@ -103,6 +103,7 @@ impl Peers {
 /// What exists before the meta service starts: the route table and the
 /// link service the meta gRPC server will carry.
 pub struct ClusterParts {
+    node_id: NodeId,
     table: Arc<RouteTable>,
     broker: Arc<OnceLock<Arc<Shared>>>,
     metrics: ClusterMetrics,
@@ -110,14 +111,17 @@ pub struct ClusterParts {
 }
 
 impl ClusterParts {
-    /// Registers the cluster's metrics; the returned services go to the
-    /// meta service's gRPC server ([`MetaNodeHandle::start_serving`]).
+    /// Registers the cluster's metrics for node `node_id`; the returned
+    /// services go to the meta service's gRPC server
+    /// ([`MetaNodeHandle::start_serving`]).
     pub fn new(
+        node_id: NodeId,
         config: &ClusterConfig,
         registry: &Registry,
     ) -> Result<(ClusterParts, ExtraServices), prometheus::Error> {
         let metrics = ClusterMetrics::register(registry)?;
         let table = Arc::new(RouteTable::new(
+            node_id,
             metrics.routes.clone(),
             metrics.route_lag.clone(),
         ));
@@ -132,6 +136,7 @@ impl ClusterParts {
             routes.add_service(InterceptedService::new(service.server(), require))
         });
         let parts = ClusterParts {
+            node_id,
             table,
             broker,
             metrics,
@@ -145,11 +150,11 @@ impl ClusterParts {
     pub async fn start(
         self,
         meta: &MetaNodeHandle,
-        node_id: NodeId,
         client: MetaClient,
         channels: ChannelPool,
     ) -> Result<Arc<Cluster>, MetaError> {
         let ClusterParts {
+            node_id,
             table,
             broker,
             metrics,
@@ -351,7 +356,7 @@ impl Cluster {
     /// subscribers, and for which shared groups. A node whose link is down
     /// is passed over: its shares go to the other nodes with members.
     fn plan(&self, message: &Message) -> Vec<(NodeId, bool, Vec<ShareId>)> {
-        let matches = self.table.matches(&message.topic, self.me);
+        let matches = self.table.matches(&message.topic);
         let mut plan: Vec<(NodeId, bool, Vec<ShareId>)> = Vec::new();
         for node in matches.plain {
             if self.links.is_down(node) {
@@ -431,8 +436,8 @@ impl Cluster {
                 let mut at = self.confirmed.entry(peer).or_insert(0);
                 *at = (*at).max(applied);
             }
-            Ok(_) => self.timed_out(Some(peer), "the peer's route table"),
-            Err(why) => self.timed_out(Some(peer), why),
+            Ok(_) => self.timed_out(peer, "the peer's route table"),
+            Err(why) => self.timed_out(peer, why),
         }
     }
 
@@ -462,11 +467,11 @@ impl Cluster {
         }
     }
 
-    fn timed_out(&self, peer: Option<NodeId>, waiting_for: &str) {
+    fn timed_out(&self, peer: NodeId, waiting_for: &str) {
         self.metrics.route_wait_timeouts.inc();
         if let Some(held) = self.wait_log.admit_now() {
             warn!(
-                ?peer,
+                peer,
                 waiting_for, held, "SUBACK sent before its route reached every node"
             );
         }

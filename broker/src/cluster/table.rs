@@ -48,45 +48,86 @@ pub(crate) struct Matches {
     pub(crate) groups: Vec<(ShareId, Vec<NodeId>)>,
 }
 
+/// The routes in a tree, and how many of them are other nodes' than
+/// `me`: while none are, no publish has anywhere else to go.
+struct Routes {
+    me: NodeId,
+    tree: SubscriptionTree<RouteKey, ()>,
+    others: usize,
+}
+
+impl Routes {
+    fn new(me: NodeId) -> Self {
+        Routes {
+            me,
+            tree: SubscriptionTree::new(),
+            others: 0,
+        }
+    }
+
+    fn insert(&mut self, route: &Route) {
+        let (filter, key) = RouteKey::of(&route.filter, route.node_id);
+        let other = key.node != self.me;
+        if self.tree.insert(filter, key, ()).is_none() && other {
+            self.others += 1;
+        }
+    }
+
+    fn remove(&mut self, route: &Route) {
+        let (filter, key) = RouteKey::of(&route.filter, route.node_id);
+        if self.tree.remove(filter, &key).is_some() && key.node != self.me {
+            self.others -= 1;
+        }
+    }
+}
+
 /// Which nodes have subscribers for which filters, matched on every
 /// publish; `applied` is the metadata group's log index the table
 /// reflects.
 pub(crate) struct RouteTable {
-    tree: RwLock<SubscriptionTree<RouteKey, ()>>,
+    routes: RwLock<Routes>,
     applied: watch::Sender<u64>,
-    routes: prometheus::IntGauge,
+    count: prometheus::IntGauge,
     lag: prometheus::IntGauge,
 }
 
 impl RouteTable {
-    pub(crate) fn new(routes: prometheus::IntGauge, lag: prometheus::IntGauge) -> Self {
+    /// The route table of node `me`.
+    pub(crate) fn new(me: NodeId, count: prometheus::IntGauge, lag: prometheus::IntGauge) -> Self {
         RouteTable {
-            tree: RwLock::new(SubscriptionTree::new()),
+            routes: RwLock::new(Routes::new(me)),
             applied: watch::Sender::new(0),
-            routes,
+            count,
             lag,
         }
     }
 
     /// The routes matching `topic`: other nodes with plain subscribers, and
-    /// the shared groups with the nodes that have their members.
-    pub(crate) fn matches(&self, topic: &str, me: NodeId) -> Matches {
+    /// the shared groups with the nodes that have their members. Nothing,
+    /// without a walk, while every route is this node's own.
+    pub(crate) fn matches(&self, topic: &str) -> Matches {
         let mut found = Matches::default();
-        let tree = self.tree.read().unwrap_or_else(PoisonError::into_inner);
-        tree.for_each_match(topic, |filter, key, ()| match &key.group {
-            None => {
-                if key.node != me && !found.plain.contains(&key.node) {
-                    found.plain.push(key.node);
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        if routes.others == 0 {
+            return found;
+        }
+        let me = routes.me;
+        routes
+            .tree
+            .for_each_match(topic, |filter, key, ()| match &key.group {
+                None => {
+                    if key.node != me && !found.plain.contains(&key.node) {
+                        found.plain.push(key.node);
+                    }
                 }
-            }
-            Some(group) => match found.groups.iter_mut().find(|(id, _)| id.is(group, filter)) {
-                Some((_, nodes)) => nodes.push(key.node),
-                None => found
-                    .groups
-                    .push((ShareId::new(group, filter), vec![key.node])),
-            },
-        });
-        drop(tree);
+                Some(group) => match found.groups.iter_mut().find(|(id, _)| id.is(group, filter)) {
+                    Some((_, nodes)) => nodes.push(key.node),
+                    None => found
+                        .groups
+                        .push((ShareId::new(group, filter), vec![key.node])),
+                },
+            });
+        drop(routes);
         for (_, nodes) in &mut found.groups {
             nodes.sort_unstable();
         }
@@ -109,15 +150,16 @@ impl RouteTable {
         }
     }
 
-    /// Replaces the whole table with `routes` as of `applied`.
-    fn load(&self, routes: Vec<Route>, applied: u64) {
-        let mut tree = SubscriptionTree::new();
-        for route in routes {
-            let (filter, key) = RouteKey::of(&route.filter, route.node_id);
-            tree.insert(filter, key, ());
+    /// Replaces the whole table with `loaded` as of `applied`.
+    fn load(&self, loaded: Vec<Route>, applied: u64) {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut fresh = Routes::new(routes.me);
+        for route in &loaded {
+            fresh.insert(route);
         }
-        self.routes.set(tree.len() as i64);
-        *self.tree.write().unwrap_or_else(PoisonError::into_inner) = tree;
+        self.count.set(fresh.tree.len() as i64);
+        *routes = fresh;
+        drop(routes);
         self.advance(applied);
     }
 
@@ -146,17 +188,16 @@ impl RouteTable {
             match update {
                 RouteUpdate::Applied { applied, changes } => {
                     if !changes.is_empty() {
-                        let mut tree = self.tree.write().unwrap_or_else(PoisonError::into_inner);
-                        for change in changes {
-                            let Route { filter, node_id } = change.route;
-                            let (filter, key) = RouteKey::of(&filter, node_id);
+                        let mut routes =
+                            self.routes.write().unwrap_or_else(PoisonError::into_inner);
+                        for change in &changes {
                             if change.present {
-                                tree.insert(filter, key, ());
+                                routes.insert(&change.route);
                             } else {
-                                tree.remove(filter, &key);
+                                routes.remove(&change.route);
                             }
                         }
-                        self.routes.set(tree.len() as i64);
+                        self.count.set(routes.tree.len() as i64);
                     }
                     self.advance(applied);
                 }
@@ -200,7 +241,7 @@ mod tests {
     #[test]
     fn a_topic_matches_plain_routes_once_per_node_and_groups_with_their_nodes() {
         let gauge = |name| prometheus::IntGauge::new(name, "test").unwrap();
-        let table = RouteTable::new(gauge("routes"), gauge("lag"));
+        let table = RouteTable::new(1, gauge("routes"), gauge("lag"));
         let routes = vec![
             route("a/#", 2),
             route("a/+", 2),
@@ -211,7 +252,7 @@ mod tests {
             route("$share/h/b/#", 2),
         ];
         table.load(routes, 9);
-        let mut found = table.matches("a/x", 1);
+        let mut found = table.matches("a/x");
         found.plain.sort_unstable();
         assert_eq!(
             found.plain,
@@ -220,7 +261,27 @@ mod tests {
         );
         assert_eq!(found.groups, [(ShareId::new("g", "a/#"), vec![1, 3])]);
         assert_eq!(table.applied(), 9);
-        assert_eq!(table.matches("b/x", 1).groups.len(), 1);
-        assert_eq!(table.matches("c", 1), Matches::default());
+        assert_eq!(table.matches("b/x").groups.len(), 1);
+        assert_eq!(table.matches("c"), Matches::default());
+    }
+
+    #[test]
+    fn a_table_of_this_nodes_own_routes_matches_nothing() {
+        let gauge = |name| prometheus::IntGauge::new(name, "test").unwrap();
+        let table = RouteTable::new(1, gauge("routes"), gauge("lag"));
+        table.load(vec![route("a/#", 1), route("$share/g/a/#", 1)], 3);
+        assert_eq!(table.matches("a/x"), Matches::default());
+        let mut routes = table.routes.write().unwrap();
+        routes.insert(&route("a/+", 2));
+        routes.insert(&route("a/+", 2));
+        assert_eq!(routes.others, 1, "a route counted once");
+        drop(routes);
+        assert_eq!(table.matches("a/x").plain, [2]);
+        let mut routes = table.routes.write().unwrap();
+        routes.remove(&route("a/+", 2));
+        routes.remove(&route("a/+", 2));
+        assert_eq!(routes.others, 0, "a removal counted once");
+        drop(routes);
+        assert_eq!(table.matches("a/x"), Matches::default());
     }
 }
