@@ -2,9 +2,11 @@
 //! fed from a bounded queue in publish order and cut into batches by count
 //! and bytes, like the storage writer's.
 //!
-//! A link connects when its first message arrives and reconnects after an
-//! error; what was in a batch the stream lost is lost (forwarding is at
-//! most once until the hand-off logs of `docs/cluster.md` exist). A QoS 1/2
+//! A link opens its stream when it is first used and keeps it: it notices
+//! a stream that ends (even an idle one) and reconnects by itself, and
+//! while it cannot, what is queued for the peer is dropped. What was in a
+//! batch the stream lost is lost (forwarding is at most once until the
+//! hand-off logs of `docs/cluster.md` exist). A QoS 1/2
 //! message carries a confirmation, completed when the peer acknowledges its
 //! batch (routed, and stored for its persistent sessions); a lost batch
 //! drops its confirmations, so nobody waits for it.

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use tidemq_proto::mqtt::{
     AckProperties, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeFilter,
     UnsubAck, Unsubscribe, parse_shared_filter,
@@ -43,7 +44,6 @@ impl Connection {
         drop(config);
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut added = Vec::new();
-        let mut granted = Vec::new();
         let mut retained = Vec::new();
         let mut retained_sent = HashSet::new();
         let id = subscribe.properties.subscription_identifier;
@@ -56,7 +56,6 @@ impl Connection {
             match self.subscribe_one(request, id) {
                 Ok(made) => {
                     reasons.push(ReasonCode::granted(request.options.qos));
-                    granted.push(request.filter.clone());
                     added.push(StoredSubscription {
                         filter: request.filter.clone(),
                         options: made.entry.options,
@@ -83,25 +82,25 @@ impl Connection {
         // grant first; a persistent session's subscriptions are on disk
         // before SUBACK, and in a cluster every other node routes to the
         // new subscriptions before it.
+        let routes = self.shared.cluster.as_ref().and_then(|cluster| {
+            let granted = added.iter().map(|stored| stored.filter.clone()).collect();
+            cluster.routes_ready(granted)
+        });
         let persist = self.persist_subscriptions(added, Vec::new());
-        let routes = self
-            .shared
-            .cluster
-            .as_ref()
-            .and_then(|cluster| cluster.routes_ready(granted));
         let write = match (persist, routes) {
             (None, None) => Write::None,
+            // Side by side: both are Raft writes. No majority for a new
+            // route ends the connection without SUBACK (the subscription is
+            // not in force everywhere, so it is not granted).
             (persist, routes) => Write::Alone(
                 async move {
-                    if let Some(persist) = persist {
-                        persist.await?;
-                    }
-                    if let Some(routes) = routes {
-                        // No majority for a new route: the connection ends
-                        // without SUBACK (the subscription is not in force
-                        // everywhere, so it is not granted).
-                        routes.await.map_err(DurableError::Meta)?;
-                    }
+                    let (persisted, routed) = futures_util::future::join(
+                        OptionFuture::from(persist),
+                        OptionFuture::from(routes),
+                    )
+                    .await;
+                    persisted.transpose()?;
+                    routed.transpose().map_err(DurableError::Meta)?;
                     Ok(None)
                 }
                 .boxed(),
