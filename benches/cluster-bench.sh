@@ -37,9 +37,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-for tool in jq curl python3; do
-    command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+need_tools jq curl python3
 rounds=${1:-1}
 PAIRS=${PAIRS:-50} SECS=${SECS:-10} RATE=${RATE:-2000} INFLIGHT=${INFLIGHT:-10} PAYLOAD=${PAYLOAD:-64}
 if [ -z "${BIN_DIR:-}" ]; then

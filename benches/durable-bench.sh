@@ -30,9 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-for tool in jq curl python3; do
-    command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
-done
+need_tools jq curl python3
 
 SESSIONS="${SESSIONS:-100000}"
 MESSAGES="${MESSAGES:-10}"

@@ -6,6 +6,14 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidemq-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Stops the calling script unless every command named is on PATH.
+need_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
+    done
+}
+
 # Installs a Debian package set when a file it provides is missing.
 ensure_package() {
     local probe="$1"; shift
