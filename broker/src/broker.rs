@@ -200,9 +200,9 @@ impl Broker {
             auth: ArcSwap::from_pointee(auth),
             login,
             sessions: SessionRegistry::default(),
-            router: cluster
-                .as_ref()
-                .map_or_else(Router::default, |c| Router::in_cluster(c.local_filters())),
+            router: cluster.as_ref().map_or_else(Router::default, |c| {
+                Router::in_cluster(c.local_filters(), c.retained_store())
+            }),
             metrics,
             durable,
             catalog,
@@ -210,6 +210,10 @@ impl Broker {
             lanes,
             cluster,
         });
+        shared
+            .router
+            .retained()
+            .count_in(shared.metrics.retained.clone());
         if let Some(recovered) = recovered {
             crate::restore::restore(&shared, recovered).await?;
             tokio::spawn(crate::restore::trim_loop(

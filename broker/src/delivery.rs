@@ -22,11 +22,12 @@ use crate::durable::record::{RecipientRef, RecipientSplit};
 use crate::durable::{AppendGuard, DiskRef, DurableError, DurableStore, Origin, record};
 use crate::message::{Delivery, Message};
 use crate::metrics::BrokerMetrics;
-use crate::router::{RetainRefused, RouteOutcome, RouteTarget, Shares};
+use crate::router::{RetainLimits, RetainRefused, RouteOutcome, RouteTarget, Shares, Stamp};
 use crate::session::Session;
 
-/// The store write of a published message, resolving once it is on disk.
-pub(crate) type StoreWrite = BoxFuture<'static, Result<Stored, DurableError>>;
+/// The store write of a published message, resolving once it is on disk
+/// (to the deliveries to queue then, if it has any).
+pub(crate) type StoreWrite = BoxFuture<'static, Result<Option<Stored>, DurableError>>;
 
 /// Deliveries whose message is on disk, to be queued in order.
 pub(crate) struct Stored {
@@ -34,7 +35,7 @@ pub(crate) struct Stored {
     store: DurableStore,
     /// Keeps the partition from being trimmed until the sessions hold the
     /// offset.
-    _appending: Option<AppendGuard>,
+    _appending: AppendGuard,
 }
 
 impl Stored {
@@ -66,7 +67,8 @@ pub(crate) enum ToStore {
     /// One record for the publisher's partition: it may share a writer job
     /// with the other records of the same read pass ([`write_records`]).
     Record(PendingRecord),
-    /// A write of its own (a retained message).
+    /// A write of its own (a retained message, kept in the store or by
+    /// the cluster, with the message's record if it has one).
     Write(StoreWrite),
 }
 
@@ -117,7 +119,7 @@ impl Waiting {
         Stored {
             deliveries: self.deliveries,
             store,
-            _appending: Some(self.appending),
+            _appending: self.appending,
         }
     }
 }
@@ -166,9 +168,9 @@ pub(crate) fn route(
     // A message forwarded by another node is that node's to retain.
     let retains = message.retain && scope == Scope::Cluster;
     // Retained first: a message the broker cannot retain is not routed.
-    if retains {
-        match shared.router.retain(message, config.mqtt.retain_limits()) {
-            Ok(count) => shared.metrics.retained.set(count as i64),
+    let retained = if retains {
+        match retain(shared, message, config.mqtt.retain_limits()) {
+            Ok(write) => write,
             Err(RetainRefused) => {
                 shared
                     .metrics
@@ -179,7 +181,9 @@ pub(crate) fn route(
                 return Ok((outcome, ToStore::Nothing, Confirms::default()));
             }
         }
-    }
+    } else {
+        None
+    };
     // Forwarded before the local routing: which shared groups are served
     // here depends on it.
     let (forwarded, shares) = forward(shared, message, scope);
@@ -221,23 +225,43 @@ pub(crate) fn route(
             None => outcome.enqueue(&session, delivery, queue_qos0),
         }
     }
-    let Some(store) = shared.durable.clone() else {
-        return Ok((outcome, ToStore::Nothing, confirms));
+    // Only a broker with a store has persistent deliveries.
+    let record = match &shared.durable {
+        Some(store) if !durable.is_empty() => {
+            outcome.delivered += durable.len();
+            let record = pending_record(store, message, origin, durable)?;
+            Some((store.clone(), record))
+        }
+        _ => None,
     };
-    if durable.is_empty() && !retains {
-        return Ok((outcome, ToStore::Nothing, confirms));
-    }
-    outcome.delivered += durable.len();
-    let record = if durable.is_empty() {
-        None
-    } else {
-        Some(pending_record(&store, message, origin, durable)?)
-    };
-    let to_store = match record {
-        Some(record) if !retains => ToStore::Record(record),
-        record => ToStore::Write(write_alone(shared, store, Arc::clone(message), record)),
+    let to_store = match (record, retained) {
+        (None, None) => ToStore::Nothing,
+        (Some((_, record)), None) => ToStore::Record(record),
+        (record, Some(retained)) => ToStore::Write(write_alone(shared, retained, record)),
     };
     Ok((outcome, to_store, confirms))
+}
+
+/// The write of a retained message that passed the limits: a broker of a
+/// cluster sets it here and sends it to the metadata group (the write a
+/// QoS 0 message does not wait for), one without a cluster stores it in its
+/// own store (if it has one).
+fn retain(
+    shared: &Shared,
+    message: &Arc<Message>,
+    limits: RetainLimits,
+) -> Result<Option<RetainWrite>, RetainRefused> {
+    let Some(cluster) = &shared.cluster else {
+        shared.router.retain(message, limits, Stamp::LOCAL)?;
+        return Ok(shared.durable.clone().map(|store| {
+            let message = Arc::clone(message);
+            async move { store.put_retained(&message).await }.boxed()
+        }));
+    };
+    let stamp = cluster.retained_stamp();
+    shared.router.retain(message, limits, stamp)?;
+    let replicated = cluster.replicate_retained(message, stamp);
+    Ok((message.qos != QoS::AtMostOnce).then_some(replicated))
 }
 
 /// Whether the ACL lets `session` receive a message on `topic`.
@@ -361,13 +385,15 @@ pub(crate) fn write_records(
     .boxed()
 }
 
-/// The store write of a retained message: the retained record, and the
-/// message's record if it has persistent recipients.
+/// The write of a retained message, resolving once it is kept.
+type RetainWrite = BoxFuture<'static, Result<(), DurableError>>;
+
+/// The store write of a retained message: the retained message's own
+/// write, and the message's record if it has persistent recipients.
 fn write_alone(
     shared: &Shared,
-    store: DurableStore,
-    message: Arc<Message>,
-    pending: Option<PendingRecord>,
+    retained: RetainWrite,
+    pending: Option<(DurableStore, PendingRecord)>,
 ) -> StoreWrite {
     let (write_seconds, stored_total, errors) = (
         shared.metrics.store_write_seconds.clone(),
@@ -377,29 +403,26 @@ fn write_alone(
     let started = Instant::now();
     async move {
         let append = async {
-            let Some(pending) = pending else {
+            let Some((store, pending)) = pending else {
                 return Ok(None);
             };
             let first = store
                 .send_records(pending.partition, pending.records)?
                 .await?;
-            Ok(Some((pending.partition, first, pending.waiting)))
+            Ok(Some((store, pending.partition, first, pending.waiting)))
         };
-        let (appended, ()) = futures_util::future::try_join(append, store.put_retained(&message))
+        let (appended, ()) = futures_util::future::try_join(append, retained)
             .await
-            .inspect_err(|_| errors.inc())?;
+            .inspect_err(|e| {
+                if !matches!(e, DurableError::Meta(_)) {
+                    errors.inc();
+                }
+            })?;
         write_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(match appended {
-            Some((partition, first, waiting)) => {
-                stored_total.inc();
-                waiting.stored(partition, first, store)
-            }
-            None => Stored {
-                deliveries: Vec::new(),
-                store,
-                _appending: None,
-            },
-        })
+        Ok(appended.map(|(store, partition, first, waiting)| {
+            stored_total.inc();
+            waiting.stored(partition, first, store)
+        }))
     }
     .boxed()
 }
@@ -444,7 +467,7 @@ fn route_detached(
                         .map(|r| r.map(|mut stored| stored.pop()))
                         .boxed(),
                 ),
-                ToStore::Write(write) => Some(write.map(|r| r.map(Some)).boxed()),
+                ToStore::Write(write) => Some(write),
             }
         }
         Err(e) => {

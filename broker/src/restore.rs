@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::auth::Subscription;
 use crate::broker::Shared;
 use crate::durable::{self, DiskRef, DurableError, DurableStore, Move, Recovered};
-use crate::router::RetainLimits;
+use crate::router::{RetainLimits, Stamp};
 use crate::session::{
     DropReason, Inflight, InflightState, MemoryQueue, Queued, Session, SessionKey,
     SubscriptionEntry,
@@ -31,10 +31,21 @@ pub(crate) async fn restore(
     };
     let config = shared.config.load_full();
     let auth = shared.auth.load_full();
-    for (publish, expires_at_ms) in recovered.retained {
-        let message = durable::retained_message(publish, expires_at_ms);
-        // Stored before the limits were checked again: kept whatever they are.
-        let _ = shared.router.retain(&Arc::new(message), RetainLimits::NONE);
+    match &shared.cluster {
+        // The cluster keeps the retained messages; these are an earlier
+        // version's.
+        Some(cluster) => cluster.adopt_retained(&store, recovered.retained),
+        None => {
+            for (publish, expires_at_ms) in recovered.retained {
+                let message = durable::retained_message(publish, expires_at_ms);
+                // Stored before the limits were checked again: kept whatever
+                // they are.
+                let limits = RetainLimits::NONE;
+                let _ = shared
+                    .router
+                    .retain(&Arc::new(message), limits, Stamp::LOCAL);
+            }
+        }
     }
     let mut backlog = 0;
     let mut dropped = 0u64;
@@ -138,7 +149,6 @@ pub(crate) async fn restore(
     metrics
         .subscriptions
         .set(shared.router.subscription_count() as i64);
-    metrics.retained.set(shared.router.retained_count() as i64);
     metrics.stored_backlog.set(backlog);
     if dropped > 0 {
         metrics

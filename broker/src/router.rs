@@ -21,8 +21,10 @@ use crate::message::{Delivery, Message};
 use crate::session::{DropReason, Session, SessionKey, SessionRegistry, SubscriptionEntry};
 use crate::topic_tree::{RetainTree, SubscriptionTree};
 
+mod retained;
 mod shares;
 
+pub use self::retained::{RetainedStore, Stamp};
 pub use self::shares::{ShareId, Shares};
 
 /// The key of a subscription tree entry.
@@ -60,17 +62,10 @@ pub struct Router {
     /// In a cluster: the filters with local subscribers, told to the route
     /// keeper as they come and go.
     local: Option<LocalFilters>,
-    retained: RwLock<Retained>,
+    retained: Arc<RetainedStore>,
     /// The broker's own `$SYS` values: apart from the clients' retained
     /// messages, never counted against their limits.
     sys: RwLock<RetainTree<Arc<Message>>>,
-}
-
-/// The retained messages, with the bytes they hold.
-#[derive(Default)]
-struct Retained {
-    tree: RetainTree<Arc<Message>>,
-    bytes: usize,
 }
 
 /// How many retained messages, and how many bytes of them, a broker keeps.
@@ -168,12 +163,19 @@ impl RouteOutcome {
 
 impl Router {
     /// A router of a cluster node, telling `local` which filters have local
-    /// subscribers.
-    pub(crate) fn in_cluster(local: LocalFilters) -> Router {
+    /// subscribers, with the retained messages the cluster keeps in
+    /// `retained`.
+    pub(crate) fn in_cluster(local: LocalFilters, retained: Arc<RetainedStore>) -> Router {
         Router {
             local: Some(local),
+            retained,
             ..Router::default()
         }
+    }
+
+    /// The retained messages.
+    pub fn retained(&self) -> &RetainedStore {
+        &self.retained
     }
 
     /// Removes the routes this node wrote for filters it no longer has
@@ -351,32 +353,15 @@ impl Router {
 
     /// Stores, replaces or (with an empty payload) clears the retained
     /// message of a topic, unless that would take the retained messages
-    /// past `limits` (clearing, and a replacement no larger than what it
-    /// replaces, always pass). Returns the number of retained messages.
+    /// past `limits` (see [`RetainedStore::set`]). Returns the number of
+    /// retained messages.
     pub fn retain(
         &self,
         message: &Arc<Message>,
         limits: RetainLimits,
+        stamp: Stamp,
     ) -> Result<usize, RetainRefused> {
-        let mut retained = self
-            .retained
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = retained.tree.get(&message.topic).map(|m| m.size());
-        if message.payload.is_empty() {
-            retained.tree.remove(&message.topic);
-            retained.bytes -= old.unwrap_or(0);
-            return Ok(retained.tree.len());
-        }
-        let bytes = retained.bytes - old.unwrap_or(0) + message.size();
-        let count = retained.tree.len() + usize::from(old.is_none());
-        let grows = old.is_none_or(|old| message.size() > old);
-        if grows && (count > limits.max_messages || bytes > limits.max_bytes) {
-            return Err(RetainRefused);
-        }
-        retained.tree.insert(&message.topic, Arc::clone(message));
-        retained.bytes = bytes;
-        Ok(retained.tree.len())
+        self.retained.set(message, stamp, limits)
     }
 
     /// Sets the retained value of a broker-owned `$SYS` topic.
@@ -389,10 +374,7 @@ impl Router {
 
     /// Bytes the retained messages hold ([`Message::size`] of each).
     pub fn retained_bytes(&self) -> usize {
-        self.retained
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .bytes
+        self.retained.bytes()
     }
 
     /// The unexpired retained messages matching `filter` (for a shared
@@ -406,22 +388,13 @@ impl Router {
             sys.for_each_match(inner, |_, message| out.push(Arc::clone(message)));
             return out;
         }
-        let retained = self.retained.read().unwrap_or_else(PoisonError::into_inner);
-        retained.tree.for_each_match(inner, |_, message| {
-            if !message.is_expired(now) {
-                out.push(Arc::clone(message));
-            }
-        });
+        self.retained.matching(inner, now, &mut out);
         out
     }
 
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
-        self.retained
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tree
-            .len()
+        self.retained.len()
     }
 
     fn write_subscriptions(

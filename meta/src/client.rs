@@ -364,6 +364,18 @@ impl MetaClient {
         .map(|reply| reply.index)
     }
 
+    /// Sets or clears retained messages in the metadata group, in order;
+    /// returns the log index they were applied at.
+    pub async fn set_retained(&self, entries: Vec<pb::RetainedEntry>) -> Result<u64, MetaError> {
+        let request = pb::SetRetainedRequest { entries };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.set_retained(request).await }
+        })
+        .await
+        .map(|reply| reply.index)
+    }
+
     /// Sets one cluster configuration key and refreshes the local cache.
     pub async fn set_cluster_config(&self, key: &str, value: &str) -> Result<(), MetaError> {
         let request = pb::SetClusterConfigRequest {

@@ -172,10 +172,10 @@ pub use crate::error::{MetaError, StoreError};
 pub use crate::node::{ExtraServices, MetaConfig, MetaNodeHandle, MetaRuntimes};
 pub use crate::routing::GroupRouter;
 pub use crate::store::{
-    MetaLogStore, MetaSnapshotBuilder, MetaSnapshotData, MetaState, MetaStateMachine, RocksPool,
-    RouteWatch, StoreOptions, open, open_with,
+    MetaLogStore, MetaSnapshotBuilder, MetaSnapshotData, MetaState, MetaStateMachine, MetadataRead,
+    MetadataWatch, RocksPool, StoreOptions, open, open_with,
 };
 pub use crate::types::{
-    MetaNode, MetaRequest, MetaResponse, NodeId, NodeInfo, Route, RouteChange, RouteUpdate,
-    Session, Subscription, TypeConfig,
+    MetaNode, MetaRequest, MetaResponse, MetadataUpdate, NodeId, NodeInfo, RetainedEntry, Route,
+    RouteChange, Session, Subscription, TypeConfig,
 };

@@ -325,9 +325,9 @@ impl MetaNodeHandle {
 
     /// Registers this node's route watcher (one per node; a second call
     /// replaces the first) and reads the route table: see
-    /// [`crate::MetaState::watch_routes`].
-    pub async fn watch_routes(&self) -> Result<crate::RouteWatch, MetaError> {
-        Ok(self.metadata.watch_routes().await?)
+    /// [`crate::MetaState::watch_metadata`].
+    pub async fn watch_metadata(&self) -> Result<crate::MetadataWatch, MetaError> {
+        Ok(self.metadata.watch_metadata().await?)
     }
 
     /// Stops serving, shuts every group's Raft down cleanly and waits until

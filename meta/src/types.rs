@@ -155,6 +155,9 @@ pub enum MetaRequest {
         /// Filters no longer routed to it.
         remove: Vec<String>,
     },
+    /// Set or clear retained messages (metadata group only), in order: an
+    /// entry with an empty `message` clears its topic.
+    SetRetained(Vec<RetainedEntry>),
     /// Independent requests coalesced into one Raft entry; each gets its own
     /// outcome in [`MetaResponse::Batch`].
     Batch(Vec<MetaRequest>),
@@ -190,6 +193,11 @@ pub enum MetaResponse {
         /// The index of its entry.
         index: u64,
     },
+    /// `SetRetained` was applied at this log index of the metadata group.
+    Retained {
+        /// The index of its entry.
+        index: u64,
+    },
     /// One outcome per request of a [`MetaRequest::Batch`], in order.
     Batch(Vec<MetaResponse>),
 }
@@ -213,20 +221,40 @@ pub struct RouteChange {
     pub present: bool,
 }
 
-/// What the metadata group applied, as a node's route watcher sees it
-/// ([`crate::MetaNodeHandle::watch_routes`]), in apply order.
+/// The retained message of one topic as the metadata group holds it. The
+/// broker owns `message` (its bytes are opaque here); `origin` and `seq`
+/// say which write it is: each node numbers its own writes in the order it
+/// sends them, so a node never replaces a newer write of an origin by an
+/// older one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedEntry {
+    /// The topic name.
+    pub topic: String,
+    /// The broker node that wrote it.
+    pub origin: NodeId,
+    /// That node's number for the write, increasing across its restarts.
+    pub seq: u64,
+    /// The message, encoded by the broker; empty clears the topic.
+    pub message: Vec<u8>,
+}
+
+/// What the metadata group applied, as a node's watcher sees it
+/// ([`crate::MetaNodeHandle::watch_metadata`]), in apply order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteUpdate {
+pub enum MetadataUpdate {
     /// Entries up to log index `applied` are applied; `changes` are the
-    /// route writes among them, in order (often none).
+    /// route writes among them and `retained` the retained messages set or
+    /// cleared, each in order (often none).
     Applied {
         /// The last applied index.
         applied: u64,
         /// The routes written.
         changes: Vec<RouteChange>,
+        /// The retained messages written.
+        retained: Vec<RetainedEntry>,
     },
     /// A snapshot replaced the whole state at `applied`: read the routes
-    /// again.
+    /// and retained messages again.
     Reload {
         /// The snapshot's last index.
         applied: u64,

@@ -1,10 +1,14 @@
-//! The route table of the metadata group: `SetRoutes` through gRPC, the
-//! watcher's first read and the changes applied after it, bad filters
-//! refused, and a restart keeping the routes.
+//! The route table and the retained messages of the metadata group:
+//! `SetRoutes` and `SetRetained` through gRPC, the watcher's first read and
+//! the changes applied after it, bad filters and topics refused, and a
+//! restart keeping both.
 
 use std::time::Duration;
 
-use tidemq_meta::{MetaClient, MetaConfig, MetaError, MetaNodeHandle, Route, RouteUpdate};
+use tidemq_meta::{
+    MetaClient, MetaConfig, MetaError, MetaNodeHandle, MetadataUpdate, RetainedEntry, Route,
+};
+use tidemq_proto::grpc::v1 as pb;
 
 async fn start(dir: &std::path::Path) -> MetaNodeHandle {
     let config = MetaConfig::new(1, "127.0.0.1:0".parse().expect("addr"), dir);
@@ -27,14 +31,16 @@ fn route(filter: &str, node_id: u64) -> Route {
 
 /// The next update carrying route changes, skipping the others.
 async fn next_changes(
-    updates: &mut tokio::sync::mpsc::UnboundedReceiver<RouteUpdate>,
+    updates: &mut tokio::sync::mpsc::UnboundedReceiver<MetadataUpdate>,
 ) -> (u64, Vec<(Route, bool)>) {
     loop {
         let update = tokio::time::timeout(Duration::from_secs(5), updates.recv())
             .await
             .expect("an update in time")
             .expect("the watcher is open");
-        if let RouteUpdate::Applied { applied, changes } = update
+        if let MetadataUpdate::Applied {
+            applied, changes, ..
+        } = update
             && !changes.is_empty()
         {
             let changes = changes.into_iter().map(|c| (c.route, c.present)).collect();
@@ -52,9 +58,9 @@ async fn routes_are_read_then_followed_in_apply_order() -> anyhow::Result<()> {
         .set_routes(2, vec!["a/#".into(), "b/+".into()], Vec::new())
         .await?;
 
-    let mut watch = node.watch_routes().await?;
-    assert_eq!(watch.routes, [route("a/#", 2), route("b/+", 2)]);
-    assert!(watch.applied >= first, "the read covers the write");
+    let mut watch = node.watch_metadata().await?;
+    assert_eq!(watch.read.routes, [route("a/#", 2), route("b/+", 2)]);
+    assert!(watch.read.applied >= first, "the read covers the write");
 
     let index = c
         .set_routes(3, vec!["a/#".into()], vec!["missing".into()])
@@ -83,8 +89,99 @@ async fn routes_are_read_then_followed_in_apply_order() -> anyhow::Result<()> {
 
     let node = start(dir.path()).await;
     client(&node).list_nodes().await?;
-    let watch = node.watch_routes().await?;
-    assert_eq!(watch.routes, [route("a/#", 2), route("a/#", 3)]);
+    let watch = node.watch_metadata().await?;
+    assert_eq!(watch.read.routes, [route("a/#", 2), route("a/#", 3)]);
+    node.shutdown().await;
+    Ok(())
+}
+
+fn entry(topic: &str, seq: u64, message: &[u8]) -> pb::RetainedEntry {
+    pb::RetainedEntry {
+        topic: topic.to_string(),
+        origin: 7,
+        seq,
+        message: message.to_vec(),
+    }
+}
+
+fn applied_entry(topic: &str, seq: u64, message: &[u8]) -> RetainedEntry {
+    RetainedEntry {
+        topic: topic.to_string(),
+        origin: 7,
+        seq,
+        message: message.to_vec(),
+    }
+}
+
+/// The next update carrying retained messages, skipping the others.
+async fn next_retained(
+    updates: &mut tokio::sync::mpsc::UnboundedReceiver<MetadataUpdate>,
+) -> (u64, Vec<RetainedEntry>) {
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("an update in time")
+            .expect("the watcher is open");
+        if let MetadataUpdate::Applied {
+            applied, retained, ..
+        } = update
+            && !retained.is_empty()
+        {
+            return (applied, retained);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_read_then_followed_and_kept_across_a_restart() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let node = start(dir.path()).await;
+    let c = client(&node);
+    let first = c
+        .set_retained(vec![entry("a/1", 1, b"one"), entry("a/2", 2, b"two")])
+        .await?;
+
+    let mut watch = node.watch_metadata().await?;
+    assert_eq!(
+        watch.read.retained,
+        [
+            applied_entry("a/1", 1, b"one"),
+            applied_entry("a/2", 2, b"two")
+        ]
+    );
+    assert!(watch.read.applied >= first, "the read covers the write");
+
+    // Replaced and cleared in one write, applied in its order.
+    let index = c
+        .set_retained(vec![entry("a/1", 3, b"uno"), entry("a/2", 4, b"")])
+        .await?;
+    assert!(index > first);
+    let (applied, retained) = next_retained(&mut watch.updates).await;
+    assert_eq!(applied, index);
+    assert_eq!(
+        retained,
+        [
+            applied_entry("a/1", 3, b"uno"),
+            applied_entry("a/2", 4, b"")
+        ]
+    );
+
+    // A topic with U+0000 is refused, and nothing of its request applied.
+    let refused = c
+        .set_retained(vec![entry("a/3", 5, b"x"), entry("bad\0", 6, b"x")])
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::InvalidArgument { .. })),
+        "{refused:?}"
+    );
+    drop(c);
+    node.shutdown().await;
+
+    let node = start(dir.path()).await;
+    client(&node).list_nodes().await?;
+    let watch = node.watch_metadata().await?;
+    assert_eq!(watch.read.retained, [applied_entry("a/1", 3, b"uno")]);
     node.shutdown().await;
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! The cluster's metrics: routes, route writes and waits, forwarded and
-//! received messages, and per peer the links' traffic, drops and latency.
+//! The cluster's metrics: routes, route writes and waits, retained writes,
+//! forwarded and received messages, and per peer the links' traffic, drops
+//! and latency.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::keeper::KeeperMetrics;
 use super::link::LinkMetrics;
+use super::retained::RetainedMetrics;
 
 /// The cluster's metrics.
 pub(super) struct ClusterMetrics {
@@ -18,6 +20,7 @@ pub(super) struct ClusterMetrics {
     pub(super) received: IntCounter,
     pub(super) malformed: IntCounter,
     pub(super) link: LinkMetrics,
+    pub(super) retained: RetainedMetrics,
 }
 
 impl ClusterMetrics {
@@ -76,6 +79,31 @@ impl ClusterMetrics {
                 "tidemq_cluster_received_malformed_total",
                 "Forwarded messages that did not decode (dropped)",
             )?,
+            retained: RetainedMetrics {
+                writes: counter(
+                    "tidemq_cluster_retained_writes_total",
+                    "SetRetained writes of this node's retained messages",
+                )?,
+                write_errors: counter(
+                    "tidemq_cluster_retained_write_errors_total",
+                    "Failed SetRetained writes (each is retried)",
+                )?,
+                write_timeouts: counter(
+                    "tidemq_cluster_retained_write_timeouts_total",
+                    "Retained QoS 1/2 publishes refused because their write did not commit in time (no majority)",
+                )?,
+                malformed: counter(
+                    "tidemq_cluster_retained_malformed_total",
+                    "Retained messages applied from the metadata group that did not decode (skipped)",
+                )?,
+                pending: reg(
+                    registry,
+                    IntGauge::new(
+                        "tidemq_cluster_retained_pending",
+                        "Topics whose retained message is not written to the metadata group yet",
+                    )?,
+                )?,
+            },
             link: LinkMetrics {
                 messages: per_peer(
                     "tidemq_cluster_forwarded_messages_total",

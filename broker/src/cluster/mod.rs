@@ -6,6 +6,8 @@
 //!   on each publish.
 //! - [`link`]: one batched gRPC stream per peer carrying the messages that
 //!   peer's subscribers match; [`service`] is its receiving end.
+//! - [`retained`]: retained messages written to the metadata group and
+//!   applied from it on every node.
 //! - [`metrics`]: what all of them count.
 //!
 //! A SUBACK that made a route goes out once every other member of the
@@ -15,6 +17,7 @@
 mod keeper;
 mod link;
 mod metrics;
+mod retained;
 mod service;
 mod table;
 
@@ -40,13 +43,14 @@ pub(crate) use self::keeper::LocalFilters;
 use self::keeper::RouteKeeper;
 use self::link::{LinkLimits, Links, Outgoing};
 use self::metrics::ClusterMetrics;
+use self::retained::{RetainedSink, RetainedWriter};
 use self::service::LinkService;
 use self::table::{RaftView, RouteTable};
 use crate::broker::Shared;
 use crate::config::ClusterConfig;
 use crate::log_every::LogEvery;
 use crate::message::Message;
-use crate::router::{ShareId, Shares};
+use crate::router::{RetainedStore, ShareId, Shares};
 
 /// The members of the metadata group, where their gRPC servers are.
 pub(crate) struct Peers {
@@ -100,11 +104,12 @@ impl Peers {
     }
 }
 
-/// What exists before the meta service starts: the route table and the
-/// link service the meta gRPC server will carry.
+/// What exists before the meta service starts: the route table, the
+/// retained messages and the link service the meta gRPC server will carry.
 pub struct ClusterParts {
     node_id: NodeId,
     table: Arc<RouteTable>,
+    retained: Arc<RetainedStore>,
     broker: Arc<OnceLock<Arc<Shared>>>,
     metrics: ClusterMetrics,
     config: ClusterConfig,
@@ -138,6 +143,7 @@ impl ClusterParts {
         let parts = ClusterParts {
             node_id,
             table,
+            retained: Arc::default(),
             broker,
             metrics,
             config: config.clone(),
@@ -145,8 +151,9 @@ impl ClusterParts {
         Ok((parts, extra))
     }
 
-    /// Reads the route table and starts following it and writing this
-    /// node's routes through `client`, on the calling task's runtime.
+    /// Reads the route table and the retained messages and starts following
+    /// them and writing this node's routes and retained messages through
+    /// `client`, on the calling task's runtime.
     pub async fn start(
         self,
         meta: &MetaNodeHandle,
@@ -156,24 +163,34 @@ impl ClusterParts {
         let ClusterParts {
             node_id,
             table,
+            retained,
             broker,
             metrics,
             config,
         } = self;
-        let watch = meta.watch_routes().await?;
+        let mut watch = meta.watch_metadata().await?;
         let mine = watch
+            .read
             .routes
             .iter()
             .filter(|r| r.node_id == node_id)
-            .map(|r| (r.filter.clone(), watch.applied))
+            .map(|r| (r.filter.clone(), watch.read.applied))
             .collect::<Vec<_>>();
         let raft = meta.rafts()[tidemq_meta::GroupRouter::METADATA_GROUP as usize].clone();
         let follow_table = Arc::clone(&table);
         let state = meta.metadata().clone();
         let view = RaftView(raft.clone());
-        tokio::spawn(async move { follow_table.follow(state, watch, view).await });
+        // The first read is in the store before the broker serves anyone.
+        let sink = RetainedSink {
+            store: Arc::clone(&retained),
+            malformed: metrics.retained.malformed.clone(),
+        };
+        sink.load(std::mem::take(&mut watch.read.retained));
+        tokio::spawn(async move { follow_table.follow(state, watch, view, sink).await });
         let keeper = Arc::new(RouteKeeper::new(node_id, mine, metrics.keeper()));
+        let retained_writer = Arc::new(RetainedWriter::new(node_id, metrics.retained.clone()));
         let client_for_catch_up = client.clone();
+        tokio::spawn(Arc::clone(&retained_writer).run(client.clone()));
         tokio::spawn(Arc::clone(&keeper).run(client));
         let peers = Arc::new(Peers { me: node_id, raft });
         let limits = LinkLimits {
@@ -191,6 +208,8 @@ impl ClusterParts {
         let cluster = Arc::new(Cluster {
             me: node_id,
             table,
+            retained,
+            retained_writer,
             keeper,
             links,
             peers,
@@ -213,6 +232,9 @@ impl ClusterParts {
 pub struct Cluster {
     me: NodeId,
     table: Arc<RouteTable>,
+    /// The retained messages, applied from the metadata group.
+    retained: Arc<RetainedStore>,
+    retained_writer: Arc<RetainedWriter>,
     keeper: Arc<RouteKeeper>,
     links: Links,
     peers: Arc<Peers>,
@@ -235,6 +257,11 @@ impl Cluster {
     /// The router's side of the route keeper.
     pub(crate) fn local_filters(&self) -> LocalFilters {
         LocalFilters::new(Arc::clone(&self.keeper))
+    }
+
+    /// The retained messages the router serves, kept by the cluster.
+    pub(crate) fn retained_store(&self) -> Arc<RetainedStore> {
+        Arc::clone(&self.retained)
     }
 
     /// Whether the node takes clients: not before its route table has
@@ -421,12 +448,23 @@ impl Cluster {
                 }
             }
         }
+        self.applied_by(peers, index, deadline).await;
+        Ok(())
+    }
+
+    /// Waits until every other member has applied the metadata group up to
+    /// `index`, until `deadline` at most; a member that does not answer by
+    /// then is passed over (counted).
+    async fn applied_everywhere(&self, index: u64, deadline: Instant) {
+        self.applied_by(self.peers.others(), index, deadline).await;
+    }
+
+    async fn applied_by(&self, peers: Vec<(NodeId, String)>, index: u64, deadline: Instant) {
         let behind = peers
             .into_iter()
             .filter(|(id, _)| self.confirmed.get(id).is_none_or(|at| *at < index));
         let waits = behind.map(|(id, addr)| self.peer_applied(id, addr, index, deadline));
         futures_util::future::join_all(waits).await;
-        Ok(())
     }
 
     /// Asks `peer` to answer once its route table has applied `index`.

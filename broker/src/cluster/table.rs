@@ -7,10 +7,11 @@
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use tidemq_meta::{MetaState, NodeId, Route, RouteUpdate, RouteWatch};
+use tidemq_meta::{MetaState, MetadataUpdate, MetadataWatch, NodeId, Route};
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::retained::RetainedSink;
 use crate::router::ShareId;
 use crate::topic_tree::SubscriptionTree;
 
@@ -171,22 +172,30 @@ impl RouteTable {
         });
     }
 
-    /// Follows the metadata group: the first read, then every update in
-    /// order; a snapshot install reads the whole table again. Ends when the
-    /// meta service stops.
-    pub(crate) async fn follow(&self, meta: MetaState, first: RouteWatch, raft: RaftView) {
-        let RouteWatch {
-            routes,
-            applied,
-            mut updates,
-        } = first;
-        self.load(routes, applied);
+    /// Follows the metadata group: the first read's routes, then every
+    /// update in order, its retained messages going to `retained` before the
+    /// table counts them applied; a snapshot install reads both again. Ends
+    /// when the meta service stops.
+    pub(crate) async fn follow(
+        &self,
+        meta: MetaState,
+        first: MetadataWatch,
+        raft: RaftView,
+        retained: RetainedSink,
+    ) {
+        let MetadataWatch { read, mut updates } = first;
+        self.load(read.routes, read.applied);
         loop {
             let Some(update) = updates.recv().await else {
                 return;
             };
             match update {
-                RouteUpdate::Applied { applied, changes } => {
+                MetadataUpdate::Applied {
+                    applied,
+                    changes,
+                    retained: written,
+                } => {
+                    retained.apply(written);
                     if !changes.is_empty() {
                         let mut routes =
                             self.routes.write().unwrap_or_else(PoisonError::into_inner);
@@ -201,9 +210,10 @@ impl RouteTable {
                     }
                     self.advance(applied);
                 }
-                RouteUpdate::Reload { .. } => match meta.watch_routes().await {
+                MetadataUpdate::Reload { .. } => match meta.watch_metadata().await {
                     Ok(watch) => {
-                        self.load(watch.routes, watch.applied);
+                        retained.load(watch.read.retained);
+                        self.load(watch.read.routes, watch.read.applied);
                         updates = watch.updates;
                     }
                     Err(e) => {

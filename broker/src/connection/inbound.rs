@@ -222,7 +222,7 @@ impl Connection {
                     .map(|r| r.map(|mut stored| stored.pop()));
                 Write::Alone(wait_both(write, confirms))
             }
-            ToStore::Write(write) => Write::Alone(wait_both(write.map(|r| r.map(Some)), confirms)),
+            ToStore::Write(write) => Write::Alone(wait_both(write, confirms)),
         };
         Ok((reason, write))
     }

@@ -1,10 +1,12 @@
 //! Helpers for broker integration tests: a broker on an ephemeral loopback
 //! port, a raw MQTT client speaking bytes through the codec, rumqttc client
-//! options, ([`process`]) the `tidemq` binary as a child process, and
-//! ([`disk`]) a small filesystem of a test's own.
+//! options, ([`process`]) the `tidemq` binary as a child process,
+//! ([`cluster`]) three of them as one cluster, and ([`disk`]) a small
+//! filesystem of a test's own.
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cluster;
 pub mod disk;
 pub mod process;
 

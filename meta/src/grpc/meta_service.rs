@@ -29,7 +29,9 @@ use crate::error::{MetaError, require};
 use crate::grpc::GrpcMetrics;
 use crate::routing::GroupRouter;
 use crate::store::MetaState;
-use crate::types::{MetaNode, MetaRequest, MetaResponse, NodeId, Session, TypeConfig};
+use crate::types::{
+    MetaNode, MetaRequest, MetaResponse, NodeId, RetainedEntry, Session, TypeConfig,
+};
 
 /// Largest CreateSessions batch accepted.
 pub const MAX_SESSIONS_PER_REQUEST: usize = 10_000;
@@ -231,6 +233,10 @@ fn approximate_size(request: &MetaRequest) -> usize {
                 .sum::<usize>()
                 + 32
         }
+        MetaRequest::SetRetained(entries) => entries
+            .iter()
+            .map(|e| e.topic.len() + 4 * e.message.len() + 48)
+            .sum(),
         _ => 128,
     }
 }
@@ -614,6 +620,33 @@ impl MetaService for MetaServer {
                 MetaResponse::Routes { index } => Ok(pb::SetRoutesReply { index }),
                 other => Err(MetaError::Raft {
                     reason: format!("SetRoutes answered with {other:?}"),
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn set_retained(
+        &self,
+        request: Request<pb::SetRetainedRequest>,
+    ) -> Result<Response<pb::SetRetainedReply>, Status> {
+        let request = request.into_inner();
+        self.observe("SetRetained", async move {
+            let entries = request
+                .entries
+                .into_iter()
+                .map(|e| RetainedEntry {
+                    topic: e.topic,
+                    origin: e.origin,
+                    seq: e.seq,
+                    message: e.message,
+                })
+                .collect();
+            let request = MetaRequest::SetRetained(entries);
+            match self.write(GroupRouter::METADATA_GROUP, request).await? {
+                MetaResponse::Retained { index } => Ok(pb::SetRetainedReply { index }),
+                other => Err(MetaError::Raft {
+                    reason: format!("SetRetained answered with {other:?}"),
                 }),
             }
         })

@@ -15,8 +15,8 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use super::keys::{self, GroupCfs};
 use crate::error::StoreError;
 use crate::types::{
-    Entry, LogId, MetaRequest, MetaResponse, NodeInfo, Route, RouteChange, StoredMembership,
-    Subscription,
+    Entry, LogId, MetaRequest, MetaResponse, NodeInfo, RetainedEntry, Route, RouteChange,
+    StoredMembership, Subscription,
 };
 
 /// What one `apply` produced.
@@ -26,6 +26,8 @@ pub(crate) struct Applied {
     pub(crate) membership: StoredMembership,
     /// The routes `SetRoutes` wrote, in order.
     pub(crate) routes: Vec<RouteChange>,
+    /// The retained messages `SetRetained` wrote, in order.
+    pub(crate) retained: Vec<RetainedEntry>,
 }
 
 /// A write batch that reads its own writes: later requests of the same batch
@@ -38,6 +40,7 @@ struct Txn<'a> {
     /// The log index of the entry being applied.
     index: u64,
     routes: Vec<RouteChange>,
+    retained: Vec<RetainedEntry>,
 }
 
 impl Txn<'_> {
@@ -85,6 +88,7 @@ pub(crate) fn apply_entries(
         written: HashMap::new(),
         index: 0,
         routes: Vec::new(),
+        retained: Vec::new(),
     };
     let mut responses = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -115,6 +119,7 @@ pub(crate) fn apply_entries(
         last_applied,
         membership,
         routes: txn.routes,
+        retained: txn.retained,
     })
 }
 
@@ -247,6 +252,21 @@ fn apply_request(txn: &mut Txn<'_>, request: MetaRequest) -> Result<MetaResponse
                 }
             }
             MetaResponse::Routes { index: txn.index }
+        }
+        MetaRequest::SetRetained(entries) => {
+            if let Some(reason) = entries.iter().find_map(|e| bad_key("topic", &e.topic)) {
+                return Ok(rejected(reason));
+            }
+            for entry in entries {
+                let key = keys::retained_key(&entry.topic);
+                if entry.message.is_empty() {
+                    txn.delete(key);
+                } else {
+                    txn.put(key, super::to_json(&entry, "retained")?);
+                }
+                txn.retained.push(entry);
+            }
+            MetaResponse::Retained { index: txn.index }
         }
         MetaRequest::Batch(requests) => {
             let mut responses = Vec::with_capacity(requests.len());

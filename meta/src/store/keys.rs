@@ -98,6 +98,14 @@ pub(crate) fn route_key(filter: &str, node_id: NodeId) -> Vec<u8> {
 /// `r/`
 pub(crate) const ROUTE_PREFIX: &[u8] = b"r/";
 
+/// `t/{topic}`: one retained message per topic.
+pub(crate) fn retained_key(topic: &str) -> Vec<u8> {
+    format!("t/{topic}").into_bytes()
+}
+
+/// `t/`
+pub(crate) const RETAINED_PREFIX: &[u8] = b"t/";
+
 /// `c/{key}`
 pub(crate) fn config_key(key: &str) -> Vec<u8> {
     format!("c/{key}").into_bytes()
@@ -139,6 +147,13 @@ mod tests {
         let prefix = subscription_prefix("t/a");
         assert!(subscription_key("t/a", "x/y").starts_with(&prefix));
         assert!(!subscription_key("t/a/b", "c").starts_with(&prefix));
+    }
+
+    #[test]
+    fn retained_keys_are_one_per_topic_under_their_prefix() {
+        assert!(retained_key("a/b").starts_with(RETAINED_PREFIX));
+        assert_ne!(retained_key("a/b"), retained_key("a/b/"));
+        assert!(!route_key("a", 1).starts_with(RETAINED_PREFIX));
     }
 
     #[test]

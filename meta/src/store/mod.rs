@@ -8,11 +8,11 @@ mod log_store;
 mod log_writer;
 mod pool;
 mod reader;
-mod routes;
 mod slot;
 mod snapshot;
 mod snapshot_data;
 mod state_machine;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,10 +27,10 @@ pub use self::log_store::MetaLogStore;
 
 pub use self::pool::RocksPool;
 pub use self::reader::MetaState;
-pub use self::routes::RouteWatch;
 pub use self::slot::MetaSnapshotBuilder;
 pub use self::snapshot_data::MetaSnapshotData;
 pub use self::state_machine::MetaStateMachine;
+pub use self::watch::{MetadataRead, MetadataWatch};
 
 use self::keys::GroupCfs;
 use self::log_writer::LogWriter;
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
     pub(crate) db: Arc<DB>,
     pub(crate) snapshot_dir: PathBuf,
     /// The metadata group's applied route changes go here.
-    pub(crate) routes: routes::RouteSink,
+    pub(crate) metadata: watch::MetadataSink,
     /// Dropped last: tells waiters the threads are joined and the DB closed.
     pub(crate) closed: ClosedGuard,
 }
@@ -161,7 +161,7 @@ pub async fn open_with(
         metrics,
         db,
         snapshot_dir,
-        routes: routes::RouteSink::default(),
+        metadata: watch::MetadataSink::default(),
         closed: ClosedGuard(closed),
     });
 

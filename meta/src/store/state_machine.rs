@@ -17,7 +17,7 @@ use super::snapshot_data::{Encoding, MetaSnapshotData};
 use crate::error::StoreError;
 use crate::metrics::as_ms;
 use crate::types::{
-    Entry, LogId, MetaResponse, RouteUpdate, SnapshotMeta, StorageError, StoredMembership,
+    Entry, LogId, MetaResponse, MetadataUpdate, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
 
@@ -122,6 +122,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             last_applied,
             membership,
             routes,
+            retained,
         } = self
             .shared
             .run("apply", move |db| {
@@ -132,9 +133,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         self.last_applied = last_applied;
         self.membership = membership;
         if self.cfs.group == crate::GroupRouter::METADATA_GROUP {
-            self.shared.routes.send(RouteUpdate::Applied {
+            self.shared.metadata.send(MetadataUpdate::Applied {
                 applied: last_applied.map_or(0, |id| id.index),
                 changes: routes,
+                retained,
             });
         }
         self.apply_duration.observe(as_ms(started.elapsed()));
@@ -186,7 +188,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         if self.cfs.group == crate::GroupRouter::METADATA_GROUP {
-            self.shared.routes.send(RouteUpdate::Reload {
+            self.shared.metadata.send(MetadataUpdate::Reload {
                 applied: meta.last_log_id.map_or(0, |id| id.index),
             });
         }
