@@ -1,13 +1,18 @@
 //! The `tidemq` binary as a real process: configuration from flags and the
-//! environment, serving clients, and a graceful stop on SIGTERM. Its HTTP
+//! environment, serving clients, a graceful stop on SIGTERM, and the
+//! retained messages an earlier version kept in its own store. Its HTTP
 //! endpoints and meta service: `tests/endpoints.rs`.
 
 mod common;
 
 use std::process::Command;
 
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
 use common::Raw;
 use common::process::NodeProcess;
+use tidemq_broker::{Broker, Config, DurableConfig, DurableStore, SessionCatalog};
 use tidemq_proto::mqtt::{Packet, Protocol, QoS, ReasonCode};
 
 #[tokio::test]
@@ -67,4 +72,91 @@ async fn binary_refuses_an_anonymous_public_listener() {
     );
     // Refused before anything started: no data written.
     assert!(!dir.path().join("meta").exists());
+}
+
+/// What a new subscriber to `filter` is sent at once: payloads of
+/// retained messages.
+async fn retained(addr: std::net::SocketAddr, filter: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut reader = Raw::connect(addr, Protocol::V5, "reader").await;
+    reader.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    while let Some(packet) = reader.recv_within(Duration::from_millis(300)).await {
+        let Packet::Publish(publish) = packet else {
+            anyhow::bail!("expected PUBLISH, got {packet:?}");
+        };
+        ensure!(publish.retain, "{publish:?}");
+        reader.ack(&publish).await;
+        got.push(publish.payload.to_vec());
+    }
+    // In no order the specification names.
+    got.sort();
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_an_earlier_version_stored_are_kept_by_the_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An earlier version kept retained messages in its message store, as a
+    // broker without a meta service still does.
+    let defaults = Config::default();
+    let durable = DurableConfig {
+        dir: dir.path().join("messages"),
+        partitions: defaults.storage.partitions,
+        io_threads: 1,
+        pin_cores: false,
+        sync: defaults.storage.sync_policy()?,
+        segment_bytes: defaults.storage.segment_bytes,
+        preallocate_bytes: defaults.storage.preallocate_bytes,
+        max_backlog_bytes: 1 << 20,
+        min_free_bytes: 0,
+        max_message_age: None,
+    };
+    let registry = prometheus::Registry::new();
+    let store = DurableStore::open(&durable, &registry).await?;
+    let mut config = Config::default();
+    config.listener.bind = "127.0.0.1:0".parse()?;
+    let broker =
+        Broker::start_with_store(config, &registry, Some(store), SessionCatalog::Local).await?;
+    let mut publisher = Raw::connect(broker.local_addr(), Protocol::V5, "old").await;
+    for (topic, payload) in [("old/a", &b"kept a"[..]), ("old/b", b"kept b")] {
+        let ack = publisher
+            .publish(topic, payload, QoS::AtLeastOnce, true, 1)
+            .await
+            .context("PUBACK")?;
+        ensure!(!ack.reason.is_error(), "{ack:?}");
+    }
+    drop(publisher);
+    broker.shutdown().await;
+
+    // The node serves them, moves them to its metadata group, and still
+    // serves them (once each) after a SIGKILL and a restart.
+    let mut node = NodeProcess::start(dir.path(), &[])?;
+    let both = vec![b"kept a".to_vec(), b"kept b".to_vec()];
+    let got = retained(node.mqtt, "old/#").await?;
+    ensure!(got == both, "at start: {got:?}");
+    node.metric_until(
+        "tidemq_cluster_retained_writes_total",
+        Duration::from_secs(10),
+        "the retained messages were not written to the metadata group",
+        |n| n >= 1.0,
+    )
+    .await?;
+    node.sigkill()?;
+    node.restart()?;
+    let got = retained(node.mqtt, "old/#").await?;
+    ensure!(got == both, "after a restart: {got:?}");
+    ensure!(node.metric("tidemq_retained_messages")? == 2.0);
+    // Cleared now, it stays cleared: the store no longer holds the old copy.
+    let mut publisher = Raw::connect(node.mqtt, Protocol::V5, "clearer").await;
+    let ack = publisher
+        .publish("old/a", b"", QoS::AtLeastOnce, true, 1)
+        .await
+        .context("PUBACK")?;
+    ensure!(!ack.reason.is_error(), "{ack:?}");
+    drop(publisher);
+    node.sigkill()?;
+    node.restart()?;
+    let got = retained(node.mqtt, "old/#").await?;
+    ensure!(got == [b"kept b".to_vec()], "after the clear: {got:?}");
+    Ok(())
 }

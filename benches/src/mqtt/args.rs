@@ -186,6 +186,10 @@ pub struct PubArgs {
     /// QoS 1/2: unacknowledged messages per publisher.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
     pub inflight: u16,
+    /// Publish with the retain flag (each publisher replaces its topic's
+    /// retained message).
+    #[arg(long)]
+    pub retain: bool,
 }
 
 impl PubArgs {

@@ -54,7 +54,8 @@ pub async fn publish(args: &PubArgs) -> anyhow::Result<FinalReport> {
             args.qos(),
             args.payload_size,
             Arc::clone(&recorder),
-        );
+        )
+        .retaining(args.retain);
         let (rate, inflight, timeout) =
             (args.rate_per_client, args.inflight, args.common.timeout());
         publishers.spawn(async move {
@@ -80,6 +81,8 @@ pub(super) struct Publisher {
     topics: Vec<String>,
     next_topic: usize,
     qos: QoS,
+    /// Whether its messages are retained.
+    retain: bool,
     payload_size: usize,
     recorder: Arc<Recorder>,
     /// QoS 1/2 messages awaiting PUBACK/PUBCOMP: packet id → encoding time.
@@ -103,12 +106,19 @@ impl Publisher {
             topics,
             next_topic: 0,
             qos,
+            retain: false,
             payload_size,
             recorder,
             pending: HashMap::new(),
             next_id: 0,
             last_ping: Instant::now(),
         }
+    }
+
+    /// The same publisher, sending its messages retained or not.
+    pub(super) fn retaining(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
     }
 
     /// Publishes at `rate` messages a second until `deadline`.
@@ -212,7 +222,7 @@ impl Publisher {
         Packet::Publish(Publish {
             dup: false,
             qos: self.qos,
-            retain: false,
+            retain: self.retain,
             topic,
             packet_id,
             properties: PublishProperties::default(),

@@ -90,6 +90,7 @@ async fn loads_run_over_tls_and_websocket() -> anyhow::Result<()> {
             duration_secs: 1,
             rate_per_client: 50,
             inflight: 4,
+            retain: false,
         };
         let report = publish::publish(&load).await?;
         assert!(
@@ -204,6 +205,7 @@ async fn every_load_runs_against_tidemq() -> anyhow::Result<()> {
             duration_secs: 1,
             rate_per_client: 100,
             inflight: 4,
+            retain: false,
         };
         let published = publish::publish(&pub_args).await?;
         assert!(published.success > 0, "QoS {qos}: {published:?}");
@@ -383,6 +385,7 @@ async fn persistent_subscribers_leave_stored_sessions_behind() -> anyhow::Result
             duration_secs: 1,
             rate_per_client: 100,
             inflight: 4,
+            retain: false,
         };
         let (to_persistent, to_clean) = (pub_args("p"), pub_args("c"));
         let (online, clean_online) = tokio::join!(
