@@ -3,7 +3,9 @@
 //! subscribers on every node as soon as its publisher has the PUBACK; it
 //! survives the loss of its own node and a restart of the others; and
 //! writes racing on one topic from every node end the same everywhere
-//! (the last in the metadata group's commit order).
+//! (the last in the metadata group's commit order); without a majority a
+//! retained QoS 1 publish is refused (PUBACK 0x97) and its write, kept
+//! queued, reaches every node after the heal.
 
 mod common;
 
@@ -158,5 +160,60 @@ async fn retained_writes_racing_on_one_topic_from_every_node_end_the_same_everyw
         seen[0].ends_with(&format!("-{}", ROUNDS - 1)),
         "the last write is some node's last: {seen:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_a_retained_qos1_publish_is_refused_and_converges_after_the_heal()
+-> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(&[
+        ("TIDEMQ_CLUSTER__ROUTE_WAIT_MS", "1000"),
+        ("TIDEMQ_META__CLIENT_TIMEOUT_MS", "1500"),
+    ])?;
+    // Node 2 alone: nodes 1 and 3 are gone.
+    cluster.nodes[0].sigkill()?;
+    cluster.nodes[2].sigkill()?;
+    let mut publisher = Raw::connect(cluster.mqtt(1), Protocol::V5, "cut-off").await;
+    let started = std::time::Instant::now();
+    let ack = publisher
+        .publish("alone/a", b"set alone", QoS::AtLeastOnce, true, 1)
+        .await
+        .context("PUBACK")?;
+    ensure!(
+        ack.reason == tidemq_proto::mqtt::ReasonCode::QuotaExceeded,
+        "{ack:?}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let refused = cluster.nodes[1].metric("tidemq_cluster_retained_write_timeouts_total")?;
+    ensure!(refused == 1.0, "{refused}");
+    ensure!(cluster.nodes[1].metric("tidemq_cluster_retained_pending")? == 1.0);
+
+    // Healed: the write still queued commits, and every node serves what
+    // node 2 served all along.
+    cluster.nodes[0].restart()?;
+    cluster.nodes[2].restart()?;
+    for node in &cluster.nodes {
+        cluster.healthy(node)?;
+    }
+    cluster.nodes[1]
+        .metric_until(
+            "tidemq_cluster_retained_pending",
+            Duration::from_secs(15),
+            "the queued retained write did not commit after the heal",
+            |n| n == 0.0,
+        )
+        .await?;
+    for node in 0..3 {
+        let got = retained_on(&cluster, node, "alone/#").await?;
+        ensure!(
+            payloads(&got)? == [b"set alone"],
+            "node {}: {got:?}",
+            node + 1
+        );
+    }
     Ok(())
 }

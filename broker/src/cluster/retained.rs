@@ -52,7 +52,7 @@ pub(super) struct RetainedMetrics {
     pub(super) write_timeouts: IntCounter,
     /// Applied entries that did not decode (skipped).
     pub(super) malformed: IntCounter,
-    /// Topics whose write is not committed yet.
+    /// Topics whose write is not committed yet (queued or in flight).
     pub(super) pending: IntGauge,
 }
 
@@ -134,8 +134,11 @@ impl RetainedWriter {
             bytes += wish.entry.message.len() + topic.len();
             topics.push(topic.clone());
         }
-        let taken = topics.iter().filter_map(|t| pending.remove(t)).collect();
-        self.metrics.pending.set(pending.len() as i64);
+        let taken: Vec<Wish> = topics.iter().filter_map(|t| pending.remove(t)).collect();
+        // Taken is not committed yet: still counted.
+        self.metrics
+            .pending
+            .set((pending.len() + taken.len()) as i64);
         taken
     }
 
@@ -168,6 +171,12 @@ impl RetainedWriter {
             match client.set_retained(entries).await {
                 Ok(index) => {
                     self.metrics.writes.inc();
+                    let left = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .len();
+                    self.metrics.pending.set(left as i64);
                     backoff = Duration::from_millis(50);
                     for tx in batch.into_iter().flat_map(|wish| wish.waiters) {
                         let _ = tx.send(index);
