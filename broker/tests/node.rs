@@ -74,23 +74,16 @@ async fn binary_refuses_an_anonymous_public_listener() {
     assert!(!dir.path().join("meta").exists());
 }
 
-/// What a new subscriber to `filter` is sent at once: payloads of
-/// retained messages.
+/// The payloads of the retained messages a new subscriber to `filter` is
+/// sent, in order.
 async fn retained(addr: std::net::SocketAddr, filter: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut reader = Raw::connect(addr, Protocol::V5, "reader").await;
-    reader.subscribe(1, filter, QoS::AtLeastOnce).await;
-    let mut got = Vec::new();
-    while let Some(packet) = reader.recv_within(Duration::from_millis(300)).await {
-        let Packet::Publish(publish) = packet else {
-            anyhow::bail!("expected PUBLISH, got {packet:?}");
-        };
-        ensure!(publish.retain, "{publish:?}");
-        reader.ack(&publish).await;
-        got.push(publish.payload.to_vec());
-    }
+    let got = common::retained_sent(addr, "reader", filter)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut payloads: Vec<Vec<u8>> = got.iter().map(|p| p.payload.to_vec()).collect();
     // In no order the specification names.
-    got.sort();
-    Ok(got)
+    payloads.sort();
+    Ok(payloads)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,24 +29,33 @@ fn route(filter: &str, node_id: u64) -> Route {
     }
 }
 
-/// The next update carrying route changes, skipping the others.
-async fn next_changes(
-    updates: &mut tokio::sync::mpsc::UnboundedReceiver<MetadataUpdate>,
-) -> (u64, Vec<(Route, bool)>) {
+type Updates = tokio::sync::mpsc::UnboundedReceiver<MetadataUpdate>;
+
+/// The first update `pick` takes (returns `Some` for), skipping the others.
+async fn next_update<T>(updates: &mut Updates, pick: impl Fn(MetadataUpdate) -> Option<T>) -> T {
     loop {
         let update = tokio::time::timeout(Duration::from_secs(5), updates.recv())
             .await
             .expect("an update in time")
             .expect("the watcher is open");
-        if let MetadataUpdate::Applied {
-            applied, changes, ..
-        } = update
-            && !changes.is_empty()
-        {
-            let changes = changes.into_iter().map(|c| (c.route, c.present)).collect();
-            return (applied, changes);
+        if let Some(picked) = pick(update) {
+            return picked;
         }
     }
+}
+
+/// The next update carrying route changes.
+async fn next_changes(updates: &mut Updates) -> (u64, Vec<(Route, bool)>) {
+    next_update(updates, |update| match update {
+        MetadataUpdate::Applied {
+            applied, changes, ..
+        } if !changes.is_empty() => {
+            let changes = changes.into_iter().map(|c| (c.route, c.present)).collect();
+            Some((applied, changes))
+        }
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,23 +122,15 @@ fn applied_entry(topic: &str, seq: u64, message: &[u8]) -> RetainedEntry {
     }
 }
 
-/// The next update carrying retained messages, skipping the others.
-async fn next_retained(
-    updates: &mut tokio::sync::mpsc::UnboundedReceiver<MetadataUpdate>,
-) -> (u64, Vec<RetainedEntry>) {
-    loop {
-        let update = tokio::time::timeout(Duration::from_secs(5), updates.recv())
-            .await
-            .expect("an update in time")
-            .expect("the watcher is open");
-        if let MetadataUpdate::Applied {
+/// The next update carrying retained messages.
+async fn next_retained(updates: &mut Updates) -> (u64, Vec<RetainedEntry>) {
+    next_update(updates, |update| match update {
+        MetadataUpdate::Applied {
             applied, retained, ..
-        } = update
-            && !retained.is_empty()
-        {
-            return (applied, retained);
-        }
-    }
+        } if !retained.is_empty() => Some((applied, retained)),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,6 +333,29 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u
     }
 }
 
+/// What a new 5.0 subscriber `client_id` to `filter` is sent at once (the
+/// retained messages), each acknowledged, checked for its retain flag.
+pub async fn retained_sent(
+    addr: SocketAddr,
+    client_id: &str,
+    filter: &str,
+) -> Result<Vec<Publish>, String> {
+    let mut reader = Raw::connect(addr, Protocol::V5, client_id).await;
+    reader.subscribe(1, filter, QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    while let Some(packet) = reader.recv_within(Duration::from_millis(300)).await {
+        let Packet::Publish(publish) = packet else {
+            return Err(format!("expected PUBLISH, got {packet:?}"));
+        };
+        if !publish.retain {
+            return Err(format!("sent without its retain flag: {publish:?}"));
+        }
+        reader.ack(&publish).await;
+        got.push(publish);
+    }
+    Ok(got)
+}
+
 /// A persistent (clean session 0) 3.1.1 client.
 pub async fn persistent(addr: SocketAddr, client_id: &str) -> (Raw, bool) {
     let (raw, ack) = Raw::connect_with(addr, Protocol::V3_1_1, client_id, |c| {
