@@ -252,14 +252,17 @@ fn retain(
     limits: RetainLimits,
 ) -> Result<Option<RetainWrite>, RetainRefused> {
     let Some(cluster) = &shared.cluster else {
-        shared.router.retain(message, limits, Stamp::LOCAL)?;
+        shared
+            .router
+            .retained()
+            .set(message, Stamp::LOCAL, limits)?;
         return Ok(shared.durable.clone().map(|store| {
             let message = Arc::clone(message);
             async move { store.put_retained(&message).await }.boxed()
         }));
     };
     let stamp = cluster.retained_stamp();
-    shared.router.retain(message, limits, stamp)?;
+    shared.router.retained().set(message, stamp, limits)?;
     let replicated = cluster.replicate_retained(message, stamp);
     Ok((message.qos != QoS::AtMostOnce).then_some(replicated))
 }

@@ -40,10 +40,11 @@ pub(crate) async fn restore(
                 let message = durable::retained_message(publish, expires_at_ms);
                 // Stored before the limits were checked again: kept whatever
                 // they are.
-                let limits = RetainLimits::NONE;
+                let message = Arc::new(message);
                 let _ = shared
                     .router
-                    .retain(&Arc::new(message), limits, Stamp::LOCAL);
+                    .retained()
+                    .set(&message, Stamp::LOCAL, RetainLimits::NONE);
             }
         }
     }

@@ -173,7 +173,8 @@ impl Router {
         }
     }
 
-    /// The retained messages.
+    /// The retained messages (set, replaced and cleared through
+    /// [`RetainedStore::set`]).
     pub fn retained(&self) -> &RetainedStore {
         &self.retained
     }
@@ -349,19 +350,6 @@ impl Router {
                 })
             })
             .collect()
-    }
-
-    /// Stores, replaces or (with an empty payload) clears the retained
-    /// message of a topic, unless that would take the retained messages
-    /// past `limits` (see [`RetainedStore::set`]). Returns the number of
-    /// retained messages.
-    pub fn retain(
-        &self,
-        message: &Arc<Message>,
-        limits: RetainLimits,
-        stamp: Stamp,
-    ) -> Result<usize, RetainRefused> {
-        self.retained.set(message, stamp, limits)
     }
 
     /// Sets the retained value of a broker-owned `$SYS` topic.

@@ -191,17 +191,21 @@ fn retained_messages_are_set_matched_and_cleared() {
     let router = Router::default();
     let none = RetainLimits::NONE;
     assert_eq!(
-        router.retain(&message("r/1", QoS::AtMostOnce, None), none, Stamp::LOCAL),
+        router
+            .retained()
+            .set(&message("r/1", QoS::AtMostOnce, None), Stamp::LOCAL, none),
         Ok(1)
     );
     assert_eq!(
-        router.retain(&message("r/2", QoS::AtMostOnce, None), none, Stamp::LOCAL),
+        router
+            .retained()
+            .set(&message("r/2", QoS::AtMostOnce, None), Stamp::LOCAL, none),
         Ok(2)
     );
     assert_eq!(router.retained_for("r/+", Instant::now()).len(), 2);
     assert_eq!(router.retained_for("$share/g/r/1", Instant::now()).len(), 1);
     let clear = retained_message("r/1", Bytes::new());
-    assert_eq!(router.retain(&clear, none, Stamp::LOCAL), Ok(1));
+    assert_eq!(router.retained().set(&clear, Stamp::LOCAL, none), Ok(1));
     assert_eq!(router.retained_count(), 1);
 }
 
@@ -214,25 +218,31 @@ fn retained_messages_stop_at_their_count_and_bytes() {
         max_messages: 2,
         max_bytes: 3 * size,
     };
-    assert_eq!(router.retain(&one, limits, Stamp::LOCAL), Ok(1));
+    assert_eq!(router.retained().set(&one, Stamp::LOCAL, limits), Ok(1));
     assert_eq!(
-        router.retain(&message("r/2", QoS::AtMostOnce, None), limits, Stamp::LOCAL),
+        router
+            .retained()
+            .set(&message("r/2", QoS::AtMostOnce, None), Stamp::LOCAL, limits),
         Ok(2)
     );
     assert_eq!(
-        router.retain(&message("r/3", QoS::AtMostOnce, None), limits, Stamp::LOCAL),
+        router
+            .retained()
+            .set(&message("r/3", QoS::AtMostOnce, None), Stamp::LOCAL, limits),
         Err(RetainRefused),
         "a third topic"
     );
     // Replacing an existing topic with a message no larger always passes.
     assert_eq!(
-        router.retain(&message("r/2", QoS::AtMostOnce, None), limits, Stamp::LOCAL),
+        router
+            .retained()
+            .set(&message("r/2", QoS::AtMostOnce, None), Stamp::LOCAL, limits),
         Ok(2)
     );
     assert_eq!(router.retained_bytes(), 2 * size);
     let big = retained_message("r/1", Bytes::from(vec![b'x'; 2 * size]));
     assert_eq!(
-        router.retain(&big, limits, Stamp::LOCAL),
+        router.retained().set(&big, Stamp::LOCAL, limits),
         Err(RetainRefused),
         "too many bytes"
     );
