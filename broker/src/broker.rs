@@ -293,11 +293,14 @@ impl Broker {
 
     /// Stops accepting, sends every client DISCONNECT (5.0: 0x8B server
     /// shutting down), waits for the connections to close, then flushes
-    /// and closes the message store.
+    /// and closes the message store (and a cluster node's hand-off logs).
     pub async fn shutdown(mut self) {
         self.signal_stop();
         for task in std::mem::take(&mut self.accept_tasks) {
             let _ = task.await;
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.close().await;
         }
         if let Some(store) = &self.shared.durable {
             match store.close().await {

@@ -431,16 +431,16 @@ fn write_alone(
 }
 
 /// Routes a message another node forwarded: to the subscriptions of this
-/// node that `shares` names. The returned future ends once its stored
-/// deliveries are written and queued (`None`: nothing to store).
+/// node that `shares` names. Returns the write of its stored deliveries
+/// (`None`: nothing to store), which the caller hands to
+/// [`enqueue_stored`] in the order the messages came, so that sessions
+/// get them in that order.
 pub(crate) fn publish_forwarded(
     shared: &Arc<Shared>,
     message: &Arc<Message>,
     shares: Shares,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let write = route_detached(shared, message, Scope::Forwarded(shares))?;
-    let shared = Arc::clone(shared);
-    Some(async move { enqueue_stored(&shared, write.await) })
+) -> Option<DetachedWrite> {
+    route_detached(shared, message, Scope::Forwarded(shares))
 }
 
 /// Routes a message nobody waits for (a will, a `$SYS` value): stored
@@ -452,7 +452,7 @@ pub(crate) fn publish_detached(shared: &Arc<Shared>, message: &Arc<Message>, sco
     }
 }
 
-type DetachedWrite = BoxFuture<'static, Result<Option<Stored>, DurableError>>;
+pub(crate) type DetachedWrite = BoxFuture<'static, Result<Option<Stored>, DurableError>>;
 
 /// Routes `message` and returns its store write, if it has one.
 fn route_detached(
@@ -481,7 +481,8 @@ fn route_detached(
     }
 }
 
-fn enqueue_stored(shared: &Shared, written: Result<Option<Stored>, DurableError>) {
+/// Queues the deliveries of a finished store write on their sessions.
+pub(crate) fn enqueue_stored(shared: &Shared, written: Result<Option<Stored>, DurableError>) {
     match written {
         Ok(Some(stored)) => stored.enqueue(&shared.metrics),
         Ok(None) => {}

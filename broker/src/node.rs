@@ -39,7 +39,7 @@ use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
 use crate::broker::{Broker, BrokerError};
-use crate::cluster::ClusterParts;
+use crate::cluster::{ClusterParts, HandoffSettings};
 use crate::config::{Config, ConfigError};
 use crate::durable::{DurableConfig, DurableError, DurableStore, SessionCatalog};
 use crate::http::{Endpoints, HttpServer};
@@ -201,10 +201,24 @@ impl Node {
             config.meta.client_timeout(),
             secret.clone(),
         )
+        .map_err(NodeError::Meta)
         .and_then(|client| {
+            // What a peer cannot be sent now waits in a hand-off log, when
+            // the node stores anything at all.
+            let handoff = match config.storage.enabled {
+                true => {
+                    let settings = handoff_settings(&config)?;
+                    let opened = runtimes
+                        .broker
+                        .block_on(cluster_parts.open_handoff(&settings));
+                    Some(opened.map_err(|e| NodeError::Storage(e.into()))?)
+                }
+                false => None,
+            };
             let channels = ChannelPool::new(secret);
-            let start = cluster_parts.start(&meta, client.clone(), channels);
-            Ok((client, runtimes.broker.block_on(start)?))
+            let start = cluster_parts.start(&meta, client.clone(), channels, handoff);
+            let cluster = runtimes.broker.block_on(start).map_err(NodeError::Meta)?;
+            Ok((client, cluster))
         });
         let (client, cluster) = match started {
             Ok(started) => started,
@@ -212,7 +226,7 @@ impl Node {
                 runtimes.grpc.block_on(meta.shutdown());
                 drop(monitor);
                 runtimes.shutdown();
-                return Err(NodeError::Meta(e));
+                return Err(e);
             }
         };
         let store = if config.storage.enabled {
@@ -383,4 +397,16 @@ impl Node {
         runtimes.shutdown();
         info!("node stopped");
     }
+}
+
+/// Where and how the hand-off logs are kept: `{data_dir}/handoff`, synced
+/// like the message store.
+fn handoff_settings(config: &Config) -> Result<HandoffSettings, NodeError> {
+    Ok(HandoffSettings {
+        dir: config.data_dir.join("handoff"),
+        sync: config.storage.sync_policy()?,
+        segment_bytes: config.storage.segment_bytes,
+        min_free_bytes: config.storage.min_free_bytes,
+        max_bytes: config.cluster.handoff_max_bytes,
+    })
 }

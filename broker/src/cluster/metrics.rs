@@ -4,6 +4,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use super::handoff::HandoffMetrics;
 use super::keeper::KeeperMetrics;
 use super::link::LinkMetrics;
 use super::retained::RetainedMetrics;
@@ -19,7 +20,9 @@ pub(super) struct ClusterMetrics {
     pub(super) forward_wait_timeouts: IntCounter,
     pub(super) received: IntCounter,
     pub(super) malformed: IntCounter,
+    pub(super) duplicates: IntCounter,
     pub(super) link: LinkMetrics,
+    pub(super) handoff: HandoffMetrics,
     pub(super) retained: RetainedMetrics,
 }
 
@@ -35,6 +38,12 @@ impl ClusterMetrics {
         let counter = |name: &str, help: &str| reg(registry, IntCounter::new(name, help)?);
         let per_peer = |name: &str, help: &str, labels: &[&str]| {
             reg(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let gauge_per_peer = |name: &str, help: &str| {
+            reg(
+                registry,
+                IntGaugeVec::new(Opts::new(name, help), &["peer"])?,
+            )
         };
         Ok(ClusterMetrics {
             routes: reg(
@@ -79,6 +88,40 @@ impl ClusterMetrics {
                 "tidemq_cluster_received_malformed_total",
                 "Forwarded messages that did not decode (dropped)",
             )?,
+            duplicates: counter(
+                "tidemq_cluster_received_duplicates_total",
+                "Forwarded messages a replay sent again that this node had routed already (skipped)",
+            )?,
+            handoff: HandoffMetrics {
+                backlog: gauge_per_peer(
+                    "tidemq_cluster_handoff_backlog",
+                    "Messages in a peer's hand-off log it has not acknowledged",
+                )?,
+                bytes: gauge_per_peer(
+                    "tidemq_cluster_handoff_bytes",
+                    "Bytes on disk of a peer's hand-off log",
+                )?,
+                appended: per_peer(
+                    "tidemq_cluster_handoff_appended_total",
+                    "Messages kept in a peer's hand-off log because the peer could not be sent them",
+                    &["peer"],
+                )?,
+                replayed: per_peer(
+                    "tidemq_cluster_handoff_replayed_total",
+                    "Hand-off log records a peer acknowledged after a replay",
+                    &["peer"],
+                )?,
+                refused: per_peer(
+                    "tidemq_cluster_handoff_refused_total",
+                    "QoS 1/2 messages for a peer that its hand-off log could not keep \
+                     (full, or a storage error): their publishers were refused",
+                    &["peer"],
+                )?,
+                malformed: counter(
+                    "tidemq_cluster_handoff_malformed_total",
+                    "Hand-off log records that did not decode (skipped)",
+                )?,
+            },
             retained: RetainedMetrics {
                 writes: counter(
                     "tidemq_cluster_retained_writes_total",

@@ -6,6 +6,8 @@
 //!   on each publish.
 //! - [`link`]: one batched gRPC stream per peer carrying the messages that
 //!   peer's subscribers match; [`service`] is its receiving end.
+//! - [`handoff`]: per peer, what it must receive while it cannot be
+//!   reached, on this node's disk until the peer has it.
 //! - [`retained`]: retained messages written to the metadata group and
 //!   applied from it on every node.
 //! - [`metrics`]: what all of them count.
@@ -14,6 +16,7 @@
 //! metadata group has applied it ([`Cluster::routes_ready`]), so a message
 //! published anywhere after the SUBACK finds the route.
 
+mod handoff;
 mod keeper;
 mod link;
 mod metrics;
@@ -39,9 +42,12 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
+pub use self::handoff::ForwardFailure;
+use self::handoff::HandoffLog;
+pub(crate) use self::handoff::HandoffSettings;
 pub(crate) use self::keeper::LocalFilters;
 use self::keeper::RouteKeeper;
-use self::link::{LinkLimits, Links, Outgoing};
+use self::link::{LinkLimits, Links, NotQueued, Outgoing};
 use self::metrics::ClusterMetrics;
 use self::retained::{RetainedSink, RetainedWriter};
 use self::service::LinkService;
@@ -136,6 +142,8 @@ impl ClusterParts {
             table: Arc::clone(&table),
             received: metrics.received.clone(),
             malformed: metrics.malformed.clone(),
+            duplicates: metrics.duplicates.clone(),
+            routed: Arc::default(),
         };
         let extra = ExtraServices::new(move |routes, require| {
             routes.add_service(InterceptedService::new(service.server(), require))
@@ -151,14 +159,28 @@ impl ClusterParts {
         Ok((parts, extra))
     }
 
+    /// Opens the hand-off logs, where what a peer cannot be sent now is
+    /// kept for it.
+    pub(crate) async fn open_handoff(
+        &self,
+        settings: &HandoffSettings,
+    ) -> Result<Arc<HandoffLog>, tidemq_storage_engine::StorageError> {
+        HandoffLog::open(settings, self.metrics.handoff.clone())
+            .await
+            .map(Arc::new)
+    }
+
     /// Reads the route table and the retained messages and starts following
     /// them and writing this node's routes and retained messages through
-    /// `client`, on the calling task's runtime.
-    pub async fn start(
+    /// `client`, on the calling task's runtime. Without a hand-off log
+    /// (storage off), forwarding to a peer that cannot be reached is at
+    /// most once.
+    pub(crate) async fn start(
         self,
         meta: &MetaNodeHandle,
         client: MetaClient,
         channels: ChannelPool,
+        handoff: Option<Arc<HandoffLog>>,
     ) -> Result<Arc<Cluster>, MetaError> {
         let ClusterParts {
             node_id,
@@ -204,7 +226,9 @@ impl ClusterParts {
             channels.clone(),
             limits,
             metrics.link.clone(),
-        );
+            handoff,
+        )
+        .await;
         let cluster = Arc::new(Cluster {
             me: node_id,
             table,
@@ -310,6 +334,7 @@ impl Cluster {
                     let (link, queued) = self.links.state(id);
                     member["link"] = link.name().into();
                     member["queued"] = queued.into();
+                    member["handoff"] = self.links.handoff_backlog(id).into();
                     member["routes_confirmed"] = self.confirmed.get(&id).map(|at| *at).into();
                 }
                 member
@@ -330,6 +355,12 @@ impl Cluster {
     pub(crate) async fn link_ready(&self, peer: NodeId, deadline: Instant) -> bool {
         let stranger = self.peers.addr_of(peer).is_none();
         peer == self.me || stranger || self.links.ensure_up(peer, deadline).await
+    }
+
+    /// Makes the hand-off logs durable and stops their I/O thread, at
+    /// shutdown.
+    pub(crate) async fn close(&self) {
+        self.links.close().await;
     }
 
     /// Lets the link service hand forwarded messages to `shared`.
@@ -371,9 +402,16 @@ impl Cluster {
                 shares: shares.iter().map(ShareId::to_filter).collect(),
                 ..encoded.clone()
             };
-            if self.links.send(node, Outgoing { message, confirm }).is_ok() {
-                forwarded.nodes += 1;
-                forwarded.confirms.waits.extend(confirmed);
+            match self.links.send(node, Outgoing { message, confirm }) {
+                Ok(()) => {
+                    forwarded.nodes += 1;
+                    forwarded.confirms.waits.extend(confirmed);
+                }
+                // What a peer must receive is either sent, kept, or refused.
+                Err(NotQueued::QueueFull) if confirmed.is_some() && self.links.hands_off() => {
+                    forwarded.confirms.refused = Some(ForwardFailure::QueueFull { peer: node });
+                }
+                Err(NotQueued::QueueFull) => {}
             }
         }
         forwarded
@@ -381,12 +419,15 @@ impl Cluster {
 
     /// Which other nodes get `message`: whether for their plain
     /// subscribers, and for which shared groups. A node whose link is down
-    /// is passed over: its shares go to the other nodes with members.
+    /// is passed over for its shares (they go to the other nodes with
+    /// members), and for its plain subscribers unless the message is QoS
+    /// 1/2 and kept in its hand-off log.
     fn plan(&self, message: &Message) -> Vec<(NodeId, bool, Vec<ShareId>)> {
         let matches = self.table.matches(&message.topic);
+        let kept = message.qos != QoS::AtMostOnce && self.links.hands_off();
         let mut plan: Vec<(NodeId, bool, Vec<ShareId>)> = Vec::new();
         for node in matches.plain {
-            if self.links.is_down(node) {
+            if !kept && self.links.is_down(node) {
                 self.links.passed_over(node);
             } else {
                 plan.push((node, true, Vec::new()));
@@ -596,11 +637,15 @@ impl Forwarded {
 }
 
 /// What a QoS 1/2 publisher's acknowledgement waits for besides its own
-/// node: each node it was forwarded to routing it, at most
-/// `cluster.forward_wait_ms`. A node whose link broke is not waited for.
+/// node: each node it was forwarded to routing it (or, for a node that
+/// cannot be reached, its hand-off log keeping it), at most
+/// `cluster.forward_wait_ms`. Without hand-off logs, a node whose link
+/// broke is not waited for.
 #[derive(Default)]
 pub(crate) struct Confirms {
-    waits: Vec<oneshot::Receiver<()>>,
+    waits: Vec<oneshot::Receiver<Result<(), ForwardFailure>>>,
+    /// A node the message could be neither queued for nor kept.
+    refused: Option<ForwardFailure>,
     wait: Duration,
     timeouts: Option<IntCounter>,
 }
@@ -608,16 +653,28 @@ pub(crate) struct Confirms {
 impl Confirms {
     /// Nothing to wait for.
     pub(crate) fn is_empty(&self) -> bool {
-        self.waits.is_empty()
+        self.waits.is_empty() && self.refused.is_none()
     }
 
-    /// Waits for every confirmation (or its link's end), at most the wait.
-    pub(crate) async fn confirmed(self) {
+    /// Waits for every confirmation (or its link's end), at most the wait;
+    /// fails when a node's message could not be kept.
+    pub(crate) async fn confirmed(self) -> Result<(), ForwardFailure> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
         let all = futures_util::future::join_all(self.waits);
-        if tokio::time::timeout(self.wait, all).await.is_err()
-            && let Some(timeouts) = self.timeouts
-        {
-            timeouts.inc();
+        match tokio::time::timeout(self.wait, all).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                // A confirmation dropped unsent: nothing keeps the message.
+                .filter_map(Result::ok)
+                .collect::<Result<(), ForwardFailure>>(),
+            Err(_) => {
+                if let Some(timeouts) = self.timeouts {
+                    timeouts.inc();
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -646,5 +703,7 @@ fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
         publisher: message.publisher.as_deref().unwrap_or_default().to_string(),
         plain: false,
         shares: Vec::new(),
+        // Numbered by the link that sends it.
+        sequence: 0,
     })
 }

@@ -4,11 +4,19 @@
 //! carried it. A batch is acknowledged once its messages are queued for
 //! the online subscribers and written for the persistent ones; the next
 //! batch is routed meanwhile, so acknowledgements may come out of order.
+//!
+//! A replayed batch (from the sender's hand-off log) may carry messages
+//! this node routed already, on a stream that broke before its
+//! acknowledgement: it skips each whose number is not above the last it
+//! routed from that sender. The numbers are kept in memory, so what a
+//! sender replays after this node restarted is routed again.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use dashmap::DashMap;
+use tidemq_meta::NodeId;
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_proto::grpc::v1::broker_link_server::BrokerLink;
 use tidemq_proto::mqtt::{self, Packet, Protocol};
@@ -20,6 +28,7 @@ use tracing::{debug, warn};
 use super::link::MAX_BATCH_BYTES;
 use super::table::RouteTable;
 use crate::broker::Shared;
+use crate::delivery::DetachedWrite;
 use crate::message::Message;
 use crate::router::{ShareId, Shares};
 
@@ -33,6 +42,9 @@ pub(crate) struct LinkService {
     pub(crate) table: Arc<RouteTable>,
     pub(crate) received: prometheus::IntCounter,
     pub(crate) malformed: prometheus::IntCounter,
+    pub(crate) duplicates: prometheus::IntCounter,
+    /// Per sender, the number of the last message routed.
+    pub(crate) routed: Arc<DashMap<NodeId, u64>>,
 }
 
 impl LinkService {
@@ -69,6 +81,40 @@ pub(crate) fn decode(forwarded: pb::ForwardedMessage) -> Result<(Message, Shares
     }
 }
 
+/// Waits for each batch's store writes in the order the batches came,
+/// queues their deliveries on the sessions in that order (the writes of
+/// one batch run side by side, but a session must get a sender's messages
+/// in order), then acknowledges the batch.
+async fn complete_in_order(
+    shared: Arc<Shared>,
+    mut written: mpsc::Receiver<(Vec<DetachedWrite>, pb::ForwardAck)>,
+    acks: mpsc::Sender<Result<pb::ForwardAck, Status>>,
+) {
+    while let Some((writes, ack)) = written.recv().await {
+        for write in futures_util::future::join_all(writes).await {
+            crate::delivery::enqueue_stored(&shared, write);
+        }
+        if acks.send(Ok(ack)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether message `sequence` of `origin` is routed for the first time
+/// (recording it when it is): a message sent once always is; one a replay
+/// sends may be a copy.
+fn first_time(routed: &DashMap<NodeId, u64>, origin: NodeId, replay: bool, sequence: u64) -> bool {
+    if sequence == 0 {
+        return true;
+    }
+    let mut last = routed.entry(origin).or_insert(0);
+    if replay && sequence <= *last {
+        return false;
+    }
+    *last = (*last).max(sequence);
+    true
+}
+
 #[tonic::async_trait]
 impl BrokerLink for LinkService {
     type ForwardStream = ReceiverStream<Result<pb::ForwardAck, Status>>;
@@ -84,7 +130,11 @@ impl BrokerLink for LinkService {
             .ok_or_else(|| Status::unavailable("the broker is still starting"))?;
         let mut batches = request.into_inner();
         let (acks, rx) = mpsc::channel(16);
+        // Batches whose stored deliveries are being written, in order.
+        let (writing, written) = mpsc::channel(16);
+        tokio::spawn(complete_in_order(Arc::clone(&shared), written, acks));
         let (received, malformed) = (self.received.clone(), self.malformed.clone());
+        let (duplicates, routed) = (self.duplicates.clone(), Arc::clone(&self.routed));
         tokio::spawn(async move {
             loop {
                 let batch = match batches.message().await {
@@ -97,6 +147,10 @@ impl BrokerLink for LinkService {
                 };
                 let mut writes = Vec::new();
                 for forwarded in batch.messages {
+                    if !first_time(&routed, batch.origin, batch.replay, forwarded.sequence) {
+                        duplicates.inc();
+                        continue;
+                    }
                     match decode(forwarded) {
                         Ok((message, shares)) => {
                             received.inc();
@@ -115,16 +169,8 @@ impl BrokerLink for LinkService {
                 let ack = pb::ForwardAck {
                     sequence: batch.sequence,
                 };
-                if writes.is_empty() {
-                    if acks.send(Ok(ack)).await.is_err() {
-                        return;
-                    }
-                } else {
-                    let acks = acks.clone();
-                    tokio::spawn(async move {
-                        futures_util::future::join_all(writes).await;
-                        let _ = acks.send(Ok(ack)).await;
-                    });
+                if writing.send((writes, ack)).await.is_err() {
+                    return;
                 }
             }
         });

@@ -27,6 +27,11 @@ pub struct ClusterConfig {
     pub link_batch_messages: usize,
     /// Bytes of one batch on a link, about at most.
     pub link_batch_bytes: usize,
+    /// Bytes of the hand-off log kept for one peer that cannot be reached
+    /// (`{data_dir}/handoff`, with `[storage]` on), at most. Past it a QoS
+    /// 1/2 message for that peer is refused (5.0: PUBACK/PUBREC 0x97;
+    /// `tidemq_cluster_handoff_refused_total`).
+    pub handoff_max_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -37,6 +42,7 @@ impl Default for ClusterConfig {
             link_queue_messages: 65_536,
             link_batch_messages: 512,
             link_batch_bytes: 1024 * 1024,
+            handoff_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }

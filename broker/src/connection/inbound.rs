@@ -216,13 +216,18 @@ impl Connection {
             ToStore::Record(record) if confirms.is_empty() => Write::Record(record),
             // The other nodes' confirmations: the record waits with them
             // instead of joining this pass's shared write.
-            ToStore::Nothing => Write::Alone(confirms.confirmed().map(|()| Ok(None)).boxed()),
+            ToStore::Nothing => Write::Alone(
+                confirms
+                    .confirmed()
+                    .map(|confirmed| confirmed.map(|()| None).map_err(DurableError::from))
+                    .boxed(),
+            ),
             ToStore::Record(record) => {
                 let write = delivery::write_records(&self.shared, vec![record])
                     .map(|r| r.map(|mut stored| stored.pop()));
-                Write::Alone(wait_both(write, confirms))
+                Write::Alone(wait_both(&self.shared, write, confirms))
             }
-            ToStore::Write(write) => Write::Alone(wait_both(write, confirms)),
+            ToStore::Write(write) => Write::Alone(wait_both(&self.shared, write, confirms)),
         };
         Ok((reason, write))
     }
@@ -361,15 +366,25 @@ impl Connection {
     }
 }
 
-/// A store write and the other nodes' confirmations, side by side.
+/// A store write and the other nodes' confirmations, side by side. When a
+/// node's copy could not be kept, the publisher is refused, but what was
+/// stored here is still delivered.
 fn wait_both(
+    shared: &Arc<crate::broker::Shared>,
     write: impl Future<Output = Result<Option<Stored>, DurableError>> + Send + 'static,
     confirms: Confirms,
 ) -> BoxFuture<'static, Result<Option<Stored>, DurableError>> {
+    let shared = Arc::clone(shared);
     async move {
-        futures_util::future::join(write, confirms.confirmed())
-            .await
-            .0
+        let (written, confirmed) = futures_util::future::join(write, confirms.confirmed()).await;
+        let stored = written?;
+        if let Err(refused) = confirmed {
+            if let Some(stored) = stored {
+                stored.enqueue(&shared.metrics);
+            }
+            return Err(refused.into());
+        }
+        Ok(stored)
     }
     .boxed()
 }

@@ -99,6 +99,10 @@ pub enum DurableError {
     /// of the batch shares.
     #[error("storage: {0}")]
     Batch(Arc<StorageError>),
+    /// A message for another node of the cluster could be neither sent
+    /// nor kept in its hand-off log.
+    #[error("forwarding: {0}")]
+    Forward(#[from] crate::cluster::ForwardFailure),
     /// A record is larger than a segment holds.
     #[error(
         "a record of {size} bytes exceeds the store's maximum of {max} (storage.segment_bytes)"

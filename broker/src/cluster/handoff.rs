@@ -1,0 +1,347 @@
+//! Hand-off logs: what a peer must receive while this node cannot reach
+//! it, kept on this node's disk until the peer acknowledges it.
+//!
+//! One partition per peer (numbered by its node id) in a storage engine of
+//! its own (`{data_dir}/handoff`), synced like the message store. A record
+//! is one `ForwardedMessage` (protobuf), carrying the sequence number its
+//! link gave it. A link appends to its peer's log the QoS 1/2 messages it
+//! could not deliver: those queued while the peer is down, and those in
+//! batches a broken stream did not acknowledge. Once the link is up again
+//! it sends the log, from the first record the peer has not acknowledged,
+//! before anything new, so a publisher's messages keep their order; the
+//! peer skips what it had routed already (by sequence number).
+//! Acknowledged records are given back a segment at a time, and the whole
+//! log once it is drained.
+//!
+//! Where a peer stands (its first record not acknowledged) is kept in
+//! memory only. After a restart it is the log's first record, so a few
+//! acknowledged records may be sent again, and the peer skips them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
+use prost::Message as _;
+use tidemq_meta::NodeId;
+use tidemq_proto::grpc::v1 as pb;
+use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
+use tracing::{info, warn};
+
+/// Why a QoS 1/2 message for a peer could be neither sent nor kept: its
+/// publisher is refused (5.0: PUBACK/PUBREC 0x97).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardFailure {
+    /// The link's queue is full (`cluster.link_queue_messages`).
+    #[error("the queue for node {peer} is full (cluster.link_queue_messages)")]
+    QueueFull {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The peer's hand-off log holds `cluster.handoff_max_bytes` already.
+    #[error("the hand-off log for node {peer} is full (cluster.handoff_max_bytes)")]
+    HandoffFull {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The hand-off log could not be written (a full disk, an I/O error).
+    #[error("cannot keep a message for node {peer} in its hand-off log: {source}")]
+    Handoff {
+        /// The peer.
+        peer: NodeId,
+        /// What the storage engine said.
+        source: Arc<StorageError>,
+    },
+}
+
+/// How the hand-off logs are kept.
+#[derive(Debug, Clone)]
+pub(crate) struct HandoffSettings {
+    /// Their storage engine's directory.
+    pub(crate) dir: PathBuf,
+    /// Synced like the message store (`storage.sync`).
+    pub(crate) sync: SyncPolicy,
+    /// `storage.segment_bytes`.
+    pub(crate) segment_bytes: u64,
+    /// `storage.min_free_bytes`.
+    pub(crate) min_free_bytes: u64,
+    /// `cluster.handoff_max_bytes`: bytes of one peer's log, at most.
+    pub(crate) max_bytes: u64,
+}
+
+/// The hand-off logs' metrics, per peer.
+#[derive(Clone)]
+pub(crate) struct HandoffMetrics {
+    pub(crate) backlog: IntGaugeVec,
+    pub(crate) bytes: IntGaugeVec,
+    pub(crate) appended: IntCounterVec,
+    pub(crate) replayed: IntCounterVec,
+    pub(crate) refused: IntCounterVec,
+    pub(crate) malformed: IntCounter,
+}
+
+/// What a peer's log holds that the peer has not acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    /// The first record the peer has not acknowledged.
+    pub(crate) from: u64,
+    /// The offset the next record gets.
+    pub(crate) end: u64,
+}
+
+impl Backlog {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.from >= self.end
+    }
+
+    fn messages(&self) -> u64 {
+        self.end.saturating_sub(self.from)
+    }
+}
+
+/// Records read back from a peer's log: the messages, and the offset after
+/// the last record read.
+pub(crate) struct Replay {
+    pub(crate) messages: Vec<pb::ForwardedMessage>,
+    pub(crate) next: u64,
+}
+
+/// The hand-off logs of this node, one per peer.
+pub(crate) struct HandoffLog {
+    engine: StorageEngine,
+    max_bytes: u64,
+    /// Per peer: the first record it has not acknowledged.
+    acked: Mutex<HashMap<NodeId, u64>>,
+    metrics: HandoffMetrics,
+}
+
+impl HandoffLog {
+    /// Opens (or creates) the logs; a torn tail is cut off and reported by
+    /// the storage engine.
+    pub(crate) async fn open(
+        settings: &HandoffSettings,
+        metrics: HandoffMetrics,
+    ) -> Result<HandoffLog, StorageError> {
+        let max_record = usize::try_from(settings.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(FRAME_HEADER_LEN)
+            .max(1);
+        let engine = StorageEngine::builder(&settings.dir)
+            .io_threads(1)
+            .sync_policy(settings.sync)
+            .segment_bytes(settings.segment_bytes)
+            .max_record_bytes(max_record)
+            .min_free_bytes(settings.min_free_bytes)
+            // Its own: the message store's engine exports the same names.
+            .registry(prometheus::Registry::new())
+            .open()
+            .await?;
+        let report = engine.recovery_report();
+        if report.truncated_segments > 0 || !report.quarantined.is_empty() {
+            warn!(?report, "hand-off logs: a damaged tail was repaired");
+        }
+        let log = HandoffLog {
+            engine,
+            max_bytes: settings.max_bytes,
+            acked: Mutex::new(HashMap::new()),
+            metrics,
+        };
+        for peer in log.engine.partitions() {
+            let info = log.engine.partition_info(peer)?;
+            log.acked_map().insert(peer, info.log_start);
+            log.count(peer);
+            if info.next_offset > info.log_start {
+                info!(
+                    peer,
+                    messages = info.next_offset - info.log_start,
+                    "hand-off log holds messages for a peer"
+                );
+            }
+        }
+        Ok(log)
+    }
+
+    fn acked_map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, u64>> {
+        self.acked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The peers whose logs hold messages they have not acknowledged.
+    pub(crate) fn backlogged(&self) -> Vec<NodeId> {
+        let peers: Vec<NodeId> = self.acked_map().keys().copied().collect();
+        peers
+            .into_iter()
+            .filter(|peer| !self.backlog(*peer).is_empty())
+            .collect()
+    }
+
+    /// What `peer`'s log holds that it has not acknowledged.
+    pub(crate) fn backlog(&self, peer: NodeId) -> Backlog {
+        let Ok(info) = self.engine.partition_info(peer) else {
+            return Backlog::default();
+        };
+        let from = self
+            .acked_map()
+            .get(&peer)
+            .copied()
+            .unwrap_or(info.log_start);
+        Backlog {
+            from: from.max(info.log_start),
+            end: info.next_offset,
+        }
+    }
+
+    /// The highest sequence number in any log (0 when they are empty): a
+    /// link's numbers go on above it after a restart.
+    pub(crate) async fn last_sequence(&self) -> u64 {
+        let mut last = 0;
+        for peer in self.engine.partitions() {
+            let Ok(info) = self.engine.partition_info(peer) else {
+                continue;
+            };
+            if info.next_offset == info.log_start {
+                continue;
+            }
+            if let Ok(replay) = self.read(peer, info.next_offset - 1, 1, 1).await {
+                last = replay.messages.iter().fold(last, |l, m| l.max(m.sequence));
+            }
+        }
+        last
+    }
+
+    /// Appends `messages` to `peer`'s log, durably under `storage.sync`
+    /// "always", unless the log would outgrow `cluster.handoff_max_bytes`.
+    pub(crate) async fn append(
+        &self,
+        peer: NodeId,
+        messages: &[pb::ForwardedMessage],
+    ) -> Result<(), ForwardFailure> {
+        let label = peer.to_string();
+        let records: Vec<Vec<u8>> = messages.iter().map(|m| m.encode_to_vec()).collect();
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let held = self
+            .engine
+            .partition_info(peer)
+            .map_or(0, |info| info.size_bytes);
+        if held + bytes > self.max_bytes {
+            self.metrics
+                .refused
+                .with_label_values(&[label.as_str()])
+                .inc_by(records.len() as u64);
+            return Err(ForwardFailure::HandoffFull { peer });
+        }
+        let failed = |source: StorageError| {
+            self.metrics
+                .refused
+                .with_label_values(&[label.as_str()])
+                .inc_by(records.len() as u64);
+            ForwardFailure::Handoff {
+                peer,
+                source: Arc::new(source),
+            }
+        };
+        let appended = match self.engine.append(peer, &records).await {
+            Err(StorageError::UnknownPartition(_)) => {
+                match self.engine.create_partition(peer).await {
+                    Ok(()) | Err(StorageError::PartitionExists(_)) => {}
+                    Err(e) => return Err(failed(e)),
+                }
+                self.engine.append(peer, &records).await
+            }
+            other => other,
+        };
+        appended.map_err(failed)?;
+        self.metrics
+            .appended
+            .with_label_values(&[label.as_str()])
+            .inc_by(records.len() as u64);
+        self.count(peer);
+        Ok(())
+    }
+
+    /// Reads `peer`'s log from `from`: up to `max_messages` records and
+    /// about `max_bytes`. A record that does not decode is skipped
+    /// (counted).
+    pub(crate) async fn read(
+        &self,
+        peer: NodeId,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Replay, StorageError> {
+        let records = match self.engine.read(peer, from, max_bytes).await {
+            Err(StorageError::UnknownPartition(_)) => Vec::new(),
+            other => other?,
+        };
+        let mut replay = Replay {
+            messages: Vec::new(),
+            next: from,
+        };
+        for record in records.into_iter().take(max_messages.max(1)) {
+            replay.next = record.offset + 1;
+            match pb::ForwardedMessage::decode(record.payload) {
+                Ok(message) => replay.messages.push(message),
+                Err(e) => {
+                    self.metrics.malformed.inc();
+                    warn!(peer, offset = record.offset, error = %e, "skipping a hand-off record that does not decode");
+                }
+            }
+        }
+        Ok(replay)
+    }
+
+    /// `peer` acknowledged every record below `upto`: space below it is
+    /// given back once a whole segment (or the whole log) is acknowledged.
+    pub(crate) async fn acknowledged(&self, peer: NodeId, upto: u64, replayed: u64) {
+        let before = {
+            let mut acked = self.acked_map();
+            let at = acked.entry(peer).or_insert(0);
+            let before = *at;
+            *at = before.max(upto);
+            before
+        };
+        self.metrics
+            .replayed
+            .with_label_values(&[peer.to_string().as_str()])
+            .inc_by(replayed);
+        if upto <= before {
+            return;
+        }
+        let end = self.backlog(peer).end;
+        let segment_done = self
+            .engine
+            .segment_bases(peer)
+            .is_ok_and(|bases| bases.get(1).is_some_and(|second| upto >= *second));
+        if (upto >= end || segment_done)
+            && let Err(e) = self.engine.trim_before(peer, upto).await
+        {
+            warn!(peer, error = %e, "cannot give back the hand-off log's acknowledged space");
+        }
+        self.count(peer);
+    }
+
+    /// Sets `peer`'s gauges from its log.
+    fn count(&self, peer: NodeId) {
+        let label = peer.to_string();
+        let one = [label.as_str()];
+        let backlog = self.backlog(peer);
+        self.metrics
+            .backlog
+            .with_label_values(&one)
+            .set(i64::try_from(backlog.messages()).unwrap_or(i64::MAX));
+        let bytes = self
+            .engine
+            .partition_info(peer)
+            .map_or(0, |info| info.size_bytes);
+        self.metrics
+            .bytes
+            .with_label_values(&one)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Makes every log durable and stops their I/O thread.
+    pub(crate) async fn close(&self) {
+        if let Err(e) = self.engine.close().await {
+            warn!(error = %e, "closing the hand-off logs");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Hand-off logs, as three real `tidemq` processes: what a node must
+//! receive while it is down is kept on the publishing node's disk and
+//! handed over once it is back: every QoS 1 message acknowledged while it
+//! was down reaches its persistent sessions in order, QoS 2 ones exactly
+//! once, even when the publishing node is SIGKILLed and restarted in
+//! between; and a hand-off log at its limit refuses (PUBACK 0x97) instead
+//! of losing what it acknowledged.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::cluster::TestCluster;
+use common::{Raw, persistent};
+use tidemq_proto::mqtt::{Packet, Protocol, PubResponse, QoS, ReasonCode};
+
+/// Publishes `count` messages numbered from 0 on `topic`, each
+/// acknowledged successfully (for QoS 2, through PUBCOMP).
+async fn publish_all(publisher: &mut Raw, topic: &str, qos: QoS, count: u16) -> anyhow::Result<()> {
+    for seq in 0..count {
+        let ack = publisher
+            .publish(topic, &seq.to_be_bytes(), qos, false, seq + 1)
+            .await
+            .context("acknowledgement")?;
+        ensure!(!ack.reason.is_error(), "message {seq}: {ack:?}");
+    }
+    Ok(())
+}
+
+/// Reads what a session is sent until it goes quiet: the numbers of the
+/// messages, in order of arrival, each acknowledged (QoS 2: PUBREC, then
+/// PUBCOMP for its PUBREL, with several flows open at once).
+async fn received(raw: &mut Raw) -> anyhow::Result<Vec<u16>> {
+    let mut seqs = Vec::new();
+    while let Some(packet) = raw.recv_within(Duration::from_secs(2)).await {
+        match packet {
+            Packet::Publish(p) => {
+                let id = p.packet_id.unwrap_or_default();
+                match p.qos {
+                    QoS::AtLeastOnce => raw.send(&Packet::PubAck(PubResponse::success(id))).await,
+                    QoS::ExactlyOnce => raw.send(&Packet::PubRec(PubResponse::success(id))).await,
+                    QoS::AtMostOnce => {}
+                }
+                seqs.push(u16::from_be_bytes(p.payload[..2].try_into()?));
+            }
+            Packet::PubRel(rel) => {
+                raw.send(&Packet::PubComp(PubResponse::success(rel.packet_id)))
+                    .await;
+            }
+            other => anyhow::bail!("expected PUBLISH or PUBREL, got {other:?}"),
+        }
+    }
+    Ok(seqs)
+}
+
+/// Subscribes a persistent session on `node` and leaves it offline.
+async fn offline_subscriber(
+    cluster: &TestCluster,
+    node: usize,
+    id: &str,
+    filter: &str,
+    qos: QoS,
+) -> anyhow::Result<()> {
+    let (mut sub, _) = persistent(cluster.mqtt(node), id).await;
+    sub.subscribe(1, filter, qos).await;
+    common::disconnect(sub).await;
+    Ok(())
+}
+
+/// Waits until node `from` holds nothing for node `peer` any more.
+async fn handed_over(cluster: &TestCluster, from: usize, peer: u64) -> anyhow::Result<()> {
+    cluster.nodes[from]
+        .metric_until(
+            &format!("tidemq_cluster_handoff_backlog{{peer=\"{peer}\"}}"),
+            Duration::from_secs(20),
+            "the hand-off log did not drain",
+            |n| n == 0.0,
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_down_node_must_receive_is_handed_over_when_it_returns() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    offline_subscriber(&cluster, 1, "down-q1", "down/q1", QoS::AtLeastOnce).await?;
+    offline_subscriber(&cluster, 1, "down-q2", "down/q2", QoS::ExactlyOnce).await?;
+    cluster.routes_everywhere(2.0).await?;
+
+    // Down at once: the first messages meet a link that has not noticed.
+    cluster.nodes[1].sigkill()?;
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "down-pub").await;
+    publish_all(&mut publisher, "down/q1", QoS::AtLeastOnce, 300).await?;
+    publish_all(&mut publisher, "down/q2", QoS::ExactlyOnce, 100).await?;
+    let kept = cluster.nodes[0].metric("tidemq_cluster_handoff_backlog{peer=\"2\"}")?;
+    ensure!(kept > 0.0, "nothing was kept for the down node");
+
+    cluster.nodes[1].restart()?;
+    cluster.healthy(&cluster.nodes[1])?;
+    handed_over(&cluster, 0, 2).await?;
+
+    let (mut q1, present) = persistent(cluster.mqtt(1), "down-q1").await;
+    ensure!(present, "the QoS 1 session survived");
+    let got = received(&mut q1).await?;
+    let mut distinct = got.clone();
+    distinct.dedup();
+    ensure!(
+        distinct == (0..300).collect::<Vec<_>>(),
+        "QoS 1: every acknowledged message, in order: {got:?}"
+    );
+    let (mut q2, present) = persistent(cluster.mqtt(1), "down-q2").await;
+    ensure!(present, "the QoS 2 session survived");
+    let got = received(&mut q2).await?;
+    ensure!(
+        got == (0..100).collect::<Vec<_>>(),
+        "QoS 2: every acknowledged message once, in order: {got:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hand_off_log_survives_its_own_nodes_crash() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    offline_subscriber(&cluster, 2, "crash-sub", "crash/#", QoS::ExactlyOnce).await?;
+    cluster.routes_everywhere(1.0).await?;
+
+    cluster.nodes[2].sigkill()?;
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "crash-pub").await;
+    publish_all(&mut publisher, "crash/a", QoS::ExactlyOnce, 200).await?;
+    drop(publisher);
+    // Acknowledged: on node 1's disk, whatever happens to it now.
+    cluster.nodes[0].sigkill()?;
+    cluster.nodes[0].restart()?;
+    cluster.healthy(&cluster.nodes[0])?;
+    let kept = cluster.nodes[0].metric("tidemq_cluster_handoff_backlog{peer=\"3\"}")?;
+    ensure!(
+        kept == 200.0,
+        "the restarted node holds {kept} messages for node 3"
+    );
+
+    cluster.nodes[2].restart()?;
+    cluster.healthy(&cluster.nodes[2])?;
+    handed_over(&cluster, 0, 3).await?;
+    let (mut sub, present) = persistent(cluster.mqtt(2), "crash-sub").await;
+    ensure!(present, "the session survived");
+    let got = received(&mut sub).await?;
+    ensure!(
+        got == (0..200).collect::<Vec<_>>(),
+        "every acknowledged message once, in order: {got:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hand_off_log_refuses_rather_than_loses() -> anyhow::Result<()> {
+    // About 40 messages' worth.
+    let mut cluster = TestCluster::start_with(&[("TIDEMQ_CLUSTER__HANDOFF_MAX_BYTES", "4096")])?;
+    offline_subscriber(&cluster, 1, "full-sub", "full/#", QoS::AtLeastOnce).await?;
+    cluster.routes_everywhere(1.0).await?;
+    cluster.nodes[1].sigkill()?;
+
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "full-pub").await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for seq in 0..200u16 {
+        let ack = publisher
+            .publish(
+                "full/a",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq + 1,
+            )
+            .await
+            .context("PUBACK")?;
+        match ack.reason {
+            ReasonCode::Success => accepted.push(seq),
+            ReasonCode::QuotaExceeded => refused += 1,
+            other => anyhow::bail!("message {seq}: {other:?}"),
+        }
+    }
+    ensure!(refused > 0, "the log never filled");
+    ensure!(!accepted.is_empty(), "the log kept nothing");
+    let counted = cluster.nodes[0].metric("tidemq_cluster_handoff_refused_total{peer=\"2\"}")?;
+    ensure!(
+        counted == f64::from(refused),
+        "{counted} refusals counted, {refused} seen"
+    );
+
+    cluster.nodes[1].restart()?;
+    cluster.healthy(&cluster.nodes[1])?;
+    handed_over(&cluster, 0, 2).await?;
+    let (mut sub, _) = persistent(cluster.mqtt(1), "full-sub").await;
+    let got = received(&mut sub).await?;
+    ensure!(
+        got == accepted,
+        "exactly the accepted messages: {got:?} vs {accepted:?}"
+    );
+    Ok(())
+}
