@@ -217,7 +217,10 @@ impl HandoffLog {
     ) -> Result<(), ForwardFailure> {
         let label = peer.to_string();
         let records: Vec<Vec<u8>> = messages.iter().map(|m| m.encode_to_vec()).collect();
-        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        let bytes: u64 = records
+            .iter()
+            .map(|r| (r.len() + FRAME_HEADER_LEN) as u64)
+            .sum();
         let held = self
             .engine
             .partition_info(peer)
@@ -343,5 +346,119 @@ impl HandoffLog {
         if let Err(e) = self.engine.close().await {
             warn!(error = %e, "closing the hand-off logs");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> HandoffMetrics {
+        let gauge = |name: &str| {
+            IntGaugeVec::new(prometheus::Opts::new(name, "test"), &["peer"]).expect("gauge")
+        };
+        let counter = |name: &str| {
+            IntCounterVec::new(prometheus::Opts::new(name, "test"), &["peer"]).expect("counter")
+        };
+        HandoffMetrics {
+            backlog: gauge("backlog"),
+            bytes: gauge("bytes"),
+            appended: counter("appended"),
+            replayed: counter("replayed"),
+            refused: counter("refused"),
+            malformed: IntCounter::new("malformed", "test").expect("counter"),
+        }
+    }
+
+    fn settings(dir: &std::path::Path, max_bytes: u64) -> HandoffSettings {
+        HandoffSettings {
+            dir: dir.to_path_buf(),
+            sync: SyncPolicy::Always,
+            segment_bytes: 4096,
+            min_free_bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn message(sequence: u64) -> pb::ForwardedMessage {
+        pb::ForwardedMessage {
+            publish: vec![0x32, 0x00],
+            publisher: "default/p".into(),
+            plain: true,
+            shares: Vec::new(),
+            sequence,
+        }
+    }
+
+    fn sequences(replay: &Replay) -> Vec<u64> {
+        replay.messages.iter().map(|m| m.sequence).collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_survives_a_reopen_and_drains_once_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = HandoffLog::open(&settings(dir.path(), u64::MAX), metrics())
+            .await
+            .expect("open");
+        assert!(log.backlogged().is_empty());
+        let batch: Vec<_> = (10..20).map(message).collect();
+        log.append(7, &batch).await.expect("append");
+        assert_eq!(log.backlog(7), Backlog { from: 0, end: 10 });
+        log.close().await;
+
+        let log = HandoffLog::open(&settings(dir.path(), u64::MAX), metrics())
+            .await
+            .expect("reopen");
+        assert_eq!(log.backlogged(), vec![7]);
+        assert_eq!(log.last_sequence().await, 19);
+        let first = log.read(7, 0, 4, usize::MAX).await.expect("read");
+        assert_eq!(sequences(&first), vec![10, 11, 12, 13]);
+        assert_eq!(first.next, 4);
+        log.acknowledged(7, first.next, 4).await;
+        assert_eq!(log.backlog(7), Backlog { from: 4, end: 10 });
+        let rest = log
+            .read(7, first.next, 100, usize::MAX)
+            .await
+            .expect("read");
+        assert_eq!(sequences(&rest), (14..20).collect::<Vec<_>>());
+        log.acknowledged(7, rest.next, 6).await;
+        assert!(log.backlog(7).is_empty());
+        assert!(log.backlogged().is_empty());
+        log.close().await;
+
+        // Drained: nothing comes back after another reopen.
+        let log = HandoffLog::open(&settings(dir.path(), u64::MAX), metrics())
+            .await
+            .expect("reopen");
+        assert!(log.backlogged().is_empty());
+        log.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_log_at_its_limit_refuses_and_takes_more_once_drained() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = message(1).encode_to_vec().len() as u64;
+        let log = HandoffLog::open(
+            &settings(dir.path(), 3 * (record + FRAME_HEADER_LEN as u64)),
+            metrics(),
+        )
+        .await
+        .expect("open");
+        log.append(2, &[message(1), message(2)])
+            .await
+            .expect("room");
+        let full = log.append(2, &[message(3), message(4)]).await;
+        assert!(
+            matches!(full, Err(ForwardFailure::HandoffFull { peer: 2 })),
+            "{full:?}"
+        );
+        assert_eq!(log.metrics.refused.with_label_values(&["2"]).get(), 2);
+        log.acknowledged(2, 2, 2).await;
+        log.append(2, &[message(3), message(4)])
+            .await
+            .expect("room again");
+        let replay = log.read(2, 2, 10, usize::MAX).await.expect("read");
+        assert_eq!(sequences(&replay), vec![3, 4]);
+        log.close().await;
     }
 }
