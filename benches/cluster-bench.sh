@@ -28,6 +28,12 @@
 #   higher), node KILL [3] is SIGKILLed (node 1 leads every Raft group of a
 #   fresh cluster). Prints the subscribers' rate and latency per second,
 #   and which Raft groups the killed node led.
+# MODE=handoff: SESSIONS [100] persistent QoS 1 sessions parked on node 2;
+#   PUBLISHERS [10] on node 1 (INFLIGHT [100] each) send MESSAGES [1000]
+#   to each session twice: with node 2 up (stored on its disk through the
+#   link), then with node 2 SIGKILLed (kept in node 1's hand-off log).
+#   Node 2 is restarted and the time until node 1's hand-off log for it is
+#   drained gives the replay rate.
 #
 # Usage: benches/cluster-bench.sh [ROUNDS]   (ROUNDS [1]: repeats of the
 #   whole single/cluster sequence, alternating, in one sitting)
@@ -50,33 +56,39 @@ source benches/node-lib.sh
 # start_nodes N: N nodes (one cluster when N > 1) under $work/run; sets
 # mqtt_ports and node_pids once every node's /health is 200.
 start_nodes() {
-    local n=$1 peers="" i
+    local n=$1 i
     rm -rf "$work/run"
-    mqtt_ports=() node_pids=() http_ports=()
-    local grpc=()
+    mqtt_ports=() node_pids=() http_ports=() grpc_ports=() peers=""
     for i in $(seq "$n"); do
-        mqtt_ports+=("$(free_port)") grpc+=("$(free_port)") http_ports+=("$(free_port)")
-        peers+="${peers:+, }\"$i=127.0.0.1:${grpc[$((i - 1))]}\""
+        mqtt_ports+=("$(free_port)") grpc_ports+=("$(free_port)") http_ports+=("$(free_port)")
+        peers+="${peers:+, }\"$i=127.0.0.1:${grpc_ports[$((i - 1))]}\""
     done
-    for i in $(seq "$n"); do
-        local cluster_env=()
-        [ "$n" -gt 1 ] && cluster_env=(TIDEMQ_META__NODE_ID="$i" TIDEMQ_META__PEERS="[$peers]")
-        mkdir -p "$work/run/node$i"
-        env RUST_LOG=warn TIDEMQ_STORAGE__SYNC=always "${cluster_env[@]}" \
-            "$bin/tidemq" --data-dir "$work/run/node$i" \
-            --bind "127.0.0.1:${mqtt_ports[$((i - 1))]}" \
-            --meta-grpc-addr "127.0.0.1:${grpc[$((i - 1))]}" \
-            --http-bind "127.0.0.1:${http_ports[$((i - 1))]}" >"$work/run/node$i/log" 2>&1 &
-        node_pids+=($!)
-        pids+=($!)
-    done
-    for i in $(seq "$n"); do
-        local tries=0
-        until curl -sf "http://127.0.0.1:${http_ports[$((i - 1))]}/health" >/dev/null; do
-            tries=$((tries + 1))
-            [ "$tries" -lt 600 ] || { echo "node $i not healthy; see $work/run/node$i/log" >&2; exit 1; }
-            sleep 0.1
-        done
+    for i in $(seq "$n"); do launch "$i"; done
+    for i in $(seq "$n"); do healthy "$i"; done
+}
+
+# launch I: starts node I (from 1) of the current nodes on its ports and
+# data directory (again, after a kill).
+launch() {
+    local i=$1 cluster_env=()
+    [ "${#mqtt_ports[@]}" -gt 1 ] && cluster_env=(TIDEMQ_META__NODE_ID="$i" TIDEMQ_META__PEERS="[$peers]")
+    mkdir -p "$work/run/node$i"
+    env RUST_LOG=warn TIDEMQ_STORAGE__SYNC=always "${cluster_env[@]}" \
+        "$bin/tidemq" --data-dir "$work/run/node$i" \
+        --bind "127.0.0.1:${mqtt_ports[$((i - 1))]}" \
+        --meta-grpc-addr "127.0.0.1:${grpc_ports[$((i - 1))]}" \
+        --http-bind "127.0.0.1:${http_ports[$((i - 1))]}" >>"$work/run/node$i/log" 2>&1 &
+    node_pids[$((i - 1))]=$!
+    pids+=($!)
+}
+
+# healthy I: waits until node I's /health is 200.
+healthy() {
+    local i=$1 tries=0
+    until curl -sf "http://127.0.0.1:${http_ports[$((i - 1))]}/health" >/dev/null; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 600 ] || { echo "node $i not healthy; see $work/run/node$i/log" >&2; exit 1; }
+        sleep 0.1
     done
 }
 
@@ -171,6 +183,47 @@ kill_run() {
 
 node_http_of() { echo "127.0.0.1:${http_ports[$1]}"; }
 
+# metric NODE SAMPLE: a sample of node NODE's /metrics (index from 0).
+metric() {
+    curl -sf "http://$(node_http_of "$1")/metrics" | awk -v s="$2" '$1 == s { print $2 }'
+}
+
+# handoff_run: one run of MODE=handoff.
+handoff_run() {
+    start_nodes 3
+    local sessions=${SESSIONS:-100} messages=${MESSAGES:-1000} backlog="tidemq_cluster_handoff_backlog{peer=\"2\"}"
+    local offline=(offline --sessions "$sessions" --topic-prefix handoff --publishers "${PUBLISHERS:-10}"
+        --inflight "${INFLIGHT:-100}" --messages "$messages" --payload-size "$PAYLOAD")
+    bench "${offline[@]}" --port "${mqtt_ports[1]}" --phases park --client-prefix s >/dev/null 2>"$work/park.err"
+    until [ "$(metric 0 tidemq_cluster_routes)" = "$sessions" ]; do sleep 0.1; done
+    # The same load with node 2 up (stored on its disk through the link),
+    # then down (kept in node 1's hand-off log).
+    bench "${offline[@]}" --port "${mqtt_ports[0]}" --phases publish --client-prefix up >"$work/up.json" 2>"$work/up.err"
+    kill -9 "${node_pids[1]}"
+    wait "${node_pids[1]}" 2>/dev/null || true
+    bench "${offline[@]}" --port "${mqtt_ports[0]}" --phases publish --client-prefix down >"$work/down.json" 2>"$work/down.err"
+    local kept started up_at drained_at
+    kept=$(metric 0 "$backlog")
+    started=$(date +%s.%N)
+    launch 2
+    healthy 2
+    up_at=$(date +%s.%N)
+    until [ "$(metric 0 "$backlog")" = 0 ]; do sleep 0.02; done
+    drained_at=$(date +%s.%N)
+    echo "| node 2 | acked msg/s | PUBACK p50 µs | p99 µs | failed |"
+    echo "|---|---|---|---|---|"
+    local f
+    for f in up down; do
+        printf '| %s | %.0f | %s | %s | %s |\n' "$f" "$(field "$work/$f.json" report avg_ops_per_sec)" \
+            "$(field "$work/$f.json" report p50_us)" "$(field "$work/$f.json" report p99_us)" \
+            "$(field "$work/$f.json" report failed)"
+    done
+    awk -v kept="$kept" -v s="$started" -v u="$up_at" -v d="$drained_at" 'BEGIN {
+        printf "kept for node 2: %d messages; node 2 restarted and healthy in %.2f s;", kept, u - s
+        printf " hand-off log drained %.2f s later (%.2f s after the restart): %.0f msg/s\n", d - u, d - s, kept / (d - u) }'
+    stop_nodes
+}
+
 case "${MODE:-}" in
     subscribe)
         echo "| shape | subscribed | routes on node 1 |"
@@ -179,6 +232,9 @@ case "${MODE:-}" in
         exit 0 ;;
     kill)
         kill_run
+        exit 0 ;;
+    handoff)
+        for _ in $(seq "$rounds"); do handoff_run; done
         exit 0 ;;
 esac
 

@@ -53,7 +53,7 @@ pub struct Tick {
 }
 
 /// The summary of a whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FinalReport {
     /// Operations that succeeded.
     pub success: u64,

@@ -273,6 +273,22 @@ pub struct OfflineArgs {
     /// client prefix).
     #[arg(long)]
     pub topic_prefix: Option<String>,
+    /// Which phases to run: both, or one (`park`: leave the sessions
+    /// offline; `publish`: publish to sessions parked before, say on
+    /// another node of a cluster).
+    #[arg(long, value_enum, default_value_t = Phases::Both)]
+    pub phases: Phases,
+}
+
+/// `--phases` of `tidemq-bench mqtt offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phases {
+    /// Park the sessions, then publish to them.
+    Both,
+    /// Only park the sessions.
+    Park,
+    /// Only publish to sessions parked before.
+    Publish,
 }
 
 impl OfflineArgs {

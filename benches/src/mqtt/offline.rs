@@ -17,7 +17,9 @@
 //!    first publish to the last answer (connecting the publishers is not
 //!    counted).
 //!
-//! Each phase prints a line per second. The sessions and their messages
+//! `--phases park|publish` runs one of them (sessions parked on one node of
+//! a cluster, their messages published on another, say). Each phase prints
+//! a line per second. The sessions and their messages
 //! stay on the broker after the run.
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 use super::client::{Client, SessionKind};
 use super::publish::Publisher;
 use super::target::Target;
+use super::args::Phases;
 use super::{CommonArgs, KEEP_ALIVE_SECS, OfflineArgs, connect_clients, note_error};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
@@ -49,31 +52,43 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         args.publishers > 0 && args.messages > 0,
         "--publishers and --messages must be above zero"
     );
-    let sessions = park_sessions(args).await?;
-    eprintln!(
-        "phase 1: {}/{} sessions subscribed and offline in {:.2}s \
-         ({:.0}/s, failed {}, timeout {}, subscribe p99 {}us)",
-        sessions.success,
-        args.common.count,
-        sessions.seconds,
-        sessions.avg_ops_per_sec,
-        sessions.failed,
-        sessions.timeout,
-        sessions.p99_us
-    );
-    anyhow::ensure!(sessions.success > 0, "no session could subscribe");
-    let messages = publish_to_sessions(args).await?;
-    eprintln!(
-        "phase 2: {}/{} messages acknowledged in {:.2}s \
-         ({:.0}/s, failed {}, timeout {}, PUBACK p99 {}us)",
-        messages.success,
-        args.expected(),
-        messages.seconds,
-        messages.avg_ops_per_sec,
-        messages.failed,
-        messages.timeout,
-        messages.p99_us
-    );
+    let sessions = match args.phases {
+        Phases::Both | Phases::Park => {
+            let sessions = park_sessions(args).await?;
+            eprintln!(
+                "phase 1: {}/{} sessions subscribed and offline in {:.2}s \
+                 ({:.0}/s, failed {}, timeout {}, subscribe p99 {}us)",
+                sessions.success,
+                args.common.count,
+                sessions.seconds,
+                sessions.avg_ops_per_sec,
+                sessions.failed,
+                sessions.timeout,
+                sessions.p99_us
+            );
+            anyhow::ensure!(sessions.success > 0, "no session could subscribe");
+            sessions
+        }
+        Phases::Publish => FinalReport::default(),
+    };
+    let messages = match args.phases {
+        Phases::Both | Phases::Publish => {
+            let messages = publish_to_sessions(args).await?;
+            eprintln!(
+                "phase 2: {}/{} messages acknowledged in {:.2}s \
+                 ({:.0}/s, failed {}, timeout {}, PUBACK p99 {}us)",
+                messages.success,
+                args.expected(),
+                messages.seconds,
+                messages.avg_ops_per_sec,
+                messages.failed,
+                messages.timeout,
+                messages.p99_us
+            );
+            messages
+        }
+        Phases::Park => FinalReport::default(),
+    };
     Ok(OfflineReport { sessions, messages })
 }
 

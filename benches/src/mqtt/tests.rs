@@ -443,6 +443,7 @@ async fn offline_sessions_store_every_message() -> anyhow::Result<()> {
             publishers: 3,
             inflight: 4,
             topic_prefix: Some(format!("o{version}")),
+            phases: super::args::Phases::Both,
         };
         let report = offline::offline(&args).await?;
         let sessions = &report.sessions;
