@@ -3,8 +3,10 @@
 //! handed over once it is back: every QoS 1 message acknowledged while it
 //! was down reaches its persistent sessions in order, QoS 2 ones exactly
 //! once, even when the publishing node is SIGKILLed and restarted in
-//! between; and a hand-off log at its limit refuses (PUBACK 0x97) instead
-//! of losing what it acknowledged.
+//! between; a node that hangs (SIGSTOP: its connections stay open, it
+//! answers nothing) is handed off like a dead one, before its publishers'
+//! wait is over; and a hand-off log at its limit refuses (PUBACK 0x97)
+//! instead of losing what it acknowledged.
 
 mod common;
 
@@ -196,6 +198,49 @@ async fn a_full_hand_off_log_refuses_rather_than_loses() -> anyhow::Result<()> {
     ensure!(
         got == accepted,
         "exactly the accepted messages: {got:?} vs {accepted:?}"
+    );
+    Ok(())
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -{signal} {pid}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_handed_off_before_its_publishers_stop_waiting() -> anyhow::Result<()> {
+    // The link gives a silent peer up after half of this.
+    let mut cluster = TestCluster::start_with(&[("TIDEMQ_CLUSTER__FORWARD_WAIT_MS", "2000")])?;
+    offline_subscriber(&cluster, 1, "hung-sub", "hung/#", QoS::ExactlyOnce).await?;
+    cluster.routes_everywhere(1.0).await?;
+    let hung = cluster.nodes[1].pid().context("node 2's pid")?;
+    signal(hung, "STOP")?;
+
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "hung-pub").await;
+    publish_all(&mut publisher, "hung/a", QoS::ExactlyOnce, 50).await?;
+    drop(publisher);
+    let timeouts = cluster.nodes[0].metric("tidemq_cluster_forward_wait_timeouts_total")?;
+    ensure!(
+        timeouts == 0.0,
+        "{timeouts} acknowledgements went out before the messages were kept"
+    );
+    // Acknowledged, so kept on node 1's disk: its crash loses nothing.
+    cluster.nodes[0].sigkill()?;
+    cluster.nodes[0].restart()?;
+    cluster.healthy(&cluster.nodes[0])?;
+    signal(hung, "CONT")?;
+    handed_over(&cluster, 0, 2).await?;
+
+    let (mut sub, present) = persistent(cluster.mqtt(1), "hung-sub").await;
+    ensure!(present, "the session survived");
+    let got = received(&mut sub).await?;
+    ensure!(
+        got == (0..50).collect::<Vec<_>>(),
+        "every acknowledged message once, in order: {got:?}"
     );
     Ok(())
 }

@@ -29,10 +29,10 @@ use tidemq_proto::mqtt::QoS;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::args::Phases;
 use super::client::{Client, SessionKind};
 use super::publish::Publisher;
 use super::target::Target;
-use super::args::Phases;
 use super::{CommonArgs, KEEP_ALIVE_SECS, OfflineArgs, connect_clients, note_error};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 

@@ -219,6 +219,10 @@ impl ClusterParts {
             queue_messages: config.link_queue_messages,
             batch_messages: config.link_batch_messages,
             batch_bytes: config.link_batch_bytes,
+            // A peer that answers nothing for this long is treated as down,
+            // so what it has not acknowledged is kept before its
+            // publishers' wait is over.
+            stall: (config.forward_wait() / 2).max(Duration::from_millis(100)),
         };
         let links = Links::new(
             node_id,

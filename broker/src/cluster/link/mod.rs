@@ -36,6 +36,9 @@ pub(crate) struct LinkLimits {
     pub(crate) queue_messages: usize,
     pub(crate) batch_messages: usize,
     pub(crate) batch_bytes: usize,
+    /// How long a stream may go without taking or acknowledging a batch
+    /// (or take to open) before it is given up as stalled.
+    pub(crate) stall: Duration,
 }
 
 /// Per-peer link counters.

@@ -15,6 +15,11 @@
 //!   is kept until then, and when the stream ends first, the copies go to
 //!   the log.
 //!
+//! A stream that takes longer than `stall` to open, to take a batch or to
+//! acknowledge one is given up as if it had broken (a hung peer, a
+//! partition that drops packets rather than resetting connections), so
+//! that what it holds is kept before its publishers stop waiting.
+//!
 //! Every message gets a number, one more than the last this node gave the
 //! peer (across restarts), so the peer can skip what a replay sends again.
 //! Without a hand-off log (storage off) forwarding is at most once: what a
@@ -153,7 +158,13 @@ impl Link {
             .max_encoding_message_size(MAX_BATCH_BYTES)
             .max_decoding_message_size(MAX_BATCH_BYTES);
         let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
-        match client.forward(ReceiverStream::new(rx)).await {
+        let opened =
+            tokio::time::timeout(self.limits.stall, client.forward(ReceiverStream::new(rx)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded("the peer did not answer"))
+                });
+        match opened {
             Ok(response) => {
                 self.streams += 1;
                 self.metrics.connects.inc();
@@ -196,6 +207,7 @@ impl Link {
         {
             return Ended::Stream;
         }
+        let mut check = tokio::time::interval(self.limits.stall / 4);
         loop {
             let first = tokio::select! {
                 message = queue.recv() => match message {
@@ -205,6 +217,13 @@ impl Link {
                 () = open.ended.cancelled() => {
                     warn!(peer = self.peer, "link to peer closed; reconnecting");
                     return Ended::Stream;
+                }
+                _ = check.tick() => {
+                    if open.stalled(self.limits.stall) {
+                        warn!(peer = self.peer, "link to peer stalled (no acknowledgement); reconnecting");
+                        return Ended::Stream;
+                    }
+                    continue;
                 }
             };
             let mut messages = vec![self.number(first)];
@@ -291,6 +310,7 @@ impl Link {
         let taken = tokio::select! {
             sent = open.batches.send(batch) => sent.is_ok(),
             () = open.ended.cancelled() => false,
+            () = tokio::time::sleep(self.limits.stall) => false,
         };
         if !taken {
             warn!(peer = self.peer, "link to peer broken; reconnecting");
@@ -400,6 +420,16 @@ struct OpenStream {
 }
 
 impl OpenStream {
+    /// Whether a batch has waited longer than `stall` for its
+    /// acknowledgement.
+    fn stalled(&self, stall: Duration) -> bool {
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|sent| sent.at.elapsed() > stall)
+    }
+
     /// The QoS 1/2 messages of the direct batches the peer never
     /// acknowledged, in the order they were sent (a replayed batch's
     /// records are still in the log).
