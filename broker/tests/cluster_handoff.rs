@@ -244,3 +244,93 @@ async fn a_hung_node_is_handed_off_before_its_publishers_stop_waiting() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_published_during_a_replay_is_not_taken_for_a_copy() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start()?;
+    offline_subscriber(&cluster, 1, "mix-sub", "mix/#", QoS::AtLeastOnce).await?;
+    cluster.routes_everywhere(1.0).await?;
+    cluster.nodes[1].sigkill()?;
+    // A backlog long enough for its replay to take many batches.
+    const BACKLOG: u16 = 20_000;
+    let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "mix-backlog").await;
+    for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(50) {
+        for seq in chunk {
+            let p = common::publish(
+                "mix/a",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq % 60_000 + 1,
+            );
+            publisher.send(&Packet::Publish(p)).await;
+        }
+        for _ in chunk {
+            match publisher.recv().await {
+                Some(Packet::PubAck(ack)) if !ack.reason.is_error() => {}
+                other => anyhow::bail!("expected a PUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    // While node 2 comes back and gets the backlog: QoS 0 and QoS 1
+    // messages between each other (the QoS 0 ones ride ahead of the
+    // QoS 1 ones that queue behind the log).
+    let addr = cluster.mqtt(0);
+    let during = tokio::spawn(async move {
+        let mut publisher = Raw::connect(addr, Protocol::V5, "mix-during").await;
+        let mut acked = Vec::new();
+        let started = std::time::Instant::now();
+        let mut seq = 0u16;
+        while started.elapsed() < Duration::from_secs(4) {
+            publisher
+                .publish("mix/zero", &seq.to_be_bytes(), QoS::AtMostOnce, false, 0)
+                .await;
+            let ack = publisher
+                .publish(
+                    "mix/b",
+                    &seq.to_be_bytes(),
+                    QoS::AtLeastOnce,
+                    false,
+                    seq % 60_000 + 1,
+                )
+                .await;
+            if ack.is_some_and(|a| !a.reason.is_error()) {
+                acked.push(seq);
+            }
+            seq += 1;
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| cluster.nodes[1].restart())?;
+    cluster.healthy(&cluster.nodes[1])?;
+    let acked = during.await?;
+    handed_over(&cluster, 0, 2).await?;
+
+    let (mut sub, _) = persistent(cluster.mqtt(1), "mix-sub").await;
+    let mut by_topic: std::collections::HashMap<String, Vec<u16>> = Default::default();
+    while let Some(packet) = sub.recv_within(Duration::from_secs(2)).await {
+        let Packet::Publish(p) = packet else { continue };
+        sub.ack(&p).await;
+        by_topic
+            .entry(p.topic.to_string())
+            .or_default()
+            .push(u16::from_be_bytes(p.payload[..2].try_into()?));
+    }
+    let backlog = by_topic.remove("mix/a").unwrap_or_default();
+    ensure!(
+        backlog == (0..BACKLOG).collect::<Vec<_>>(),
+        "the backlog, in order: {} messages",
+        backlog.len()
+    );
+    let mut during = by_topic.remove("mix/b").unwrap_or_default();
+    during.dedup();
+    ensure!(
+        during == acked,
+        "every QoS 1 message acknowledged during the replay: {} of {}",
+        during.len(),
+        acked.len()
+    );
+    Ok(())
+}

@@ -21,7 +21,11 @@
 //! that what it holds is kept before its publishers stop waiting.
 //!
 //! Every message gets a number, one more than the last this node gave the
-//! peer (across restarts), so the peer can skip what a replay sends again.
+//! peer (across restarts), so the peer can skip what a replay sends again:
+//! a replayed message whose number is not above the last it routed. That
+//! holds because messages go out in the order of their numbers, except
+//! the QoS 0 ones that ride in a replay batch ahead of QoS 1/2 messages
+//! numbered before them; those go unnumbered.
 //! Without a hand-off log (storage off) forwarding is at most once: what a
 //! down peer or a broken stream would lose is dropped, and nobody waits
 //! for it.
@@ -278,7 +282,13 @@ impl Link {
                 return true;
             }
             let mut messages = replay.messages;
-            messages.extend(now.into_iter().map(|out| out.message));
+            // Unnumbered: the receiver must not see a number above those of
+            // the QoS 1/2 messages that went behind the log, or it would
+            // take them for copies when they come.
+            messages.extend(now.into_iter().map(|out| pb::ForwardedMessage {
+                sequence: 0,
+                ..out.message
+            }));
             let replayed = next..replay.next;
             next = replay.next;
             let batch = pb::ForwardBatch {
