@@ -133,8 +133,16 @@ pub(crate) enum Scope {
     /// This node's own `$SYS` value: queued for the local subscribers only.
     Local,
     /// Forwarded by another node: queued for the local subscriptions it
-    /// names only.
-    Forwarded(Shares),
+    /// names only; stored with the node's id and its number for it, when
+    /// it has one.
+    Forwarded(Shares, Option<ForwardedFrom>),
+}
+
+/// The node that forwarded a message, and its number on that node's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ForwardedFrom {
+    pub(crate) node: u64,
+    pub(crate) sequence: u64,
 }
 
 /// Forwards `message` to the other nodes when it was published here, and
@@ -147,7 +155,7 @@ fn forward(shared: &Shared, message: &Message, scope: Scope) -> (Forwarded, Shar
             (forwarded, shares)
         }
         (Scope::Cluster | Scope::Local, _) => (Forwarded::default(), Shares::All),
-        (Scope::Forwarded(shares), _) => (Forwarded::default(), shares),
+        (Scope::Forwarded(shares, _), _) => (Forwarded::default(), shares),
     }
 }
 
@@ -183,6 +191,10 @@ pub(crate) fn route(
         }
     } else {
         None
+    };
+    let from = match &scope {
+        Scope::Forwarded(_, from) => *from,
+        _ => None,
     };
     // Forwarded before the local routing: which shared groups are served
     // here depends on it.
@@ -229,7 +241,7 @@ pub(crate) fn route(
     let record = match &shared.durable {
         Some(store) if !durable.is_empty() => {
             outcome.delivered += durable.len();
-            let record = pending_record(store, message, origin, durable)?;
+            let record = pending_record(store, message, origin, from, durable)?;
             Some((store.clone(), record))
         }
         _ => None,
@@ -279,6 +291,7 @@ fn pending_record(
     store: &DurableStore,
     message: &Message,
     origin: Option<Origin>,
+    from: Option<ForwardedFrom>,
     deliveries: Vec<DurableDelivery>,
 ) -> Result<PendingRecord, DurableError> {
     let publisher = message.publisher.as_deref().unwrap_or_default();
@@ -296,6 +309,10 @@ fn pending_record(
     )?)?];
     for (back, range) in (1u32..).zip(ranges) {
         records.push(store.checked_size(record::recipients_record(back, listed(range))?)?);
+    }
+    // Last: on disk, it says the records before it are.
+    if let Some(from) = from {
+        records.push(record::forwarded_record(from.node, from.sequence));
     }
     Ok(PendingRecord {
         partition,
@@ -439,8 +456,9 @@ pub(crate) fn publish_forwarded(
     shared: &Arc<Shared>,
     message: &Arc<Message>,
     shares: Shares,
+    from: Option<ForwardedFrom>,
 ) -> Option<DetachedWrite> {
-    route_detached(shared, message, Scope::Forwarded(shares))
+    route_detached(shared, message, Scope::Forwarded(shares, from))
 }
 
 /// Routes a message nobody waits for (a will, a `$SYS` value): stored

@@ -34,7 +34,10 @@ pub(crate) async fn restore(
     match &shared.cluster {
         // The cluster keeps the retained messages; these are an earlier
         // version's.
-        Some(cluster) => cluster.adopt_retained(&store, recovered.retained),
+        Some(cluster) => {
+            cluster.adopt_retained(&store, recovered.retained);
+            cluster.stored_before(recovered.forwarded);
+        }
         None => {
             for (publish, expires_at_ms) in recovered.retained {
                 let message = durable::retained_message(publish, expires_at_ms);

@@ -13,9 +13,11 @@
 //! Acknowledged records are given back a segment at a time, and the whole
 //! log once it is drained.
 //!
-//! Where a peer stands (its first record not acknowledged) is kept in
-//! memory only. After a restart it is the log's first record, so a few
-//! acknowledged records may be sent again, and the peer skips them.
+//! Where each peer stands (its first record not acknowledged) is written
+//! to one more partition, [`CURSORS`], each time it moves: a record of
+//! every peer's point, the last one in force. After a restart the replay
+//! starts there, so what a peer acknowledged is not sent again (had its
+//! point not reached the disk, the peer skips the copies by number).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,9 @@ use tidemq_meta::NodeId;
 use tidemq_proto::grpc::v1 as pb;
 use tidemq_storage_engine::{FRAME_HEADER_LEN, StorageEngine, StorageError, SyncPolicy};
 use tracing::{info, warn};
+
+/// The partition of the peers' acknowledged points (no node has this id).
+const CURSORS: u64 = u64::MAX;
 
 /// Why a QoS 1/2 message for a peer could be neither sent nor kept: its
 /// publisher is refused (5.0: PUBACK/PUBREC 0x97).
@@ -112,6 +117,8 @@ pub(crate) struct HandoffLog {
     max_bytes: u64,
     /// Per peer: the first record it has not acknowledged.
     acked: Mutex<HashMap<NodeId, u64>>,
+    /// One write of [`CURSORS`] at a time, so the last is the newest.
+    cursor_write: tokio::sync::Mutex<()>,
     metrics: HandoffMetrics,
 }
 
@@ -144,21 +151,80 @@ impl HandoffLog {
             engine,
             max_bytes: settings.max_bytes,
             acked: Mutex::new(HashMap::new()),
+            cursor_write: tokio::sync::Mutex::new(()),
             metrics,
         };
-        for peer in log.engine.partitions() {
+        let cursors = log.read_cursors().await?;
+        for peer in log.peers() {
             let info = log.engine.partition_info(peer)?;
-            log.acked_map().insert(peer, info.log_start);
+            let from = cursors.get(&peer).copied().unwrap_or(0).max(info.log_start);
+            log.acked_map().insert(peer, from);
             log.count(peer);
-            if info.next_offset > info.log_start {
+            if info.next_offset > from {
                 info!(
                     peer,
-                    messages = info.next_offset - info.log_start,
+                    messages = info.next_offset - from,
                     "hand-off log holds messages for a peer"
                 );
             }
         }
         Ok(log)
+    }
+
+    /// The peers with a log.
+    fn peers(&self) -> Vec<NodeId> {
+        let mut peers = self.engine.partitions();
+        peers.retain(|peer| *peer != CURSORS);
+        peers
+    }
+
+    /// The acknowledged points last written (none: every log from its
+    /// start).
+    async fn read_cursors(&self) -> Result<HashMap<NodeId, u64>, StorageError> {
+        let info = match self.engine.partition_info(CURSORS) {
+            Ok(info) => info,
+            Err(StorageError::UnknownPartition(_)) => {
+                self.engine.create_partition(CURSORS).await?;
+                return Ok(HashMap::new());
+            }
+            Err(e) => return Err(e),
+        };
+        if info.next_offset == info.log_start {
+            return Ok(HashMap::new());
+        }
+        let records = self.engine.read(CURSORS, info.next_offset - 1, 1).await?;
+        let Some(record) = records.last() else {
+            return Ok(HashMap::new());
+        };
+        let cursors = record
+            .payload
+            .chunks_exact(16)
+            .map(|pair| {
+                let (peer, at) = pair.split_at(8);
+                let number = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+                (number(peer), number(at))
+            })
+            .collect();
+        Ok(cursors)
+    }
+
+    /// Writes every peer's acknowledged point as one record of [`CURSORS`]
+    /// and gives back the segments of older ones.
+    async fn write_cursors(&self) -> Result<(), StorageError> {
+        let _one = self.cursor_write.lock().await;
+        let record: Vec<u8> = self
+            .acked_map()
+            .iter()
+            .flat_map(|(peer, at)| [peer.to_le_bytes(), at.to_le_bytes()])
+            .flatten()
+            .collect();
+        let written = self.engine.append(CURSORS, &[record]).await?;
+        if written.last_offset % 1024 == 0 {
+            self.engine
+                .trim_before(CURSORS, written.last_offset)
+                .await?;
+        }
+        Ok(())
     }
 
     fn acked_map(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, u64>> {
@@ -167,8 +233,7 @@ impl HandoffLog {
 
     /// The peers whose logs hold messages they have not acknowledged.
     pub(crate) fn backlogged(&self) -> Vec<NodeId> {
-        let peers: Vec<NodeId> = self.acked_map().keys().copied().collect();
-        peers
+        self.peers()
             .into_iter()
             .filter(|peer| !self.backlog(*peer).is_empty())
             .collect()
@@ -194,7 +259,7 @@ impl HandoffLog {
     /// link's numbers go on above it after a restart.
     pub(crate) async fn last_sequence(&self) -> u64 {
         let mut last = 0;
-        for peer in self.engine.partitions() {
+        for peer in self.peers() {
             let Ok(info) = self.engine.partition_info(peer) else {
                 continue;
             };
@@ -309,6 +374,9 @@ impl HandoffLog {
         if upto <= before {
             return;
         }
+        if let Err(e) = self.write_cursors().await {
+            warn!(peer, error = %e, "cannot write the hand-off log's acknowledged point");
+        }
         let end = self.backlog(peer).end;
         let segment_done = self
             .engine
@@ -415,6 +483,13 @@ mod tests {
         assert_eq!(sequences(&first), vec![10, 11, 12, 13]);
         assert_eq!(first.next, 4);
         log.acknowledged(7, first.next, 4).await;
+        assert_eq!(log.backlog(7), Backlog { from: 4, end: 10 });
+        log.close().await;
+
+        // What was acknowledged is not sent again after a restart.
+        let log = HandoffLog::open(&settings(dir.path(), u64::MAX), metrics())
+            .await
+            .expect("reopen");
         assert_eq!(log.backlog(7), Backlog { from: 4, end: 10 });
         let rest = log
             .read(7, first.next, 100, usize::MAX)

@@ -58,6 +58,10 @@ use crate::log_every::LogEvery;
 use crate::message::Message;
 use crate::router::{RetainedStore, ShareId, Shares};
 
+/// Per (sending node, message partition), the highest number of the
+/// sender's messages the store held at start.
+type StoredForwarded = Arc<DashMap<(NodeId, u32), u64>>;
+
 /// The members of the metadata group, where their gRPC servers are.
 pub(crate) struct Peers {
     me: NodeId,
@@ -116,6 +120,7 @@ pub struct ClusterParts {
     node_id: NodeId,
     table: Arc<RouteTable>,
     retained: Arc<RetainedStore>,
+    stored: StoredForwarded,
     broker: Arc<OnceLock<Arc<Shared>>>,
     metrics: ClusterMetrics,
     config: ClusterConfig,
@@ -137,6 +142,7 @@ impl ClusterParts {
             metrics.route_lag.clone(),
         ));
         let broker = Arc::new(OnceLock::new());
+        let stored = Arc::new(DashMap::new());
         let service = LinkService {
             broker: Arc::clone(&broker),
             table: Arc::clone(&table),
@@ -144,6 +150,7 @@ impl ClusterParts {
             malformed: metrics.malformed.clone(),
             duplicates: metrics.duplicates.clone(),
             routed: Arc::default(),
+            stored: Arc::clone(&stored),
         };
         let extra = ExtraServices::new(move |routes, require| {
             routes.add_service(InterceptedService::new(service.server(), require))
@@ -152,6 +159,7 @@ impl ClusterParts {
             node_id,
             table,
             retained: Arc::default(),
+            stored,
             broker,
             metrics,
             config: config.clone(),
@@ -186,6 +194,7 @@ impl ClusterParts {
             node_id,
             table,
             retained,
+            stored,
             broker,
             metrics,
             config,
@@ -237,6 +246,7 @@ impl ClusterParts {
             me: node_id,
             table,
             retained,
+            stored,
             retained_writer,
             keeper,
             links,
@@ -260,6 +270,8 @@ impl ClusterParts {
 pub struct Cluster {
     me: NodeId,
     table: Arc<RouteTable>,
+    /// What the message store held of other nodes' messages at start.
+    stored: StoredForwarded,
     /// The retained messages, applied from the metadata group.
     retained: Arc<RetainedStore>,
     retained_writer: Arc<RetainedWriter>,
@@ -365,6 +377,15 @@ impl Cluster {
     /// shutdown.
     pub(crate) async fn close(&self) {
         self.links.close().await;
+    }
+
+    /// Tells the link service what the message store held at start of the
+    /// messages other nodes forwarded: per (node, partition), the highest
+    /// number stored. A replay after this node crashed skips those.
+    pub(crate) fn stored_before(&self, forwarded: std::collections::HashMap<(NodeId, u32), u64>) {
+        for (key, sequence) in forwarded {
+            self.stored.insert(key, sequence);
+        }
     }
 
     /// Lets the link service hand forwarded messages to `shared`.

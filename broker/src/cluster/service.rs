@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::link::MAX_BATCH_BYTES;
 use super::table::RouteTable;
 use crate::broker::Shared;
-use crate::delivery::DetachedWrite;
+use crate::delivery::{DetachedWrite, ForwardedFrom};
 use crate::message::Message;
 use crate::router::{ShareId, Shares};
 
@@ -45,6 +45,9 @@ pub(crate) struct LinkService {
     pub(crate) duplicates: prometheus::IntCounter,
     /// Per sender, the number of the last message routed.
     pub(crate) routed: Arc<DashMap<NodeId, u64>>,
+    /// Per (sender, message partition), the highest number the store held
+    /// at start: what was stored before a crash.
+    pub(crate) stored: Arc<DashMap<(NodeId, u32), u64>>,
 }
 
 impl LinkService {
@@ -100,19 +103,39 @@ async fn complete_in_order(
     }
 }
 
-/// Whether message `sequence` of `origin` is routed for the first time
-/// (recording it when it is): a message sent once always is; one a replay
-/// sends may be a copy.
-fn first_time(routed: &DashMap<NodeId, u64>, origin: NodeId, replay: bool, sequence: u64) -> bool {
-    if sequence == 0 {
-        return true;
+/// A forwarded message as the copy rule sees it.
+struct Sent {
+    origin: NodeId,
+    /// Its number (0: unnumbered, never a copy).
+    sequence: u64,
+    /// Whether it came in a replayed batch: only those may be copies.
+    replay: bool,
+    /// The message partition its persistent deliveries are stored in.
+    partition: Option<u32>,
+}
+
+impl Sent {
+    /// Whether this node routed the message already (recording that it
+    /// has now): a replayed message numbered no higher than the last routed
+    /// from its sender since the start, or than the highest the store held
+    /// at start for its sender and partition (the sender's messages for one
+    /// partition are stored in the order of their numbers).
+    fn is_copy(&self, routed: &DashMap<NodeId, u64>, stored: &DashMap<(NodeId, u32), u64>) -> bool {
+        if self.sequence == 0 {
+            return false;
+        }
+        let mut last = routed.entry(self.origin).or_insert(0);
+        let stored_before = || {
+            self.partition.is_some_and(|partition| {
+                stored
+                    .get(&(self.origin, partition))
+                    .is_some_and(|highest| self.sequence <= *highest)
+            })
+        };
+        let copy = self.replay && (self.sequence <= *last || stored_before());
+        *last = (*last).max(self.sequence);
+        copy
     }
-    let mut last = routed.entry(origin).or_insert(0);
-    if replay && sequence <= *last {
-        return false;
-    }
-    *last = (*last).max(sequence);
-    true
 }
 
 #[tonic::async_trait]
@@ -135,6 +158,7 @@ impl BrokerLink for LinkService {
         tokio::spawn(complete_in_order(Arc::clone(&shared), written, acks));
         let (received, malformed) = (self.received.clone(), self.malformed.clone());
         let (duplicates, routed) = (self.duplicates.clone(), Arc::clone(&self.routed));
+        let stored = Arc::clone(&self.stored);
         tokio::spawn(async move {
             loop {
                 let batch = match batches.message().await {
@@ -147,10 +171,24 @@ impl BrokerLink for LinkService {
                 };
                 let mut writes = Vec::new();
                 for forwarded in batch.messages {
-                    if !first_time(&routed, batch.origin, batch.replay, forwarded.sequence) {
+                    let partition = shared
+                        .durable
+                        .as_ref()
+                        .map(|store| store.partition_for(&forwarded.publisher));
+                    let sent = Sent {
+                        origin: batch.origin,
+                        sequence: forwarded.sequence,
+                        replay: batch.replay,
+                        partition,
+                    };
+                    if sent.is_copy(&routed, &stored) {
                         duplicates.inc();
                         continue;
                     }
+                    let from = (sent.sequence != 0).then_some(ForwardedFrom {
+                        node: sent.origin,
+                        sequence: sent.sequence,
+                    });
                     match decode(forwarded) {
                         Ok((message, shares)) => {
                             received.inc();
@@ -158,6 +196,7 @@ impl BrokerLink for LinkService {
                                 &shared,
                                 &Arc::new(message),
                                 shares,
+                                from,
                             ));
                         }
                         Err(reason) => {
@@ -201,22 +240,51 @@ impl BrokerLink for LinkService {
 mod tests {
     use super::*;
 
+    fn sent(origin: NodeId, sequence: u64, replay: bool, partition: Option<u32>) -> Sent {
+        Sent {
+            origin,
+            sequence,
+            replay,
+            partition,
+        }
+    }
+
     #[test]
     fn a_replay_skips_what_was_routed_and_a_first_send_never_is_skipped() {
-        let routed = DashMap::new();
-        assert!(first_time(&routed, 1, false, 10));
-        assert!(first_time(&routed, 1, false, 11));
+        let (routed, stored) = (DashMap::new(), DashMap::new());
+        let copy = |origin, sequence, replay| {
+            sent(origin, sequence, replay, None).is_copy(&routed, &stored)
+        };
+        assert!(!copy(1, 10, false));
+        assert!(!copy(1, 11, false));
         // Sent again by a replay: skipped; beyond: routed.
-        assert!(!first_time(&routed, 1, true, 10));
-        assert!(!first_time(&routed, 1, true, 11));
-        assert!(first_time(&routed, 1, true, 12));
+        assert!(copy(1, 10, true));
+        assert!(copy(1, 11, true));
+        assert!(!copy(1, 12, true));
         // Another sender counts apart.
-        assert!(first_time(&routed, 2, true, 5));
+        assert!(!copy(2, 5, true));
         // A first send below the last (a sender whose clock went back) is
         // routed: only a replay may be a copy.
-        assert!(first_time(&routed, 1, false, 3));
-        assert!(!first_time(&routed, 1, true, 12));
+        assert!(!copy(1, 3, false));
+        assert!(copy(1, 12, true));
         // Unnumbered messages always are.
-        assert!(first_time(&routed, 1, true, 0));
+        assert!(!copy(1, 0, true));
+    }
+
+    #[test]
+    fn after_a_restart_what_the_store_held_per_partition_is_skipped() {
+        let routed = DashMap::new();
+        let stored = DashMap::from_iter([((1, 0), 20), ((1, 1), 15)]);
+        let copy = |sequence, partition| {
+            sent(1, sequence, true, Some(partition)).is_copy(&routed, &stored)
+        };
+        // Partition 1 held up to 15: 16 was not stored there yet.
+        assert!(copy(14, 1));
+        assert!(copy(15, 1));
+        assert!(!copy(16, 1));
+        // Partition 0 held up to 20 (16 is below the last routed anyway).
+        assert!(copy(17, 0));
+        assert!(copy(20, 0));
+        assert!(!copy(21, 0));
     }
 }

@@ -52,7 +52,7 @@ pub mod record;
 mod replay;
 mod writer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -204,6 +204,11 @@ pub struct Recovered {
     pub sessions: Vec<RecoveredSession>,
     /// Retained messages with their expiry (ms since the Unix epoch).
     pub retained: Vec<(Publish, Option<u64>)>,
+    /// Per (node, message partition): the highest number of a message that
+    /// node forwarded and this one stored in the partition. A node's
+    /// messages for one partition are stored in the order of their numbers,
+    /// so every one up to it is stored.
+    pub forwarded: HashMap<(u64, u32), u64>,
     /// Records replayed.
     pub records: u64,
     /// How long the replay took.

@@ -100,6 +100,7 @@ impl DurableStore {
         let mut inbound: HashMap<String, HashSet<u16>> = HashMap::new();
         // A message moved forward for a session: (key, old place) → new.
         let mut moved: HashMap<(String, DiskRef), DiskRef> = HashMap::new();
+        let mut forwarded: HashMap<(u64, u32), u64> = HashMap::new();
         for partition in 0..self.inner.partitions {
             // A message moved forward from below this was trimmed behind it.
             let log_start = self
@@ -196,6 +197,10 @@ impl DurableStore {
                                 ids.remove(&packet_id);
                             }
                         }
+                        Ok(ReplayView::Forwarded { origin, sequence }) => {
+                            let last = forwarded.entry((origin, partition)).or_insert(0);
+                            *last = (*last).max(sequence);
+                        }
                         Ok(ReplayView::Other) => {}
                         Err(e) => warn!(partition, offset, error = %e, "skipping a message record"),
                     }
@@ -203,6 +208,7 @@ impl DurableStore {
                 .await?;
         }
 
+        recovered.forwarded = forwarded;
         recovered.retained = retained.into_values().collect();
         recovered.sessions = sessions
             .into_values()

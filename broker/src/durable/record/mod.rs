@@ -25,7 +25,8 @@ use crate::message::Message;
 use read::Reader;
 pub use read::{Offsets, RecordError};
 pub use write::{
-    RecipientRef, RecipientSplit, acks_record, publish_record, recipient_ranges, recipients_record,
+    RecipientRef, RecipientSplit, acks_record, forwarded_record, publish_record, recipient_ranges,
+    recipients_record,
 };
 
 const PUBLISH: u8 = 1;
@@ -43,6 +44,8 @@ const SUBSCRIPTIONS: u8 = 10;
 const MOVED: u8 = 11;
 /// Completions of one session: several offsets in one record.
 const ACKS: u8 = 12;
+/// Follows the records of a message another node forwarded.
+const FORWARDED: u8 = 13;
 
 /// Wraps an encoded record of the session or retained partition in its
 /// revision: `REVISION`, the revision (`u64`), the record. The record of a
@@ -222,6 +225,16 @@ pub enum Record {
         /// Session key.
         key: String,
     },
+    /// The message whose records come just before this one was forwarded
+    /// by node `origin` as its message number `sequence`: after a crash,
+    /// the highest number of each origin in a partition tells which of
+    /// that node's messages for the partition are stored already.
+    Forwarded {
+        /// The node that forwarded it.
+        origin: u64,
+        /// Its number on that node's link to this one.
+        sequence: u64,
+    },
     /// A retained message was set (or, with an empty payload, cleared).
     Retain {
         /// The message.
@@ -314,6 +327,9 @@ impl Record {
                 for filter in removed {
                     put_str(out, filter)?;
                 }
+            }
+            Record::Forwarded { origin, sequence } => {
+                return Ok(forwarded_record(*origin, *sequence));
             }
             Record::Retain {
                 publish,
@@ -416,6 +432,10 @@ impl Record {
                     .map(|_| r.string())
                     .collect::<Result<_, _>>()?,
             },
+            FORWARDED => Record::Forwarded {
+                origin: r.u64()?,
+                sequence: r.u64()?,
+            },
             RETAIN => Record::Retain {
                 expires_at_ms: nonzero(r.u64()?),
                 publish: r.publish(&bytes)?,
@@ -453,6 +473,10 @@ impl Record {
                 r.recipients(|key, epoch, _, _, _| recipient(key, epoch))?;
                 ReplayView::Recipients { back }
             }
+            FORWARDED => ReplayView::Forwarded {
+                origin: r.u64()?,
+                sequence: r.u64()?,
+            },
             ACK => ReplayView::Ack {
                 key: r.str()?,
                 epoch: r.u64()?,
@@ -497,6 +521,14 @@ pub enum ReplayView<'a> {
     Recipients {
         /// How many offsets back the message's `Publish` record is.
         back: u32,
+    },
+    /// The message before was forwarded by `origin` as its number
+    /// `sequence`.
+    Forwarded {
+        /// The node that forwarded it.
+        origin: u64,
+        /// Its number.
+        sequence: u64,
     },
     /// A session completed the message at `offset`.
     Ack {

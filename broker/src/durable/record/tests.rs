@@ -117,6 +117,10 @@ fn every_record_round_trips() {
             publish: publish(QoS::AtMostOnce),
             expires_at_ms: None,
         },
+        Record::Forwarded {
+            origin: 3,
+            sequence: 1_764_000_000_000_042,
+        },
     ];
     for record in records {
         let bytes = Bytes::from(record.encode().expect("encodes"));
@@ -158,6 +162,10 @@ fn every_record_round_trips() {
                 key,
                 epoch: *epoch,
                 packet_id: *packet_id,
+            },
+            Record::Forwarded { origin, sequence } => ReplayView::Forwarded {
+                origin: *origin,
+                sequence: *sequence,
             },
             Record::Moved {
                 from, timestamp_ms, ..

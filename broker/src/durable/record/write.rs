@@ -9,7 +9,7 @@ use bytes::{BufMut, BytesMut};
 use tidemq_proto::mqtt::{Publish, QoS};
 
 use super::{
-    ACKS, Origin, PUBLISH, RECIPIENT_BYTES_PER_RECORD, RECIPIENTS, RecordError, len_u32,
+    ACKS, FORWARDED, Origin, PUBLISH, RECIPIENT_BYTES_PER_RECORD, RECIPIENTS, RecordError, len_u32,
     put_publish, put_str,
 };
 
@@ -59,6 +59,16 @@ pub fn publish_record<'a>(
     put_recipients(&mut out, recipients)?;
     put_publish(&mut out, publish)?;
     Ok(into_vec(out))
+}
+
+/// A `Forwarded` record: the message just before came from node `origin`
+/// as its number `sequence`.
+pub fn forwarded_record(origin: u64, sequence: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(17);
+    out.put_u8(FORWARDED);
+    out.put_u64(origin);
+    out.put_u64(sequence);
+    into_vec(out)
 }
 
 /// A `Recipients` record: more recipients of the message `back` records
