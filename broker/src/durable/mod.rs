@@ -13,7 +13,10 @@
 //!   everything queued while its previous append was on the way to disk as
 //!   one batch (one write, one fsync); the record is on disk before the
 //!   publisher gets PUBACK or PUBREC. An `Ack` is waited for by nobody: it
-//!   rides with the partition's next batch.
+//!   rides with the partition's next batch. A message another node of a
+//!   cluster forwarded is followed by a `Forwarded` record (that node and
+//!   its number for the message), from which replay tells a cluster's link
+//!   service what it stored already ([`Recovered::forwarded`]).
 //! - **The session partition**: a `Session` record (epoch, expiry,
 //!   subscriptions) on every change of a persistent session, `SessionGone`
 //!   when it ends. A node also writes each change through the meta service
