@@ -56,6 +56,27 @@ async fn received(raw: &mut Raw) -> anyhow::Result<Vec<u16>> {
     Ok(seqs)
 }
 
+/// Connects the persistent session `id` on `node` (it must be there) and
+/// checks it is sent exactly `expected`, in order, once each.
+async fn session_gets(
+    cluster: &TestCluster,
+    node: usize,
+    id: &str,
+    expected: impl IntoIterator<Item = u16>,
+) -> anyhow::Result<()> {
+    let (mut sub, present) = persistent(cluster.mqtt(node), id).await;
+    ensure!(present, "the session {id} survived");
+    let got = received(&mut sub).await?;
+    let expected: Vec<u16> = expected.into_iter().collect();
+    ensure!(
+        got == expected,
+        "{id}: every acknowledged message once, in order: {} received, the first difference at {:?}",
+        got.len(),
+        got.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    Ok(())
+}
+
 /// Subscribes a persistent session on `node` and leaves it offline.
 async fn offline_subscriber(
     cluster: &TestCluster,
@@ -111,14 +132,7 @@ async fn what_a_down_node_must_receive_is_handed_over_when_it_returns() -> anyho
         distinct == (0..300).collect::<Vec<_>>(),
         "QoS 1: every acknowledged message, in order: {got:?}"
     );
-    let (mut q2, present) = persistent(cluster.mqtt(1), "down-q2").await;
-    ensure!(present, "the QoS 2 session survived");
-    let got = received(&mut q2).await?;
-    ensure!(
-        got == (0..100).collect::<Vec<_>>(),
-        "QoS 2: every acknowledged message once, in order: {got:?}"
-    );
-    Ok(())
+    session_gets(&cluster, 1, "down-q2", 0..100).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,14 +158,7 @@ async fn the_hand_off_log_survives_its_own_nodes_crash() -> anyhow::Result<()> {
     cluster.nodes[2].restart()?;
     cluster.healthy(&cluster.nodes[2])?;
     handed_over(&cluster, 0, 3).await?;
-    let (mut sub, present) = persistent(cluster.mqtt(2), "crash-sub").await;
-    ensure!(present, "the session survived");
-    let got = received(&mut sub).await?;
-    ensure!(
-        got == (0..200).collect::<Vec<_>>(),
-        "every acknowledged message once, in order: {got:?}"
-    );
-    Ok(())
+    session_gets(&cluster, 2, "crash-sub", 0..200).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,14 +242,7 @@ async fn a_hung_node_is_handed_off_before_its_publishers_stop_waiting() -> anyho
     signal(hung, "CONT")?;
     handed_over(&cluster, 0, 2).await?;
 
-    let (mut sub, present) = persistent(cluster.mqtt(1), "hung-sub").await;
-    ensure!(present, "the session survived");
-    let got = received(&mut sub).await?;
-    ensure!(
-        got == (0..50).collect::<Vec<_>>(),
-        "every acknowledged message once, in order: {got:?}"
-    );
-    Ok(())
+    session_gets(&cluster, 1, "hung-sub", 0..50).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,15 +396,5 @@ async fn a_node_killed_during_its_replay_gets_each_qos2_message_once() -> anyhow
     cluster.healthy(&cluster.nodes[1])?;
     handed_over(&cluster, 0, 2).await?;
 
-    let (mut sub, present) = persistent(cluster.mqtt(1), "cut-sub").await;
-    ensure!(present, "the session survived");
-    let got = received(&mut sub).await?;
-    let expected: Vec<u16> = (0..COUNT).collect();
-    ensure!(
-        got == expected,
-        "every message once, in order: {} received, first differences at {:?}",
-        got.len(),
-        got.iter().zip(&expected).position(|(a, b)| a != b)
-    );
-    Ok(())
+    session_gets(&cluster, 1, "cut-sub", 0..COUNT).await
 }
