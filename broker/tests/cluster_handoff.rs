@@ -118,6 +118,17 @@ async fn what_a_down_node_must_receive_is_handed_over_when_it_returns() -> anyho
     publish_all(&mut publisher, "down/q2", QoS::ExactlyOnce, 100).await?;
     let kept = cluster.nodes[0].metric("tidemq_cluster_handoff_backlog{peer=\"2\"}")?;
     ensure!(kept > 0.0, "nothing was kept for the down node");
+    // /health shows it too.
+    let (_, health) = common::process::http_get(cluster.nodes[0].http, "/health")?;
+    let health: serde_json::Value = serde_json::from_str(&health)?;
+    let shown = health["cluster"]["members"]
+        .as_array()
+        .and_then(|members| members.iter().find(|m| m["id"] == 2))
+        .and_then(|member| member["handoff"].as_f64());
+    ensure!(
+        shown == Some(kept),
+        "/health shows {shown:?} kept for node 2, not {kept}"
+    );
 
     cluster.nodes[1].restart()?;
     cluster.healthy(&cluster.nodes[1])?;
