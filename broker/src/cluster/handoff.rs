@@ -99,7 +99,8 @@ impl Backlog {
         self.from >= self.end
     }
 
-    fn messages(&self) -> u64 {
+    /// The messages it holds.
+    pub(crate) fn messages(&self) -> u64 {
         self.end.saturating_sub(self.from)
     }
 }
@@ -286,27 +287,26 @@ impl HandoffLog {
             .iter()
             .map(|r| (r.len() + FRAME_HEADER_LEN) as u64)
             .sum();
+        let refuse = |failure: ForwardFailure| {
+            self.metrics
+                .refused
+                .with_label_values(&[label.as_str()])
+                .inc_by(records.len() as u64);
+            failure
+        };
+        let failed = |source: StorageError| {
+            refuse(ForwardFailure::Handoff {
+                peer,
+                source: Arc::new(source),
+            })
+        };
         let held = self
             .engine
             .partition_info(peer)
             .map_or(0, |info| info.size_bytes);
         if held + bytes > self.max_bytes {
-            self.metrics
-                .refused
-                .with_label_values(&[label.as_str()])
-                .inc_by(records.len() as u64);
-            return Err(ForwardFailure::HandoffFull { peer });
+            return Err(refuse(ForwardFailure::HandoffFull { peer }));
         }
-        let failed = |source: StorageError| {
-            self.metrics
-                .refused
-                .with_label_values(&[label.as_str()])
-                .inc_by(records.len() as u64);
-            ForwardFailure::Handoff {
-                peer,
-                source: Arc::new(source),
-            }
-        };
         let appended = match self.engine.append(peer, &records).await {
             Err(StorageError::UnknownPartition(_)) => {
                 match self.engine.create_partition(peer).await {

@@ -8,8 +8,9 @@
 //! A replayed batch (from the sender's hand-off log) may carry messages
 //! this node routed already, on a stream that broke before its
 //! acknowledgement: it skips each whose number is not above the last it
-//! routed from that sender. The numbers are kept in memory, so what a
-//! sender replays after this node restarted is routed again.
+//! routed from that sender since the start, or, for what it stored before
+//! a crash, than the highest number its store held at start for that
+//! sender and the message's partition (`Forwarded` records).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -171,9 +172,11 @@ impl BrokerLink for LinkService {
                 };
                 let mut writes = Vec::new();
                 for forwarded in batch.messages {
+                    // Only a replayed message may be a copy of a stored one.
                     let partition = shared
                         .durable
                         .as_ref()
+                        .filter(|_| batch.replay)
                         .map(|store| store.partition_for(&forwarded.publisher));
                     let sent = Sent {
                         origin: batch.origin,

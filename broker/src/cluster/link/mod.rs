@@ -242,10 +242,9 @@ impl Links {
     /// The messages `peer`'s hand-off log holds that it has not
     /// acknowledged.
     pub(crate) fn handoff_backlog(&self, peer: NodeId) -> u64 {
-        self.handoff.as_ref().map_or(0, |log| {
-            let backlog = log.backlog(peer);
-            backlog.end.saturating_sub(backlog.from)
-        })
+        self.handoff
+            .as_ref()
+            .map_or(0, |log| log.backlog(peer).messages())
     }
 
     /// Closes the hand-off logs (their I/O thread) at shutdown.

@@ -35,7 +35,6 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
 use tidemq_meta::NodeId;
 use tidemq_meta::channels::ChannelPool;
 use tidemq_proto::grpc::v1 as pb;
@@ -118,8 +117,8 @@ impl Link {
             let ended = self.stream(&mut queue, &mut open).await;
             self.state.ended(self.streams);
             let lost = open.take_unconfirmed();
-            let broken = self.metrics.link_broken.clone();
-            self.keep(lost, &broken).await;
+            let dropped = self.keep(lost).await;
+            self.metrics.link_broken.inc_by(dropped);
             if matches!(ended, Ended::Queue) {
                 return;
             }
@@ -141,8 +140,8 @@ impl Link {
                     let Some(first) = next else { return false };
                     let mut messages = vec![self.number(first)];
                     messages.extend(self.drain(queue));
-                    let unreachable = self.metrics.unreachable.clone();
-                    self.keep(messages, &unreachable).await;
+                    let dropped = self.keep(messages).await;
+                    self.metrics.unreachable.inc_by(dropped);
                 }
             }
         }
@@ -265,8 +264,8 @@ impl Link {
                 .drain(queue)
                 .into_iter()
                 .partition(|out| out.confirm.is_some());
-            let refused = self.metrics.queue_full.clone();
-            self.keep(later, &refused).await;
+            // Each carries a confirmation: none is dropped.
+            self.keep(later).await;
             let limits = self.limits;
             let replay = match handoff
                 .read(self.peer, next, limits.batch_messages, limits.batch_bytes)
@@ -363,16 +362,16 @@ impl Link {
 
     /// Keeps the QoS 1/2 messages of `lost` in the hand-off log, their
     /// confirmations completed with the append's outcome; without a log,
-    /// and for QoS 0, drops them (counted in `dropped`), and nobody waits.
-    async fn keep(&mut self, lost: Vec<Outgoing>, dropped: &IntCounter) {
+    /// and for QoS 0, drops them, and nobody waits. Returns how many it
+    /// dropped.
+    async fn keep(&mut self, lost: Vec<Outgoing>) -> u64 {
         let Some(handoff) = &self.handoff else {
-            dropped.inc_by(lost.len() as u64);
-            return;
+            return lost.len() as u64;
         };
         let (kept, gone): (Vec<_>, Vec<_>) = lost.into_iter().partition(|o| o.confirm.is_some());
-        dropped.inc_by(gone.len() as u64);
+        let dropped = gone.len() as u64;
         if kept.is_empty() {
-            return;
+            return dropped;
         }
         let (messages, confirms): (Vec<_>, Vec<_>) =
             kept.into_iter().map(|o| (o.message, o.confirm)).unzip();
@@ -383,6 +382,7 @@ impl Link {
         for confirm in confirms.into_iter().flatten() {
             let _ = confirm.send(kept.clone());
         }
+        dropped
     }
 
     /// What is queued now, numbered: the whole queue.
