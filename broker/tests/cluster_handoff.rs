@@ -30,6 +30,43 @@ async fn publish_all(publisher: &mut Raw, topic: &str, qos: QoS, count: u16) -> 
     Ok(())
 }
 
+/// Publishes `count` QoS 1 or 2 messages numbered from 0 on `topic`, 50
+/// flows open at a time, each acknowledged successfully (QoS 2: PUBREC,
+/// then PUBCOMP for its PUBREL).
+async fn publish_pipelined(
+    publisher: &mut Raw,
+    topic: &str,
+    qos: QoS,
+    count: u16,
+) -> anyhow::Result<()> {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(50) {
+        for seq in chunk {
+            let p = common::publish(topic, &seq.to_be_bytes(), qos, false, seq % 60_000 + 1);
+            publisher.send(&Packet::Publish(p)).await;
+        }
+        for _ in chunk {
+            match (qos, publisher.recv().await) {
+                (QoS::AtLeastOnce, Some(Packet::PubAck(ack))) if !ack.reason.is_error() => {}
+                (QoS::ExactlyOnce, Some(Packet::PubRec(rec))) if !rec.reason.is_error() => {
+                    publisher
+                        .send(&Packet::PubRel(PubResponse::success(rec.packet_id)))
+                        .await;
+                }
+                (_, other) => anyhow::bail!("expected a successful acknowledgement, got {other:?}"),
+            }
+        }
+        if qos == QoS::ExactlyOnce {
+            for _ in chunk {
+                match publisher.recv().await {
+                    Some(Packet::PubComp(_)) => {}
+                    other => anyhow::bail!("expected a PUBCOMP, got {other:?}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads what a session is sent until it goes quiet: the numbers of the
 /// messages, in order of arrival, each acknowledged (QoS 2: PUBREC, then
 /// PUBCOMP for its PUBREL, with several flows open at once).
@@ -265,24 +302,7 @@ async fn what_is_published_during_a_replay_is_not_taken_for_a_copy() -> anyhow::
     // A backlog long enough for its replay to take many batches.
     const BACKLOG: u16 = 20_000;
     let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "mix-backlog").await;
-    for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(50) {
-        for seq in chunk {
-            let p = common::publish(
-                "mix/a",
-                &seq.to_be_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                seq % 60_000 + 1,
-            );
-            publisher.send(&Packet::Publish(p)).await;
-        }
-        for _ in chunk {
-            match publisher.recv().await {
-                Some(Packet::PubAck(ack)) if !ack.reason.is_error() => {}
-                other => anyhow::bail!("expected a PUBACK, got {other:?}"),
-            }
-        }
-    }
+    publish_pipelined(&mut publisher, "mix/a", QoS::AtLeastOnce, BACKLOG).await?;
 
     // While node 2 comes back and gets the backlog: QoS 0 and QoS 1
     // messages between each other (the QoS 0 ones ride ahead of the
@@ -346,38 +366,6 @@ async fn what_is_published_during_a_replay_is_not_taken_for_a_copy() -> anyhow::
     Ok(())
 }
 
-/// Publishes `count` QoS 2 messages numbered from 0 on `topic`, 50 flows
-/// open at a time.
-async fn publish_qos2_pipelined(
-    publisher: &mut Raw,
-    topic: &str,
-    count: u16,
-) -> anyhow::Result<()> {
-    for chunk in (0..count).collect::<Vec<_>>().chunks(50) {
-        for seq in chunk {
-            let p = common::publish(topic, &seq.to_be_bytes(), QoS::ExactlyOnce, false, seq + 1);
-            publisher.send(&Packet::Publish(p)).await;
-        }
-        for _ in chunk {
-            match publisher.recv().await {
-                Some(Packet::PubRec(rec)) if !rec.reason.is_error() => {
-                    publisher
-                        .send(&Packet::PubRel(PubResponse::success(rec.packet_id)))
-                        .await;
-                }
-                other => anyhow::bail!("expected a PUBREC, got {other:?}"),
-            }
-        }
-        for _ in chunk {
-            match publisher.recv().await {
-                Some(Packet::PubComp(_)) => {}
-                other => anyhow::bail!("expected a PUBCOMP, got {other:?}"),
-            }
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_during_its_replay_gets_each_qos2_message_once() -> anyhow::Result<()> {
     // Small batches: the replay takes long enough to be cut.
@@ -387,7 +375,7 @@ async fn a_node_killed_during_its_replay_gets_each_qos2_message_once() -> anyhow
     cluster.nodes[1].sigkill()?;
     const COUNT: u16 = 5000;
     let mut publisher = Raw::connect(cluster.mqtt(0), Protocol::V5, "cut-pub").await;
-    publish_qos2_pipelined(&mut publisher, "cut/a", COUNT).await?;
+    publish_pipelined(&mut publisher, "cut/a", QoS::ExactlyOnce, COUNT).await?;
 
     // Back, and SIGKILLed again while node 1 replays to it: batches it
     // stored and had not acknowledged yet come again after its restart.
