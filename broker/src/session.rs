@@ -21,11 +21,13 @@ use crate::durable::{DiskRef, StoredSession, StoredSubscription};
 use crate::message::Delivery;
 
 mod doorbell;
+mod handover;
 mod key;
 mod queue;
 mod subscriptions;
 mod takeover;
 pub use doorbell::Doorbell;
+pub use handover::{Handed, HandedMessage};
 pub use key::SessionKey;
 pub use queue::{MemoryQueue, Queued};
 pub use subscriptions::Subscriptions;

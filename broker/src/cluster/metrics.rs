@@ -21,6 +21,12 @@ pub(super) struct ClusterMetrics {
     pub(super) received: IntCounter,
     pub(super) malformed: IntCounter,
     pub(super) duplicates: IntCounter,
+    /// Sessions moved between nodes, by `result`: `taken` (here, from
+    /// another node), `given` (to another node), `ended` (another node's
+    /// clean start ended it here), `failed` (a CONNECT here refused because
+    /// the holder did not hand it over), `kept` (a hand-over to another
+    /// node it did not complete: the session stays here).
+    pub(super) takeovers: IntCounterVec,
     pub(super) link: LinkMetrics,
     pub(super) handoff: HandoffMetrics,
     pub(super) retained: RetainedMetrics,
@@ -91,6 +97,12 @@ impl ClusterMetrics {
             duplicates: counter(
                 "tidemq_cluster_received_duplicates_total",
                 "Forwarded messages a replay sent again that this node had routed already (skipped)",
+            )?,
+            takeovers: per_peer(
+                "tidemq_cluster_takeovers_total",
+                "Sessions moved between this node and another, by result \
+                 (taken, given, ended, failed, kept)",
+                &["result"],
             )?,
             handoff: HandoffMetrics {
                 backlog: gauge_per_peer(

@@ -23,6 +23,7 @@ mod metrics;
 mod retained;
 mod service;
 mod table;
+mod takeover;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,7 @@ use self::metrics::ClusterMetrics;
 use self::retained::{RetainedSink, RetainedWriter};
 use self::service::LinkService;
 use self::table::{RaftView, RouteTable};
+pub(crate) use self::takeover::{Taken, store_handed};
 use crate::broker::Shared;
 use crate::config::ClusterConfig;
 use crate::log_every::LogEvery;

@@ -219,6 +219,22 @@ impl BrokerLink for LinkService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type TakeSessionStream = ReceiverStream<Result<pb::HandedPart, Status>>;
+
+    async fn take_session(
+        &self,
+        request: Request<Streaming<pb::TakeStep>>,
+    ) -> Result<Response<Self::TakeSessionStream>, Status> {
+        let shared = self
+            .broker
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("the broker is still starting"))?;
+        let (out, rx) = mpsc::channel(4);
+        tokio::spawn(super::takeover::give(shared, request.into_inner(), out));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn routes_applied(
         &self,
         request: Request<pb::RoutesAppliedRequest>,

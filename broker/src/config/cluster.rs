@@ -32,6 +32,12 @@ pub struct ClusterConfig {
     /// 1/2 message for that peer is refused (5.0: PUBACK/PUBREC 0x97;
     /// `tidemq_cluster_handoff_refused_total`).
     pub handoff_max_bytes: u64,
+    /// Longest a CONNECT for a session another node holds waits for that
+    /// node to hand it over, in milliseconds (its client disconnected, the
+    /// session's state sent and stored here). Past it the CONNECT is
+    /// refused (CONNACK 0x88, 3.1.1: 0x03) and the session stays where it
+    /// was (`tidemq_cluster_takeovers_total{result="failed"}`).
+    pub takeover_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +49,7 @@ impl Default for ClusterConfig {
             link_batch_messages: 512,
             link_batch_bytes: 1024 * 1024,
             handoff_max_bytes: 1024 * 1024 * 1024,
+            takeover_wait_ms: 10_000,
         }
     }
 }
@@ -51,6 +58,11 @@ impl ClusterConfig {
     /// [`ClusterConfig::route_wait_ms`] as a duration.
     pub fn route_wait(&self) -> Duration {
         Duration::from_millis(self.route_wait_ms)
+    }
+
+    /// [`ClusterConfig::takeover_wait_ms`] as a duration.
+    pub fn takeover_wait(&self) -> Duration {
+        Duration::from_millis(self.takeover_wait_ms)
     }
 
     /// [`ClusterConfig::forward_wait_ms`] as a duration.

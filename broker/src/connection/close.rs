@@ -334,6 +334,66 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
     debug!(client = %session.client_id(), "session ended");
 }
 
+/// Ends `session` because another node took it over (`forget`: it started
+/// clean there, so its record in the catalog goes too; otherwise the record
+/// is the other node's now). Its delayed will goes out when it is not
+/// resumed. Returns once the store (and the catalog) have recorded it.
+pub(crate) async fn end_for_takeover(shared: &Arc<Shared>, session: &Arc<Session>, forget: bool) {
+    let (pending, durable) = {
+        let mut state = session.lock();
+        state.ended = true;
+        state.cancel_timers();
+        (state.pending_will.take(), state.durable.take())
+    };
+    if let Some(pending) = pending.filter(|_| forget) {
+        publish_will(
+            shared,
+            &session.key,
+            pending.username.as_deref(),
+            pending.will,
+        );
+    }
+    shared.router.remove_session(session);
+    shared.sessions.remove(session);
+    shared.metrics.sessions.set(shared.sessions.len() as i64);
+    shared
+        .metrics
+        .subscriptions
+        .set(shared.router.subscription_count() as i64);
+    let (Some(_), Some(store)) = (durable, &shared.durable) else {
+        return;
+    };
+    let written = if forget {
+        catalog::end_session(store, &shared.catalog, &session.key).await
+    } else {
+        store.session_gone(&session.key).await
+    };
+    if let Err(e) = written {
+        crate::delivery::count_storage_error(&shared.metrics);
+        warn!(session = %session.key, error = %e, "cannot record the end of a session taken over");
+    }
+}
+
+/// Gives a session held for a hand-over that did not complete back to
+/// itself: no connection, its expiry running again.
+pub(crate) fn hold_released(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    held: crate::session::Attachment,
+) {
+    if !session.release(held.connection_id) {
+        // A local connection took it meanwhile.
+        return;
+    }
+    let (generation, expiry) = {
+        let state = session.lock();
+        (state.generation, state.expiry_interval)
+    };
+    if expiry != u32::MAX {
+        schedule_expiry(shared, session, generation, expiry);
+    }
+}
+
 /// Publishes a will message as if its client had sent it.
 pub(super) fn publish_will(
     shared: &Arc<Shared>,

@@ -13,6 +13,7 @@ use tidemq_proto::mqtt::{
 use tracing::{debug, warn};
 
 use super::acks::AckQueue;
+use super::adopt::{self, Adopted};
 use super::alias::TopicAliases;
 use super::limits::Limits;
 use super::ordered::Ordered;
@@ -78,7 +79,7 @@ pub(super) async fn handshake(
     }
     steps.mark(ConnectStep::Auth);
     let attached = attach(shared, &config, &origin, &connect, client_id.clone()).await;
-    let (mut connection, session_present, existed) = match attached {
+    let (mut connection, session_present, existed, adopted) = match attached {
         Ok(attached) => attached,
         Err(reason) => {
             refuse(shared, io, protocol, reason).await;
@@ -103,6 +104,9 @@ pub(super) async fn handshake(
         refuse(shared, io, protocol, ReasonCode::ServerUnavailable).await;
         connection.abandon(existed);
         return None;
+    }
+    if let Some(adopted) = adopted {
+        adopted.complete(shared, &config).await;
     }
     steps.mark(ConnectStep::Persist);
 
@@ -246,9 +250,11 @@ async fn attach(
     origin: &Origin,
     connect: &Connect,
     client_id: String,
-) -> Result<(Connection, bool, bool), ReasonCode> {
+) -> Result<(Connection, bool, bool, Option<Adopted>), ReasonCode> {
     let tenant = &origin.listener.tenant;
     let key = SessionKey::new(tenant, &client_id);
+    // Held by another node of the cluster: taken over from there first.
+    let adopted = adopt::take_from_elsewhere(shared, config, &key, connect).await?;
     let connection_id = shared.sessions.next_connection_id();
     let mut attachment = Attachment { connection_id };
     let claim = if config.auth.sessions_belong_to_their_user {
@@ -340,6 +346,7 @@ async fn attach(
         Connection::new(shared, config, connect, session, connection_id),
         session_present,
         existed,
+        adopted,
     ))
 }
 

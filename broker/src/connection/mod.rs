@@ -11,6 +11,7 @@
 //! what happens to the session.
 
 mod acks;
+mod adopt;
 mod alias;
 mod close;
 mod connect;
@@ -25,7 +26,7 @@ mod subscribe;
 mod turn;
 
 pub(crate) use acks::RecordSink;
-pub(crate) use close::{schedule_expiry, write_offline};
+pub(crate) use close::{end_for_takeover, hold_released, schedule_expiry, write_offline};
 pub(crate) use serve::serve;
 pub(crate) use turn::Lanes;
 

@@ -50,6 +50,16 @@ impl SessionCatalog {
         Ok(())
     }
 
+    /// The node the catalog says holds the session `key` (`None`: no node,
+    /// or no catalog). A linearizable read of the meta service.
+    pub async fn owner(&self, key: &str) -> Result<Option<u64>, DurableError> {
+        let SessionCatalog::Meta { client, .. } = self else {
+            return Ok(None);
+        };
+        let record = client.get_session(key).await?;
+        Ok(record.map(|r| r.node_id).filter(|&node| node != 0))
+    }
+
     /// Forgets the session `key`.
     pub async fn forget(&self, key: &str) -> Result<(), DurableError> {
         if let SessionCatalog::Meta { client, .. } = self {

@@ -49,7 +49,7 @@ impl MemoryQueue {
     }
 }
 
-fn entry_bytes(entry: &Queued) -> usize {
+pub(super) fn entry_bytes(entry: &Queued) -> usize {
     match entry {
         Queued::Ready(delivery) => delivery.message.size(),
         Queued::Stored(_) | Queued::Recovered(_) => 0,

@@ -117,10 +117,14 @@ impl NodeProcess {
         let stdout = child.stdout.take().context("stdout")?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         // Drains stdout for the process's whole life so that logging never
-        // blocks on a full pipe.
+        // blocks on a full pipe; SHOW_NODE_LOGS=1 shows it.
+        let show = std::env::var_os("SHOW_NODE_LOGS").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if show {
+                    eprintln!("{line}");
+                }
                 if line.starts_with("tidemq ready") {
                     let _ = ready_tx.send(line);
                 }

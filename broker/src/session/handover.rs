@@ -1,0 +1,160 @@
+//! A session handed from one node of a cluster to another.
+//!
+//! The node that holds a session hands it over when a client reconnects
+//! to another node: first a copy of everything ([`SessionState::handover`]),
+//! while the session is held by no connection, then, once the other node
+//! has stored that copy, what was queued since (`handover` again, from
+//! where the copy ended). The other node builds its session from the copy
+//! ([`SessionState::adopt`]) before its client gets CONNACK.
+
+use super::{Inflight, InflightState, Queued, SessionState, SubscriptionEntry};
+use crate::durable::{DiskRef, StoredSession, StoredSubscription};
+use crate::message::Delivery;
+
+/// What a session holds, as another node takes it.
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// Its subscriptions, expiry, protocol and user name (the epoch is the
+    /// old node's; the new node starts its own).
+    pub session: Option<StoredSession>,
+    /// Packet ids of inbound QoS 2 messages not yet released.
+    pub inbound_qos2: Vec<u16>,
+    /// Messages in flight to the client, in send order, then the queue.
+    pub messages: Vec<HandedMessage>,
+    /// Queued messages that are on disk only: the owner reads them back
+    /// before sending (they go after `messages`, in this order).
+    pub stored: Vec<DiskRef>,
+    /// Where the queue stood: the next copy starts here.
+    pub queue_end: usize,
+}
+
+/// One message of a handed session.
+#[derive(Debug, Clone)]
+pub struct HandedMessage {
+    /// The delivery (its disk place is the old node's, or the new node's
+    /// once stored there).
+    pub delivery: Delivery,
+    /// In flight: its packet id and whether the client answered PUBREC.
+    pub inflight: Option<(u16, bool)>,
+}
+
+impl SessionState {
+    /// A copy of what the session holds for another node: its subscriptions
+    /// and in-flight messages with the queue (`since` is `None`), or only
+    /// what was queued at place `since` and after. Nothing is taken out:
+    /// the session stays whole until the other node has it.
+    pub fn handover(&self, key: &str, since: Option<usize>) -> Handed {
+        let mut handed = Handed {
+            queue_end: self.queue.len(),
+            ..Handed::default()
+        };
+        let from = since.unwrap_or(0);
+        if since.is_none() {
+            handed.session = Some(self.described(key));
+            handed.inbound_qos2 = self.inbound_qos2.iter().copied().collect();
+            handed.messages = self
+                .inflight
+                .iter()
+                .map(|i| HandedMessage {
+                    delivery: i.delivery.clone(),
+                    inflight: Some((i.packet_id, i.state == InflightState::AwaitPubComp)),
+                })
+                .collect();
+        }
+        for entry in self.queue.items.iter().skip(from) {
+            match entry {
+                Queued::Ready(delivery) => handed.messages.push(HandedMessage {
+                    delivery: (**delivery).clone(),
+                    inflight: None,
+                }),
+                Queued::Stored(at) | Queued::Recovered(at) => handed.stored.push(*at),
+            }
+        }
+        handed
+    }
+
+    /// The session apart from its messages, persistent or not.
+    fn described(&self, key: &str) -> StoredSession {
+        StoredSession {
+            key: key.to_string(),
+            epoch: self.durable.unwrap_or(0),
+            expiry_secs: self.expiry_interval,
+            protocol: self.protocol,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, entry)| StoredSubscription {
+                    filter: filter.to_string(),
+                    options: entry.options,
+                    id: entry.id,
+                })
+                .collect(),
+            username: self.username.clone(),
+        }
+    }
+
+    /// Takes on a session another node handed over, stored here in `epoch`:
+    /// its subscriptions (`subscriptions`, checked against the ACL by the
+    /// caller), inbound QoS 2 state, and messages, each in flight again
+    /// with its packet id or queued. Returns how many did not fit the queue.
+    pub fn adopt(
+        &mut self,
+        session: &StoredSession,
+        subscriptions: &[(String, SubscriptionEntry)],
+        inbound_qos2: &[u16],
+        epoch: u64,
+        messages: Vec<HandedMessage>,
+    ) -> usize {
+        self.expiry_interval = session.expiry_secs;
+        self.protocol = session.protocol;
+        self.username = session.username.clone();
+        self.durable = Some(epoch);
+        // A reconnect resumes it (session present).
+        self.generation = self.generation.max(1);
+        self.inbound_qos2.extend(inbound_qos2.iter().copied());
+        for (filter, entry) in subscriptions {
+            self.subscriptions.insert(filter, *entry);
+        }
+        self.take_messages(messages, 0)
+    }
+
+    /// Puts messages another node handed over at place `at` of the queue
+    /// (those in flight into the inflight window); returns how many did
+    /// not fit.
+    pub fn take_messages(&mut self, messages: Vec<HandedMessage>, at: usize) -> usize {
+        let mut later = self.queue.items.split_off(at.min(self.queue.items.len()));
+        self.queue.bytes -= later.iter().map(super::queue::entry_bytes).sum::<usize>();
+        let mut dropped = 0;
+        for message in messages {
+            match message.inflight {
+                Some((packet_id, released)) => self.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: Delivery {
+                        dup: true,
+                        ..message.delivery
+                    },
+                    state: match (released, message.delivery.qos) {
+                        (true, _) => InflightState::AwaitPubComp,
+                        (false, tidemq_proto::mqtt::QoS::ExactlyOnce) => InflightState::AwaitPubRec,
+                        (false, _) => InflightState::AwaitPubAck,
+                    },
+                }),
+                None => {
+                    if self
+                        .queue
+                        .push(Queued::Ready(Box::new(message.delivery)))
+                        .is_err()
+                    {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        for entry in later.drain(..) {
+            if self.queue.push(entry).is_err() {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
