@@ -25,8 +25,21 @@ pub struct Message {
     pub properties: PublishProperties,
     /// The session key of the publisher, for no-local subscriptions.
     pub publisher: Option<Arc<str>>,
+    /// Which publish this is, in a cluster (the same on every node it
+    /// reaches); `None` outside one.
+    pub id: Option<MessageId>,
     /// When the message expires (5.0 message expiry interval).
     pub expires_at: Option<Instant>,
+}
+
+/// Names one publish across a cluster: the node it was published on and
+/// that node's number for it (increasing across the node's restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    /// The node the message was published on.
+    pub node: u64,
+    /// That node's number for it.
+    pub seq: u64,
 }
 
 impl Message {
@@ -45,6 +58,7 @@ impl Message {
             retain: publish.retain,
             properties,
             publisher,
+            id: None,
             expires_at,
         }
     }

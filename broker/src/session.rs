@@ -10,7 +10,7 @@
 //! The queue of deliveries is a [`MemoryQueue`]: in memory here, replaceable
 //! by a durable implementation without touching the connection code.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use std::time::Instant;
 use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
 
 use crate::durable::{DiskRef, StoredSession, StoredSubscription};
-use crate::message::Delivery;
+use crate::message::{Delivery, MessageId};
 
 mod doorbell;
 mod handover;
@@ -217,6 +217,12 @@ pub struct SessionState {
     /// The expiry and will-delay timers armed while the session is offline;
     /// a connection that attaches cancels them.
     pub timers: Vec<tokio::task::AbortHandle>,
+    /// While the session is being taken over from another node: the ids of
+    /// the messages queued here meanwhile, which that node may hand over
+    /// too (boxed so the field costs one word: almost no session ever has
+    /// one, and every idle connection carries a session).
+    #[allow(clippy::box_collection)]
+    pub adopting: Option<Box<HashSet<MessageId>>>,
     next_packet_id: u16,
 }
 
@@ -268,6 +274,7 @@ impl Session {
                 durable: None,
                 ended: false,
                 timers: Vec::new(),
+                adopting: None,
                 next_packet_id: 1,
             }),
         }
@@ -286,6 +293,7 @@ impl Session {
             {
                 return Err(DropReason::OfflineQoS0);
             }
+            state.note_adopted(&delivery);
             state.queue.push(Queued::Ready(Box::new(delivery)))?;
         }
         self.doorbell.ring();
@@ -302,6 +310,7 @@ impl Session {
                 // A clean start since: the message belonged to the old session.
                 return Ok(());
             }
+            state.note_adopted(&delivery);
             let stored = delivery.stored;
             let entry = match (state.attachment.is_some(), delivery.stored) {
                 (false, Some(at)) => Queued::Stored(at),

@@ -235,6 +235,7 @@ fn publish(shared: &Arc<Shared>, topic: String, value: String) {
         properties: PublishProperties::default(),
         publisher: None,
         expires_at: None,
+        id: None,
     };
     shared.router.retain_sys(&Arc::new(message(true)));
     // Routed unretained: the store keeps retained messages on disk, and a

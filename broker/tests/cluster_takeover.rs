@@ -273,3 +273,195 @@ async fn a_clean_start_on_another_node_ends_the_session_there() -> anyhow::Resul
     ensure!(ack.session_present, "the new session (node 2's) is resumed");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_own_user_takes_a_session_from_another_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let passwords = dir.path().join("passwords");
+    std::fs::write(
+        &passwords,
+        format!(
+            "alice:{}\nmallory:{}\n",
+            common::cheap_hash("a-secret"),
+            common::cheap_hash("m-secret")
+        ),
+    )?;
+    let file = passwords.to_string_lossy().into_owned();
+    let cluster = TestCluster::start_with(&[("TIDEMQ_AUTH__PASSWORD_FILE", file.as_str())])?;
+    let login = |user: &'static str, secret: &'static [u8]| {
+        move |c: &mut tidemq_proto::mqtt::Connect| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(300);
+            c.username = Some(user.into());
+            c.password = Some(bytes::Bytes::from_static(secret));
+        }
+    };
+    let (mut alice, ack) = Raw::connect_with(
+        cluster.mqtt(0),
+        Protocol::V5,
+        "meter",
+        login("alice", b"a-secret"),
+    )
+    .await;
+    ensure!(ack.reason == ReasonCode::Success, "{ack:?}");
+    alice.subscribe(1, "meter/#", QoS::AtLeastOnce).await;
+
+    // Another user with the same client id on another node: refused, and
+    // the session and its connection stay where they are.
+    for (node, fresh) in [(1, true), (2, false)] {
+        let (_, ack) = Raw::connect_with(cluster.mqtt(node), Protocol::V5, "meter", |c| {
+            login("mallory", b"m-secret")(c);
+            c.clean_start = fresh;
+        })
+        .await;
+        ensure!(
+            ack.reason == ReasonCode::NotAuthorized,
+            "node {node}: {ack:?}"
+        );
+    }
+    let mut publisher = Raw::connect(cluster.mqtt(2), Protocol::V5, "meter-pub").await;
+    publish_range(&mut publisher, "meter/a", QoS::AtLeastOnce, 0..3).await?;
+    let (publishes, _) = drain(&mut alice).await?;
+    let numbers: Vec<u16> = publishes.iter().map(|(n, _)| *n).collect();
+    ensure!(
+        numbers == [0, 1, 2],
+        "alice's connection lives on: {numbers:?}"
+    );
+
+    // Its own user takes it.
+    let (_, ack) = Raw::connect_with(
+        cluster.mqtt(1),
+        Protocol::V5,
+        "meter",
+        login("alice", b"a-secret"),
+    )
+    .await;
+    ensure!(
+        ack.reason == ReasonCode::Success && ack.session_present,
+        "{ack:?}"
+    );
+    taken_over(&mut alice).await?;
+    Ok(())
+}
+
+/// A QoS 2 subscriber as a client library keeps it across its
+/// connections: the packet ids it answered PUBREC for and has not seen
+/// PUBREL for (a PUBLISH resent with one of those is not delivered
+/// again), and every message number delivered to the application.
+#[derive(Default)]
+struct Receiver {
+    awaiting_release: std::collections::HashSet<u16>,
+    delivered: Vec<u16>,
+}
+
+impl Receiver {
+    /// Handles one packet of `raw`; returns `false` once the connection
+    /// ended (DISCONNECT or closed).
+    async fn handle(&mut self, raw: &mut Raw, packet: Option<Packet>) -> anyhow::Result<bool> {
+        match packet {
+            Some(Packet::Publish(p)) => {
+                let id = p.packet_id.context("QoS 2")?;
+                if self.awaiting_release.insert(id) {
+                    self.delivered.push(number(&p.payload)?);
+                }
+                raw.send(&Packet::PubRec(PubResponse::success(id))).await;
+                Ok(true)
+            }
+            Some(Packet::PubRel(rel)) => {
+                self.awaiting_release.remove(&rel.packet_id);
+                raw.send(&Packet::PubComp(PubResponse::success(rel.packet_id)))
+                    .await;
+                Ok(true)
+            }
+            Some(Packet::Disconnect(d)) => {
+                ensure!(d.reason == ReasonCode::SessionTakenOver, "{d:?}");
+                Ok(false)
+            }
+            None => Ok(false),
+            Some(other) => bail!("unexpected {other:?}"),
+        }
+    }
+
+    /// Reads `raw` for `time`, or until it ends.
+    async fn read_for(&mut self, raw: &mut Raw, time: Duration) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + time;
+        while let Ok(packet) = tokio::time::timeout_at(until, raw.recv()).await {
+            if !self.handle(raw, packet).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_hopping_between_nodes_under_load_loses_nothing() -> anyhow::Result<()> {
+    const MESSAGES: u16 = 3000;
+    let cluster = TestCluster::start()?;
+    let (mut current, _) = connect(cluster.mqtt(0), "load-hopper").await;
+    current.subscribe(1, "load/#", QoS::ExactlyOnce).await;
+
+    let mut publisher = Raw::connect(cluster.mqtt(2), Protocol::V5, "load-pub").await;
+    let publishing = tokio::spawn(async move {
+        for seq in 0..MESSAGES {
+            let ack = publisher
+                .publish(
+                    "load/a",
+                    &seq.to_be_bytes(),
+                    QoS::ExactlyOnce,
+                    false,
+                    seq % 60_000 + 1,
+                )
+                .await
+                .context("acknowledgement")?;
+            ensure!(!ack.reason.is_error(), "message {seq}: {ack:?}");
+        }
+        anyhow::Ok(())
+    });
+
+    let mut receiver = Receiver::default();
+    let mut hops = 0;
+    while !publishing.is_finished() {
+        receiver
+            .read_for(&mut current, Duration::from_millis(150))
+            .await?;
+        // To the next node while this connection lives: the old one ends
+        // with 0x8E; what it had not finished goes on on the new one.
+        let node = (hops + 1) % 3;
+        let (next, ack) = connect(cluster.mqtt(node), "load-hopper").await;
+        ensure!(
+            ack.reason == ReasonCode::Success && ack.session_present,
+            "hop {hops}: {ack:?}"
+        );
+        receiver
+            .read_for(&mut current, Duration::from_secs(5))
+            .await?;
+        current = next;
+        hops += 1;
+    }
+    publishing.await??;
+    receiver
+        .read_for(&mut current, Duration::from_secs(3))
+        .await?;
+    ensure!(hops >= 5, "only {hops} hops");
+    let mut sorted = receiver.delivered.clone();
+    sorted.sort_unstable();
+    let missing: Vec<u16> = (0..MESSAGES)
+        .filter(|s| sorted.binary_search(s).is_err())
+        .collect();
+    sorted.dedup();
+    let duplicates = receiver.delivered.len() - sorted.len();
+    ensure!(
+        missing.is_empty() && duplicates == 0,
+        "{hops} hops: {} missing (first {:?}), {duplicates} delivered twice",
+        missing.len(),
+        missing.first()
+    );
+    let in_order = receiver
+        .delivered
+        .windows(2)
+        .filter(|w| w[0] > w[1])
+        .count();
+    ensure!(in_order == 0, "{in_order} messages out of order");
+    Ok(())
+}

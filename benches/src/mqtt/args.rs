@@ -275,7 +275,8 @@ pub struct OfflineArgs {
     pub topic_prefix: Option<String>,
     /// Which phases to run: both, or one (`park`: leave the sessions
     /// offline; `publish`: publish to sessions parked before, say on
-    /// another node of a cluster).
+    /// another node of a cluster; `resume`: bring them back and read what
+    /// was stored for them).
     #[arg(long, value_enum, default_value_t = Phases::Both)]
     pub phases: Phases,
 }
@@ -289,6 +290,9 @@ pub enum Phases {
     Park,
     /// Only publish to sessions parked before.
     Publish,
+    /// Only bring sessions parked before back (to another node of a
+    /// cluster, say: a takeover each) and read their `--messages`.
+    Resume,
 }
 
 impl OfflineArgs {

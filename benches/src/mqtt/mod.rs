@@ -25,6 +25,7 @@ pub mod client;
 pub mod conn;
 pub mod offline;
 pub mod publish;
+pub mod resume;
 pub mod subscribe;
 pub mod target;
 
@@ -116,16 +117,29 @@ pub async fn run(command: &MqttCommand) -> anyhow::Result<()> {
                 "publishers": args.publishers,
                 "inflight": args.inflight,
             });
-            match args.common.output {
-                Output::Table => println!(
+            match (args.common.output, &report.resume) {
+                (Output::Table, Some(resume)) => println!(
+                    "sessions back (CONNACK, session present):\n{}\n\
+                     sessions drained (last of {} messages):\n{}",
+                    resume.resumed, args.messages, resume.drained
+                ),
+                (Output::Table, None) => println!(
                     "phase 1, sessions subscribed and disconnected:\n{}\n\
                      phase 2, messages acknowledged ({} expected):\n{}",
                     report.sessions,
                     args.expected(),
                     report.messages
                 ),
+                (Output::Json, Some(resume)) => println!(
+                    "{}",
+                    serde_json::json!({
+                        "load": load,
+                        "report": resume.resumed,
+                        "drained": resume.drained,
+                    })
+                ),
                 // `report` is the phase the rate is about, as in every load.
-                Output::Json => println!(
+                (Output::Json, None) => println!(
                     "{}",
                     serde_json::json!({
                         "load": load,

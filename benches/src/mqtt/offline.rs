@@ -18,7 +18,8 @@
 //!    counted).
 //!
 //! `--phases park|publish` runs one of them (sessions parked on one node of
-//! a cluster, their messages published on another, say). Each phase prints
+//! a cluster, their messages published on another, say); `--phases
+//! resume` brings parked sessions back (`resume.rs`). Each phase prints
 //! a line per second. The sessions and their messages
 //! stay on the broker after the run.
 
@@ -32,17 +33,20 @@ use tokio::task::JoinSet;
 use super::args::Phases;
 use super::client::{Client, SessionKind};
 use super::publish::Publisher;
+use super::resume::{ResumeReport, resume_sessions};
 use super::target::Target;
 use super::{CommonArgs, KEEP_ALIVE_SECS, OfflineArgs, connect_clients, note_error};
 use crate::recorder::{FinalReport, Recorder, spawn_ticker};
 
-/// The figures of both phases.
+/// The figures of the phases run (empty for those not run).
 #[derive(Debug, Clone)]
 pub struct OfflineReport {
     /// Phase 1: sessions subscribed and left offline.
     pub sessions: FinalReport,
     /// Phase 2: messages acknowledged.
     pub messages: FinalReport,
+    /// `--phases resume`: the sessions back.
+    pub resume: Option<ResumeReport>,
 }
 
 /// Runs both phases, printing a line per second, and returns their reports.
@@ -52,6 +56,29 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         args.publishers > 0 && args.messages > 0,
         "--publishers and --messages must be above zero"
     );
+    if args.phases == Phases::Resume {
+        let resume = resume_sessions(args).await?;
+        eprintln!(
+            "resume: {}/{} sessions back in {:.2}s ({:.0}/s, failed {}, timeout {}, \
+             CONNACK p99 {}us); {} drained (failed {}, timeout {}, last message p99 {}us)",
+            resume.resumed.success,
+            args.common.count,
+            resume.resumed.seconds,
+            resume.resumed.avg_ops_per_sec,
+            resume.resumed.failed,
+            resume.resumed.timeout,
+            resume.resumed.p99_us,
+            resume.drained.success,
+            resume.drained.failed,
+            resume.drained.timeout,
+            resume.drained.p99_us
+        );
+        return Ok(OfflineReport {
+            sessions: FinalReport::default(),
+            messages: FinalReport::default(),
+            resume: Some(resume),
+        });
+    }
     let sessions = match args.phases {
         Phases::Both | Phases::Park => {
             let sessions = park_sessions(args).await?;
@@ -69,7 +96,7 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
             anyhow::ensure!(sessions.success > 0, "no session could subscribe");
             sessions
         }
-        Phases::Publish => FinalReport::default(),
+        Phases::Publish | Phases::Resume => FinalReport::default(),
     };
     let messages = match args.phases {
         Phases::Both | Phases::Publish => {
@@ -87,9 +114,13 @@ pub async fn offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
             );
             messages
         }
-        Phases::Park => FinalReport::default(),
+        Phases::Park | Phases::Resume => FinalReport::default(),
     };
-    Ok(OfflineReport { sessions, messages })
+    Ok(OfflineReport {
+        sessions,
+        messages,
+        resume: None,
+    })
 }
 
 /// Phase 1: every session connects, subscribes and goes away, at most

@@ -478,3 +478,37 @@ async fn offline_sessions_store_every_message() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sessions_come_back_and_drain_what_was_stored() -> anyhow::Result<()> {
+    for version in [4, 5] {
+        let dir = tempfile::tempdir()?;
+        let (broker, _) = durable_broker(dir.path()).await?;
+        let mut args = OfflineArgs {
+            common: common(broker.local_addr().port(), 12, version),
+            messages: 4,
+            payload_size: 16,
+            publishers: 2,
+            inflight: 4,
+            topic_prefix: Some(format!("r{version}")),
+            phases: super::args::Phases::Both,
+        };
+        offline::offline(&args).await?;
+        args.phases = super::args::Phases::Resume;
+        let resume = offline::offline(&args).await?.resume.context("resumed")?;
+        let counts = |r: &FinalReport| (r.success, r.failed, r.timeout);
+        assert_eq!(counts(&resume.resumed), (12, 0, 0), "v{version}");
+        assert_eq!(counts(&resume.drained), (12, 0, 0), "v{version}");
+        // Drained: a second comeback finds the sessions but nothing in them.
+        args.common.timeout_ms = 300;
+        let again = offline::offline(&args).await?.resume.context("resumed")?;
+        assert_eq!(counts(&again.resumed), (12, 0, 0), "v{version}");
+        assert_eq!(counts(&again.drained), (0, 0, 12), "v{version}");
+        // Sessions never parked are not present: each comeback fails.
+        args.common.client_prefix = Some(format!("never-v{version}"));
+        let none = offline::offline(&args).await?.resume.context("resumed")?;
+        assert_eq!(counts(&none.resumed), (0, 12, 0), "v{version}");
+        broker.shutdown().await;
+    }
+    Ok(())
+}

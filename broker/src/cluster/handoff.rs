@@ -455,6 +455,7 @@ mod tests {
             plain: true,
             shares: Vec::new(),
             sequence,
+            message_id: 0,
         }
     }
 

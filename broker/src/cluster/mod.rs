@@ -25,7 +25,7 @@ mod service;
 mod table;
 mod takeover;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -53,11 +53,11 @@ use self::metrics::ClusterMetrics;
 use self::retained::{RetainedSink, RetainedWriter};
 use self::service::LinkService;
 use self::table::{RaftView, RouteTable};
-pub(crate) use self::takeover::{Taken, store_handed};
+pub(crate) use self::takeover::{Taken, TakeoverError, store_handed};
 use crate::broker::Shared;
 use crate::config::ClusterConfig;
 use crate::log_every::LogEvery;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::router::{RetainedStore, ShareId, Shares};
 
 /// Per (sending node, message partition), the highest number of the
@@ -257,6 +257,8 @@ impl ClusterParts {
             route_wait: config.route_wait(),
             forward_wait: config.forward_wait(),
             share_turn: AtomicUsize::new(0),
+            // Above every number given before a restart.
+            message_ids: AtomicU64::new(crate::durable::record::unix_ms() * 1000),
             confirmed: DashMap::new(),
             broker,
             metrics,
@@ -285,6 +287,8 @@ pub struct Cluster {
     forward_wait: Duration,
     /// Picks the node of a shared group with members on several.
     share_turn: AtomicUsize,
+    /// Numbers this node's publishes ([`Cluster::next_message_id`]).
+    message_ids: AtomicU64,
     /// The highest route index each peer is known to have applied.
     confirmed: DashMap<NodeId, u64>,
     broker: Arc<OnceLock<Arc<Shared>>>,
@@ -299,6 +303,14 @@ impl Cluster {
     /// The router's side of the route keeper.
     pub(crate) fn local_filters(&self) -> LocalFilters {
         LocalFilters::new(Arc::clone(&self.keeper))
+    }
+
+    /// A new publish's id: this node and its next number.
+    pub(crate) fn next_message_id(&self) -> MessageId {
+        MessageId {
+            node: self.me,
+            seq: self.message_ids.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// The retained messages the router serves, kept by the cluster.
@@ -732,5 +744,6 @@ fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
         shares: Vec::new(),
         // Numbered by the link that sends it.
         sequence: 0,
+        message_id: message.id.map_or(0, |id| id.seq),
     })
 }

@@ -30,7 +30,7 @@ use super::link::MAX_BATCH_BYTES;
 use super::table::RouteTable;
 use crate::broker::Shared;
 use crate::delivery::{DetachedWrite, ForwardedFrom};
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::router::{ShareId, Shares};
 
 /// Longest a `RoutesApplied` call waits, whatever it asks for.
@@ -192,8 +192,13 @@ impl BrokerLink for LinkService {
                         node: sent.origin,
                         sequence: sent.sequence,
                     });
+                    let id = (forwarded.message_id != 0).then_some(MessageId {
+                        node: batch.origin,
+                        seq: forwarded.message_id,
+                    });
                     match decode(forwarded) {
-                        Ok((message, shares)) => {
+                        Ok((mut message, shares)) => {
+                            message.id = id;
                             received.inc();
                             writes.extend(crate::delivery::publish_forwarded(
                                 &shared,

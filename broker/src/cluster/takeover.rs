@@ -47,8 +47,8 @@ use super::link::MAX_BATCH_BYTES;
 use crate::broker::Shared;
 use crate::durable::record::{self, RecipientRef};
 use crate::durable::{AppendGuard, DiskRef, DurableError, Record, SessionCatalog, StoredSession};
-use crate::message::Delivery;
-use crate::session::{Attachment, Claim, Handed, HandedMessage, Session};
+use crate::message::{Delivery, MessageId};
+use crate::session::{Attachment, Claim, Handed, HandedMessage, Refusal, Session};
 
 /// Messages in one part of a hand-over, at most.
 const PART_MESSAGES: usize = 256;
@@ -70,6 +70,9 @@ pub enum TakeoverError {
         /// What failed.
         reason: String,
     },
+    /// The session belongs to another user than the one asking.
+    #[error("the session belongs to another user")]
+    NotOwner,
     /// The holding node sent something that is not a hand-over.
     #[error("node {owner} sent a bad hand-over: {reason}")]
     Malformed {
@@ -93,13 +96,15 @@ pub(crate) struct Taken {
 
 impl Cluster {
     /// Asks the node holding `key`, as the meta service records it, to hand
-    /// the session over (`resume`), or to end it (a clean start). `None`
-    /// when no other node holds it (or it was ended there).
+    /// the session over (`resume`), or to end it (a clean start), if `claim`
+    /// may have it. `None` when no other node holds it (or it was ended
+    /// there).
     pub(crate) async fn take_session(
         &self,
         catalog: &SessionCatalog,
         key: &str,
         resume: bool,
+        claim: Claim<'_>,
     ) -> Result<Option<Taken>, TakeoverError> {
         let Some(owner) = catalog.owner(key).await? else {
             return Ok(None);
@@ -114,10 +119,16 @@ impl Cluster {
             .get(&addr)
             .map_err(|e| unreachable(e.to_string()))?;
         let (steps, rx) = mpsc::channel(2);
+        let (owned, username) = match claim {
+            Claim::Anyone => (false, None),
+            Claim::Owned { username } => (true, username.map(str::to_string)),
+        };
         let take = pb::TakeSession {
             client_key: key.to_string(),
             node_id: self.me,
             resume,
+            owned,
+            username,
         };
         let _ = steps.try_send(pb::TakeStep {
             step: Some(Step::Take(take)),
@@ -130,6 +141,9 @@ impl Cluster {
             .map_err(|s| unreachable(s.message().to_string()))?
             .into_inner();
         let (header, messages) = read_parts(owner, &mut parts, true).await?;
+        if header.as_ref().is_some_and(|h| h.not_owner) {
+            return Err(TakeoverError::NotOwner);
+        }
         let header = header.filter(|h| h.found && resume);
         let Some(header) = header else {
             debug!(
@@ -240,6 +254,8 @@ fn to_pb(message: &HandedMessage) -> Option<pb::HandedMessage> {
         subscription_ids: message.delivery.subscription_ids.clone(),
         packet_id: u32::from(packet_id),
         released,
+        origin: message.delivery.message.id.map_or(0, |id| id.node),
+        message_id: message.delivery.message.id.map_or(0, |id| id.seq),
     })
 }
 
@@ -249,7 +265,11 @@ fn from_pb(message: pb::HandedMessage) -> Result<HandedMessage, String> {
         publisher: message.publisher,
         ..pb::ForwardedMessage::default()
     };
-    let (decoded, _) = super::service::decode(forwarded)?;
+    let (mut decoded, _) = super::service::decode(forwarded)?;
+    decoded.id = (message.message_id != 0).then_some(MessageId {
+        node: message.origin,
+        seq: message.message_id,
+    });
     let qos = u8::try_from(message.qos)
         .ok()
         .and_then(QoS::from_u8)
@@ -333,9 +353,24 @@ pub(crate) async fn give(
         let _ = out.send(Ok(header(None))).await;
         return;
     };
-    let Some(phantom) = hold(&shared, &session, take.resume).await else {
-        let _ = out.send(Ok(header(None))).await;
-        return;
+    let claim = if take.owned {
+        Claim::Owned {
+            username: take.username.as_deref(),
+        }
+    } else {
+        Claim::Anyone
+    };
+    let phantom = match hold(&shared, &session, claim, take.resume).await {
+        Ok(phantom) => phantom,
+        Err(Refusal::NotOwner) => {
+            debug!(client = %take.client_key, from = take.node_id, "a session was asked for by another user: kept");
+            let _ = out.send(Ok(not_owner())).await;
+            return;
+        }
+        Err(Refusal::Ended) => {
+            let _ = out.send(Ok(header(None))).await;
+            return;
+        }
     };
     let cluster = shared.cluster.clone();
     let count = |result: &str| {
@@ -381,12 +416,20 @@ pub(crate) async fn give(
 
 /// Takes `session` from its connection (which closes: 5.0 DISCONNECT 0x8E)
 /// and waits until that has gone; the session is then attached to no
-/// connection. `None` when the session ended meanwhile.
-async fn hold(shared: &Shared, session: &Session, resume: bool) -> Option<Attachment> {
+/// connection. Refused when the session ended meanwhile, or `claim` may
+/// not have it (its connection is then left alone).
+async fn hold(
+    shared: &Shared,
+    session: &Session,
+    claim: Claim<'_>,
+    resume: bool,
+) -> Result<Attachment, Refusal> {
     let phantom = Attachment {
         connection_id: shared.sessions.next_connection_id(),
     };
-    let attached = session.attach(phantom, Claim::Anyone, resume).ok()?;
+    let attached = session
+        .attach(phantom, claim, resume)
+        .map_err(|(_, refusal)| refusal)?;
     if let Some(previous) = attached.previous
         && !shared
             .sessions
@@ -395,7 +438,7 @@ async fn hold(shared: &Shared, session: &Session, resume: bool) -> Option<Attach
     {
         warn!(client = %session.client_id(), "the connection taken over did not close in time");
     }
-    Some(phantom)
+    Ok(phantom)
 }
 
 /// Sends a copy of a session (or what was queued since one): its header
@@ -489,7 +532,7 @@ fn header(session: Option<&StoredSession>) -> pb::HandedPart {
         Some(Ok(record)) => pb::HandedSession {
             found: true,
             record,
-            inbound_qos2: Vec::new(),
+            ..pb::HandedSession::default()
         },
         Some(Err(e)) => {
             warn!(error = %e, "cannot encode a session to hand it over");
@@ -499,6 +542,16 @@ fn header(session: Option<&StoredSession>) -> pb::HandedPart {
     };
     pb::HandedPart {
         part: Some(Part::Session(handed)),
+    }
+}
+
+/// The only part when the session belongs to another user.
+fn not_owner() -> pb::HandedPart {
+    pb::HandedPart {
+        part: Some(Part::Session(pb::HandedSession {
+            not_owner: true,
+            ..pb::HandedSession::default()
+        })),
     }
 }
 

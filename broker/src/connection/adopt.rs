@@ -9,11 +9,11 @@ use tidemq_proto::mqtt::{Connect, ReasonCode};
 use tracing::{info, warn};
 
 use crate::broker::Shared;
-use crate::cluster::{Taken, store_handed};
+use crate::cluster::{Taken, TakeoverError, store_handed};
 use crate::config::Config;
 use crate::durable::AppendGuard;
 use crate::durable::record::unix_ms;
-use crate::session::{MemoryQueue, Session, SessionKey, SubscriptionEntry};
+use crate::session::{Claim, MemoryQueue, Session, SessionKey, SubscriptionEntry};
 
 /// A session taken from another node, built and subscribed here, whose
 /// hand-over is not committed yet.
@@ -29,13 +29,15 @@ pub(super) struct Adopted {
 
 /// Takes the session `key` from the node that holds it, if another one
 /// does (per the meta service), and builds it here: subscribed, with the
-/// messages it had stored here. Refused (0x88) when that node does not
-/// hand it over within `cluster.takeover_wait_ms`.
+/// messages it had stored there. Refused (0x88) when that node does not
+/// hand it over within `cluster.takeover_wait_ms`, unless the connection
+/// wants a clean session that ends with it.
 pub(super) async fn take_from_elsewhere(
     shared: &Arc<Shared>,
     config: &Config,
     key: &SessionKey,
     connect: &Connect,
+    claim: Claim<'_>,
 ) -> Result<Option<Adopted>, ReasonCode> {
     let Some(cluster) = &shared.cluster else {
         return Ok(None);
@@ -45,13 +47,37 @@ pub(super) async fn take_from_elsewhere(
     }
     let wait = config.cluster.takeover_wait();
     let resume = !connect.clean_start;
-    let asked = cluster.take_session(&shared.catalog, key, resume);
-    let mut taken = match tokio::time::timeout(wait, asked).await {
-        Ok(Ok(Some(taken))) => taken,
+    let asked = cluster.take_session(&shared.catalog, key, resume, claim);
+    let why = match tokio::time::timeout(wait, asked).await {
+        Ok(Ok(Some(taken))) => return build(shared, config, cluster, key, taken).await.map(Some),
         Ok(Ok(None)) => return Ok(None),
-        Ok(Err(e)) => return Err(failed(shared, key, &e.to_string())),
-        Err(_) => return Err(failed(shared, key, "cluster.takeover_wait_ms passed")),
+        Ok(Err(TakeoverError::NotOwner)) => {
+            info!(%key, "the session another node holds belongs to another user: CONNECT refused");
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "cluster.takeover_wait_ms passed".to_string(),
     };
+    // A clean start of a session that ends with its connection needs
+    // nothing from elsewhere, nor the meta service: it goes on, and a
+    // session left on an unreachable node stays there until it expires.
+    if connect.clean_start && super::connect::session_expiry(connect, config) == 0 {
+        warn!(%key, why, "a session of this id elsewhere could not be ended: clean session goes on");
+        cluster.count_takeover(false);
+        return Ok(None);
+    }
+    Err(failed(shared, key, &why))
+}
+
+/// Stores what `taken` brought, builds the session from it and subscribes
+/// it here.
+async fn build(
+    shared: &Arc<Shared>,
+    config: &Config,
+    cluster: &Arc<crate::cluster::Cluster>,
+    key: &SessionKey,
+    mut taken: Taken,
+) -> Result<Adopted, ReasonCode> {
     let epoch = unix_ms();
     let messages = std::mem::take(&mut taken.messages);
     let (messages, stored) = store_handed(shared, key, epoch, messages)
@@ -111,12 +137,12 @@ pub(super) async fn take_from_elsewhere(
         shared.sessions.remove(&session);
         return Err(failed(shared, key, &e.to_string()));
     }
-    Ok(Some(Adopted {
+    Ok(Adopted {
         taken,
         session,
         mark,
         _stored: stored,
-    }))
+    })
 }
 
 impl Adopted {
@@ -136,6 +162,7 @@ impl Adopted {
                 return warn!(%key, owner, "the hand-over of a session did not complete in time: the other node may keep a copy");
             }
         };
+        let rest = self.session.lock().adopted(rest);
         let rest = match store_handed(shared, &key, epoch, rest).await {
             Ok((rest, _stored)) => rest,
             Err(e) => {

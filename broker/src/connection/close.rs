@@ -432,6 +432,7 @@ pub(super) fn publish_will(
             ..PublishProperties::default()
         },
         publisher: Some(Arc::clone(key.as_arc())),
+        id: shared.cluster.as_ref().map(|c| c.next_message_id()),
         expires_at: p
             .message_expiry_interval
             .map(|secs| std::time::Instant::now() + Duration::from_secs(u64::from(secs))),

@@ -253,10 +253,6 @@ async fn attach(
 ) -> Result<(Connection, bool, bool, Option<Adopted>), ReasonCode> {
     let tenant = &origin.listener.tenant;
     let key = SessionKey::new(tenant, &client_id);
-    // Held by another node of the cluster: taken over from there first.
-    let adopted = adopt::take_from_elsewhere(shared, config, &key, connect).await?;
-    let connection_id = shared.sessions.next_connection_id();
-    let mut attachment = Attachment { connection_id };
     let claim = if config.auth.sessions_belong_to_their_user {
         Claim::Owned {
             username: connect.username.as_deref(),
@@ -264,6 +260,10 @@ async fn attach(
     } else {
         Claim::Anyone
     };
+    // Held by another node of the cluster: taken over from there first.
+    let adopted = adopt::take_from_elsewhere(shared, config, &key, connect, claim).await?;
+    let connection_id = shared.sessions.next_connection_id();
+    let mut attachment = Attachment { connection_id };
     // A new session past the node's limit is refused (5.0: 0x97, 3.1.1:
     // 0x03); an existing one may always be resumed.
     if shared.sessions.len() >= config.session.max_sessions && shared.sessions.get(&key).is_none() {
@@ -540,7 +540,7 @@ async fn authenticate(
 
 /// The session expiry in force: 3.1.1 clean session 0 keeps the session
 /// forever (bounded by configuration), 5.0 uses the property.
-fn session_expiry(connect: &Connect, config: &Config) -> u32 {
+pub(super) fn session_expiry(connect: &Connect, config: &Config) -> u32 {
     let asked = match connect.protocol {
         Protocol::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
         _ if connect.clean_start => 0,

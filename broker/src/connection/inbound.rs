@@ -180,10 +180,10 @@ impl Connection {
         packet_id: u16,
     ) -> Result<(ReasonCode, PublishWrite), End> {
         let qos = publish.qos;
-        let message = Arc::new(Message::from_publish(
-            publish,
-            Some(Arc::clone(self.session.key.as_arc())),
-        ));
+        let mut message =
+            Message::from_publish(publish, Some(Arc::clone(self.session.key.as_arc())));
+        message.id = self.shared.cluster.as_ref().map(|c| c.next_message_id());
+        let message = Arc::new(message);
         self.shared.metrics.messages_in.inc();
         // A QoS 2 message names its flow, so that a resend after a crash is
         // recognised.

@@ -72,6 +72,7 @@ fn message(topic: &str, publisher: &str) -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: Some(publisher.into()),
         expires_at: None,
+        id: None,
     })
 }
 

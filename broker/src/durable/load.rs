@@ -162,6 +162,7 @@ fn delivery_for(
         properties: publish.properties,
         publisher: None,
         expires_at: record::expiry_from_unix(expires_at_ms, now),
+        id: None,
     };
     Some(Delivery {
         message: Arc::new(message),
@@ -183,5 +184,6 @@ pub fn retained_message(publish: Publish, expires_at_ms: Option<u64>) -> Message
         properties: publish.properties,
         publisher: None,
         expires_at: record::expiry_from_unix(expires_at_ms, Instant::now()),
+        id: None,
     }
 }

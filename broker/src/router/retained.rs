@@ -209,6 +209,7 @@ mod tests {
             properties: PublishProperties::default(),
             publisher: None,
             expires_at: None,
+            id: None,
         })
     }
 

@@ -16,6 +16,7 @@ fn message(topic: &str, qos: QoS, publisher: Option<&str>) -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: publisher.map(Into::into),
         expires_at: None,
+        id: None,
     })
 }
 

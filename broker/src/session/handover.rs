@@ -105,6 +105,7 @@ impl SessionState {
         epoch: u64,
         messages: Vec<HandedMessage>,
     ) -> usize {
+        self.adopting = Some(Box::default());
         self.expiry_interval = session.expiry_secs;
         self.protocol = session.protocol;
         self.username = session.username.clone();
@@ -116,6 +117,25 @@ impl SessionState {
             self.subscriptions.insert(filter, *entry);
         }
         self.take_messages(messages, 0)
+    }
+
+    /// Records, while the session is being taken over, that a message was
+    /// queued here.
+    pub(super) fn note_adopted(&mut self, delivery: &Delivery) {
+        if let (Some(seen), Some(id)) = (&mut self.adopting, delivery.message.id) {
+            seen.insert(id);
+        }
+    }
+
+    /// Ends the takeover: of the messages the other node queued last,
+    /// those this node queued itself meanwhile are left out (a publish
+    /// after this node's routes were in place and before the other node let
+    /// go reached both).
+    pub fn adopted(&mut self, mut last: Vec<HandedMessage>) -> Vec<HandedMessage> {
+        if let Some(seen) = self.adopting.take() {
+            last.retain(|m| m.delivery.message.id.is_none_or(|id| !seen.contains(&id)));
+        }
+        last
     }
 
     /// Puts messages another node handed over at place `at` of the queue

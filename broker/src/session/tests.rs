@@ -17,6 +17,7 @@ fn message(topic: &str, payload: &[u8], qos: QoS) -> Arc<Message> {
         properties: PublishProperties::default(),
         publisher: None,
         expires_at: None,
+        id: None,
     })
 }
 
@@ -232,6 +233,7 @@ fn expired_deliveries_are_dropped_and_stored_ones_recorded() {
         properties: PublishProperties::default(),
         publisher: None,
         expires_at: Some(Instant::now() - Duration::from_secs(1)),
+        id: None,
     });
     state
         .queue
