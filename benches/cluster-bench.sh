@@ -34,6 +34,15 @@
 #   link), then with node 2 SIGKILLed (kept in node 1's hand-off log).
 #   Node 2 is restarted and the time until node 1's hand-off log for it is
 #   drained gives the replay rate.
+# MODE=takeover: SESSIONS [1000] persistent QoS 1 sessions parked on node
+#   2, MESSAGES [10] each published to them on node 1, then the sessions
+#   come back (CONCURRENCY [100] at a time): once on node 2 (a local
+#   resume), once, for a second set, on node 3 (each CONNECT a takeover
+#   from node 2). Prints CONNECT-to-CONNACK (session present) and
+#   CONNECT-to-last-message quantiles of both, and the takeover counters.
+#   Then CONNS [2000] clean connections (same concurrency) on node 3 of
+#   the cluster and on one node alone: what the meta read a CONNECT of an
+#   unknown client id costs in a cluster.
 #
 # Usage: benches/cluster-bench.sh [ROUNDS]   (ROUNDS [1]: repeats of the
 #   whole single/cluster sequence, alternating, in one sitting)
@@ -224,7 +233,53 @@ handoff_run() {
     stop_nodes
 }
 
+# takeover_run: one run of MODE=takeover.
+takeover_run() {
+    start_nodes 3
+    local sessions=${SESSIONS:-1000} messages=${MESSAGES:-10} set to routes=0
+    local common=(--sessions "$sessions" --messages "$messages" --payload-size "$PAYLOAD"
+        --concurrency "${CONCURRENCY:-100}" --publishers 10 --inflight 100 --timeout-ms 30000)
+    echo "| resumed on | CONNACK p50 µs | p99 µs | max µs | last message p50 µs | p99 µs | failed |"
+    echo "|---|---|---|---|---|---|---|"
+    for set in local moved; do
+        to=1
+        [ "$set" = moved ] && to=2
+        bench offline "${common[@]}" --port "${mqtt_ports[1]}" --phases park \
+            --client-prefix "$set" --topic-prefix "tk-$set" >/dev/null 2>>"$work/park.err"
+        routes=$((routes + sessions))
+        until [ "$(metric 0 tidemq_cluster_routes)" = "$routes" ]; do sleep 0.1; done
+        bench offline "${common[@]}" --port "${mqtt_ports[0]}" --phases publish \
+            --client-prefix "$set" --topic-prefix "tk-$set" >/dev/null 2>>"$work/publish.err"
+        bench offline "${common[@]}" --port "${mqtt_ports[$to]}" --phases resume \
+            --client-prefix "$set" --topic-prefix "tk-$set" >"$work/$set.json" 2>>"$work/resume.err"
+        printf '| node %s (%s) | %s | %s | %s | %s | %s | %s |\n' "$((to + 1))" "$set" \
+            "$(field "$work/$set.json" report p50_us)" "$(field "$work/$set.json" report p99_us)" \
+            "$(field "$work/$set.json" report max_us)" "$(field "$work/$set.json" drained p50_us)" \
+            "$(field "$work/$set.json" drained p99_us)" \
+            "$(( $(field "$work/$set.json" report failed) + $(field "$work/$set.json" drained failed) + $(field "$work/$set.json" drained timeout) ))"
+    done
+    echo "takeovers: node 3 taken $(metric 2 'tidemq_cluster_takeovers_total{result="taken"}'), node 2 given $(metric 1 'tidemq_cluster_takeovers_total{result="given"}'), failed $(metric 2 'tidemq_cluster_takeovers_total{result="failed"}')"
+    bench conn --count "${CONNS:-2000}" --concurrency "${CONCURRENCY:-100}" --port "${mqtt_ports[2]}" \
+        --client-prefix fresh >"$work/conn-cluster.json" 2>/dev/null
+    stop_nodes
+    start_nodes 1
+    bench conn --count "${CONNS:-2000}" --concurrency "${CONCURRENCY:-100}" --port "${mqtt_ports[0]}" \
+        --client-prefix fresh >"$work/conn-single.json" 2>/dev/null
+    stop_nodes
+    echo "| clean CONNECTs on | connects/s | p50 µs | p99 µs | failed |"
+    echo "|---|---|---|---|---|"
+    local shape
+    for shape in cluster single; do
+        printf '| %s | %.0f | %s | %s | %s |\n' "$shape" "$(field "$work/conn-$shape.json" report avg_ops_per_sec)" \
+            "$(field "$work/conn-$shape.json" report p50_us)" "$(field "$work/conn-$shape.json" report p99_us)" \
+            "$(field "$work/conn-$shape.json" report failed)"
+    done
+}
+
 case "${MODE:-}" in
+    takeover)
+        for _ in $(seq "$rounds"); do takeover_run; done
+        exit 0 ;;
     subscribe)
         echo "| shape | subscribed | routes on node 1 |"
         echo "|---|---|---|"
