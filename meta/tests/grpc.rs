@@ -1,7 +1,8 @@
 //! gRPC round trips against a single-node meta service on 127.0.0.1:
 //! every MetaService RPC through `MetaClient`, bad requests refused with
 //! `InvalidArgument` and nothing applied, a restart keeping the data, and
-//! concurrent `put_session` calls coalesced into shared requests.
+//! concurrent `put_session` calls coalesced into shared requests, and
+//! concurrent reads sharing their leadership checks.
 
 use std::time::Duration;
 
@@ -310,6 +311,49 @@ async fn concurrent_put_sessions_share_requests_and_all_apply() -> anyhow::Resul
     }
     let got = c.get_session("co/ordered").await?.expect("written");
     assert_eq!(got.expiry_secs, 30);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_leadership_checks_and_see_every_acknowledged_write()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let registry = prometheus::Registry::new();
+    let node = start_with(dir.path(), 1, &registry).await;
+    let c = client(&node).await;
+    let checks = || -> u64 {
+        registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == "tidemq_meta_read_checks_total")
+            .flat_map(|f| f.get_metric().to_vec())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    let before = checks();
+    // Each caller writes its session, then reads it back, then reads one
+    // that does not exist: every read sees what was acknowledged before it.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let c = c.clone();
+        calls.spawn(async move {
+            let key = format!("lin/{i}");
+            c.put_session(session(&key)).await?;
+            let got = c.get_session(&key).await?;
+            anyhow::ensure!(got.is_some_and(|s| s.client_key == key), "{key} not seen");
+            anyhow::ensure!(c.get_session(&format!("lin/none-{i}")).await?.is_none());
+            Ok(())
+        });
+    }
+    while let Some(result) = calls.join_next().await {
+        result??;
+    }
+    let made = checks() - before;
+    assert!(
+        (1..500).contains(&made),
+        "1,000 concurrent reads made {made} leadership checks"
+    );
     node.shutdown().await;
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::batcher::Batcher;
 use crate::channels::{AuthChannel, ChannelPool};
 use crate::error::{MetaError, require};
 use crate::grpc::GrpcMetrics;
+use crate::grpc::linearizer::Linearizer;
 use crate::routing::GroupRouter;
 use crate::store::MetaState;
 use crate::types::{
@@ -44,6 +45,8 @@ pub struct MetaServer {
 
 struct Inner {
     rafts: Arc<Vec<Raft<TypeConfig>>>,
+    /// Per group: the leadership checks linearizable reads share.
+    linearizers: Vec<Linearizer>,
     states: Vec<MetaState>,
     batchers: Vec<Batcher>,
     router: GroupRouter,
@@ -73,9 +76,14 @@ impl MetaServer {
         peers: ChannelPool,
     ) -> Self {
         let router = GroupRouter::new(rafts.len() as u32);
+        let linearizers = rafts
+            .iter()
+            .map(|raft| Linearizer::new(raft.clone(), metrics.read_checks.clone()))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 rafts,
+                linearizers,
                 states,
                 batchers,
                 router,
@@ -103,8 +111,8 @@ impl MetaServer {
 
     /// The group's state, after making sure this node still leads it.
     async fn read(&self, group: u32) -> Result<&MetaState, MetaError> {
-        let raft = &self.inner.rafts[group as usize];
-        raft.ensure_linearizable().await.map_err(|e| match &e {
+        let linearizer = &self.inner.linearizers[group as usize];
+        linearizer.ensure().await.map_err(|e| match &e {
             RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(quorum)) => {
                 MetaError::NoQuorum {
                     reason: quorum.to_string(),

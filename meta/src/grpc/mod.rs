@@ -1,5 +1,6 @@
 //! The gRPC services of a meta node and their metrics.
 
+mod linearizer;
 mod meta_service;
 mod raft_service;
 
@@ -19,6 +20,9 @@ pub use raft_service::RaftServer;
 pub struct GrpcMetrics {
     /// Calls refused for want of the cluster secret.
     pub(crate) unauthenticated: IntCounter,
+    /// Leadership checks made for linearizable reads (one serves every
+    /// read waiting when it starts).
+    pub(crate) read_checks: IntCounter,
     requests: IntCounterVec,
     duration_ms: HistogramVec,
     slow: Duration,
@@ -45,8 +49,15 @@ impl GrpcMetrics {
             "gRPC calls refused because they did not carry the cluster secret",
         )?;
         registry.register(Box::new(unauthenticated.clone()))?;
+        let read_checks = IntCounter::new(
+            "tidemq_meta_read_checks_total",
+            "Leadership checks (a heartbeat round to a quorum) made for linearizable reads; \
+             one serves every read waiting when it starts",
+        )?;
+        registry.register(Box::new(read_checks.clone()))?;
         Ok(Self {
             unauthenticated,
+            read_checks,
             requests,
             duration_ms,
             slow,
