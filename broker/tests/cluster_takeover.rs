@@ -352,6 +352,9 @@ async fn only_its_own_user_takes_a_session_from_another_node() -> anyhow::Result
 struct Receiver {
     awaiting_release: std::collections::HashSet<u16>,
     delivered: Vec<u16>,
+    /// Every PUBLISH: its number, DUP flag and the hop it came on.
+    trace: Vec<(u16, bool, usize)>,
+    hop: usize,
 }
 
 impl Receiver {
@@ -361,6 +364,7 @@ impl Receiver {
         match packet {
             Some(Packet::Publish(p)) => {
                 let id = p.packet_id.context("QoS 2")?;
+                self.trace.push((number(&p.payload)?, p.dup, self.hop));
                 if self.awaiting_release.insert(id) {
                     self.delivered.push(number(&p.payload)?);
                 }
@@ -394,41 +398,62 @@ impl Receiver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_hopping_between_nodes_under_load_loses_nothing() -> anyhow::Result<()> {
-    const MESSAGES: u16 = 3000;
+/// Publishes `MESSAGES` QoS 2 messages from `publisher`, `window` at a
+/// time (each window acknowledged through PUBCOMP before the next).
+async fn publish_windows(mut publisher: Raw, window: usize, messages: u16) -> anyhow::Result<()> {
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(window) {
+        for &seq in chunk {
+            let p = common::publish(
+                "load/a",
+                &seq.to_be_bytes(),
+                QoS::ExactlyOnce,
+                false,
+                seq % 60_000 + 1,
+            );
+            publisher.send(&Packet::Publish(p)).await;
+        }
+        for _ in chunk {
+            match publisher.recv().await {
+                Some(Packet::PubRec(rec)) if !rec.reason.is_error() => {
+                    publisher
+                        .send(&Packet::PubRel(PubResponse::success(rec.packet_id)))
+                        .await;
+                }
+                other => bail!("expected a successful PUBREC, got {other:?}"),
+            }
+        }
+        for _ in chunk {
+            match publisher.recv().await {
+                Some(Packet::PubComp(_)) => {}
+                other => bail!("expected a PUBCOMP, got {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A persistent QoS 2 subscriber on `load/#` that moves to the next of
+/// the first `nodes` nodes every `stay` while node 3 publishes `messages`
+/// `window` at a time; checks every message arrived once and in order.
+async fn hop_under_load(
+    nodes: usize,
+    stay: Duration,
+    window: usize,
+    messages: u16,
+) -> anyhow::Result<()> {
     let cluster = TestCluster::start()?;
     let (mut current, _) = connect(cluster.mqtt(0), "load-hopper").await;
     current.subscribe(1, "load/#", QoS::ExactlyOnce).await;
-
-    let mut publisher = Raw::connect(cluster.mqtt(2), Protocol::V5, "load-pub").await;
-    let publishing = tokio::spawn(async move {
-        for seq in 0..MESSAGES {
-            let ack = publisher
-                .publish(
-                    "load/a",
-                    &seq.to_be_bytes(),
-                    QoS::ExactlyOnce,
-                    false,
-                    seq % 60_000 + 1,
-                )
-                .await
-                .context("acknowledgement")?;
-            ensure!(!ack.reason.is_error(), "message {seq}: {ack:?}");
-        }
-        anyhow::Ok(())
-    });
+    let publisher = Raw::connect(cluster.mqtt(2), Protocol::V5, "load-pub").await;
+    let publishing = tokio::spawn(publish_windows(publisher, window, messages));
 
     let mut receiver = Receiver::default();
     let mut hops = 0;
     while !publishing.is_finished() {
-        receiver
-            .read_for(&mut current, Duration::from_millis(150))
-            .await?;
+        receiver.read_for(&mut current, stay).await?;
         // To the next node while this connection lives: the old one ends
         // with 0x8E; what it had not finished goes on on the new one.
-        let node = (hops + 1) % 3;
-        let (next, ack) = connect(cluster.mqtt(node), "load-hopper").await;
+        let (next, ack) = connect(cluster.mqtt((hops + 1) % nodes), "load-hopper").await;
         ensure!(
             ack.reason == ReasonCode::Success && ack.session_present,
             "hop {hops}: {ack:?}"
@@ -438,30 +463,75 @@ async fn a_subscriber_hopping_between_nodes_under_load_loses_nothing() -> anyhow
             .await?;
         current = next;
         hops += 1;
+        receiver.hop = hops;
     }
     publishing.await??;
     receiver
         .read_for(&mut current, Duration::from_secs(3))
         .await?;
     ensure!(hops >= 5, "only {hops} hops");
-    let mut sorted = receiver.delivered.clone();
-    sorted.sort_unstable();
-    let missing: Vec<u16> = (0..MESSAGES)
-        .filter(|s| sorted.binary_search(s).is_err())
-        .collect();
-    sorted.dedup();
-    let duplicates = receiver.delivered.len() - sorted.len();
-    ensure!(
-        missing.is_empty() && duplicates == 0,
-        "{hops} hops: {} missing (first {:?}), {duplicates} delivered twice",
-        missing.len(),
-        missing.first()
-    );
-    let in_order = receiver
-        .delivered
-        .windows(2)
-        .filter(|w| w[0] > w[1])
-        .count();
-    ensure!(in_order == 0, "{in_order} messages out of order");
-    Ok(())
+    receiver.verdict(messages, hops)
+}
+
+impl Receiver {
+    /// Every one of `messages` delivered once, in order; otherwise what
+    /// each hop's connection brought, as runs of consecutive numbers (`D`:
+    /// resent with DUP).
+    fn verdict(&self, messages: u16, hops: usize) -> anyhow::Result<()> {
+        let mut sorted = self.delivered.clone();
+        sorted.sort_unstable();
+        let missing = (0..messages)
+            .filter(|s| sorted.binary_search(s).is_err())
+            .count();
+        sorted.dedup();
+        let duplicates = self.delivered.len() - sorted.len();
+        let out_of_order = self.delivered.windows(2).filter(|w| w[0] > w[1]).count();
+        if missing == 0 && duplicates == 0 && out_of_order == 0 {
+            return Ok(());
+        }
+        let mut runs = String::new();
+        for hop in 0..=hops {
+            runs.push_str(&format!("\nhop {hop}:"));
+            let seqs: Vec<(u16, bool)> = self
+                .trace
+                .iter()
+                .filter(|t| t.2 == hop)
+                .map(|t| (t.0, t.1))
+                .collect();
+            let mut i = 0;
+            while i < seqs.len() {
+                let mut j = i;
+                while j + 1 < seqs.len()
+                    && seqs[j + 1].0 == seqs[j].0 + 1
+                    && seqs[j + 1].1 == seqs[i].1
+                {
+                    j += 1;
+                }
+                let dup = if seqs[i].1 { "D" } else { "" };
+                runs.push_str(&format!(" {}-{}{dup}", seqs[i].0, seqs[j].0));
+                i = j + 1;
+            }
+        }
+        bail!(
+            "{hops} hops: {missing} missing, {duplicates} delivered twice, \
+             {out_of_order} out of order{runs}"
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_hopping_between_nodes_under_load_loses_nothing() -> anyhow::Result<()> {
+    // One message in flight at a time, the subscriber on all three nodes
+    // in turn (the publisher's too).
+    hop_under_load(3, Duration::from_millis(150), 1, 3000).await
+}
+
+/// Known to fail about one run in two: see docs/cluster.md §4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a block of messages is delivered late under pipelined load (docs/cluster.md §4)"]
+async fn a_subscriber_hopping_under_pipelined_load_keeps_order() -> anyhow::Result<()> {
+    // 100 in flight at a time, the subscriber between nodes 1 and 2 while
+    // node 3 publishes: its link to the node giving the session away is
+    // full when it lets go.
+    hop_under_load(2, Duration::from_millis(80), 100, 20_000).await
 }

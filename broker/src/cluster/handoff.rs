@@ -456,6 +456,7 @@ mod tests {
             shares: Vec::new(),
             sequence,
             message_id: 0,
+            barrier: false,
         }
     }
 

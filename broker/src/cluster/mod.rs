@@ -16,6 +16,7 @@
 //! metadata group has applied it ([`Cluster::routes_ready`]), so a message
 //! published anywhere after the SUBACK finds the route.
 
+mod flush;
 mod handoff;
 mod keeper;
 mod link;
@@ -745,5 +746,6 @@ fn encode(message: &Message) -> Option<pb::ForwardedMessage> {
         // Numbered by the link that sends it.
         sequence: 0,
         message_id: message.id.map_or(0, |id| id.seq),
+        barrier: false,
     })
 }

@@ -172,6 +172,10 @@ impl BrokerLink for LinkService {
                 };
                 let mut writes = Vec::new();
                 for forwarded in batch.messages {
+                    // Acknowledged with its batch, after all before it.
+                    if forwarded.barrier {
+                        continue;
+                    }
                     // Only a replayed message may be a copy of a stored one.
                     let partition = shared
                         .durable
@@ -257,6 +261,21 @@ impl BrokerLink for LinkService {
             return Err(Status::unavailable("the link to the asking node is down"));
         }
         Ok(Response::new(pb::RoutesAppliedReply { applied }))
+    }
+
+    async fn flush_link(
+        &self,
+        request: Request<pb::FlushLinkRequest>,
+    ) -> Result<Response<pb::FlushLinkReply>, Status> {
+        let request = request.into_inner();
+        let wait = Duration::from_millis(u64::from(request.wait_ms)).min(MAX_ROUTES_WAIT);
+        let cluster = self.broker.get().and_then(|shared| shared.cluster.clone());
+        let flushed = match cluster {
+            Some(cluster) => cluster.link_flushed(request.node_id, wait).await,
+            // Not serving yet: nothing was forwarded from here.
+            None => true,
+        };
+        Ok(Response::new(pb::FlushLinkReply { flushed }))
     }
 }
 

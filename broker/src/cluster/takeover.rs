@@ -403,6 +403,13 @@ pub(crate) async fn give(
         count("kept");
         return;
     }
+    // What other members sent here for the session before the taking
+    // node's routes reached them arrives first (half the wait at most: the
+    // taking node waits for the rest as long as for the commit).
+    if let Some(cluster) = &cluster {
+        let deadline = tokio::time::Instant::now() + wait / 2;
+        cluster.links_flushed_to_me(deadline).await;
+    }
     // Nothing reaches the session from here on; what reached it since the
     // copy goes to the other node too.
     shared.router.remove_session(&session);

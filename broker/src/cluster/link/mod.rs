@@ -270,6 +270,30 @@ impl Links {
         }
     }
 
+    /// Queues a barrier for `peer` behind everything queued for it so far;
+    /// the receiver completes once the peer acknowledged it (having routed
+    /// all before it) or it is in the peer's hand-off log. `None` when no
+    /// link to `peer` was ever used: nothing is queued for it.
+    pub(crate) fn barrier(
+        &self,
+        peer: NodeId,
+    ) -> Option<oneshot::Receiver<Result<(), ForwardFailure>>> {
+        let link = self.queues.get(&peer)?;
+        let (confirm, done) = oneshot::channel();
+        let barrier = Outgoing {
+            message: pb::ForwardedMessage {
+                barrier: true,
+                ..pb::ForwardedMessage::default()
+            },
+            confirm: Some(confirm),
+        };
+        // A full queue drops it: the caller sees the receiver close.
+        if link.queue.try_send(barrier).is_ok() {
+            link.metrics.queued.inc();
+        }
+        Some(done)
+    }
+
     /// Whether the link to `peer` could not open or lost its stream and has
     /// not reopened it yet.
     pub(crate) fn is_down(&self, peer: NodeId) -> bool {
