@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tidemq_proto::mqtt::{LastWill, Protocol, Publish, QoS, SubscriptionOptions};
 
-use crate::durable::{DiskRef, StoredSession, StoredSubscription};
+use crate::durable::{DiskRef, StoredSession};
 use crate::message::{Delivery, MessageId};
 
 mod doorbell;
@@ -472,23 +472,7 @@ impl SessionState {
 
     /// What the message store keeps of this session, if it is persistent.
     pub fn stored(&self, key: &str) -> Option<StoredSession> {
-        let epoch = self.durable?;
-        Some(StoredSession {
-            key: key.to_string(),
-            epoch,
-            expiry_secs: self.expiry_interval,
-            protocol: self.protocol,
-            subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|(filter, entry)| StoredSubscription {
-                    filter: filter.to_string(),
-                    options: entry.options,
-                    id: entry.id,
-                })
-                .collect(),
-            username: self.username.clone(),
-        })
+        self.durable.map(|_| self.described(key))
     }
 
     /// Calls `each` with every disk reference the session still needs.

@@ -324,6 +324,12 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
             pending.will,
         );
     }
+    unregister(shared, session);
+    debug!(client = %session.client_id(), "session ended");
+}
+
+/// Takes `session` out of the router and the registry.
+fn unregister(shared: &Shared, session: &Arc<Session>) {
     shared.router.remove_session(session);
     shared.sessions.remove(session);
     shared.metrics.sessions.set(shared.sessions.len() as i64);
@@ -331,7 +337,6 @@ fn end_session(shared: &Arc<Shared>, session: &Arc<Session>, generation: u64) {
         .metrics
         .subscriptions
         .set(shared.router.subscription_count() as i64);
-    debug!(client = %session.client_id(), "session ended");
 }
 
 /// Ends `session` because another node took it over (`forget`: it started
@@ -353,13 +358,7 @@ pub(crate) async fn end_for_takeover(shared: &Arc<Shared>, session: &Arc<Session
             pending.will,
         );
     }
-    shared.router.remove_session(session);
-    shared.sessions.remove(session);
-    shared.metrics.sessions.set(shared.sessions.len() as i64);
-    shared
-        .metrics
-        .subscriptions
-        .set(shared.router.subscription_count() as i64);
+    unregister(shared, session);
     let (Some(_), Some(store)) = (durable, &shared.durable) else {
         return;
     };

@@ -74,7 +74,7 @@ impl SessionState {
     }
 
     /// The session apart from its messages, persistent or not.
-    fn described(&self, key: &str) -> StoredSession {
+    pub(super) fn described(&self, key: &str) -> StoredSession {
         StoredSession {
             key: key.to_string(),
             epoch: self.durable.unwrap_or(0),
