@@ -526,9 +526,7 @@ async fn a_subscriber_hopping_between_nodes_under_load_loses_nothing() -> anyhow
     hop_under_load(3, Duration::from_millis(150), 1, 3000).await
 }
 
-/// Known to fail about one run in two: see docs/cluster.md §4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a block of messages is delivered late under pipelined load (docs/cluster.md §4)"]
 async fn a_subscriber_hopping_under_pipelined_load_keeps_order() -> anyhow::Result<()> {
     // 100 in flight at a time, the subscriber between nodes 1 and 2 while
     // node 3 publishes: its link to the node giving the session away is

@@ -470,7 +470,8 @@ async fn send_handed(
             return false;
         }
     }
-    let loaded = match load(shared, key, &handed.stored).await {
+    let refs: Vec<DiskRef> = handed.stored.iter().map(|(_, at)| *at).collect();
+    let loaded = match load(shared, key, &refs).await {
         Ok(loaded) => loaded,
         Err(e) => {
             warn!(client = key, error = %e, "cannot read a session's stored messages to hand it over");
@@ -478,9 +479,11 @@ async fn send_handed(
             return false;
         }
     };
+    let mut handed = handed;
+    let messages = handed.in_order(loaded);
     let mut part = Vec::new();
     let mut bytes = 0;
-    for message in handed.messages.iter().chain(&loaded) {
+    for message in &messages {
         let Some(encoded) = to_pb(message) else {
             continue;
         };
@@ -510,24 +513,31 @@ async fn send_part(
     out.send(Ok(part)).await.is_ok()
 }
 
-/// Reads back the stored messages of a session's queue.
+/// Reads back the stored messages of a session's queue, one answer per
+/// reference (`None`: gone from the store, which `load` logs).
 async fn load(
     shared: &Shared,
     key: &str,
     refs: &[DiskRef],
-) -> Result<Vec<HandedMessage>, DurableError> {
+) -> Result<Vec<Option<HandedMessage>>, DurableError> {
     let Some(store) = &shared.durable else {
         return Ok(Vec::new());
     };
     let mut out = Vec::with_capacity(refs.len());
     for chunk in refs.chunks(PART_MESSAGES) {
-        for (_, delivery) in store.load(key, chunk).await? {
-            // A message gone from the store is logged by `load`.
-            out.extend(delivery.map(|delivery| HandedMessage {
-                delivery,
-                inflight: None,
-            }));
-        }
+        // One answer per reference, in their order.
+        out.extend(
+            store
+                .load(key, chunk)
+                .await?
+                .into_iter()
+                .map(|(_, delivery)| {
+                    delivery.map(|delivery| HandedMessage {
+                        delivery,
+                        inflight: None,
+                    })
+                }),
+        );
     }
     Ok(out)
 }

@@ -21,11 +21,31 @@ pub struct Handed {
     pub inbound_qos2: Vec<u16>,
     /// Messages in flight to the client, in send order, then the queue.
     pub messages: Vec<HandedMessage>,
-    /// Queued messages that are on disk only: the owner reads them back
-    /// before sending (they go after `messages`, in this order).
-    pub stored: Vec<DiskRef>,
+    /// Queued messages that are on disk only, each with the place in
+    /// `messages` it goes before (`messages.len()`: after them all), in
+    /// queue order: the owner reads them back and puts them there.
+    pub stored: Vec<(usize, DiskRef)>,
     /// Where the queue stood: the next copy starts here.
     pub queue_end: usize,
+}
+
+impl Handed {
+    /// The messages in queue order, with the stored ones read back
+    /// (`loaded[i]` for `stored[i]`; `None`: gone from the store) put in
+    /// their places.
+    pub fn in_order(&mut self, loaded: Vec<Option<HandedMessage>>) -> Vec<HandedMessage> {
+        let mut places = self.stored.iter().map(|(place, _)| *place).peekable();
+        let mut loaded = loaded.into_iter();
+        let mut ordered = Vec::with_capacity(self.messages.len() + self.stored.len());
+        for (i, message) in std::mem::take(&mut self.messages).into_iter().enumerate() {
+            while places.next_if_eq(&i).is_some() {
+                ordered.extend(loaded.next().flatten());
+            }
+            ordered.push(message);
+        }
+        ordered.extend(loaded.flatten());
+        ordered
+    }
 }
 
 /// One message of a handed session.
@@ -67,7 +87,9 @@ impl SessionState {
                     delivery: (**delivery).clone(),
                     inflight: None,
                 }),
-                Queued::Stored(at) | Queued::Recovered(at) => handed.stored.push(*at),
+                Queued::Stored(at) | Queued::Recovered(at) => {
+                    handed.stored.push((handed.messages.len(), *at));
+                }
             }
         }
         handed

@@ -374,3 +374,48 @@ fn a_session_belongs_to_the_user_that_used_it() {
         .attach(fifth, bob, true)
         .expect("anyone may take it");
 }
+
+#[test]
+fn a_handover_keeps_stored_messages_in_their_places_in_the_queue() {
+    let session = Session::new(
+        SessionKey::new("t", "hand"),
+        Protocol::V5,
+        MemoryQueue::new(100, 1 << 20),
+    );
+    let mut state = session.lock();
+    // Ready, stored, ready, stored, stored: as a node that queued some
+    // while its session was offline and some once attached.
+    let entries = [
+        Queued::Ready(Box::new(delivery(b"r0", QoS::AtLeastOnce, None))),
+        Queued::Stored(at(1)),
+        Queued::Ready(Box::new(delivery(b"r2", QoS::AtLeastOnce, None))),
+        Queued::Stored(at(3)),
+        Queued::Stored(at(4)),
+    ];
+    for entry in entries {
+        assert!(state.queue.push(entry).is_ok());
+    }
+    let mut handed = state.handover("t/hand", None);
+    assert_eq!(
+        handed.stored,
+        vec![(1, at(1)), (2, at(3)), (2, at(4))],
+        "each before the ready message that followed it"
+    );
+    let read_back = |payload: &[u8]| {
+        Some(HandedMessage {
+            delivery: delivery(payload, QoS::AtLeastOnce, None),
+            inflight: None,
+        })
+    };
+    // The second stored one is gone from the store: left out, the rest kept in place.
+    let loaded = vec![read_back(b"s1"), None, read_back(b"s4")];
+    let order: Vec<Bytes> = handed
+        .in_order(loaded)
+        .into_iter()
+        .map(|m| m.delivery.message.payload.clone())
+        .collect();
+    assert_eq!(
+        order,
+        ["r0", "s1", "r2", "s4"].map(|p| Bytes::from(p.as_bytes().to_vec()))
+    );
+}
