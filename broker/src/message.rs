@@ -42,6 +42,13 @@ pub struct MessageId {
     pub seq: u64,
 }
 
+impl MessageId {
+    /// The id a peer sent as its node and number (`seq` 0: none).
+    pub fn from_wire(node: u64, seq: u64) -> Option<MessageId> {
+        (seq != 0).then_some(MessageId { node, seq })
+    }
+}
+
 impl Message {
     /// Builds a message from an inbound PUBLISH whose topic is resolved.
     pub fn from_publish(publish: Publish, publisher: Option<Arc<str>>) -> Message {

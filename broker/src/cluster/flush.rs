@@ -17,45 +17,38 @@ use tidemq_proto::grpc::v1::broker_link_client::BrokerLinkClient;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::Cluster;
+use super::{ANSWER_GRACE, Cluster, wait_ms_until};
 
 impl Cluster {
     /// Waits until every other member has flushed its link to this node,
-    /// until `deadline` at most; returns whether all did.
-    pub(crate) async fn links_flushed_to_me(&self, deadline: Instant) -> bool {
+    /// until `deadline` at most (one that did not is logged).
+    pub(crate) async fn links_flushed_to_me(&self, deadline: Instant) {
         let asks = self
             .peers
             .others()
             .into_iter()
             .map(|(peer, addr)| async move {
-                let flushed = self.ask_flush(&addr, deadline).await;
-                if !flushed {
+                if !self.ask_flush(&addr, deadline).await {
                     warn!(
                         peer,
                         "a peer did not flush its link before a session was handed over: \
                          messages it sent to the session here may be lost"
                     );
                 }
-                flushed
             });
-        futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .all(|flushed| flushed)
+        futures_util::future::join_all(asks).await;
     }
 
     async fn ask_flush(&self, addr: &str, deadline: Instant) -> bool {
         let Ok(channel) = self.channels.get(addr) else {
             return false;
         };
-        let left = deadline.saturating_duration_since(Instant::now());
         let request = pb::FlushLinkRequest {
             node_id: self.me,
-            wait_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+            wait_ms: wait_ms_until(deadline),
         };
         let mut client = BrokerLinkClient::new(channel);
-        let grace = Duration::from_millis(200);
-        match tokio::time::timeout_at(deadline + grace, client.flush_link(request)).await {
+        match tokio::time::timeout_at(deadline + ANSWER_GRACE, client.flush_link(request)).await {
             Ok(Ok(reply)) => reply.get_ref().flushed,
             _ => false,
         }

@@ -570,16 +570,14 @@ impl Cluster {
         deadline: Instant,
     ) -> Result<u64, &'static str> {
         let channel = self.channels.get(addr).map_err(|_| "a bad address")?;
-        let left = deadline.saturating_duration_since(Instant::now());
         let request = pb::RoutesAppliedRequest {
             node_id: self.me,
             index,
-            wait_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+            wait_ms: wait_ms_until(deadline),
         };
         let mut client = BrokerLinkClient::new(channel);
         let call = client.routes_applied(request);
-        let grace = Duration::from_millis(200);
-        match tokio::time::timeout_at(deadline + grace, call).await {
+        match tokio::time::timeout_at(deadline + ANSWER_GRACE, call).await {
             Ok(Ok(reply)) => Ok(reply.get_ref().applied),
             Ok(Err(_)) => Err("the peer's answer"),
             Err(_) => Err("the peer's route table"),
@@ -595,6 +593,16 @@ impl Cluster {
             );
         }
     }
+}
+
+/// How long past the deadline it gave a peer (which answers then at the
+/// latest) a call waits for that answer to arrive.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
+
+/// The `wait_ms` a call to a peer asks for: what is left until `deadline`.
+fn wait_ms_until(deadline: Instant) -> u32 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    u32::try_from(left.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// Waits until `table` has applied what the metadata group's leader held

@@ -33,7 +33,7 @@ use crate::delivery::{DetachedWrite, ForwardedFrom};
 use crate::message::{Message, MessageId};
 use crate::router::{ShareId, Shares};
 
-/// Longest a `RoutesApplied` call waits, whatever it asks for.
+/// Longest a `RoutesApplied` or `FlushLink` call waits, whatever it asks for.
 const MAX_ROUTES_WAIT: Duration = Duration::from_secs(10);
 
 /// `BrokerLink` of this node.
@@ -196,10 +196,7 @@ impl BrokerLink for LinkService {
                         node: sent.origin,
                         sequence: sent.sequence,
                     });
-                    let id = (forwarded.message_id != 0).then_some(MessageId {
-                        node: batch.origin,
-                        seq: forwarded.message_id,
-                    });
+                    let id = MessageId::from_wire(batch.origin, forwarded.message_id);
                     match decode(forwarded) {
                         Ok((mut message, shares)) => {
                             message.id = id;

@@ -266,10 +266,7 @@ fn from_pb(message: pb::HandedMessage) -> Result<HandedMessage, String> {
         ..pb::ForwardedMessage::default()
     };
     let (mut decoded, _) = super::service::decode(forwarded)?;
-    decoded.id = (message.message_id != 0).then_some(MessageId {
-        node: message.origin,
-        seq: message.message_id,
-    });
+    decoded.id = MessageId::from_wire(message.origin, message.message_id);
     let qos = u8::try_from(message.qos)
         .ok()
         .and_then(QoS::from_u8)
@@ -479,7 +476,6 @@ async fn send_handed(
             return false;
         }
     };
-    let mut handed = handed;
     let messages = handed.in_order(loaded);
     let mut part = Vec::new();
     let mut bytes = 0;

@@ -33,11 +33,11 @@ impl Handed {
     /// The messages in queue order, with the stored ones read back
     /// (`loaded[i]` for `stored[i]`; `None`: gone from the store) put in
     /// their places.
-    pub fn in_order(&mut self, loaded: Vec<Option<HandedMessage>>) -> Vec<HandedMessage> {
+    pub fn in_order(self, loaded: Vec<Option<HandedMessage>>) -> Vec<HandedMessage> {
         let mut places = self.stored.iter().map(|(place, _)| *place).peekable();
         let mut loaded = loaded.into_iter();
         let mut ordered = Vec::with_capacity(self.messages.len() + self.stored.len());
-        for (i, message) in std::mem::take(&mut self.messages).into_iter().enumerate() {
+        for (i, message) in self.messages.into_iter().enumerate() {
             while places.next_if_eq(&i).is_some() {
                 ordered.extend(loaded.next().flatten());
             }

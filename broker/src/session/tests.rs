@@ -395,7 +395,7 @@ fn a_handover_keeps_stored_messages_in_their_places_in_the_queue() {
     for entry in entries {
         assert!(state.queue.push(entry).is_ok());
     }
-    let mut handed = state.handover("t/hand", None);
+    let handed = state.handover("t/hand", None);
     assert_eq!(
         handed.stored,
         vec![(1, at(1)), (2, at(3)), (2, at(4))],
